@@ -1,0 +1,51 @@
+"""The decoder's explicit key/value cache: a static-shape pytree passed in and out of each call.
+
+Self-attention keys/values are preallocated to the decode length and written in place at the
+current offset; cross-attention keys/values are computed once from the encoder output at prefill
+and only read afterwards. Tuples hold one array per decoder layer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from whisper_nnx.sharding import constrain
+
+CACHE_AXES = ("batch", "cache_len", "heads", "head_dim")
+CROSS_AXES = ("batch", "audio_len", "heads", "head_dim")
+
+
+class KVCache(NamedTuple):
+    """Per-layer caches: self_k/self_v [B, C, H, K] and cross_k/cross_v [B, S, H, K]."""
+
+    self_k: tuple[jax.Array, ...]
+    self_v: tuple[jax.Array, ...]
+    cross_k: tuple[jax.Array, ...]
+    cross_v: tuple[jax.Array, ...]
+
+    @classmethod
+    def allocate(cls, cross_kv: list[tuple[jax.Array, jax.Array]], length: int) -> "KVCache":
+        """Zeroed self-attention caches of `length` positions beside the given cross K/V."""
+
+        def zeros(like: jax.Array) -> jax.Array:
+            batch, _, heads, head_dim = like.shape
+            return constrain(jnp.zeros((batch, length, heads, head_dim), like.dtype), *CACHE_AXES)
+
+        return cls(
+            self_k=tuple(zeros(k) for k, _ in cross_kv),
+            self_v=tuple(zeros(v) for _, v in cross_kv),
+            cross_k=tuple(constrain(k, *CROSS_AXES) for k, _ in cross_kv),
+            cross_v=tuple(constrain(v, *CROSS_AXES) for _, v in cross_kv),
+        )
+
+    @property
+    def length(self) -> int:
+        """C, the number of self-attention positions the cache holds."""
+        return self.self_k[0].shape[1]
+
+    def reorder(self, rows: jax.Array) -> "KVCache":
+        """Gather batch rows (e.g. beams after a search step): rows [B] of source indices."""
+        return jax.tree.map(lambda a: jnp.take(a, rows, axis=0), self)

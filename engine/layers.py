@@ -1,0 +1,163 @@
+"""Whisper's building blocks: LayerNorm, dense maps, one attention for self and cross, one block.
+
+Shapes use einsum letters: B batch, S attended positions, T query positions, D width, H heads,
+K head dim, F MLP width. Parameters carry logical axis names (`whisper_nnx.sharding.AXES`).
+Weights are stored in `param_dtype` and cast to the compute `dtype` at use; LayerNorm, softmax
+and logits are computed in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from whisper_nnx.sharding import constrain, out_sharding, param_metadata
+
+_F32 = jnp.float32
+_MASKED = jnp.finfo(jnp.float32).min
+
+
+def make_param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple, dtype, scale: float = 0.02,
+               zeros: bool = False) -> nnx.Param:
+    """A parameter with logical axis `names`; random values only matter for random-weight tests."""
+    if zeros:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (scale * jax.random.normal(rngs.params(), shape, _F32)).astype(dtype)
+    return nnx.Param(value, **param_metadata(*names))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over D with eps 1e-5, computed in float32."""
+
+    def __init__(self, width: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.scale = nnx.Param(jnp.ones((width,), param_dtype), **param_metadata("embed"))
+        self.bias = make_param(rngs, (width,), ("embed",), param_dtype, zeros=True)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(_F32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+        return (y * self.scale[...].astype(_F32) + self.bias[...].astype(_F32)).astype(self.dtype)
+
+
+class MLP(nnx.Module):
+    """D -> F -> GELU (exact erf form, as the reference) -> D."""
+
+    def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.fc1_kernel = make_param(rngs, (width, hidden), ("embed", "mlp"), param_dtype)
+        self.fc1_bias = make_param(rngs, (hidden,), ("mlp",), param_dtype)
+        self.fc2_kernel = make_param(rngs, (hidden, width), ("mlp", "embed"), param_dtype)
+        self.fc2_bias = make_param(rngs, (width,), ("embed",), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, T, D] -> [B, T, D]."""
+        h = jnp.einsum("btd,df->btf", x, self.fc1_kernel[...].astype(self.dtype))
+        h = jax.nn.gelu(h + self.fc1_bias[...].astype(self.dtype), approximate=False)
+        y = jnp.einsum("btf,fd->btd", h, self.fc2_kernel[...].astype(self.dtype),
+                       out_sharding=out_sharding("batch", None, "embed"))
+        return y + self.fc2_bias[...].astype(self.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    """Scaled dot-product attention.
+
+    q [B, T, H, K], k/v [B, S, H, K], mask broadcastable to [B, H, T, S] (True = visible)
+    -> [B, T, H, K]. Scores and softmax in float32.
+    """
+    scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=_F32)
+    scores = scores * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = jnp.where(mask, scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshk->bthk", probs, v)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention; self-attention, or cross-attention over given keys/values.
+
+    The key projection has no bias, as in every Whisper checkpoint.
+    """
+
+    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        head_dim = width // heads
+        w_names, b_names = ("embed", "heads", "head_dim"), ("heads", "head_dim")
+        self.query_kernel = make_param(rngs, (width, heads, head_dim), w_names, param_dtype)
+        self.query_bias = make_param(rngs, (heads, head_dim), b_names, param_dtype)
+        self.key_kernel = make_param(rngs, (width, heads, head_dim), w_names, param_dtype)
+        self.value_kernel = make_param(rngs, (width, heads, head_dim), w_names, param_dtype)
+        self.value_bias = make_param(rngs, (heads, head_dim), b_names, param_dtype)
+        self.out_kernel = make_param(rngs, (heads, head_dim, width), ("heads", "head_dim", "embed"),
+                                     param_dtype)
+        self.out_bias = make_param(rngs, (width,), ("embed",), param_dtype)
+        self.dtype = dtype
+
+    def _project(self, x: jax.Array, kernel: nnx.Param, bias: Optional[nnx.Param]) -> jax.Array:
+        y = jnp.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
+        return y if bias is None else y + bias[...].astype(self.dtype)
+
+    def queries(self, x: jax.Array) -> jax.Array:
+        """[B, T, D] -> [B, T, H, K]."""
+        return self._project(x, self.query_kernel, self.query_bias)
+
+    def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[B, S, D] -> keys and values, each [B, S, H, K]."""
+        return self._project(x, self.key_kernel, None), self._project(x, self.value_kernel, self.value_bias)
+
+    def output(self, a: jax.Array) -> jax.Array:
+        """[B, T, H, K] -> [B, T, D]."""
+        y = jnp.einsum("bthk,hkd->btd", a, self.out_kernel[...].astype(self.dtype),
+                       out_sharding=out_sharding("batch", None, "embed"))
+        return y + self.out_bias[...].astype(self.dtype)
+
+    def __call__(self, x: jax.Array, kv: Optional[tuple[jax.Array, jax.Array]] = None,
+                 mask: Optional[jax.Array] = None) -> jax.Array:
+        """Attention of x [B, T, D] over itself, or over `kv` (each [B, S, H, K]) -> [B, T, D]."""
+        k, v = self.keys_values(x) if kv is None else kv
+        return self.output(attend(self.queries(x), k, v, mask))
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm residual block: self-attention, cross-attention if `has_cross`, MLP."""
+
+    def __init__(self, width: int, heads: int, has_cross: bool, *, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attn_ln = LayerNorm(width, **kw)
+        self.attn = Attention(width, heads, **kw)
+        self.cross_attn_ln = LayerNorm(width, **kw) if has_cross else None
+        self.cross_attn = Attention(width, heads, **kw) if has_cross else None
+        self.mlp_ln = LayerNorm(width, **kw)
+        self.mlp = MLP(width, 4 * width, **kw)
+
+    def __call__(self, x: jax.Array, *, mask: Optional[jax.Array] = None,
+                 cross_kv: Optional[tuple[jax.Array, jax.Array]] = None,
+                 cache: Optional[tuple[jax.Array, jax.Array]] = None,
+                 offset: Optional[jax.Array] = None, seq_name: str = "text_len"
+                 ) -> tuple[jax.Array, Optional[tuple[jax.Array, jax.Array]]]:
+        """x [B, T, D] -> (x [B, T, D], updated self-attention cache or None).
+
+        With `cache` (keys, values, each [B, C, H, K]) this call's keys/values are written at
+        positions [offset, offset + T) and attention runs over the whole cache under `mask`
+        ([T, C]); without it, attention runs over this call's own positions.
+        """
+        h = self.attn_ln(x)
+        if cache is None:
+            x = x + self.attn(h, mask=mask)
+        else:
+            k, v = self.attn.keys_values(h)
+            cache = tuple(
+                constrain(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), offset, axis=1),
+                          "batch", "cache_len", "heads", "head_dim")
+                for c, new in zip(cache, (k, v)))
+            x = x + self.attn.output(attend(self.attn.queries(h), *cache, mask))
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv)
+        x = x + self.mlp(self.mlp_ln(x))
+        return constrain(x, "batch", seq_name, "embed"), cache

@@ -1,0 +1,165 @@
+"""Whisper encoder-decoder in Flax NNX, with an explicit KV cache for generation.
+
+Shapes: B batch, M mels, N mel frames (2 S), S audio positions, T text tokens, C cache
+positions, D width, V vocabulary.
+
+    encode(mel [B, M, N])                       -> audio features [B, S, D]
+    prefill(features, tokens [B, T], C)         -> logits [B, T, V], KVCache
+    decode_step(tokens [B, T], offset, cache)   -> logits [B, T, V], KVCache
+    __call__(mel, tokens)                       -> logits [B, T, V]   (no cache; reference path)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from whisper_nnx.sharding import constrain, out_sharding, param_metadata
+
+from .config import ModelDims
+from .kv_cache import KVCache
+from .layers import Block, LayerNorm, make_param
+
+_F32 = jnp.float32
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """The encoder's fixed positional table [length, channels]: sin half, then cos half."""
+    if channels % 2:
+        raise ValueError(f"sinusoid width must be even, got {channels}")
+    increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-increment * np.arange(channels // 2))
+    scaled_time = np.arange(length)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
+
+
+def _conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+    """x [B, N, Cin] * kernel [3, Cin, Cout] (padding 1) -> [B, N / stride, Cout]."""
+    y = jax.lax.conv_general_dilated(x, kernel, window_strides=(stride,), padding=[(1, 1)],
+                                     dimension_numbers=("NWC", "WIO", "NWC"))
+    return y + bias
+
+
+class AudioEncoder(nnx.Module):
+    """Two convolutions (the second with stride 2), sinusoidal positions, pre-LN blocks."""
+
+    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, m = dims.n_audio_state, dims.n_mels
+        self.conv1_kernel = make_param(rngs, (3, m, d), ("conv_width", "mel", "embed"), param_dtype)
+        self.conv1_bias = make_param(rngs, (d,), ("embed",), param_dtype)
+        self.conv2_kernel = make_param(rngs, (3, d, d), ("conv_width", "conv_in", "embed"), param_dtype)
+        self.conv2_bias = make_param(rngs, (d,), ("embed",), param_dtype)
+        self.positions = nnx.Param(jnp.asarray(sinusoids(dims.n_audio_ctx, d), param_dtype),
+                                   **param_metadata("audio_pos", "embed"))
+        self.blocks = nnx.List([Block(d, dims.n_audio_head, False, dtype=dtype,
+                                      param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(dims.n_audio_layer)])
+        self.ln_post = LayerNorm(d, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dtype = dtype
+
+    def __call__(self, mel: jax.Array) -> jax.Array:
+        """mel [B, M, N] -> [B, N / 2, D]."""
+        x = jnp.swapaxes(mel, 1, 2).astype(self.dtype)
+        x = jax.nn.gelu(_conv1d(x, self.conv1_kernel[...].astype(self.dtype),
+                                self.conv1_bias[...].astype(self.dtype), 1), approximate=False)
+        x = jax.nn.gelu(_conv1d(x, self.conv2_kernel[...].astype(self.dtype),
+                                self.conv2_bias[...].astype(self.dtype), 2), approximate=False)
+        positions = self.positions[...]
+        if x.shape[1] > positions.shape[0]:
+            raise ValueError(f"{x.shape[1]} audio positions exceed the model's {positions.shape[0]}")
+        x = constrain(x + positions[: x.shape[1]].astype(self.dtype), "batch", "audio_len", "embed")
+        for block in self.blocks:
+            x, _ = block(x, seq_name="audio_len")
+        return self.ln_post(x)
+
+
+class TextDecoder(nnx.Module):
+    """Token + learned positional embeddings, pre-LN blocks with cross-attention, tied logits."""
+
+    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d = dims.n_text_state
+        self.token_embedding = make_param(rngs, (dims.n_vocab, d), ("vocab", "embed"), param_dtype)
+        self.positions = make_param(rngs, (dims.n_text_ctx, d), ("text_pos", "embed"), param_dtype)
+        self.blocks = nnx.List([Block(d, dims.n_text_head, True, dtype=dtype,
+                                      param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(dims.n_text_layer)])
+        self.ln = LayerNorm(d, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dtype = dtype
+
+    def _embed(self, tokens: jax.Array, offset) -> jax.Array:
+        """tokens [B, T] at positions offset.. -> [B, T, D]."""
+        table = self.token_embedding[...].astype(self.dtype)
+        positions = jax.lax.dynamic_slice_in_dim(self.positions[...], offset, tokens.shape[1])
+        x = jnp.take(table, tokens, axis=0) + positions.astype(self.dtype)
+        return constrain(x, "batch", "text_len", "embed")
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """Final LayerNorm and the output projection tied to the embedding: -> [B, T, V] f32."""
+        x = self.ln(x)
+        logits = jnp.einsum("btd,vd->btv", x, self.token_embedding[...].astype(self.dtype),
+                            preferred_element_type=_F32)
+        return constrain(logits, "batch", "text_len", "vocab")
+
+    def cross_kv(self, audio_features: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Per-layer cross-attention keys/values of the encoder output, each [B, S, H, K]."""
+        x = audio_features.astype(self.dtype)
+        return [block.cross_attn.keys_values(x) for block in self.blocks]
+
+    def __call__(self, tokens: jax.Array, audio_features: jax.Array) -> jax.Array:
+        """Causal forward over all of tokens [B, T] with no cache -> logits [B, T, V]."""
+        x = self._embed(tokens, 0)
+        causal = jnp.tril(jnp.ones((tokens.shape[1],) * 2, bool))
+        for block, kv in zip(self.blocks, self.cross_kv(audio_features)):
+            x, _ = block(x, mask=causal, cross_kv=kv)
+        return self._logits(x)
+
+    def step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """tokens [B, T] at positions [offset, offset + T) against the cache -> logits, cache."""
+        x = self._embed(tokens, offset)
+        query_pos = offset + jnp.arange(tokens.shape[1])
+        visible = jnp.arange(cache.length)[None, :] <= query_pos[:, None]  # [T, C]
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            x, (k, v) = block(x, mask=visible, cross_kv=(cache.cross_k[i], cache.cross_v[i]),
+                              cache=(cache.self_k[i], cache.self_v[i]), offset=offset)
+            new_k.append(k)
+            new_v.append(v)
+        return self._logits(x), cache._replace(self_k=tuple(new_k), self_v=tuple(new_v))
+
+
+class Whisper(nnx.Module):
+    """The full model. Build with `build_model` (random) or `weights.load_model` (checkpoint)."""
+
+    def __init__(self, dims: ModelDims, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.dims = dims
+        self.encoder = AudioEncoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.decoder = TextDecoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def encode(self, mel: jax.Array) -> jax.Array:
+        """mel [B, M, N] -> audio features [B, S, D]."""
+        return self.encoder(mel)
+
+    def prefill(self, audio_features: jax.Array, tokens: jax.Array,
+                cache_length: int) -> tuple[jax.Array, KVCache]:
+        """Cross K/V once, a zeroed self cache of `cache_length`, then tokens [B, T] at 0."""
+        cache = KVCache.allocate(self.decoder.cross_kv(audio_features), cache_length)
+        return self.decoder.step(tokens, jnp.int32(0), cache)
+
+    def decode_step(self, tokens: jax.Array, offset: jax.Array,
+                    cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """tokens [B, T] written at `offset` (a traced int32 scalar) -> logits [B, T, V], cache."""
+        return self.decoder.step(tokens, offset, cache)
+
+    def __call__(self, mel: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Uncached forward: mel [B, M, N], tokens [B, T] -> logits [B, T, V] float32."""
+        return self.decoder(tokens, self.encoder(mel))
+
+
+def build_model(dims: ModelDims, *, seed: int = 0, dtype=jnp.float32,
+                param_dtype=jnp.float32) -> Whisper:
+    """A randomly initialised, unsharded model (tests, benchmarks of random large dims)."""
+    with nnx.use_eager_sharding(False):
+        return Whisper(dims, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))

