@@ -1,0 +1,148 @@
+"""`whisper-nnx`: the command line.
+
+    whisper-nnx transcribe INPUT... [--model NAME_OR_PATH] [--output-dir DIR] [--formats ...]
+    whisper-nnx convert MODEL OUT_DIR [--dtype float32|float16|bfloat16]
+
+INPUT is audio/video files, directories (searched recursively for media files) or manifests
+(`.jsonl` with a `path` field, `.txt` with one path per line). `DIR/results.jsonl` receives
+one JSON object per input, flushed as each is done; per-format files go beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from absl import flags, logging
+
+MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
+                  ".mp4", ".mkv", ".mov", ".avi", ".aiff", ".aif", ".amr", ".3gp"}
+
+
+def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
+    """Files as given, directories searched recursively (sorted), manifests read line by line."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from (str(p) for p in sorted(path.rglob("*"))
+                        if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+        elif path.suffix == ".jsonl" and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    yield str(json.loads(line)["path"])
+        elif path.suffix == ".txt" and path.is_file():
+            yield from (line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and not line.startswith("#"))
+        else:
+            yield item  # a missing or odd file becomes an error record, not a crash
+
+
+def output_stem(path: str) -> str:
+    """File stem plus a short hash of the full path, so equal names in two folders differ."""
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}"
+
+
+def _append_record(handle, record: dict) -> None:
+    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from .transcribe import TranscribeOptions, Transcriber
+    from .writers import write_outputs
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    inputs = list(expand_inputs(args.inputs))
+    if not inputs:
+        print("whisper-nnx: no inputs found", file=sys.stderr)
+        return 2
+    options = TranscribeOptions(language=None if args.language == "auto" else args.language,
+                                task=args.task, batch_size=args.batch_size,
+                                temperature=args.temperature,
+                                without_timestamps=args.without_timestamps)
+    transcriber = Transcriber(args.model, dtype=args.dtype)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    errors = 0
+    with open(out / "results.jsonl", "a", encoding="utf-8") as results:
+        for start in range(0, len(inputs), args.batch_size):
+            batch = inputs[start:start + args.batch_size]
+            for record in transcriber.transcribe(batch, options):
+                record.pop("tokens", None)
+                record["model"] = args.model
+                if record["error"] is None:
+                    write_outputs(record, out, output_stem(record["path"]), formats)
+                else:
+                    errors += 1
+                    logging.warning("%s", record["error"])
+                _append_record(results, record)
+                if not args.quiet:
+                    print(f"{record['path']}: {record['error'] or record['text']}")
+    logging.info("%d inputs, %d errors; results in %s", len(inputs), errors, out / "results.jsonl")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .model_hub import resolve_model
+    from .weights import read_checkpoint, save_converted
+
+    checkpoint = read_checkpoint(resolve_model(args.model))
+    out = save_converted(checkpoint, args.out_dir, None if args.dtype == "keep" else args.dtype)
+    print(f"wrote {out} ({checkpoint.source_format} -> nnx, {checkpoint.dims})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .model_hub import DEFAULT_MODEL
+    from .writers import FORMATS
+
+    parser = argparse.ArgumentParser(prog="whisper-nnx", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transcribe", help="transcribe audio/video files")
+    t.add_argument("inputs", nargs="+", metavar="INPUT")
+    t.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"local checkpoint, hub repo id or short name (default {DEFAULT_MODEL})")
+    t.add_argument("--output-dir", default="whisper-nnx-out")
+    t.add_argument("--formats", default="json,txt", help=f"comma-separated from {','.join(FORMATS)}")
+    t.add_argument("--language", default="auto", help="auto (detect) or a code such as en, de")
+    t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--temperature", type=float, default=0.0)
+    t.add_argument("--without-timestamps", action="store_true")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--quiet", action="store_true", help="do not print each transcript")
+    t.set_defaults(run=_transcribe)
+
+    c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")
+    c.add_argument("model", help="local checkpoint, hub repo id or short name")
+    c.add_argument("out_dir")
+    c.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"])
+    c.set_defaults(run=_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .audio import AudioDecodeError
+    from .tensor_files import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    flags.FLAGS.mark_as_parsed()  # absl logging without absl's flag parsing (argparse owns argv)
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    try:
+        return args.run(args)
+    except (CheckpointError, AudioDecodeError, ValueError) as err:
+        print(f"whisper-nnx: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""One jitted program per decoding setting: encode, prefill, then a `lax.while_loop` of steps.
+
+The model's graph is split from its weights once (`nnx.split`); weights are arguments of the
+jitted functions, never baked-in constants, and no token leaves the device until the loop ends.
+Shapes: B batch, M mels, N frames, P prompt tokens, L = P + sample_len buffer, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .kv_cache import KVCache
+from .logit_rules import LogitRules, apply_rules
+from .model import Whisper
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static settings of one greedy/sampling run (a jit static argument)."""
+
+    rules: LogitRules
+    sample_len: int = 224  # at most this many sampled tokens (half the text context)
+    temperature: float = 0.0  # 0: greedy argmax; > 0: sample from softmax(logits / T)
+    sot_index: int = 0  # position of <|startoftranscript|> in the prompt (no-speech prob)
+    no_speech: int | None = None  # <|nospeech|> id, None when the vocabulary lacks it
+
+
+class DecodeState(NamedTuple):
+    """The while_loop carry."""
+
+    length: jax.Array  # [] int32: tokens written to the buffer so far
+    tokens: jax.Array  # [B, L] int32
+    logits: jax.Array  # [B, V] float32: next-token logits at position `length`
+    sum_logprobs: jax.Array  # [B] float32
+    finished: jax.Array  # [B] bool
+    cache: KVCache
+    rng: jax.Array
+
+
+class DecodeResult(NamedTuple):
+    tokens: jax.Array  # [B, L]: prompt, sampled tokens, EOT padding
+    sum_logprobs: jax.Array  # [B]
+    no_speech_prob: jax.Array  # [B]
+
+
+def _step(model: Whisper, config: SamplingConfig, state: DecodeState) -> DecodeState:
+    rules = config.rules
+    logits = apply_rules(state.logits, state.tokens, state.length, rules)
+    rng, key = jax.random.split(state.rng)
+    if config.temperature > 0:
+        next_tokens = jax.random.categorical(key, logits / config.temperature, axis=-1)
+    else:
+        next_tokens = jnp.argmax(logits, axis=-1)
+    next_tokens = next_tokens.astype(jnp.int32)
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.take_along_axis(logprobs, next_tokens[:, None], axis=-1)[:, 0]
+    sum_logprobs = state.sum_logprobs + jnp.where(state.finished, 0.0, chosen)
+    next_tokens = jnp.where(state.finished, rules.eot, next_tokens)
+    tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, next_tokens[:, None], state.length, axis=1)
+    finished = state.finished | (next_tokens == rules.eot)
+    step_logits, cache = model.decode_step(next_tokens[:, None], state.length, state.cache)
+    return DecodeState(state.length + 1, tokens, step_logits[:, -1], sum_logprobs, finished, cache, rng)
+
+
+def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array,
+                         prompt: jax.Array, rng: jax.Array) -> DecodeResult:
+    """features [B, S, D], prompt [B, P] -> greedy/sampled continuation (traceable)."""
+    batch, prompt_len = prompt.shape
+    total = prompt_len + config.sample_len
+    logits, cache = model.prefill(features, prompt, total)
+    no_speech_prob = jnp.zeros((batch,), jnp.float32)
+    if config.no_speech is not None:
+        no_speech_prob = jax.nn.softmax(logits[:, config.sot_index], axis=-1)[:, config.no_speech]
+    tokens = jnp.full((batch, total), config.rules.eot, jnp.int32)
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, prompt.astype(jnp.int32), 0, axis=1)
+    state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
+                        jnp.zeros((batch,), bool), cache, rng)
+    state = jax.lax.while_loop(lambda s: (s.length < total) & ~jnp.all(s.finished),
+                               functools.partial(_step, model, config), state)
+    return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
+
+
+def detect_language_from_features(model: Whisper, features: jax.Array, sot: int,
+                                  language_ids: tuple[int, ...]) -> jax.Array:
+    """One decoder step on [sot]: probabilities over `language_ids` -> [B, n_languages]."""
+    prompt = jnp.full((features.shape[0], 1), sot, jnp.int32)
+    logits, _ = model.prefill(features, prompt, 1)
+    return jax.nn.softmax(logits[:, 0, jnp.asarray(language_ids)], axis=-1)
+
+
+class Generator:
+    """Holds a model's split graph and weights and the compiled programs that use them."""
+
+    def __init__(self, model: Whisper):
+        self.graphdef, self.state = nnx.split(model)
+        self.dims = model.dims
+        graphdef = self.graphdef
+
+        @functools.partial(jax.jit, static_argnames=("config",))
+        def _generate(state, mel, prompt, rng, config: SamplingConfig) -> DecodeResult:
+            m = nnx.merge(graphdef, state)
+            return sample_from_features(m, config, m.encode(mel), prompt, rng)
+
+        @functools.partial(jax.jit, static_argnames=("sot", "language_ids"))
+        def _languages(state, mel, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
+            m = nnx.merge(graphdef, state)
+            return detect_language_from_features(m, m.encode(mel), sot, language_ids)
+
+        self._generate, self._languages = _generate, _languages
+
+    def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig,
+                 seed: int = 0) -> DecodeResult:
+        """mel [B, M, N] and prompt [B, P] -> DecodeResult on device."""
+        return self._generate(self.state, mel, prompt, jax.random.PRNGKey(seed), config=config)
+
+    def language_probs(self, mel: jax.Array, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
+        """mel [B, M, N] -> [B, n_languages] language probabilities."""
+        return self._languages(self.state, mel, sot=sot, language_ids=language_ids)

@@ -1,0 +1,55 @@
+"""Sampled tokens of one 30 s window -> timed text segments, as the reference's transcribe does.
+
+A segment is the text between two consecutive timestamp tokens; a window ending in a single
+timestamp (no closing pair) still ends its last segment there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+
+from .tokenizer import TIME_PRECISION, Tokenizer
+
+
+@dataclasses.dataclass
+class Segment:
+    start: float  # seconds from the start of the file
+    end: float
+    text: str
+    tokens: list[int]
+
+    def to_json(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+
+
+def compression_ratio(text: str) -> float:
+    """len(utf-8 bytes) / len(gzip of them): high values mean repetitive (looping) output."""
+    data = text.encode("utf-8")
+    return len(data) / len(gzip.compress(data)) if data else 0.0
+
+
+def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,
+                   window_duration: float) -> list[Segment]:
+    """Segments of one window's sampled tokens (no prompt, no EOT), times offset by the window."""
+    ts_begin = tokenizer.timestamp_begin
+    is_ts = [t >= ts_begin for t in tokens]
+    pair_ends = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+    segments = []
+    if pair_ends:
+        slices = pair_ends + ([len(tokens)] if is_ts[-2:] == [False, True] else [])
+        start = 0
+        for end in slices:
+            piece = tokens[start:end]
+            segments.append(Segment(
+                start=time_offset + (piece[0] - ts_begin) * TIME_PRECISION,
+                end=time_offset + (piece[-1] - ts_begin) * TIME_PRECISION,
+                text=tokenizer.decode(piece), tokens=piece))
+            start = end
+        return [s for s in segments if s.text.strip() or s.end > s.start]
+    stamps = [t for t in tokens if t >= ts_begin]
+    end = window_duration
+    if stamps and stamps[-1] != ts_begin:
+        end = (stamps[-1] - ts_begin) * TIME_PRECISION
+    text = tokenizer.decode(tokens)
+    return [Segment(time_offset, time_offset + end, text, tokens)] if text.strip() else []
