@@ -1,0 +1,171 @@
+"""Audio constants and decoding: any audio/video file -> float32 16 kHz mono samples.
+
+Decoding runs on the host with PyAV (the ffmpeg libraries, no ffmpeg CLI needed): the first
+audio stream is decoded, converted to planar float at the file's own rate, down-mixed to mono
+by averaging the channels (what the ffmpeg CLI's `-ac 1` to s16 in openai-whisper's
+`load_audio` amounts to for stereo; libswresample's float down-mix would instead scale stereo
+by 1/sqrt(2)), then resampled to 16 kHz by soxr in streaming mode so a long file never holds
+more than its 16 kHz copy plus one decoded frame in memory.
+
+Every failure a user can cause (missing, empty, corrupt or truncated file, no audio stream,
+zero samples, NaN/inf samples) raises `AudioDecodeError` with a one-line reason, so callers
+can record the reason per input and carry on with the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import soxr
+
+
+def _exact_div(x: int, y: int) -> int:
+    """x / y, asserting that y divides x (the constants below must tile each other exactly)."""
+    assert x % y == 0, f"{x} is not divisible by {y}"
+    return x // y
+
+
+SAMPLE_RATE = 16000  # Hz, the only rate Whisper's features are defined at
+N_FFT = 400  # samples per STFT window (25 ms)
+HOP_LENGTH = 160  # samples between STFT frames (10 ms)
+CHUNK_LENGTH = 30  # seconds of audio per encoder window
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
+N_FRAMES = _exact_div(N_SAMPLES, HOP_LENGTH)  # 3000 mel frames per window
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the encoder's second conv has stride 2: 320 samples
+FRAMES_PER_SECOND = _exact_div(SAMPLE_RATE, HOP_LENGTH)  # 100 mel frames per second (10 ms)
+TOKENS_PER_SECOND = _exact_div(SAMPLE_RATE, N_SAMPLES_PER_TOKEN)  # 50 positions/s (20 ms)
+N_AUDIO_CTX = _exact_div(N_FRAMES, 2)  # 1500 encoder positions per window
+TIME_PRECISION = 1 / TOKENS_PER_SECOND  # 0.02 s, one timestamp token step
+
+# A file counts as truncated when it decodes to less than its header's duration by more than
+# both of these (headers of VBR MP3s without a Xing frame only estimate their duration).
+_TRUNCATION_SLACK_S = 0.5
+_TRUNCATION_SLACK_FRACTION = 0.1
+
+
+class AudioDecodeError(ValueError):
+    """An input could not be turned into audio samples; `reason` is one line for reports."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _reason(exc: BaseException) -> str:
+    """ffmpeg's own short description of a failure (no errno, no path), else its first line."""
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_container(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise AudioDecodeError(path, "file not found")
+    if path.is_dir():
+        raise AudioDecodeError(path, "is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(path, "file is empty (0 bytes)")
+    try:
+        return av.open(str(path), mode="r")
+    except EOFError as e:  # av's EOFError: the container ended inside its own header
+        raise AudioDecodeError(path, "file ends before any audio (truncated)") from e
+    except av.error.FFmpegError as e:
+        raise AudioDecodeError(path, f"not a readable audio/video file ({_reason(e)})") from e
+
+
+def _audio_stream(container: av.container.InputContainer, path: Path) -> av.AudioStream:
+    if container.streams.audio:
+        return container.streams.audio[0]
+    kinds = sorted({s.type for s in container.streams})
+    if not kinds or container.format.name == "tty":  # ffmpeg reads plain text as ANSI "video"
+        raise AudioDecodeError(path, "not an audio/video file (no media streams found)")
+    raise AudioDecodeError(path, f"no audio stream (found only: {', '.join(kinds)})")
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float:
+    """The duration the file's headers promise, 0.0 when they promise nothing."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    # The container's duration covers every stream; it speaks for the audio only when alone.
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _native_mono_chunks(
+    container: av.container.InputContainer, stream: av.AudioStream, path: Path
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (float32 mono samples [n], sample rate) per decoded frame, at the native rate."""
+    # Sample-format conversion only: layout and rate stay native; we down-mix, soxr resamples.
+    to_float = av.AudioResampler(format="fltp", layout=None, rate=None)
+    try:
+        for frame in container.decode(stream):
+            for f in to_float.resample(frame):
+                yield f.to_ndarray().mean(axis=0, dtype=np.float32), f.sample_rate  # [C, n]
+        for f in to_float.resample(None):  # flush swresample's delay line
+            yield f.to_ndarray().mean(axis=0, dtype=np.float32), f.sample_rate
+    except av.error.FFmpegError as e:
+        raise AudioDecodeError(path, f"corrupt or truncated audio ({_reason(e)})") from e
+
+
+def _decode_mono(
+    container: av.container.InputContainer, path: Path, sample_rate: int
+) -> np.ndarray:
+    """Decode the first audio stream to float32 mono at `sample_rate`: [N]."""
+    stream = _audio_stream(container, path)
+    resampler: soxr.ResampleStream | None = None
+    in_rate = 0
+    n_native = 0
+    pieces: list[np.ndarray] = []
+    for x, rate in _native_mono_chunks(container, stream, path):
+        if not np.isfinite(x).all():
+            raise AudioDecodeError(path, "audio contains non-finite samples (NaN or inf)")
+        if resampler is None:
+            in_rate = rate
+            resampler = soxr.ResampleStream(in_rate, sample_rate, 1, "float32", "HQ")
+        elif rate != in_rate:
+            raise AudioDecodeError(
+                path, f"sample rate changes inside the stream ({in_rate} -> {rate} Hz)"
+            )
+        n_native += x.size
+        pieces.append(resampler.resample_chunk(x))
+    if resampler is None or n_native == 0:
+        raise AudioDecodeError(path, "no audio samples could be decoded (truncated or empty)")
+    pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+
+    # Decoders stop quietly at a cut inside some formats (e.g. MP3); catch the cut when the
+    # header promised much more. The margin tolerates estimated durations and codec padding.
+    declared, decoded = _declared_seconds(container, stream), n_native / in_rate
+    if declared - decoded > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_FRACTION * declared):
+        raise AudioDecodeError(
+            path, f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the header declares"
+        )
+    return np.concatenate(pieces)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of `path` as float32 mono at `sample_rate`: [N].
+
+    Raises AudioDecodeError (a ValueError) with a one-line reason when the file cannot be
+    used; the underlying PyAV exception, if any, is chained as `__cause__`.
+    """
+    path = Path(path)
+    container = _open_container(path)
+    with container:
+        return _decode_mono(container, path, sample_rate)
+
+
+def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:
+    """Zero-pad on the right or cut `array` along `axis` to exactly `length` entries."""
+    size = array.shape[axis]
+    if size > length:
+        return np.take(array, np.arange(length), axis=axis)
+    if size < length:
+        widths = [(0, 0)] * array.ndim
+        widths[axis] = (0, length - size)
+        return np.pad(array, widths)
+    return array

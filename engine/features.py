@@ -1,0 +1,122 @@
+"""Log-mel features on device: float32 16 kHz audio [B, N] -> Whisper's log-mel [B, M, F].
+
+Matches `whisper.audio.log_mel_spectrogram` (centred STFT with reflect padding, periodic Hann
+window of N_FFT, hop HOP_LENGTH, last frame dropped, power spectrum, Slaney mel filterbank,
+log10 clamped at 1e-10, floored at max - 8, (x + 4) / 4), batched with the max taken per
+example, so a batch equals its examples computed one at a time.
+
+Framing uses reshapes and slices instead of a gather: N_FFT (400) spans three hop blocks of
+160 samples, so frame f is blocks f, f+1, f+2 concatenated and cut to 400 samples.
+The spectrum is taken with `jnp.fft.rfft`, not a matmul with a windowed DFT matrix: on CPU
+(2 cores, B=2 x 30 s, 80 mels) the DFT matmul was faster (16 ms against 23-35 ms) but less
+accurate: max abs error vs the reference on the speech fixtures 8.4e-5 against 1.6e-5 for
+rfft (against a float64 computation: 7.3e-5 vs 1.2e-5), since a float32 DFT accumulates
+400 products per bin while the FFT's error grows with log2 of that.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
+
+N_FREQS = N_FFT // 2 + 1  # 201 rfft bins
+_BLOCKS_PER_WINDOW = -(-N_FFT // HOP_LENGTH)  # 3 hop blocks cover one 400-sample window
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear (3 bins per 200 Hz) below 1 kHz, logarithmic above."""
+    f_sp = 200.0 / 3.0
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0  # 27 mel steps per factor of 6.4 in frequency
+    hz = np.asarray(hz, np.float64)
+    log_part = min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
+    return np.where(hz >= min_log_hz, log_part, hz / f_sp)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of `_hz_to_mel`."""
+    f_sp = 200.0 / 3.0
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    mel = np.asarray(mel, np.float64)
+    log_part = min_log_hz * np.exp(logstep * (np.maximum(mel, min_log_mel) - min_log_mel))
+    return np.where(mel >= min_log_mel, log_part, mel * f_sp)
+
+
+@functools.cache
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Slaney-normalised triangular mel filterbank over the rfft bins: [M, 201] float32.
+
+    Same construction as `librosa.filters.mel(sr=16000, n_fft=400, n_mels=M)` (fmin 0,
+    fmax sr/2, Slaney scale and area normalisation), which is what Whisper ships as
+    `mel_filters.npz`. Computed in float64, returned read-only as float32.
+    """
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, N_FREQS)  # [201]
+    # M + 2 edges equally spaced in mel: filter m rises from edge m to m+1, falls to m+2.
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
+    widths = np.diff(edges_hz)  # [M+1]
+    offsets = edges_hz[:, None] - fft_hz[None, :]  # [M+2, 201]
+    rising = -offsets[:-2] / widths[:-1, None]
+    falling = offsets[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # [M, 201]
+    # Slaney normalisation: every filter has unit area in Hz, so energy per band is comparable.
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    out = weights.astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def _periodic_hann() -> np.ndarray:
+    """Periodic Hann window of N_FFT (the DFT-even variant torch.hann_window returns): [400]."""
+    n = np.arange(N_FFT, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / N_FFT)).astype(np.float32)
+
+
+def _frames(audio: jax.Array) -> jax.Array:
+    """Centred, reflect-padded STFT frames without the final frame: [B, N] -> [B, F, 400].
+
+    F = N // HOP_LENGTH, i.e. torch.stft(center=True)'s 1 + N // hop frames minus the last.
+    """
+    n_frames = audio.shape[-1] // HOP_LENGTH
+    half = N_FFT // 2
+    padded = jnp.pad(audio, ((0, 0), (half, half)), mode="reflect")  # [B, N + 400]
+    n_blocks = n_frames + _BLOCKS_PER_WINDOW - 1
+    blocks = padded[:, : n_blocks * HOP_LENGTH].reshape(audio.shape[0], n_blocks, HOP_LENGTH)
+    shifted = [blocks[:, k : k + n_frames] for k in range(_BLOCKS_PER_WINDOW)]
+    return jnp.concatenate(shifted, axis=-1)[..., :N_FFT]
+
+
+def log_mel_spectrogram(audio: jax.Array, n_mels: int, padding: int = 0) -> jax.Array:
+    """Whisper's log-mel spectrogram of 16 kHz audio: [B, N] -> [B, M, (N + padding) // 160].
+
+    `padding` zeros are appended on the right first (Whisper pads N_SAMPLES so the last 30 s
+    window is full). The -8 floor uses each example's own maximum. N + padding must exceed
+    N_FFT // 2 for the reflect padding, as in the reference.
+    """
+    audio = jnp.asarray(audio, jnp.float32)
+    if padding:
+        audio = jnp.pad(audio, ((0, 0), (0, padding)))
+    frames = _frames(audio) * jnp.asarray(_periodic_hann())  # [B, F, 400]
+    spectrum = jnp.fft.rfft(frames, n=N_FFT, axis=-1)  # [B, F, 201] complex64
+    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+    # HIGHEST: on GPU/TPU a default float32 matmul may run as TF32/bf16 passes, which costs
+    # ~1e-3 in the log domain.
+    mel = jnp.einsum(
+        "mk,bfk->bmf",
+        jnp.asarray(mel_filters(n_mels)),
+        power,
+        precision=jax.lax.Precision.HIGHEST,
+    )  # [B, M, F]
+    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))  # [B, M, F]
+    floor = jnp.max(log_spec, axis=(1, 2), keepdims=True) - 8.0
+    return (jnp.maximum(log_spec, floor) + 4.0) / 4.0
+
+
+log_mel_spectrogram_jit = jax.jit(log_mel_spectrogram, static_argnames=("n_mels", "padding"))
