@@ -1,0 +1,113 @@
+"""Model-level properties: logical axis names on every parameter, bfloat16 compute, sharded load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from whisper_nnx.engine.audio import load_audio, pad_or_trim
+from whisper_nnx.engine.config import DIMS, ModelDims
+from whisper_nnx.engine.features import log_mel_spectrogram_jit
+from whisper_nnx.engine.model import Whisper
+from whisper_nnx.engine.weights import load_model
+from whisper_nnx.sharding import AXES, PRESETS
+
+
+def test_every_parameter_has_logical_names_from_the_vocabulary():
+    with nnx.use_eager_sharding(False):
+        abstract = nnx.eval_shape(lambda: Whisper(DIMS["large-v3"], rngs=nnx.Rngs(0)))
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(abstract), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    # encoder: 2 convs x (kernel, bias), positions, ln_post (2); 15 per encoder block, 24 per
+    # decoder block (cross-attention and its LayerNorm); decoder: embedding, positions, ln (2).
+    assert len(leaves) == 7 + 32 * 15 + 32 * 24 + 4
+    for path, var in leaves:
+        names = var.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == len(var.shape), jax.tree_util.keystr(path)
+        assert all(n is None or n in AXES for n in names)
+    for preset in PRESETS.values():  # every preset maps every name, so none passes through unmapped
+        assert [name for name, _ in preset] == list(AXES)
+
+
+def test_parameter_counts_match_the_published_sizes():
+    from whisper_nnx.engine.weights import expected_shapes
+
+    def count(dims: ModelDims) -> int:
+        return sum(int(np.prod(s)) for s in expected_shapes(dims).values())
+
+    def by_hand(d: ModelDims) -> int:
+        w, f = d.n_text_state, 4 * d.n_text_state
+        attn = 4 * w * w + 3 * w  # q, k, v, out kernels; q, v, out biases
+        mlp = 2 * w * f + f + w
+        enc_block, dec_block = attn + mlp + 4 * w, 2 * attn + mlp + 6 * w
+        encoder = 3 * d.n_mels * w + w + 3 * w * w + w + d.n_audio_ctx * w + d.n_audio_layer * enc_block + 2 * w
+        decoder = d.n_vocab * w + d.n_text_ctx * w + d.n_text_layer * dec_block + 2 * w
+        return encoder + decoder
+
+    for name in ("tiny.en", "base", "small", "medium", "large-v3", "large-v3-turbo"):
+        assert count(DIMS[name]) == by_hand(DIMS[name])
+    # Published sizes in millions (the reference README), encoder positional table included.
+    assert round(count(DIMS["tiny.en"]) / 1e6) == 38
+    assert round(count(DIMS["large-v3"]) / 1e6) == 1543
+    assert round(count(DIMS["large-v3-turbo"]) / 1e6) == 809
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_stays_close_to_float32(real_checkpoint, data_dir):
+    _, checkpoint = real_checkpoint
+    mel = log_mel_spectrogram_jit(jnp.asarray(pad_or_trim(load_audio(data_dir / "sample_joe.flac")))[None],
+                                  n_mels=checkpoint.dims.n_mels)
+    tokens = jnp.asarray([[50257, 383, 2068, 7586, 21831]], jnp.int32) if not checkpoint.dims.is_multilingual \
+        else jnp.asarray([[50258, 50259, 50359, 50363, 440, 1702, 3699]], jnp.int32)
+    f32 = load_model(checkpoint)(mel, tokens)
+    bf16 = load_model(checkpoint, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)(mel, tokens)
+    assert bf16.dtype == jnp.float32  # logits always come back in float32
+    rel = float(jnp.abs(bf16 - f32).max() / jnp.abs(f32).max())
+    assert 0 < rel < 0.05  # bfloat16 really ran (nonzero difference) and stayed close
+    assert (np.asarray(bf16).argmax(-1) == np.asarray(f32).argmax(-1)).mean() >= 0.8
+
+
+_SHARDED = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import AxisType
+    from whisper_nnx.engine.model_hub import offline_package_checkpoint
+    from whisper_nnx.engine.weights import load_model, read_checkpoint
+    from whisper_nnx.sharding import rules_for, logical_spec
+    from flax import nnx
+
+    checkpoint = read_checkpoint(offline_package_checkpoint("tiny.en"))
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((4, 80, 3000)).astype(np.float32)
+    tokens = rng.integers(0, 50000, (4, 6)).astype(np.int32)
+    expected = np.asarray(load_model(checkpoint)(jnp.asarray(mel), jnp.asarray(tokens)))
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    rules = rules_for("dp+tp")
+    model = load_model(checkpoint, mesh=mesh, rules=rules)
+    fc1 = model.decoder.blocks[0].mlp.fc1_kernel[...]
+    assert tuple(fc1.sharding.spec) == (None, "model"), fc1.sharding.spec
+    assert fc1.addressable_shards[0].data.shape == (384, 768)  # half of the 1536 columns
+    emb = model.decoder.token_embedding[...]
+    assert emb.addressable_shards[0].data.shape == (51864 // 2, 384)
+    graphdef, state = nnx.split(model)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        fwd = jax.jit(lambda s, m, t: nnx.merge(graphdef, s)(m, t))
+        got = fwd(state, jax.device_put(mel, logical_spec("batch", None, None)), tokens)
+    err = float(np.abs(np.asarray(got) - expected).max() / np.abs(expected).max())
+    assert err < 1e-4, err
+    print("sharded-ok", err)
+""")
+
+
+@pytest.mark.slow
+def test_weights_load_straight_into_shardings_and_compute_the_same():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "sharded-ok" in proc.stdout, proc.stderr[-3000:]
