@@ -8,10 +8,11 @@ and logits are computed in float32 whatever the compute dtype.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from whisper_nnx.sharding import constrain, out_sharding, param_metadata
@@ -20,22 +21,32 @@ _F32 = jnp.float32
 _MASKED = jnp.finfo(jnp.float32).min
 
 
-def make_param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple, dtype, scale: float = 0.02,
-               zeros: bool = False) -> nnx.Param:
-    """A parameter with logical axis `names`; random values only matter for random-weight tests."""
-    if zeros:
-        value = jnp.zeros(shape, dtype)
+def make_param(rngs: Optional[nnx.Rngs], shape: tuple[int, ...], names: tuple, dtype,
+               init: Union[str, np.ndarray] = "normal") -> nnx.Param:
+    """A parameter with logical axis `names`.
+
+    `init` is "normal" (scale 0.02; random values only matter for random-weight tests),
+    "zeros", "ones" or a fixed array. With `rngs=None` the parameter is abstract (a
+    ShapeDtypeStruct): building a model that way costs no tracing and no memory, which is how
+    checkpoints are loaded.
+    """
+    if rngs is None:
+        value = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+    elif isinstance(init, np.ndarray):
+        value = jnp.asarray(init, dtype).reshape(shape)
+    elif init in ("zeros", "ones"):
+        value = (jnp.zeros if init == "zeros" else jnp.ones)(shape, dtype)
     else:
-        value = (scale * jax.random.normal(rngs.params(), shape, _F32)).astype(dtype)
+        value = (0.02 * jax.random.normal(rngs.params(), shape, _F32)).astype(dtype)
     return nnx.Param(value, **param_metadata(*names))
 
 
 class LayerNorm(nnx.Module):
     """LayerNorm over D with eps 1e-5, computed in float32."""
 
-    def __init__(self, width: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.scale = nnx.Param(jnp.ones((width,), param_dtype), **param_metadata("embed"))
-        self.bias = make_param(rngs, (width,), ("embed",), param_dtype, zeros=True)
+    def __init__(self, width: int, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
+        self.scale = make_param(rngs, (width,), ("embed",), param_dtype, init="ones")
+        self.bias = make_param(rngs, (width,), ("embed",), param_dtype, init="zeros")
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -49,7 +60,7 @@ class LayerNorm(nnx.Module):
 class MLP(nnx.Module):
     """D -> F -> GELU (exact erf form, as the reference) -> D."""
 
-    def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
         self.fc1_kernel = make_param(rngs, (width, hidden), ("embed", "mlp"), param_dtype)
         self.fc1_bias = make_param(rngs, (hidden,), ("mlp",), param_dtype)
         self.fc2_kernel = make_param(rngs, (hidden, width), ("mlp", "embed"), param_dtype)
@@ -85,7 +96,7 @@ class Attention(nnx.Module):
     The key projection has no bias, as in every Whisper checkpoint.
     """
 
-    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
         head_dim = width // heads
         w_names, b_names = ("embed", "heads", "head_dim"), ("heads", "head_dim")
         self.query_kernel = make_param(rngs, (width, heads, head_dim), w_names, param_dtype)
@@ -127,7 +138,7 @@ class Block(nnx.Module):
     """Pre-LayerNorm residual block: self-attention, cross-attention if `has_cross`, MLP."""
 
     def __init__(self, width: int, heads: int, has_cross: bool, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+                 rngs: Optional[nnx.Rngs]):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_ln = LayerNorm(width, **kw)
         self.attn = Attention(width, heads, **kw)

@@ -11,12 +11,14 @@ positions, D width, V vocabulary.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from whisper_nnx.sharding import constrain, out_sharding, param_metadata
+from whisper_nnx.sharding import constrain
 
 from .config import ModelDims
 from .kv_cache import KVCache
@@ -45,14 +47,14 @@ def _conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> ja
 class AudioEncoder(nnx.Module):
     """Two convolutions (the second with stride 2), sinusoidal positions, pre-LN blocks."""
 
-    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
         d, m = dims.n_audio_state, dims.n_mels
         self.conv1_kernel = make_param(rngs, (3, m, d), ("conv_width", "mel", "embed"), param_dtype)
         self.conv1_bias = make_param(rngs, (d,), ("embed",), param_dtype)
         self.conv2_kernel = make_param(rngs, (3, d, d), ("conv_width", "conv_in", "embed"), param_dtype)
         self.conv2_bias = make_param(rngs, (d,), ("embed",), param_dtype)
-        self.positions = nnx.Param(jnp.asarray(sinusoids(dims.n_audio_ctx, d), param_dtype),
-                                   **param_metadata("audio_pos", "embed"))
+        self.positions = make_param(rngs, (dims.n_audio_ctx, d), ("audio_pos", "embed"), param_dtype,
+                                    init=sinusoids(dims.n_audio_ctx, d))
         self.blocks = nnx.List([Block(d, dims.n_audio_head, False, dtype=dtype,
                                       param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(dims.n_audio_layer)])
@@ -78,7 +80,7 @@ class AudioEncoder(nnx.Module):
 class TextDecoder(nnx.Module):
     """Token + learned positional embeddings, pre-LN blocks with cross-attention, tied logits."""
 
-    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
         d = dims.n_text_state
         self.token_embedding = make_param(rngs, (dims.n_vocab, d), ("vocab", "embed"), param_dtype)
         self.positions = make_param(rngs, (dims.n_text_ctx, d), ("text_pos", "embed"), param_dtype)
@@ -130,10 +132,11 @@ class TextDecoder(nnx.Module):
 
 
 class Whisper(nnx.Module):
-    """The full model. Build with `build_model` (random) or `weights.load_model` (checkpoint)."""
+    """The full model. Build with `build_model` (random) or `weights.load_model` (checkpoint);
+    `rngs=None` gives an abstract model (shapes and logical names only)."""
 
     def __init__(self, dims: ModelDims, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 rngs: Optional[nnx.Rngs]):
         self.dims = dims
         self.encoder = AudioEncoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.decoder = TextDecoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

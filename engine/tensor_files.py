@@ -55,16 +55,20 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         header = json.loads(bytes(data[8:8 + header_size]))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not a safetensors file ({err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)
     body = data[8 + header_size:]
     arrays = {}
     for name, info in header.items():
         try:
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-            start, end = info["data_offsets"]
+            start, end = (int(o) for o in info["data_offsets"])
             shape = tuple(info["shape"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: bad header entry for {name!r}") from err
+            if not all(isinstance(n, int) and n >= 0 for n in shape) or not 0 <= start <= end:
+                raise ValueError("negative or non-integer shape or offsets")
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{path}: bad header entry for {name!r} ({err})") from err
         if end > body.size:
             raise CheckpointError(f"{path}: truncated (tensor {name!r} ends past the end of file)")
         if end - start != dtype.itemsize * int(np.prod(shape)):

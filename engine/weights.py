@@ -14,6 +14,7 @@ table then maps those to this package's parameter paths and layouts. Formats rea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -87,37 +88,62 @@ def reference_table(dims: ModelDims) -> dict[str, tuple[str, str]]:
     return table
 
 
+@functools.lru_cache(maxsize=16)
 def expected_shapes(dims: ModelDims) -> dict[str, tuple[int, ...]]:
-    """Our path -> parameter shape for `dims`, from the model definition (no memory used)."""
+    """Our path -> parameter shape for `dims`, from the model definition (no memory used).
+
+    Cached: tracing the model abstractly takes seconds for the large checkpoints. Callers
+    must not mutate the returned dict.
+    """
     with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: Whisper(dims, rngs=nnx.Rngs(0)))
+        abstract = Whisper(dims, rngs=None)
     return {path: tuple(leaf.shape) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(abstract)))}
 
 
-def from_reference_names(dims: ModelDims, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Reference-named PyTorch-layout tensors -> our paths and layouts, checked against `dims`."""
+def _reference_shape(path: str, transform: str, ours: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch-layout shape a tensor must have to become our `path` of shape `ours`."""
+    if transform == "conv":
+        return ours[::-1]
+    if transform == "linear":  # torch [out, in]; our out-projection folds H, K into "in"
+        if path.endswith("out_kernel"):
+            return (ours[-1], int(np.prod(ours[:-1])))
+        return (int(np.prod(ours[1:])), ours[0])
+    return (int(np.prod(ours)),) if path.endswith("_bias") else ours
+
+
+def from_reference_names(dims: ModelDims, tensors: Mapping[str, np.ndarray],
+                         file_names: Optional[Mapping[str, str]] = None) -> dict[str, np.ndarray]:
+    """Reference-named PyTorch-layout tensors -> our paths and layouts, checked against `dims`.
+
+    `file_names` maps reference names back to the names in the source file, for messages.
+    """
     shapes = expected_shapes(dims)
     table = reference_table(dims)
-    missing = [ref for path, (ref, _) in table.items()
+    def named(ref: str) -> str:
+        original = (file_names or {}).get(ref, ref)
+        return original if original == ref else f"{original} ({ref})"
+
+    missing = [named(ref) for path, (ref, _) in table.items()
                if ref not in tensors and path != "encoder/positions"]
     if missing:
-        raise CheckpointError(f"checkpoint lacks {len(missing)} tensors the {dims_label(dims)} "
-                              f"model needs, e.g. {missing[:3]}")
+        raise CheckpointError(f"lacks {len(missing)} tensors the {dims_label(dims)} model needs, "
+                              f"e.g. {missing[:3]}")
     params = {}
     for path, (ref, transform) in table.items():
         if ref not in tensors:  # fixed table, absent from some exports
             params[path] = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
             continue
         source = tensors[ref]
+        expected = _reference_shape(path, transform, shapes[path])
+        if tuple(source.shape) != expected:
+            raise CheckpointError(f"tensor {named(ref)} has shape {tuple(source.shape)}, expected "
+                                  f"{expected} (our {path}) for the {dims_label(dims)} model")
         if transform == "linear":  # torch Linear [out, in] -> ours [in, ...out]
             array = np.asarray(source).T
         elif transform == "conv":  # torch Conv1d [out, in, width] -> ours [width, in, out]
             array = np.asarray(source).transpose(2, 1, 0)
         else:
             array = np.asarray(source)
-        if array.size != int(np.prod(shapes[path])):
-            raise CheckpointError(f"tensor {ref!r} has shape {tuple(source.shape)}, which does not "
-                                  f"fit {path} {shapes[path]} of the {dims_label(dims)} model")
         params[path] = array.reshape(shapes[path])
     return params
 
@@ -179,21 +205,26 @@ def _read_hf(directory: Path) -> Checkpoint:
     tensors: dict[str, np.ndarray] = {}
     for shard in shard_names:
         tensors.update(read_safetensors(directory / shard))
-    renamed = {hf_to_reference_name(k): v for k, v in tensors.items() if k != "proj_out.weight"}
+    file_names = {hf_to_reference_name(k): k for k in tensors if k != "proj_out.weight"}
+    renamed = {ref: tensors[name] for ref, name in file_names.items()}
     heads = _read_json(directory / "generation_config.json").get("alignment_heads") \
         if (directory / "generation_config.json").is_file() else None
-    return Checkpoint(dims, from_reference_names(dims, renamed), directory, "hf",
-                      _pairs(heads))
+    params = _in_file(directory, lambda: from_reference_names(dims, renamed, file_names))
+    return Checkpoint(dims, params, directory, "hf", _pairs(heads))
 
 
 # --- CTranslate2 -------------------------------------------------------------------------------
 
 def _ct2_weight(arrays: Mapping[str, np.ndarray], prefix: str) -> np.ndarray:
+    """A CTranslate2 weight as floats: int8/int16 are stored as round(w * scale)."""
     weight = arrays[f"{prefix}/weight"]
+    if not np.issubdtype(weight.dtype, np.integer):
+        return weight
     scale = arrays.get(f"{prefix}/weight_scale")
-    if weight.dtype == np.int8 and scale is not None:  # int8 rows quantized as round(w * scale)
-        return weight.astype(np.float32) / np.asarray(scale, np.float32).reshape(-1, 1)
-    return weight
+    if scale is None:
+        raise CheckpointError(f"quantized {prefix}/weight ({weight.dtype}) has no weight_scale")
+    scale = np.asarray(scale, np.float32)
+    return weight.astype(np.float32) / (scale.reshape(-1, 1) if scale.ndim else scale)
 
 
 def _ct2_to_reference(arrays: Mapping[str, np.ndarray], n_enc: int, n_dec: int) -> dict[str, np.ndarray]:
@@ -204,7 +235,7 @@ def _ct2_to_reference(arrays: Mapping[str, np.ndarray], n_enc: int, n_dec: int) 
         "encoder.conv2.bias": arrays["encoder/conv2/bias"],
         "encoder.positional_embedding": arrays["encoder/position_encodings/encodings"],
         "decoder.positional_embedding": arrays["decoder/position_encodings/encodings"],
-        "decoder.token_embedding.weight": arrays["decoder/embeddings/weight"],
+        "decoder.token_embedding.weight": _ct2_weight(arrays, "decoder/embeddings"),
     }
 
     def norm(src: str, dst: str) -> None:
@@ -257,12 +288,13 @@ def _read_ct2(directory: Path, model_file: Path) -> Checkpoint:
             n_vocab=arrays["decoder/embeddings/weight"].shape[0],
             n_text_ctx=arrays["decoder/position_encodings/encodings"].shape[0],
             n_text_state=width, n_text_head=int(arrays["decoder/num_heads"]), n_text_layer=n_dec)
-        reference = _ct2_to_reference(arrays, n_enc, n_dec)
+        reference = _in_file(model_file, lambda: _ct2_to_reference(arrays, n_enc, n_dec))
     except KeyError as err:
         raise CheckpointError(f"{model_file}: Whisper model lacks variable {err.args[0]!r}") from err
     config = directory / "config.json"
     heads = _read_json(config).get("alignment_heads") if config.is_file() else None
-    return Checkpoint(dims, from_reference_names(dims, reference), directory, "ct2", _pairs(heads))
+    params = _in_file(model_file, lambda: from_reference_names(dims, reference))
+    return Checkpoint(dims, params, directory, "ct2", _pairs(heads))
 
 
 # --- our converted form ------------------------------------------------------------------------
@@ -277,7 +309,7 @@ def _read_nnx(directory: Path) -> Checkpoint:
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{directory / NNX_CONFIG}: bad dims ({err})") from err
     params = read_safetensors(directory / "model.safetensors")
-    check_params(dims, params)
+    _in_file(directory / "model.safetensors", lambda: check_params(dims, params))
     return Checkpoint(dims, params, directory, "nnx", _pairs(config.get("alignment_heads")))
 
 
@@ -344,8 +376,8 @@ def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.flo
     no device ever holds a full copy of a weight that the rules split.
     """
     with nnx.use_eager_sharding(False):
-        graphdef, abstract = nnx.split(nnx.eval_shape(
-            lambda: Whisper(checkpoint.dims, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))))
+        graphdef, abstract = nnx.split(Whisper(checkpoint.dims, dtype=dtype, param_dtype=param_dtype,
+                                               rngs=None))
     check_params(checkpoint.dims, checkpoint.params)
     if mesh is None:
         place: Callable = lambda a, _: jnp.asarray(np.asarray(a).astype(param_dtype))
@@ -370,6 +402,16 @@ def model_params(model: Whisper) -> dict[str, np.ndarray]:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def _in_file(path: Path, work: Callable):
+    """Run `work`, prefixing the file's path to any CheckpointError it raises."""
+    try:
+        return work()
+    except CheckpointError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {err}") from err
+
 
 def _read_json(path: Path) -> dict:
     try:

@@ -25,7 +25,7 @@ def reference_model(dims: ModelDims, params: dict[str, np.ndarray],
             array = ours.transpose(2, 1, 0)
         else:
             array = ours.reshape(shapes[ref])
-        state[ref] = torch.from_numpy(np.ascontiguousarray(array))
+        state[ref] = torch.from_numpy(np.array(array, copy=True))
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"alignment_heads"}, (missing, unexpected)
     if alignment_heads is not None:
