@@ -15,7 +15,6 @@ from typing import Iterable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from .audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
 from .features import log_mel_spectrogram_jit

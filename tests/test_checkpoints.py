@@ -33,11 +33,22 @@ from reference import reference_model, relative_error
 from whisper_nnx.engine.config import DIMS, ModelDims
 from whisper_nnx.engine.model import build_model
 from whisper_nnx.engine.model_hub import OFFICIAL_REPOS, offline_package_checkpoint, resolve_model
-from whisper_nnx.engine.tensor_files import (CheckpointError, read_ctranslate2, read_safetensors,
-                                             write_safetensors)
-from whisper_nnx.engine.weights import (Checkpoint, check_params, expected_shapes,
-                                        hf_to_reference_name, load_model, model_params,
-                                        read_checkpoint, save_converted)
+from whisper_nnx.engine.tensor_files import (
+    CheckpointError,
+    read_ctranslate2,
+    read_safetensors,
+    write_safetensors,
+)
+from whisper_nnx.engine.weights import (
+    Checkpoint,
+    check_params,
+    expected_shapes,
+    hf_to_reference_name,
+    load_model,
+    model_params,
+    read_checkpoint,
+    save_converted,
+)
 
 # Encoder and decoder differ in heads and depth so a swap of the two shows.
 SMALL = ModelDims(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
@@ -410,7 +421,7 @@ def test_real_ct2_file_against_an_independent_parse(tiny_en):
         np.testing.assert_array_equal(tiny_en.params["decoder/token_embedding"][0], row0)
         np.testing.assert_array_equal(arrays["decoder/projection/weight"][0], row0)
         # Every variable our reader returns is the bytes at its offset.
-        for name, (shape, type_id, offset, nbytes) in layout.items():
+        for name, (shape, _type_id, offset, nbytes) in layout.items():
             assert arrays[name].shape == shape and arrays[name].nbytes == nbytes, name
             f.seek(offset)
             assert arrays[name].tobytes() == f.read(nbytes), name

@@ -9,8 +9,13 @@ import torch
 from whisper.decoding import ApplyTimestampRules, SuppressBlank, SuppressTokens
 from whisper.tokenizer import get_tokenizer
 
-from whisper_nnx.engine.logit_rules import (LogitRules, apply_rules, apply_timestamp_rules,
-                                            suppress_blank, suppress_tokens)
+from whisper_nnx.engine.logit_rules import (
+    LogitRules,
+    apply_rules,
+    apply_timestamp_rules,
+    suppress_blank,
+    suppress_tokens,
+)
 
 REF = get_tokenizer(multilingual=False)  # tiny.en's vocabulary: eot 50256, timestamps from 50363
 V = 51864
