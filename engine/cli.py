@@ -48,6 +48,14 @@ def output_stem(path: str) -> str:
     return f"{Path(path).stem}-{digest}"
 
 
+def fallback_temperatures(start: float, increment: float | None) -> tuple[float, ...]:
+    """start, start + increment, ... up to 1.0 (the reference CLI's rule); no increment: one."""
+    if not increment:
+        return (start,)
+    steps = int(round((1.0 - start) / increment)) if start < 1.0 else 0
+    return tuple(round(start + i * increment, 6) for i in range(steps + 1))
+
+
 def _append_record(handle, record: dict) -> None:
     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     handle.flush()
@@ -65,7 +73,13 @@ def _transcribe(args: argparse.Namespace) -> int:
         return 2
     options = TranscribeOptions(language=None if args.language == "auto" else args.language,
                                 task=args.task, batch_size=args.batch_size,
-                                temperature=args.temperature,
+                                temperature=fallback_temperatures(args.temperature,
+                                                                  args.temperature_increment_on_fallback),
+                                beam_size=args.beam_size or None, best_of=args.best_of,
+                                patience=args.patience, length_penalty=args.length_penalty,
+                                compression_ratio_threshold=args.compression_ratio_threshold,
+                                logprob_threshold=args.logprob_threshold,
+                                no_speech_threshold=args.no_speech_threshold,
                                 without_timestamps=args.without_timestamps)
     transcriber = Transcriber(args.model, dtype=args.dtype)
     out = Path(args.output_dir)
@@ -115,7 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--language", default="auto", help="auto (detect) or a code such as en, de")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--beam-size", type=int, default=5, help="beams at temperature 0; 0 or 1: greedy-like")
+    t.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
+    t.add_argument("--patience", type=float, default=None)
+    t.add_argument("--length-penalty", type=float, default=None,
+                   help="alpha of ((5 + len) / 6) ** alpha; default: divide by length")
     t.add_argument("--temperature", type=float, default=0.0)
+    t.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
+                   help="retry failing windows at temperature + k * this, up to 1.0; 0 disables")
+    t.add_argument("--compression-ratio-threshold", type=float, default=2.4)
+    t.add_argument("--logprob-threshold", type=float, default=-1.0)
+    t.add_argument("--no-speech-threshold", type=float, default=0.6)
     t.add_argument("--without-timestamps", action="store_true")
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")

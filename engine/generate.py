@@ -18,6 +18,7 @@ from flax import nnx
 from .kv_cache import KVCache
 from .logit_rules import LogitRules, apply_rules
 from .model import Whisper
+from .search import beam_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,44 @@ class DecodeState(NamedTuple):
     finished: jax.Array  # [B] bool
     cache: KVCache
     rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    """Static settings of one beam-search run (a jit static argument)."""
+
+    rules: LogitRules
+    beam_size: int = 5
+    patience: float = 1.0  # collect round(beam_size * patience) finished hypotheses
+    sample_len: int = 224
+    sot_index: int = 0
+    no_speech: int | None = None
+
+    @property
+    def max_candidates(self) -> int:
+        return max(1, round(self.beam_size * self.patience))
+
+
+class BeamState(NamedTuple):
+    """The beam-search while_loop carry (K beams per example, C finished slots)."""
+
+    length: jax.Array  # [] int32
+    tokens: jax.Array  # [B, K, L]
+    logits: jax.Array  # [B * K, V]
+    sum_logprobs: jax.Array  # [B, K]
+    finished_tokens: jax.Array  # [B, C, L]
+    finished_scores: jax.Array  # [B, C]
+    finished_count: jax.Array  # [B] int32
+    cache: KVCache  # batch B * K
+
+
+class BeamResult(NamedTuple):
+    finished_tokens: jax.Array  # [B, C, L]
+    finished_scores: jax.Array  # [B, C]
+    finished_count: jax.Array  # [B]
+    beam_tokens: jax.Array  # [B, K, L]: live beams, for examples that finished too few
+    beam_scores: jax.Array  # [B, K]
+    no_speech_prob: jax.Array  # [B]
 
 
 class DecodeResult(NamedTuple):
@@ -74,9 +113,7 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     batch, prompt_len = prompt.shape
     total = prompt_len + config.sample_len
     logits, cache = model.prefill(features, prompt, total)
-    no_speech_prob = jnp.zeros((batch,), jnp.float32)
-    if config.no_speech is not None:
-        no_speech_prob = jax.nn.softmax(logits[:, config.sot_index], axis=-1)[:, config.no_speech]
+    no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
     tokens = jnp.full((batch, total), config.rules.eot, jnp.int32)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, prompt.astype(jnp.int32), 0, axis=1)
     state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
@@ -84,6 +121,56 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     state = jax.lax.while_loop(lambda s: (s.length < total) & ~jnp.all(s.finished),
                                functools.partial(_step, model, config), state)
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
+
+
+def _no_speech_prob(logits: jax.Array, sot_index: int, no_speech: int | None) -> jax.Array:
+    """Softmax probability of <|nospeech|> at the <|startoftranscript|> position: [B]."""
+    if no_speech is None:
+        return jnp.zeros((logits.shape[0],), jnp.float32)
+    return jax.nn.softmax(logits[:, sot_index], axis=-1)[:, no_speech]
+
+
+def _beam_loop_step(model: Whisper, config: BeamConfig, state: BeamState) -> BeamState:
+    batch, beams, buffer = state.tokens.shape
+    logits = apply_rules(state.logits, state.tokens.reshape(batch * beams, buffer), state.length,
+                         config.rules)
+    logprobs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, beams, -1)
+    step = beam_step(logprobs, state.tokens, state.sum_logprobs, state.length,
+                     state.length == config.rules.sample_begin, config.rules.eot,
+                     state.finished_tokens, state.finished_scores, state.finished_count)
+    tokens = jnp.take_along_axis(state.tokens, step.source[:, :, None], axis=1)
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, step.next_tokens[:, :, None], state.length, axis=2)
+    rows = (jnp.arange(batch)[:, None] * beams + step.source).reshape(-1)
+    step_logits, cache = model.decode_step(step.next_tokens.reshape(-1, 1), state.length,
+                                           state.cache.reorder(rows))
+    return BeamState(state.length + 1, tokens, step_logits[:, -1], step.scores, step.finished_tokens,
+                     step.finished_scores, step.finished_count, cache)
+
+
+def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.Array,
+                              prompt: jax.Array) -> BeamResult:
+    """features [B, S, D], prompt [B, P] -> beam-search hypotheses (traceable)."""
+    batch, prompt_len = prompt.shape
+    beams, total = config.beam_size, prompt_len + config.sample_len
+    logits, cache = model.prefill(features, prompt, total)
+    no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
+    # All beams start from the same prefix: prefill once per example, then repeat.
+    cache = jax.tree.map(lambda a: jnp.repeat(a, beams, axis=0), cache)
+    tokens = jnp.full((batch, beams, total), config.rules.eot, jnp.int32)
+    tokens = jax.lax.dynamic_update_slice_in_dim(
+        tokens, jnp.broadcast_to(prompt.astype(jnp.int32)[:, None], (batch, beams, prompt_len)), 0, axis=2)
+    slots = config.max_candidates
+    state = BeamState(
+        length=jnp.int32(prompt_len), tokens=tokens, logits=jnp.repeat(logits[:, -1], beams, axis=0),
+        sum_logprobs=jnp.zeros((batch, beams), jnp.float32),
+        finished_tokens=jnp.full((batch, slots, total), config.rules.eot, jnp.int32),
+        finished_scores=jnp.full((batch, slots), -jnp.inf, jnp.float32),
+        finished_count=jnp.zeros((batch,), jnp.int32), cache=cache)
+    state = jax.lax.while_loop(
+        lambda s: (s.length < total) & ~jnp.all(s.finished_count >= slots),
+        functools.partial(_beam_loop_step, model, config), state)
+    return BeamResult(state.finished_tokens, state.finished_scores, state.finished_count, state.tokens,
+                      state.sum_logprobs, no_speech_prob)
 
 
 def detect_language_from_features(model: Whisper, features: jax.Array, sot: int,
@@ -107,17 +194,26 @@ class Generator:
             m = nnx.merge(graphdef, state)
             return sample_from_features(m, config, m.encode(mel), prompt, rng)
 
+        @functools.partial(jax.jit, static_argnames=("config",))
+        def _beam(state, mel, prompt, config: BeamConfig) -> BeamResult:
+            m = nnx.merge(graphdef, state)
+            return beam_search_from_features(m, config, m.encode(mel), prompt)
+
         @functools.partial(jax.jit, static_argnames=("sot", "language_ids"))
         def _languages(state, mel, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
             m = nnx.merge(graphdef, state)
             return detect_language_from_features(m, m.encode(mel), sot, language_ids)
 
-        self._generate, self._languages = _generate, _languages
+        self._generate, self._beam, self._languages = _generate, _beam, _languages
 
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig,
                  seed: int = 0) -> DecodeResult:
         """mel [B, M, N] and prompt [B, P] -> DecodeResult on device."""
         return self._generate(self.state, mel, prompt, jax.random.PRNGKey(seed), config=config)
+
+    def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig) -> BeamResult:
+        """mel [B, M, N] and prompt [B, P] -> BeamResult on device."""
+        return self._beam(self.state, mel, prompt, config=config)
 
     def language_probs(self, mel: jax.Array, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
         """mel [B, M, N] -> [B, n_languages] language probabilities."""

@@ -1,0 +1,174 @@
+"""Decoding one batch of 30 s windows: greedy, best-of sampling or beam search, with the
+reference's temperature fallback. The device runs whole decodes; the host only ranks finished
+hypotheses and decides, per window, whether to retry at the next temperature.
+
+Shapes: B windows, M mels, N frames (3000), P prompt tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelDims
+from .generate import BeamConfig, Generator, SamplingConfig
+from .logit_rules import LogitRules
+from .search import finalize_beams, pick_best, sampled_tokens
+from .segments import compression_ratio
+from .tokenizer import Tokenizer
+
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode a window (the reference's DecodingOptions plus its fallback thresholds)."""
+
+    task: str = "transcribe"  # or "translate" (multilingual models)
+    temperature: Union[float, tuple[float, ...]] = FALLBACK_TEMPERATURES  # a tuple: fallback order
+    beam_size: Optional[int] = None  # beam search at temperature 0 (None: greedy)
+    patience: Optional[float] = None  # beam: collect round(beam_size * patience) hypotheses
+    length_penalty: Optional[float] = None  # None: divide by length; else ((5 + len) / 6) ** alpha
+    best_of: Optional[int] = 5  # independent samples per window at temperature > 0
+    sample_len: int = 224  # max sampled tokens per window
+    without_timestamps: bool = False
+    suppress_blank: bool = True
+    suppress_tokens: str = "-1"  # comma-separated ids; "-1" = the non-speech set
+    compression_ratio_threshold: Optional[float] = 2.4  # retry when the text is more repetitive
+    logprob_threshold: Optional[float] = -1.0  # retry when the average log-probability is lower
+    no_speech_threshold: Optional[float] = 0.6  # ... unless this says the window is silence
+    seed: int = 0  # sampling randomness
+
+    def __post_init__(self) -> None:
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be transcribe or translate, got {self.task!r}")
+        for name in ("beam_size", "best_of"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.patience is not None and self.beam_size is None:
+            raise ValueError("patience applies to beam search: set beam_size")
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        t = self.temperature
+        return tuple(t) if isinstance(t, (tuple, list)) else (float(t),)
+
+
+@dataclasses.dataclass
+class DecodedWindow:
+    tokens: list[int]  # sampled tokens, no prompt, no EOT
+    text: str
+    sum_logprob: float
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+
+def bucket(n: int) -> int:
+    """Next power of two >= n: few batch shapes, few compilations."""
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _pad_rows(array: jax.Array, n: int) -> jax.Array:
+    """Repeat the first row until the batch has bucket(n) rows (padding rows are discarded)."""
+    extra = bucket(n) - n
+    return array if extra == 0 else jnp.concatenate([array, jnp.repeat(array[:1], extra, axis=0)])
+
+
+def suppressed_ids(tokenizer: Tokenizer, spec: str, n_vocab: int) -> tuple[int, ...]:
+    """The reference's suppressed set: `spec` ids ("-1" = non-speech symbols) plus special tokens."""
+    ids = {int(t) for t in spec.split(",") if t.strip()} if spec else set()
+    if -1 in ids:
+        ids.discard(-1)
+        ids.update(tokenizer.non_speech_tokens)
+    ids.update({tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
+                tokenizer.sot_lm, tokenizer.no_speech})
+    return tuple(sorted(i for i in ids if 0 <= i < n_vocab))
+
+
+def needs_fallback(window: DecodedWindow, options: DecodeOptions) -> bool:
+    """The reference's rule: too repetitive or too unlikely, unless it is silence."""
+    too_repetitive = (options.compression_ratio_threshold is not None
+                      and window.compression_ratio > options.compression_ratio_threshold)
+    too_unlikely = options.logprob_threshold is not None and window.avg_logprob < options.logprob_threshold
+    silence = (options.no_speech_threshold is not None and too_unlikely
+               and window.no_speech_prob > options.no_speech_threshold)
+    return (too_repetitive or too_unlikely) and not silence
+
+
+class WindowDecoder:
+    """Decodes batches of windows that share a prompt, with temperature fallback."""
+
+    def __init__(self, generator: Generator, dims: ModelDims):
+        self.generator, self.dims = generator, dims
+
+    def rules(self, tokenizer: Tokenizer, prompt_len: int, options: DecodeOptions) -> LogitRules:
+        blank = tuple(tokenizer.encode(" ")) + (tokenizer.eot,) if options.suppress_blank else ()
+        return LogitRules(
+            sample_begin=prompt_len, eot=tokenizer.eot, no_timestamps=tokenizer.no_timestamps,
+            timestamp_begin=None if options.without_timestamps else tokenizer.timestamp_begin,
+            blank_ids=blank, suppress_ids=suppressed_ids(tokenizer, options.suppress_tokens, self.dims.n_vocab))
+
+    def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompt: Sequence[int],
+               options: DecodeOptions) -> list[DecodedWindow]:
+        """mel [B, M, N] -> one DecodedWindow per row, each from the first temperature that passes."""
+        results: list[Optional[DecodedWindow]] = [None] * mel.shape[0]
+        pending = list(range(mel.shape[0]))
+        temperatures = options.temperatures
+        for attempt, temperature in enumerate(temperatures):
+            decoded = self._decode_once(mel[np.asarray(pending)], tokenizer, prompt, options, temperature,
+                                        seed=options.seed + attempt)
+            retry = []
+            for row, window in zip(pending, decoded):
+                if attempt + 1 < len(temperatures) and needs_fallback(window, options):
+                    retry.append(row)
+                else:
+                    results[row] = window
+            if not retry:
+                break
+            pending = retry
+        return results  # type: ignore[return-value]
+
+    def _decode_once(self, mel: jax.Array, tokenizer: Tokenizer, prompt: Sequence[int],
+                     options: DecodeOptions, temperature: float, seed: int) -> list[DecodedWindow]:
+        n, prompt_len = mel.shape[0], len(prompt)
+        rules = self.rules(tokenizer, prompt_len, options)
+        sample_len = min(options.sample_len, self.dims.n_text_ctx - prompt_len)
+        common = dict(rules=rules, sample_len=sample_len, sot_index=list(prompt).index(tokenizer.sot),
+                      no_speech=tokenizer.no_speech)
+        if temperature == 0 and options.beam_size is not None:
+            config = BeamConfig(beam_size=options.beam_size, patience=options.patience or 1.0, **common)
+            padded = _pad_rows(mel, n)
+            result = jax.device_get(self.generator.beam_search(padded, self._prompts(prompt, padded), config))
+            candidates = [finalize_beams(result.finished_tokens[i], result.finished_scores[i],
+                                         result.finished_count[i], result.beam_tokens[i],
+                                         result.beam_scores[i], options.beam_size, prompt_len, rules.eot)
+                          for i in range(n)]
+            no_speech = result.no_speech_prob
+        else:
+            group = options.best_of if temperature > 0 and options.best_of else 1
+            config = SamplingConfig(temperature=temperature, **common)
+            padded = _pad_rows(jnp.repeat(mel, group, axis=0), n * group)
+            result = jax.device_get(self.generator.generate(padded, self._prompts(prompt, padded), config, seed))
+            candidates = [[(sampled_tokens(result.tokens[i * group + g], prompt_len, rules.eot),
+                            float(result.sum_logprobs[i * group + g])) for g in range(group)]
+                          for i in range(n)]
+            no_speech = result.no_speech_prob[::group]
+        windows = []
+        for i in range(n):
+            tokens, sum_logprob = pick_best(candidates[i], options.length_penalty)
+            text = tokenizer.decode(tokens).strip()
+            windows.append(DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1),
+                                         float(no_speech[i]), compression_ratio(text), temperature))
+        return windows
+
+    @staticmethod
+    def _prompts(prompt: Sequence[int], like: jax.Array) -> jax.Array:
+        return jnp.asarray(np.tile(np.asarray(prompt, np.int32), (like.shape[0], 1)))
