@@ -37,6 +37,8 @@ class DecodeOptions:
     best_of: Optional[int] = 5  # independent samples per window at temperature > 0
     sample_len: int = 224  # max sampled tokens per window
     without_timestamps: bool = False
+    prompt: Optional[Union[str, Sequence[int]]] = None  # previous text, after <|startofprev|>
+    prefix: Optional[Union[str, Sequence[int]]] = None  # forced start of this window's text
     suppress_blank: bool = True
     suppress_tokens: str = "-1"  # comma-separated ids; "-1" = the non-speech set
     compression_ratio_threshold: Optional[float] = 2.4  # retry when the text is more repetitive
@@ -93,6 +95,21 @@ def suppressed_ids(tokenizer: Tokenizer, spec: str, n_vocab: int) -> tuple[int, 
     return tuple(sorted(i for i in ids if 0 <= i < n_vocab))
 
 
+def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int) -> list[int]:
+    """[<|startofprev|> prompt] + start sequence [+ <|notimestamps|>] [+ prefix], as the reference."""
+    tokens = list(tokenizer.sot_sequence_including_notimestamps if options.without_timestamps
+                  else tokenizer.sot_sequence)
+
+    def encoded(text_or_ids) -> list[int]:
+        return tokenizer.encode(" " + text_or_ids.strip()) if isinstance(text_or_ids, str) else list(text_or_ids)
+
+    if options.prefix:
+        tokens += encoded(options.prefix)
+    if options.prompt:
+        tokens = [tokenizer.sot_prev] + encoded(options.prompt)[-(n_text_ctx // 2 - 1):] + tokens
+    return tokens
+
+
 def needs_fallback(window: DecodedWindow, options: DecodeOptions) -> bool:
     """The reference's rule: too repetitive or too unlikely, unless it is silence."""
     too_repetitive = (options.compression_ratio_threshold is not None
@@ -140,7 +157,8 @@ class WindowDecoder:
                      options: DecodeOptions, temperature: float, seed: int) -> list[DecodedWindow]:
         n, prompt_len = mel.shape[0], len(prompt)
         rules = self.rules(tokenizer, prompt_len, options)
-        sample_len = min(options.sample_len, self.dims.n_text_ctx - prompt_len)
+        # The reference stops once the buffer exceeds the text context: at most n_text_ctx + 1.
+        sample_len = min(options.sample_len, self.dims.n_text_ctx + 1 - prompt_len)
         common = dict(rules=rules, sample_len=sample_len, sot_index=list(prompt).index(tokenizer.sot),
                       no_speech=tokenizer.no_speech)
         if temperature == 0 and options.beam_size is not None:

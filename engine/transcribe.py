@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
-from .decoding import DecodeOptions, WindowDecoder, bucket
+from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens
 from .features import log_mel_spectrogram_jit
 from .generate import Generator
 from .model_hub import DEFAULT_MODEL, resolve_model
@@ -110,8 +110,7 @@ class Transcriber:
             rows = [r for r in range(n) if languages[r] == language]
             tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
                 else self.tokenizer
-            prompt = list(tokenizer.sot_sequence_including_notimestamps if options.without_timestamps
-                          else tokenizer.sot_sequence)
+            prompt = initial_tokens(tokenizer, options, self.dims.n_text_ctx)
             windows = self.decoder.decode(mel[np.asarray(rows)], tokenizer, prompt, options)
             for r, window in zip(rows, windows):
                 duration = clips[r].shape[0] / SAMPLE_RATE

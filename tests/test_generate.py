@@ -85,3 +85,21 @@ def test_language_detection_matches_reference(data_dir):
     assert code == "en" == max(ref_probs[0], key=ref_probs[0].get)
     for lang in ("en", "de", "fr", "es"):
         assert abs(probs[lang] - ref_probs[0][lang]) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt,prefix,beam_size", [("Stella, tickets, bring.", None, None),
+                                                     (None, "Please call", 3),
+                                                     ([50, 60, 70], " The", None)])
+def test_prompt_and_prefix_match_reference(both, data_dir, prompt, prefix, beam_size):
+    ours, ref = both
+    files = ["sample_espeak.flac", "sample_joe.flac"]
+    records = ours.transcribe([data_dir / f for f in files],
+                              TranscribeOptions(language="en", temperature=0.0, prompt=prompt, prefix=prefix,
+                                                beam_size=beam_size))
+    for name, record in zip(files, records):
+        mel = whisper.log_mel_spectrogram(torch.from_numpy(pad_or_trim(load_audio(data_dir / name))),
+                                          n_mels=ours.dims.n_mels)
+        expected = whisper.decode(ref, mel, whisper.DecodingOptions(
+            language="en", fp16=False, prompt=prompt, prefix=prefix, beam_size=beam_size))
+        assert record["tokens"] == expected.tokens, (name, record["text"], expected.text)
