@@ -103,3 +103,22 @@ def test_prompt_and_prefix_match_reference(both, data_dir, prompt, prefix, beam_
         expected = whisper.decode(ref, mel, whisper.DecodingOptions(
             language="en", fp16=False, prompt=prompt, prefix=prefix, beam_size=beam_size))
         assert record["tokens"] == expected.tokens, (name, record["text"], expected.text)
+
+
+@pytest.mark.slow
+def test_german_detection_transcription_and_translation_match_reference(data_dir):
+    ours, ref = _with_reference("base")
+    path = data_dir / "sample_german.flac"
+    audio = pad_or_trim(load_audio(path))
+    mel = whisper.log_mel_spectrogram(torch.from_numpy(audio))
+    (code, probs), = ours.detect_languages(ours.mel(audio[None]))
+    _, ref_probs = ref.detect_language(mel[None])
+    assert code == "de" == max(ref_probs[0], key=ref_probs[0].get)
+    assert abs(probs["de"] - ref_probs[0]["de"]) < 1e-4
+    auto, translated = (ours.transcribe([path], TranscribeOptions(task=task, temperature=0.0))[0]
+                        for task in ("transcribe", "translate"))
+    assert auto["language"] == "de"
+    for record, task in ((auto, "transcribe"), (translated, "translate")):
+        expected = whisper.decode(ref, mel, whisper.DecodingOptions(language="de", task=task, fp16=False))
+        assert record["tokens"] == expected.tokens, (task, record["text"], expected.text)
+    assert "Guten Morgen" in auto["text"] and "park" in translated["text"].lower()
