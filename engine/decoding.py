@@ -73,14 +73,16 @@ class DecodedWindow:
     temperature: float
 
 
-def bucket(n: int) -> int:
-    """Next power of two >= n: few batch shapes, few compilations."""
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+def bucket(n: int, multiple: int = 1) -> int:
+    """Next power of two >= n, rounded up to a multiple of `multiple` (the data-parallel size):
+    few batch shapes, few compilations, every device busy."""
+    size = 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    return -(-size // multiple) * multiple
 
 
-def _pad_rows(array: jax.Array, n: int) -> jax.Array:
-    """Repeat the first row until the batch has bucket(n) rows (padding rows are discarded)."""
-    extra = bucket(n) - n
+def pad_rows(array: jax.Array, n: int, multiple: int = 1) -> jax.Array:
+    """Repeat the first row up to bucket(n, multiple) rows (padding rows are discarded later)."""
+    extra = bucket(n, multiple) - n
     return array if extra == 0 else jnp.concatenate([array, jnp.repeat(array[:1], extra, axis=0)])
 
 
@@ -163,7 +165,7 @@ class WindowDecoder:
                       no_speech=tokenizer.no_speech)
         if temperature == 0 and options.beam_size is not None:
             config = BeamConfig(beam_size=options.beam_size, patience=options.patience or 1.0, **common)
-            padded = _pad_rows(mel, n)
+            padded = pad_rows(mel, n, self.generator.batch_multiple)
             result = jax.device_get(self.generator.beam_search(padded, self._prompts(prompt, padded), config))
             candidates = [finalize_beams(result.finished_tokens[i], result.finished_scores[i],
                                          result.finished_count[i], result.beam_tokens[i],
@@ -173,7 +175,7 @@ class WindowDecoder:
         else:
             group = options.best_of if temperature > 0 and options.best_of else 1
             config = SamplingConfig(temperature=temperature, **common)
-            padded = _pad_rows(jnp.repeat(mel, group, axis=0), n * group)
+            padded = pad_rows(jnp.repeat(mel, group, axis=0), n * group, self.generator.batch_multiple)
             result = jax.device_get(self.generator.generate(padded, self._prompts(prompt, padded), config, seed))
             candidates = [[(sampled_tokens(result.tokens[i * group + g], prompt_len, rules.eot),
                             float(result.sum_logprobs[i * group + g])) for g in range(group)]

@@ -7,13 +7,17 @@ Shapes: B batch, M mels, N frames, P prompt tokens, L = P + sample_len buffer, V
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from whisper_nnx.sharding import logical_spec
 
 from .kv_cache import KVCache
 from .logit_rules import LogitRules, apply_rules
@@ -140,9 +144,8 @@ def _beam_loop_step(model: Whisper, config: BeamConfig, state: BeamState) -> Bea
                      state.finished_tokens, state.finished_scores, state.finished_count)
     tokens = jnp.take_along_axis(state.tokens, step.source[:, :, None], axis=1)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, step.next_tokens[:, :, None], state.length, axis=2)
-    rows = (jnp.arange(batch)[:, None] * beams + step.source).reshape(-1)
     step_logits, cache = model.decode_step(step.next_tokens.reshape(-1, 1), state.length,
-                                           state.cache.reorder(rows))
+                                           state.cache.reorder_beams(step.source))
     return BeamState(state.length + 1, tokens, step_logits[:, -1], step.scores, step.finished_tokens,
                      step.finished_scores, step.finished_count, cache)
 
@@ -182,11 +185,18 @@ def detect_language_from_features(model: Whisper, features: jax.Array, sot: int,
 
 
 class Generator:
-    """Holds a model's split graph and weights and the compiled programs that use them."""
+    """Holds a model's split graph and weights and the compiled programs that use them.
 
-    def __init__(self, model: Whisper):
+    With a mesh, every call traces and runs under that mesh and its logical-axis rules: inputs
+    are laid out batch-major over `data`, weights and caches as the rules say. Batches must
+    then be a multiple of `batch_multiple` (the `data` axis size).
+    """
+
+    def __init__(self, model: Whisper, mesh: Optional[Mesh] = None, rules=None):
         self.graphdef, self.state = nnx.split(model)
         self.dims = model.dims
+        self.mesh, self.rules = mesh, tuple(rules or ())
+        self.batch_multiple = 1 if mesh is None else mesh.shape["data"]
         graphdef = self.graphdef
 
         @functools.partial(jax.jit, static_argnames=("config",))
@@ -206,15 +216,38 @@ class Generator:
 
         self._generate, self._beam, self._languages = _generate, _beam, _languages
 
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """The mesh and logical-axis rules this generator's programs trace and run under."""
+        if self.mesh is None:
+            yield
+            return
+        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+            yield
+
+    def _place(self, array: jax.Array) -> jax.Array:
+        """Lay a batch-major input out over `data` (no-op without a mesh)."""
+        if self.mesh is None:
+            return array
+        if array.shape[0] % self.batch_multiple:
+            raise ValueError(f"batch of {array.shape[0]} is not a multiple of the data axis "
+                             f"({self.batch_multiple})")
+        spec = logical_spec("batch", *([None] * (array.ndim - 1)))
+        return jax.device_put(array, NamedSharding(self.mesh, spec))
+
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig,
                  seed: int = 0) -> DecodeResult:
         """mel [B, M, N] and prompt [B, P] -> DecodeResult on device."""
-        return self._generate(self.state, mel, prompt, jax.random.PRNGKey(seed), config=config)
+        with self.context():
+            return self._generate(self.state, self._place(mel), self._place(prompt),
+                                  jax.random.PRNGKey(seed), config=config)
 
     def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig) -> BeamResult:
         """mel [B, M, N] and prompt [B, P] -> BeamResult on device."""
-        return self._beam(self.state, mel, prompt, config=config)
+        with self.context():
+            return self._beam(self.state, self._place(mel), self._place(prompt), config=config)
 
     def language_probs(self, mel: jax.Array, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
         """mel [B, M, N] -> [B, n_languages] language probabilities."""
-        return self._languages(self.state, mel, sot=sot, language_ids=language_ids)
+        with self.context():
+            return self._languages(self.state, self._place(mel), sot=sot, language_ids=language_ids)

@@ -47,5 +47,19 @@ class KVCache(NamedTuple):
         return self.self_k[0].shape[1]
 
     def reorder(self, rows: jax.Array) -> "KVCache":
-        """Gather batch rows (e.g. beams after a search step): rows [B] of source indices."""
+        """Gather batch rows: rows [B] of source indices."""
         return jax.tree.map(lambda a: jnp.take(a, rows, axis=0), self)
+
+    def reorder_beams(self, source: jax.Array) -> "KVCache":
+        """Beams after a search step: source [B, K] gives, per example, the beam each new beam
+        extends (rows are example-major, B * K). The gather runs along the beam axis only, so
+        it stays on the devices that hold the example when the batch is sharded. Cross K/V are
+        the same for every beam of an example and are left as they are."""
+        batch, beams = source.shape
+
+        def gather(a: jax.Array) -> jax.Array:
+            grouped = a.reshape(batch, beams, *a.shape[1:])
+            index = source.reshape(batch, beams, *([1] * (grouped.ndim - 2)))
+            return jnp.take_along_axis(grouped, index, axis=1).reshape(a.shape)
+
+        return self._replace(self_k=tuple(map(gather, self.self_k)), self_v=tuple(map(gather, self.self_v)))

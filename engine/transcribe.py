@@ -14,9 +14,12 @@ from typing import Iterable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from whisper_nnx.sharding import rules_for
 
 from .audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
-from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens
+from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, pad_rows
 from .features import log_mel_spectrogram_jit
 from .generate import Generator
 from .model_hub import DEFAULT_MODEL, resolve_model
@@ -46,7 +49,10 @@ AudioInput = Union[str, Path, np.ndarray]
 class Transcriber:
     """Load once, transcribe many: `Transcriber("tiny.en").transcribe(["a.wav", "b.flac"])`."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "float32"):
+    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "float32", mesh: Optional[Mesh] = None,
+                 rules=None):
+        """`mesh` (see whisper_nnx.sharding.make_mesh) with logical-axis `rules` (a preset of
+        whisper_nnx.sharding.PRESETS) shards weights, caches and batches; None: one device."""
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.checkpoint_path = resolve_model(model)
@@ -55,7 +61,11 @@ class Transcriber:
         self.model_name = model
         self.tokenizer = Tokenizer.from_file(checkpoint.directory / "tokenizer.json",
                                              n_vocab=self.dims.n_vocab)
-        self.generator = Generator(load_model(checkpoint, dtype=_DTYPES[dtype]))
+        if mesh is not None and rules is None:
+            rules = rules_for("dp+tp")
+        self.mesh = mesh
+        model_ = load_model(checkpoint, dtype=_DTYPES[dtype], mesh=mesh, rules=rules)
+        self.generator = Generator(model_, mesh=mesh, rules=rules)
         self.decoder = WindowDecoder(self.generator, self.dims)
 
     # --- pieces ---------------------------------------------------------------------------
@@ -67,7 +77,9 @@ class Transcriber:
     def detect_languages(self, mel: jax.Array) -> list[tuple[str, dict[str, float]]]:
         """Per row of mel [B, M, N]: (best language code, probabilities of every language)."""
         tok = self.tokenizer
-        probs = np.asarray(self.generator.language_probs(mel, tok.sot, tuple(tok.all_language_tokens)))
+        n = mel.shape[0]
+        padded = pad_rows(mel, n, self.generator.batch_multiple)
+        probs = np.asarray(self.generator.language_probs(padded, tok.sot, tuple(tok.all_language_tokens)))[:n]
         codes = tok.all_language_codes
         return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
 

@@ -23,7 +23,10 @@ from typing import Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
+
+from whisper_nnx.sharding import fit_spec
 
 from .config import ModelDims
 from .model import Whisper, sinusoids
@@ -383,8 +386,7 @@ def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.flo
         place: Callable = lambda a, _: jnp.asarray(np.asarray(a).astype(param_dtype))
         shardings = jax.tree.map(lambda _: None, nnx.to_pure_dict(abstract))
     else:
-        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules or ()):
-            shardings = nnx.to_pure_dict(nnx.get_named_sharding(abstract, mesh))
+        shardings = param_shardings(abstract, mesh, rules)
 
         def place(array, sharding):
             return jax.make_array_from_callback(
@@ -394,6 +396,26 @@ def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.flo
     arrays = jax.tree.map(place, nested, shardings, is_leaf=lambda x: isinstance(x, np.ndarray))
     nnx.replace_by_pure_dict(abstract, arrays)
     return nnx.merge(graphdef, abstract)
+
+
+def param_shardings(abstract_state, mesh: jax.sharding.Mesh, rules) -> dict:
+    """Nested dict of NamedShardings for the parameters under `rules` on `mesh`.
+
+    A dim whose size the mesh axes do not divide (6 heads over a 4-way `model` axis) is
+    replicated instead, and logged; `whisper_nnx.sharding.replicated_weights` reports what
+    ended up replicated.
+    """
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules or ()):
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
+    shapes = dict(_flatten(nnx.to_pure_dict(abstract_state)))
+    fitted = {}
+    for path, spec in _flatten(specs):
+        spec, dropped = fit_spec(spec, tuple(shapes[path].shape), mesh)
+        if dropped:
+            logging.warning("%s %s: dims %s not divisible by their mesh axes; replicated", path,
+                            tuple(shapes[path].shape), dropped)
+        fitted[path] = jax.sharding.NamedSharding(mesh, spec)
+    return _unflatten(fitted)
 
 
 def model_params(model: Whisper) -> dict[str, np.ndarray]:

@@ -4,8 +4,8 @@ This package never imports `whisper_nnx.engine`: model code depends on it, not t
 """
 
 from .axes import AXES, logical, param_metadata
-from .constraints import constrain, logical_spec, out_sharding
+from .constraints import constrain, fit_spec, logical_spec, out_sharding
 from .rules import PRESETS, rules_for
 
-__all__ = ["AXES", "PRESETS", "constrain", "logical", "logical_spec", "out_sharding",
+__all__ = ["AXES", "PRESETS", "constrain", "fit_spec", "logical", "logical_spec", "out_sharding",
            "param_metadata", "rules_for"]

@@ -42,3 +42,23 @@ def out_sharding(*names: Optional[str]) -> Optional[P]:
     if mesh is not None and mesh.are_all_axes_explicit:
         return logical_spec(*names)
     return None
+
+
+def fit_spec(spec: P, shape: tuple[int, ...], mesh) -> tuple[P, list[int]]:
+    """`spec` with mesh axes removed from dims they do not divide (those dims replicate).
+
+    Returns the fitted spec and the indices of the dims that lost their partitioning, so the
+    caller can report them (e.g. 6 heads cannot be split 4 ways).
+    """
+    fitted, dropped = [], []
+    for dim, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        ways = 1
+        for name in names:
+            ways *= mesh.shape[name]
+        if names and shape[dim] % ways:
+            fitted.append(None)
+            dropped.append(dim)
+        else:
+            fitted.append(axes)
+    return P(*fitted), dropped
