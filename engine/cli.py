@@ -81,7 +81,18 @@ def _transcribe(args: argparse.Namespace) -> int:
                                 logprob_threshold=args.logprob_threshold,
                                 no_speech_threshold=args.no_speech_threshold,
                                 without_timestamps=args.without_timestamps)
-    transcriber = Transcriber(args.model, dtype=args.dtype)
+    mesh = None
+    if args.mesh:
+        from whisper_nnx.sharding import rules_for
+        from whisper_nnx.sharding.mesh import describe, make_mesh
+
+        mesh = make_mesh(args.mesh, dcn=args.dcn_mesh)
+        logging.info("mesh %s, sharding preset %s", describe(mesh)["shape"], args.sharding)
+    transcriber = Transcriber(args.model, dtype=args.dtype, mesh=mesh,
+                              rules=rules_for(args.sharding) if mesh is not None else None)
+    run_info = {"model": args.model, "dtype": args.dtype,
+                "mesh": describe(mesh) if mesh is not None else None,
+                "sharding": args.sharding if mesh is not None else None}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     errors = 0
@@ -90,7 +101,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             batch = inputs[start:start + args.batch_size]
             for record in transcriber.transcribe(batch, options):
                 record.pop("tokens", None)
-                record["model"] = args.model
+                record.update(run_info)
                 if record["error"] is None:
                     write_outputs(record, out, output_stem(record["path"]), formats)
                 else:
@@ -142,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-speech-threshold", type=float, default=0.6)
     t.add_argument("--without-timestamps", action="store_true")
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--mesh", default=None,
+                   help="device mesh data=D,model=M (-1: the rest), e.g. data=-1 or data=4,model=2; "
+                        "default: one device")
+    t.add_argument("--dcn-mesh", default=None,
+                   help="multi-host: how data/model span hosts, e.g. data=2 (then --mesh is per host)")
+    t.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
+                   help="partition-rule preset mapping logical axes onto the mesh")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
     t.set_defaults(run=_transcribe)
 

@@ -118,3 +118,17 @@ def test_partition_specs_per_preset_match_golden(data_dir):
     assert golden["tp"]["encoder/blocks/0/attn/query_kernel"] == [None, "model", None]
     assert all(all(a is None for a in spec) for spec in golden["dp"].values())
     assert np.mean([any(a is not None for a in s) for s in golden["tp"].values()]) > 0.5
+
+
+@pytest.mark.slow
+def test_cli_mesh_flag_reports_the_mesh(tmp_path, data_dir, transcripts):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe",
+                           str(data_dir / "sample_joe.flac"), "--output-dir", str(tmp_path), "--mesh",
+                           "data=4,model=-1", "--sharding", "tp", "--beam-size", "0", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "results.jsonl").read_text())
+    assert record["mesh"]["shape"] == {"data": 4, "model": 2} and record["mesh"]["devices"] == 8
+    assert record["sharding"] == "tp" and record["error"] is None
+    assert record["text"] == transcripts["sample_joe.flac"]
