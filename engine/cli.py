@@ -67,10 +67,16 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .writers import write_outputs
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    inputs = list(expand_inputs(args.inputs))
-    if not inputs:
+    from whisper_nnx.sharding import multihost
+
+    # Before any other JAX call: join the other processes, if this run has several.
+    multi = multihost.initialize(args.coordinator, args.num_processes, args.process_id,
+                                 auto=args.distributed)
+    all_inputs = list(expand_inputs(args.inputs))
+    if not all_inputs:
         print("whisper-nnx: no inputs found", file=sys.stderr)
         return 2
+    inputs = multihost.process_share(all_inputs)  # contiguous block per process, in order
     options = TranscribeOptions(language=None if args.language == "auto" else args.language,
                                 task=args.task, batch_size=args.batch_size,
                                 temperature=fallback_temperatures(args.temperature,
@@ -96,9 +102,13 @@ def _transcribe(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     errors = 0
-    with open(out / "results.jsonl", "a", encoding="utf-8") as results:
-        for start in range(0, len(inputs), args.batch_size):
-            batch = inputs[start:start + args.batch_size]
+    import jax
+
+    own_results = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else "results.jsonl")
+    with open(own_results, "a", encoding="utf-8") as results:
+        # Every process runs the same number of batches (the last ones may be empty).
+        for b in range(multihost.global_max(-(-len(inputs) // args.batch_size))):
+            batch = inputs[b * args.batch_size:(b + 1) * args.batch_size]
             for record in transcriber.transcribe(batch, options):
                 record.pop("tokens", None)
                 record.update(run_info)
@@ -110,8 +120,27 @@ def _transcribe(args: argparse.Namespace) -> int:
                 _append_record(results, record)
                 if not args.quiet:
                     print(f"{record['path']}: {record['error'] or record['text']}")
+    if multi:
+        multihost.barrier("whisper-nnx-results-written")
+        if jax.process_index() == 0:
+            merge_process_results(out, jax.process_count())
+        multihost.barrier("whisper-nnx-results-merged")
     logging.info("%d inputs, %d errors; results in %s", len(inputs), errors, out / "results.jsonl")
     return 0
+
+
+def merge_process_results(out: Path, processes: int) -> None:
+    """Append every process's records, in process (= input) order, to results.jsonl atomically."""
+    from .writers import atomic_write_text
+
+    merged = out / "results.jsonl"
+    parts = [merged.read_text(encoding="utf-8")] if merged.exists() else []
+    for index in range(processes):
+        part = out / f"results.process-{index:05d}.jsonl"
+        parts.append(part.read_text(encoding="utf-8"))
+    atomic_write_text(merged, "".join(parts))
+    for index in range(processes):
+        (out / f"results.process-{index:05d}.jsonl").unlink()
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -158,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: one device")
     t.add_argument("--dcn-mesh", default=None,
                    help="multi-host: how data/model span hosts, e.g. data=2 (then --mesh is per host)")
+    t.add_argument("--coordinator", default=None,
+                   help="multi-process: host:port of process 0 (or WHISPER_NNX_COORDINATOR)")
+    t.add_argument("--num-processes", type=int, default=None)
+    t.add_argument("--process-id", type=int, default=None)
+    t.add_argument("--distributed", action="store_true",
+                   help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
     t.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
                    help="partition-rule preset mapping logical axes onto the mesh")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from whisper_nnx.sharding import multihost
+
 from .config import ModelDims
 from .generate import BeamConfig, Generator, SamplingConfig
 from .logit_rules import LogitRules
@@ -80,10 +82,21 @@ def bucket(n: int, multiple: int = 1) -> int:
     return -(-size // multiple) * multiple
 
 
-def pad_rows(array: jax.Array, n: int, multiple: int = 1) -> jax.Array:
-    """Repeat the first row up to bucket(n, multiple) rows (padding rows are discarded later)."""
-    extra = bucket(n, multiple) - n
-    return array if extra == 0 else jnp.concatenate([array, jnp.repeat(array[:1], extra, axis=0)])
+def pad_rows(array: jax.Array, rows: int) -> jax.Array:
+    """Grow a batch to `rows` rows by repeating its first row (zeros when it has none); the
+    padding rows' results are discarded."""
+    extra = rows - array.shape[0]
+    if extra == 0:
+        return array
+    filler = jnp.repeat(array[:1], extra, axis=0) if array.shape[0] else jnp.zeros((extra, *array.shape[1:]),
+                                                                                   array.dtype)
+    return jnp.concatenate([array, filler])
+
+
+def lockstep_rows(n: int, multiple: int) -> int:
+    """Rows each process contributes to a call: every process must use the same count, so the
+    largest need over processes, bucketed."""
+    return bucket(multihost.global_max(n), multiple)
 
 
 def suppressed_ids(tokenizer: Tokenizer, spec: str, n_vocab: int) -> tuple[int, ...]:
@@ -142,15 +155,15 @@ class WindowDecoder:
         pending = list(range(mel.shape[0]))
         temperatures = options.temperatures
         for attempt, temperature in enumerate(temperatures):
-            decoded = self._decode_once(mel[np.asarray(pending)], tokenizer, prompt, options, temperature,
-                                        seed=options.seed + attempt)
+            rows = mel[np.asarray(pending, dtype=np.int32)]
+            decoded = self._decode_once(rows, tokenizer, prompt, options, temperature, seed=options.seed + attempt)
             retry = []
             for row, window in zip(pending, decoded):
                 if attempt + 1 < len(temperatures) and needs_fallback(window, options):
                     retry.append(row)
                 else:
                     results[row] = window
-            if not retry:
+            if multihost.global_max(len(retry)) == 0:  # every process agrees to stop
                 break
             pending = retry
         return results  # type: ignore[return-value]
@@ -165,8 +178,9 @@ class WindowDecoder:
                       no_speech=tokenizer.no_speech)
         if temperature == 0 and options.beam_size is not None:
             config = BeamConfig(beam_size=options.beam_size, patience=options.patience or 1.0, **common)
-            padded = pad_rows(mel, n, self.generator.batch_multiple)
-            result = jax.device_get(self.generator.beam_search(padded, self._prompts(prompt, padded), config))
+            padded = pad_rows(mel, lockstep_rows(n, self.generator.batch_multiple))
+            result = self.generator.fetch(self.generator.beam_search(padded, self._prompts(prompt, padded), config),
+                                          padded.shape[0])
             candidates = [finalize_beams(result.finished_tokens[i], result.finished_scores[i],
                                          result.finished_count[i], result.beam_tokens[i],
                                          result.beam_scores[i], options.beam_size, prompt_len, rules.eot)
@@ -175,8 +189,10 @@ class WindowDecoder:
         else:
             group = options.best_of if temperature > 0 and options.best_of else 1
             config = SamplingConfig(temperature=temperature, **common)
-            padded = pad_rows(jnp.repeat(mel, group, axis=0), n * group, self.generator.batch_multiple)
-            result = jax.device_get(self.generator.generate(padded, self._prompts(prompt, padded), config, seed))
+            rows = lockstep_rows(n * group, self.generator.batch_multiple)
+            padded = pad_rows(jnp.repeat(mel, group, axis=0), rows)
+            result = self.generator.fetch(self.generator.generate(padded, self._prompts(prompt, padded), config, seed),
+                                          padded.shape[0])
             candidates = [[(sampled_tokens(result.tokens[i * group + g], prompt_len, rules.eot),
                             float(result.sum_logprobs[i * group + g])) for g in range(group)]
                           for i in range(n)]

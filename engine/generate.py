@@ -14,10 +14,11 @@ from typing import Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from whisper_nnx.sharding import logical_spec
+from whisper_nnx.sharding import logical_spec, multihost
 
 from .kv_cache import KVCache
 from .logit_rules import LogitRules, apply_rules
@@ -196,7 +197,11 @@ class Generator:
         self.graphdef, self.state = nnx.split(model)
         self.dims = model.dims
         self.mesh, self.rules = mesh, tuple(rules or ())
-        self.batch_multiple = 1 if mesh is None else mesh.shape["data"]
+        processes = jax.process_count()
+        if mesh is not None and mesh.shape["data"] % processes:
+            raise ValueError(f"the data axis ({mesh.shape['data']}) must split evenly over {processes} processes")
+        # Rows this process contributes per call must fill its share of the data axis.
+        self.batch_multiple = 1 if mesh is None else mesh.shape["data"] // processes
         graphdef = self.graphdef
 
         @functools.partial(jax.jit, static_argnames=("config",))
@@ -226,14 +231,22 @@ class Generator:
             yield
 
     def _place(self, array: jax.Array) -> jax.Array:
-        """Lay a batch-major input out over `data` (no-op without a mesh)."""
+        """This process's rows of a batch-major input -> the global batch laid out over `data`."""
         if self.mesh is None:
             return array
         if array.shape[0] % self.batch_multiple:
-            raise ValueError(f"batch of {array.shape[0]} is not a multiple of the data axis "
-                             f"({self.batch_multiple})")
+            raise ValueError(f"batch of {array.shape[0]} is not a multiple of this process's share "
+                             f"of the data axis ({self.batch_multiple})")
         spec = logical_spec("batch", *([None] * (array.ndim - 1)))
-        return jax.device_put(array, NamedSharding(self.mesh, spec))
+        return multihost.global_batch(np.asarray(array), NamedSharding(self.mesh, spec))
+
+    def fetch(self, result, local_batch: int):
+        """Host copy of this process's `local_batch` rows of a result (all of it on one process)."""
+        if self.mesh is None or jax.process_count() == 1:
+            return jax.device_get(result)
+        with self.context():
+            rows = NamedSharding(self.mesh, logical_spec("batch"))
+        return multihost.local_rows(result, multihost.local_row_range(rows, local_batch * jax.process_count()))
 
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig,
                  seed: int = 0) -> DecodeResult:

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from whisper_nnx.sharding import rules_for
+from whisper_nnx.sharding import multihost, rules_for
 
 from .audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
-from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, pad_rows
+from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, lockstep_rows, pad_rows
 from .features import log_mel_spectrogram_jit
 from .generate import Generator
 from .model_hub import DEFAULT_MODEL, resolve_model
@@ -78,8 +78,9 @@ class Transcriber:
         """Per row of mel [B, M, N]: (best language code, probabilities of every language)."""
         tok = self.tokenizer
         n = mel.shape[0]
-        padded = pad_rows(mel, n, self.generator.batch_multiple)
-        probs = np.asarray(self.generator.language_probs(padded, tok.sot, tuple(tok.all_language_tokens)))[:n]
+        padded = pad_rows(mel, lockstep_rows(n, self.generator.batch_multiple))
+        probs = self.generator.fetch(self.generator.language_probs(padded, tok.sot, tuple(tok.all_language_tokens)),
+                                     padded.shape[0])[:n]
         codes = tok.all_language_codes
         return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
 
@@ -100,15 +101,17 @@ class Transcriber:
                 good.append((i, audio))
             except AudioDecodeError as err:
                 results[i] = _record(item, error=str(err))
-        for start in range(0, len(good), options.batch_size):
-            chunk = good[start:start + options.batch_size]
+        # With several processes every one runs the same number of batches (some may be empty).
+        n_batches = multihost.global_max(-(-len(good) // options.batch_size))
+        for b in range(n_batches):
+            chunk = good[b * options.batch_size:(b + 1) * options.batch_size]
             for (i, audio), record in zip(chunk, self._transcribe_batch([a for _, a in chunk], options)):
                 results[i] = {**_record(inputs[i], duration_s=audio.shape[0] / SAMPLE_RATE), **record}
         return results  # type: ignore[return-value]
 
     def _transcribe_batch(self, clips: list[np.ndarray], options: TranscribeOptions) -> list[dict]:
         n = len(clips)
-        padded = np.zeros((bucket(n), N_SAMPLES), np.float32)
+        padded = np.zeros((bucket(max(n, 1)), N_SAMPLES), np.float32)
         for row, clip in enumerate(clips):
             padded[row] = pad_or_trim(clip)
         mel = self.mel(padded)[:n]
@@ -116,14 +119,16 @@ class Transcriber:
             languages = [code for code, _ in self.detect_languages(mel)]
         else:
             languages = [options.language if self.tokenizer.multilingual else "en"] * n
-        # Rows that share a language share a prompt and decode together.
+        # Rows that share a language share a prompt and decode together; every process walks
+        # the union of languages so their calls stay in lockstep.
+        codes = self.tokenizer.all_language_codes if self.tokenizer.multilingual else ("en",)
         records: list[Optional[dict]] = [None] * n
-        for language in sorted(set(languages)):
+        for language in (codes[i] for i in multihost.global_union([codes.index(c) for c in languages])):
             rows = [r for r in range(n) if languages[r] == language]
             tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
                 else self.tokenizer
             prompt = initial_tokens(tokenizer, options, self.dims.n_text_ctx)
-            windows = self.decoder.decode(mel[np.asarray(rows)], tokenizer, prompt, options)
+            windows = self.decoder.decode(mel[np.asarray(rows, dtype=np.int32)], tokenizer, prompt, options)
             for r, window in zip(rows, windows):
                 duration = clips[r].shape[0] / SAMPLE_RATE
                 records[r] = {
