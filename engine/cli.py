@@ -95,7 +95,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         mesh = make_mesh(args.mesh, dcn=args.dcn_mesh)
         logging.info("mesh %s, sharding preset %s", describe(mesh)["shape"], args.sharding)
     transcriber = Transcriber(args.model, dtype=args.dtype, mesh=mesh,
-                              rules=rules_for(args.sharding) if mesh is not None else None)
+                              rules=rules_for(args.sharding) if mesh is not None else None,
+                              allow_replicated=args.allow_replicated_weights)
     run_info = {"model": args.model, "dtype": args.dtype,
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: one device")
     t.add_argument("--dcn-mesh", default=None,
                    help="multi-host: how data/model span hosts, e.g. data=2 (then --mesh is per host)")
+    t.add_argument("--allow-replicated-weights", action="store_true",
+                   help="accept weights of >= 1 MiB that the mesh cannot split (replicated instead)")
     t.add_argument("--coordinator", default=None,
                    help="multi-process: host:port of process 0 (or WHISPER_NNX_COORDINATOR)")
     t.add_argument("--num-processes", type=int, default=None)
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.set_verbosity(logging.INFO)
     try:
         return args.run(args)
-    except (CheckpointError, AudioDecodeError, ValueError) as err:
+    except (CheckpointError, AudioDecodeError, ValueError) as err:  # ShardingError is a ValueError
         print(f"whisper-nnx: error: {err}", file=sys.stderr)
         return 2
 

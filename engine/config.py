@@ -7,6 +7,7 @@ import dataclasses
 # The first vocabulary id past the text tokens of the English-only vocabulary; the
 # multilingual vocabulary adds one more special token before the language block.
 _N_TEXT_TOKENS_EN = 51765
+VOCAB_PAD_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,13 @@ class ModelDims:
     @property
     def is_multilingual(self) -> bool:
         return self.n_vocab >= 51865
+
+    @property
+    def n_vocab_padded(self) -> int:
+        """Rows of the in-memory embedding table: V rounded up to a multiple of 128, so the
+        vocabulary splits evenly over any tensor-parallel axis up to 128 devices. The extra rows
+        are zeros and their logits are cut off before any rule or sampler sees them."""
+        return -(-self.n_vocab // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
     @property
     def num_languages(self) -> int:

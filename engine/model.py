@@ -82,7 +82,8 @@ class TextDecoder(nnx.Module):
 
     def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
         d = dims.n_text_state
-        self.token_embedding = make_param(rngs, (dims.n_vocab, d), ("vocab", "embed"), param_dtype)
+        self.token_embedding = make_param(rngs, (dims.n_vocab_padded, d), ("vocab", "embed"), param_dtype)
+        self.n_vocab = dims.n_vocab
         self.positions = make_param(rngs, (dims.n_text_ctx, d), ("text_pos", "embed"), param_dtype)
         self.blocks = nnx.List([Block(d, dims.n_text_head, True, dtype=dtype,
                                       param_dtype=param_dtype, rngs=rngs)
@@ -98,11 +99,12 @@ class TextDecoder(nnx.Module):
         return constrain(x, "batch", "text_len", "embed")
 
     def _logits(self, x: jax.Array) -> jax.Array:
-        """Final LayerNorm and the output projection tied to the embedding: -> [B, T, V] f32."""
+        """Final LayerNorm and the output projection tied to the embedding: -> [B, T, V] f32
+        (the padding rows of the table are cut off)."""
         x = self.ln(x)
         logits = jnp.einsum("btd,vd->btv", x, self.token_embedding[...].astype(self.dtype),
                             preferred_element_type=_F32)
-        return constrain(logits, "batch", "text_len", "vocab")
+        return constrain(logits[..., :self.n_vocab], "batch", "text_len", None)
 
     def cross_kv(self, audio_features: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
         """Per-layer cross-attention keys/values of the encoder output, each [B, S, H, K]."""

@@ -50,7 +50,7 @@ class Transcriber:
     """Load once, transcribe many: `Transcriber("tiny.en").transcribe(["a.wav", "b.flac"])`."""
 
     def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "float32", mesh: Optional[Mesh] = None,
-                 rules=None):
+                 rules=None, allow_replicated: bool = False):
         """`mesh` (see whisper_nnx.sharding.make_mesh) with logical-axis `rules` (a preset of
         whisper_nnx.sharding.PRESETS) shards weights, caches and batches; None: one device."""
         if dtype not in _DTYPES:
@@ -64,7 +64,8 @@ class Transcriber:
         if mesh is not None and rules is None:
             rules = rules_for("dp+tp")
         self.mesh = mesh
-        model_ = load_model(checkpoint, dtype=_DTYPES[dtype], mesh=mesh, rules=rules)
+        model_ = load_model(checkpoint, dtype=_DTYPES[dtype], mesh=mesh, rules=rules,
+                            allow_replicated=allow_replicated)
         self.generator = Generator(model_, mesh=mesh, rules=rules)
         self.decoder = WindowDecoder(self.generator, self.dims)
 

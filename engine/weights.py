@@ -27,6 +27,7 @@ from absl import logging
 from flax import nnx
 
 from whisper_nnx.sharding import fit_spec
+from whisper_nnx.sharding.checks import Replicated, check_sufficiently_sharded, nbytes
 
 from .config import ModelDims
 from .model import Whisper, sinusoids
@@ -91,6 +92,17 @@ def reference_table(dims: ModelDims) -> dict[str, tuple[str, str]]:
     return table
 
 
+_EMBEDDING = "decoder/token_embedding"
+
+
+def _pad_vocab(path: str, array: np.ndarray, dims: ModelDims) -> np.ndarray:
+    """The embedding table grown with zero rows to the model's padded vocabulary."""
+    if path != _EMBEDDING or array.shape[0] == dims.n_vocab_padded:
+        return array
+    return np.concatenate([np.asarray(array), np.zeros((dims.n_vocab_padded - array.shape[0], array.shape[1]),
+                                                       array.dtype)])
+
+
 @functools.lru_cache(maxsize=16)
 def expected_shapes(dims: ModelDims) -> dict[str, tuple[int, ...]]:
     """Our path -> parameter shape for `dims`, from the model definition (no memory used).
@@ -100,7 +112,9 @@ def expected_shapes(dims: ModelDims) -> dict[str, tuple[int, ...]]:
     """
     with nnx.use_eager_sharding(False):
         abstract = Whisper(dims, rngs=None)
-    return {path: tuple(leaf.shape) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(abstract)))}
+    shapes = {path: tuple(leaf.shape) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(abstract)))}
+    shapes[_EMBEDDING] = (dims.n_vocab, dims.n_text_state)  # checkpoints hold the unpadded table
+    return shapes
 
 
 def _reference_shape(path: str, transform: str, ours: tuple[int, ...]) -> tuple[int, ...]:
@@ -371,12 +385,14 @@ def check_params(dims: ModelDims, params: Mapping[str, np.ndarray]) -> None:
 
 
 def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               mesh: Optional[jax.sharding.Mesh] = None, rules=None) -> Whisper:
+               mesh: Optional[jax.sharding.Mesh] = None, rules=None,
+               allow_replicated: bool = False) -> Whisper:
     """Place the checkpoint's weights straight into their shardings and return the model.
 
     Without a mesh, every weight goes to the default device. With one, each process builds
     only the shards its devices own (`make_array_from_callback` over memory-mapped arrays), so
-    no device ever holds a full copy of a weight that the rules split.
+    no device ever holds a full copy of a weight that the rules split. A weight of 1 MiB or
+    more that the mesh cannot split raises `ShardingError` unless `allow_replicated`.
     """
     with nnx.use_eager_sharding(False):
         graphdef, abstract = nnx.split(Whisper(checkpoint.dims, dtype=dtype, param_dtype=param_dtype,
@@ -386,41 +402,43 @@ def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.flo
         place: Callable = lambda a, _: jnp.asarray(np.asarray(a).astype(param_dtype))
         shardings = jax.tree.map(lambda _: None, nnx.to_pure_dict(abstract))
     else:
-        shardings = param_shardings(abstract, mesh, rules)
+        shardings, replicated = param_shardings(abstract, mesh, rules)
+        if not allow_replicated:
+            check_sufficiently_sharded(replicated)
 
         def place(array, sharding):
             return jax.make_array_from_callback(
                 array.shape, sharding, lambda index: np.asarray(array[index]).astype(param_dtype))
 
-    nested = _unflatten(checkpoint.params)
+    nested = _unflatten({path: _pad_vocab(path, array, checkpoint.dims) for path, array in checkpoint.params.items()})
     arrays = jax.tree.map(place, nested, shardings, is_leaf=lambda x: isinstance(x, np.ndarray))
     nnx.replace_by_pure_dict(abstract, arrays)
     return nnx.merge(graphdef, abstract)
 
 
-def param_shardings(abstract_state, mesh: jax.sharding.Mesh, rules) -> dict:
-    """Nested dict of NamedShardings for the parameters under `rules` on `mesh`.
-
-    A dim whose size the mesh axes do not divide (6 heads over a 4-way `model` axis) is
-    replicated instead, and logged; `whisper_nnx.sharding.replicated_weights` reports what
-    ended up replicated.
-    """
+def param_shardings(abstract_state, mesh: jax.sharding.Mesh, rules) -> tuple[dict, list[Replicated]]:
+    """Nested dict of NamedShardings for the parameters under `rules` on `mesh`, and the
+    weights that had to be replicated on some dim the rules split (6 heads over a 4-way
+    `model` axis): those dims are replicated instead, and reported."""
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules or ()):
         specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
-    shapes = dict(_flatten(nnx.to_pure_dict(abstract_state)))
-    fitted = {}
+    leaves = dict(_flatten(nnx.to_pure_dict(abstract_state)))
+    fitted, replicated = {}, []
     for path, spec in _flatten(specs):
-        spec, dropped = fit_spec(spec, tuple(shapes[path].shape), mesh)
+        shape = tuple(leaves[path].shape)
+        spec, dropped = fit_spec(spec, shape, mesh)
         if dropped:
-            logging.warning("%s %s: dims %s not divisible by their mesh axes; replicated", path,
-                            tuple(shapes[path].shape), dropped)
+            logging.warning("%s %s: dims %s not divisible by their mesh axes; replicated", path, shape, dropped)
+            replicated.append(Replicated(path, shape, nbytes(shape, leaves[path].dtype.itemsize), tuple(dropped)))
         fitted[path] = jax.sharding.NamedSharding(mesh, spec)
-    return _unflatten(fitted)
+    return _unflatten(fitted), replicated
 
 
 def model_params(model: Whisper) -> dict[str, np.ndarray]:
-    """Our path -> host array of every parameter of a live model."""
-    return {path: np.asarray(leaf) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(model)))}
+    """Our path -> host array of every parameter of a live model, in checkpoint shapes."""
+    params = {path: np.asarray(leaf) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(model)))}
+    params[_EMBEDDING] = params[_EMBEDDING][:model.dims.n_vocab]
+    return params
 
 
 # --- helpers -----------------------------------------------------------------------------------
