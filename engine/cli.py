@@ -56,6 +56,16 @@ def fallback_temperatures(start: float, increment: float | None) -> tuple[float,
     return tuple(round(start + i * increment, 6) for i in range(steps + 1))
 
 
+def _end_torn_line(path: Path) -> None:
+    """A run killed mid-write can leave a partial last line; end it so new records start on a
+    line of their own (the partial one is then ignored as unparsable)."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def _append_record(handle, record: dict) -> None:
     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     handle.flush()
@@ -76,6 +86,12 @@ def _transcribe(args: argparse.Namespace) -> int:
     if not all_inputs:
         print("whisper-nnx: no inputs found", file=sys.stderr)
         return 2
+    out = Path(args.output_dir)
+    if args.resume:
+        done = recorded_paths(out)
+        logging.info("resuming: %d of %d inputs already have records", sum(p in done for p in all_inputs),
+                     len(all_inputs))
+        all_inputs = [p for p in all_inputs if p not in done]
     inputs = multihost.process_share(all_inputs)  # contiguous block per process, in order
     options = TranscribeOptions(language=None if args.language == "auto" else args.language,
                                 task=args.task, batch_size=args.batch_size,
@@ -100,12 +116,12 @@ def _transcribe(args: argparse.Namespace) -> int:
     run_info = {"model": args.model, "dtype": args.dtype,
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     errors = 0
     import jax
 
     own_results = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else "results.jsonl")
+    _end_torn_line(own_results)
     with open(own_results, "a", encoding="utf-8") as results:
         # Every process runs the same number of batches (the last ones may be empty).
         for b in range(multihost.global_max(-(-len(inputs) // args.batch_size))):
@@ -124,24 +140,41 @@ def _transcribe(args: argparse.Namespace) -> int:
     if multi:
         multihost.barrier("whisper-nnx-results-written")
         if jax.process_index() == 0:
-            merge_process_results(out, jax.process_count())
+            merge_process_results(out)
         multihost.barrier("whisper-nnx-results-merged")
     logging.info("%d inputs, %d errors; results in %s", len(inputs), errors, out / "results.jsonl")
     return 0
 
 
-def merge_process_results(out: Path, processes: int) -> None:
-    """Append every process's records, in process (= input) order, to results.jsonl atomically."""
+def _process_files(out: Path) -> list[Path]:
+    return sorted(out.glob("results.process-*.jsonl"))
+
+
+def recorded_paths(out: Path) -> set[str]:
+    """Input paths that already have a record in `out` (merged or per-process results)."""
+    done: set[str] = set()
+    for path in [out / "results.jsonl", *_process_files(out)]:
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    done.add(json.loads(line)["path"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by a kill: its input is redone
+    return done
+
+
+def merge_process_results(out: Path) -> None:
+    """Append every per-process file's records, in process (= input) order, to results.jsonl
+    atomically, then remove the per-process files."""
     from .writers import atomic_write_text
 
     merged = out / "results.jsonl"
     parts = [merged.read_text(encoding="utf-8")] if merged.exists() else []
-    for index in range(processes):
-        part = out / f"results.process-{index:05d}.jsonl"
-        parts.append(part.read_text(encoding="utf-8"))
+    files = _process_files(out)
+    parts += [part.read_text(encoding="utf-8") for part in files]
     atomic_write_text(merged, "".join(parts))
-    for index in range(processes):
-        (out / f"results.process-{index:05d}.jsonl").unlink()
+    for part in files:
+        part.unlink()
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -199,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
                    help="partition-rule preset mapping logical axes onto the mesh")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
+    t.add_argument("--resume", action="store_true",
+                   help="skip inputs that already have a record in the output directory")
     t.set_defaults(run=_transcribe)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")

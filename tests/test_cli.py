@@ -68,3 +68,21 @@ def test_convert_then_transcribe_from_converted(tmp_path, data_dir, transcripts)
     reference = _words(transcripts["sample_espeak.flac"])
     hits = sum(w in reference for w in _words(record["text"]))
     assert hits >= len(reference) - 3  # espeak's voice is hard: a word or two may differ
+
+
+@pytest.mark.slow
+def test_resume_skips_inputs_with_records(tmp_path, data_dir):
+    out = tmp_path / "out"
+    joe, espeak, missing = (str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac"),
+                            str(tmp_path / "missing.wav"))
+    first = _run("transcribe", joe, missing, "--output-dir", str(out), "--beam-size", "0", "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"path": "cut sho')  # a record a kill cut in half: not counted as done
+    second = _run("transcribe", joe, espeak, missing, "--output-dir", str(out), "--beam-size", "0", "--quiet",
+                  "--resume", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert lines[2] == '{"path": "cut sho'  # the torn line stays on a line of its own
+    records = [json.loads(line) for i, line in enumerate(lines) if i != 2]
+    assert [Path(r["path"]).name for r in records] == ["sample_joe.flac", "missing.wav", "sample_espeak.flac"]

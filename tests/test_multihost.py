@@ -60,6 +60,6 @@ def test_merge_keeps_process_order_and_earlier_results(tmp_path):
     (tmp_path / "results.jsonl").write_text('{"path": "old"}\n')
     (tmp_path / "results.process-00000.jsonl").write_text('{"path": "a"}\n{"path": "b"}\n')
     (tmp_path / "results.process-00001.jsonl").write_text('{"path": "c"}\n')
-    merge_process_results(tmp_path, 2)
+    merge_process_results(tmp_path)
     assert [r["path"] for r in _records(tmp_path)] == ["old", "a", "b", "c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
