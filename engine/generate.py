@@ -45,7 +45,7 @@ class DecodeState(NamedTuple):
     logits: jax.Array  # [B, V] float32: next-token logits at position `length`
     sum_logprobs: jax.Array  # [B] float32
     finished: jax.Array  # [B] bool
-    cache: KVCache
+    cache: KVCache  # self-attention part only; cross K/V are loop constants
     rng: jax.Array
 
 
@@ -75,7 +75,7 @@ class BeamState(NamedTuple):
     finished_tokens: jax.Array  # [B, C, L]
     finished_scores: jax.Array  # [B, C]
     finished_count: jax.Array  # [B] int32
-    cache: KVCache  # batch B * K
+    cache: KVCache  # batch B * K, self-attention part only
 
 
 class BeamResult(NamedTuple):
@@ -93,7 +93,7 @@ class DecodeResult(NamedTuple):
     no_speech_prob: jax.Array  # [B]
 
 
-def _step(model: Whisper, config: SamplingConfig, state: DecodeState) -> DecodeState:
+def _step(model: Whisper, config: SamplingConfig, cross: tuple, state: DecodeState) -> DecodeState:
     rules = config.rules
     logits = apply_rules(state.logits, state.tokens, state.length, rules)
     rng, key = jax.random.split(state.rng)
@@ -108,8 +108,9 @@ def _step(model: Whisper, config: SamplingConfig, state: DecodeState) -> DecodeS
     next_tokens = jnp.where(state.finished, rules.eot, next_tokens)
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, next_tokens[:, None], state.length, axis=1)
     finished = state.finished | (next_tokens == rules.eot)
-    step_logits, cache = model.decode_step(next_tokens[:, None], state.length, state.cache)
-    return DecodeState(state.length + 1, tokens, step_logits[:, -1], sum_logprobs, finished, cache, rng)
+    step_logits, cache = model.decode_step(next_tokens[:, None], state.length, state.cache.with_cross(cross))
+    return DecodeState(state.length + 1, tokens, step_logits[:, -1], sum_logprobs, finished,
+                       cache.without_cross()[0], rng)
 
 
 def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array,
@@ -118,13 +119,14 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     batch, prompt_len = prompt.shape
     total = prompt_len + config.sample_len
     logits, cache = model.prefill(features, prompt, total)
+    cache, cross = cache.without_cross()
     no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
     tokens = jnp.full((batch, total), config.rules.eot, jnp.int32)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, prompt.astype(jnp.int32), 0, axis=1)
     state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
                         jnp.zeros((batch,), bool), cache, rng)
     state = jax.lax.while_loop(lambda s: (s.length < total) & ~jnp.all(s.finished),
-                               functools.partial(_step, model, config), state)
+                               functools.partial(_step, model, config, cross), state)
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
 
 
@@ -135,7 +137,7 @@ def _no_speech_prob(logits: jax.Array, sot_index: int, no_speech: int | None) ->
     return jax.nn.softmax(logits[:, sot_index], axis=-1)[:, no_speech]
 
 
-def _beam_loop_step(model: Whisper, config: BeamConfig, state: BeamState) -> BeamState:
+def _beam_loop_step(model: Whisper, config: BeamConfig, cross: tuple, state: BeamState) -> BeamState:
     batch, beams, buffer = state.tokens.shape
     logits = apply_rules(state.logits, state.tokens.reshape(batch * beams, buffer), state.length,
                          config.rules)
@@ -146,9 +148,9 @@ def _beam_loop_step(model: Whisper, config: BeamConfig, state: BeamState) -> Bea
     tokens = jnp.take_along_axis(state.tokens, step.source[:, :, None], axis=1)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, step.next_tokens[:, :, None], state.length, axis=2)
     step_logits, cache = model.decode_step(step.next_tokens.reshape(-1, 1), state.length,
-                                           state.cache.reorder_beams(step.source))
+                                           state.cache.reorder_beams(step.source).with_cross(cross))
     return BeamState(state.length + 1, tokens, step_logits[:, -1], step.scores, step.finished_tokens,
-                     step.finished_scores, step.finished_count, cache)
+                     step.finished_scores, step.finished_count, cache.without_cross()[0])
 
 
 def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.Array,
@@ -159,7 +161,7 @@ def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.
     logits, cache = model.prefill(features, prompt, total)
     no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
     # All beams start from the same prefix: prefill once per example, then repeat.
-    cache = jax.tree.map(lambda a: jnp.repeat(a, beams, axis=0), cache)
+    cache, cross = jax.tree.map(lambda a: jnp.repeat(a, beams, axis=0), cache).without_cross()
     tokens = jnp.full((batch, beams, total), config.rules.eot, jnp.int32)
     tokens = jax.lax.dynamic_update_slice_in_dim(
         tokens, jnp.broadcast_to(prompt.astype(jnp.int32)[:, None], (batch, beams, prompt_len)), 0, axis=2)
@@ -172,7 +174,7 @@ def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.
         finished_count=jnp.zeros((batch,), jnp.int32), cache=cache)
     state = jax.lax.while_loop(
         lambda s: (s.length < total) & ~jnp.all(s.finished_count >= slots),
-        functools.partial(_beam_loop_step, model, config), state)
+        functools.partial(_beam_loop_step, model, config, cross), state)
     return BeamResult(state.finished_tokens, state.finished_scores, state.finished_count, state.tokens,
                       state.sum_logprobs, no_speech_prob)
 

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 
 from whisper_nnx.sharding import constrain
 
-CACHE_AXES = ("batch", "cache_len", "heads", "head_dim")
-CROSS_AXES = ("batch", "audio_len", "heads", "head_dim")
+CACHE_AXES = ("batch", "heads", "cache_len", "head_dim")
+CROSS_AXES = ("batch", "heads", "audio_len", "head_dim")
 
 
 class KVCache(NamedTuple):
-    """Per-layer caches: self_k/self_v [B, C, H, K] and cross_k/cross_v [B, S, H, K]."""
+    """Per-layer caches, heads-major: self_k/self_v [B, H, C, K] and cross_k/cross_v [B, H, S, K]."""
 
     self_k: tuple[jax.Array, ...]
     self_v: tuple[jax.Array, ...]
@@ -31,8 +31,8 @@ class KVCache(NamedTuple):
         """Zeroed self-attention caches of `length` positions beside the given cross K/V."""
 
         def zeros(like: jax.Array) -> jax.Array:
-            batch, _, heads, head_dim = like.shape
-            return constrain(jnp.zeros((batch, length, heads, head_dim), like.dtype), *CACHE_AXES)
+            batch, heads, _, head_dim = like.shape
+            return constrain(jnp.zeros((batch, heads, length, head_dim), like.dtype), *CACHE_AXES)
 
         return cls(
             self_k=tuple(zeros(k) for k, _ in cross_kv),
@@ -41,10 +41,20 @@ class KVCache(NamedTuple):
             cross_v=tuple(constrain(v, *CROSS_AXES) for _, v in cross_kv),
         )
 
+    def without_cross(self) -> tuple["KVCache", tuple]:
+        """(this cache with empty cross K/V, the cross K/V). Decode loops carry only the part
+        that changes: a while_loop carry may be copied every iteration, and the cross K/V,
+        read-only after prefill, are by far the largest part (S = 1500 positions)."""
+        return self._replace(cross_k=(), cross_v=()), (self.cross_k, self.cross_v)
+
+    def with_cross(self, cross: tuple) -> "KVCache":
+        """Reattach cross K/V taken off by `without_cross`."""
+        return self._replace(cross_k=cross[0], cross_v=cross[1])
+
     @property
     def length(self) -> int:
         """C, the number of self-attention positions the cache holds."""
-        return self.self_k[0].shape[1]
+        return self.self_k[0].shape[2]
 
     def reorder(self, rows: jax.Array) -> "KVCache":
         """Gather batch rows: rows [B] of source indices."""

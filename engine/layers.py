@@ -79,15 +79,16 @@ class MLP(nnx.Module):
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
     """Scaled dot-product attention.
 
-    q [B, T, H, K], k/v [B, S, H, K], mask broadcastable to [B, H, T, S] (True = visible)
-    -> [B, T, H, K]. Scores and softmax in float32.
+    q [B, T, H, K], k/v [B, H, S, K] (heads-major, so the long S axis is never transposed per
+    call), mask broadcastable to [B, H, T, S] (True = visible) -> [B, T, H, K]. Scores and
+    softmax in float32.
     """
-    scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=_F32)
+    scores = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=_F32)
     scores = scores * (q.shape[-1] ** -0.5)
     if mask is not None:
         scores = jnp.where(mask, scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshk->bthk", probs, v)
+    return jnp.einsum("bhts,bhsk->bthk", probs, v)
 
 
 class Attention(nnx.Module):
@@ -109,17 +110,16 @@ class Attention(nnx.Module):
         self.out_bias = make_param(rngs, (width,), ("embed",), param_dtype)
         self.dtype = dtype
 
-    def _project(self, x: jax.Array, kernel: nnx.Param, bias: Optional[nnx.Param]) -> jax.Array:
-        y = jnp.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
-        return y if bias is None else y + bias[...].astype(self.dtype)
-
     def queries(self, x: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, H, K]."""
-        return self._project(x, self.query_kernel, self.query_bias)
+        y = jnp.einsum("btd,dhk->bthk", x, self.query_kernel[...].astype(self.dtype))
+        return y + self.query_bias[...].astype(self.dtype)
 
     def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """[B, S, D] -> keys and values, each [B, S, H, K]."""
-        return self._project(x, self.key_kernel, None), self._project(x, self.value_kernel, self.value_bias)
+        """[B, S, D] -> keys and values, each [B, H, S, K] (heads-major)."""
+        k = jnp.einsum("bsd,dhk->bhsk", x, self.key_kernel[...].astype(self.dtype))
+        v = jnp.einsum("bsd,dhk->bhsk", x, self.value_kernel[...].astype(self.dtype))
+        return k, v + self.value_bias[...].astype(self.dtype)[None, :, None, :]
 
     def output(self, a: jax.Array) -> jax.Array:
         """[B, T, H, K] -> [B, T, D]."""
@@ -129,7 +129,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, kv: Optional[tuple[jax.Array, jax.Array]] = None,
                  mask: Optional[jax.Array] = None) -> jax.Array:
-        """Attention of x [B, T, D] over itself, or over `kv` (each [B, S, H, K]) -> [B, T, D]."""
+        """Attention of x [B, T, D] over itself, or over `kv` (each [B, H, S, K]) -> [B, T, D]."""
         k, v = self.keys_values(x) if kv is None else kv
         return self.output(attend(self.queries(x), k, v, mask))
 
@@ -154,7 +154,7 @@ class Block(nnx.Module):
                  ) -> tuple[jax.Array, Optional[tuple[jax.Array, jax.Array]]]:
         """x [B, T, D] -> (x [B, T, D], updated self-attention cache or None).
 
-        With `cache` (keys, values, each [B, C, H, K]) this call's keys/values are written at
+        With `cache` (keys, values, each [B, H, C, K]) this call's keys/values are written at
         positions [offset, offset + T) and attention runs over the whole cache under `mask`
         ([T, C]); without it, attention runs over this call's own positions.
         """
@@ -164,8 +164,8 @@ class Block(nnx.Module):
         else:
             k, v = self.attn.keys_values(h)
             cache = tuple(
-                constrain(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), offset, axis=1),
-                          "batch", "cache_len", "heads", "head_dim")
+                constrain(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), offset, axis=2),
+                          "batch", "heads", "cache_len", "head_dim")
                 for c, new in zip(cache, (k, v)))
             x = x + self.attn.output(attend(self.attn.queries(h), *cache, mask))
         if self.cross_attn is not None:

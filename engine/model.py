@@ -107,7 +107,7 @@ class TextDecoder(nnx.Module):
         return constrain(logits[..., :self.n_vocab], "batch", "text_len", None)
 
     def cross_kv(self, audio_features: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
-        """Per-layer cross-attention keys/values of the encoder output, each [B, S, H, K]."""
+        """Per-layer cross-attention keys/values of the encoder output, each [B, H, S, K]."""
         x = audio_features.astype(self.dtype)
         return [block.cross_attn.keys_values(x) for block in self.blocks]
 
