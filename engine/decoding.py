@@ -135,6 +135,14 @@ def needs_fallback(window: DecodedWindow, options: DecodeOptions) -> bool:
     return (too_repetitive or too_unlikely) and not silence
 
 
+def is_silence(window: DecodedWindow, options: DecodeOptions) -> bool:
+    """The reference transcribe's skip rule: no speech is likely, and the decode is not
+    confident enough to overrule that. Such a window contributes no text."""
+    if options.no_speech_threshold is None or window.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return options.logprob_threshold is None or window.avg_logprob <= options.logprob_threshold
+
+
 class WindowDecoder:
     """Decodes batches of windows that share a prompt, with temperature fallback."""
 

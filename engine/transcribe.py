@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from whisper_nnx.sharding import multihost, rules_for
 
 from .audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
-from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, lockstep_rows, pad_rows
+from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence, lockstep_rows, pad_rows
 from .features import log_mel_spectrogram_jit
 from .generate import Generator
 from .model_hub import DEFAULT_MODEL, resolve_model
@@ -132,9 +132,11 @@ class Transcriber:
             windows = self.decoder.decode(mel[np.asarray(rows, dtype=np.int32)], tokenizer, prompt, options)
             for r, window in zip(rows, windows):
                 duration = clips[r].shape[0] / SAMPLE_RATE
+                silent = is_silence(window, options)
                 records[r] = {
-                    "text": window.text, "language": language,
-                    "segments": [s.to_json() for s in split_segments(window.tokens, tokenizer, 0.0, duration)],
+                    "text": "" if silent else window.text, "language": language,
+                    "segments": [] if silent else
+                    [s.to_json() for s in split_segments(window.tokens, tokenizer, 0.0, duration)],
                     "avg_logprob": window.avg_logprob, "no_speech_prob": window.no_speech_prob,
                     "compression_ratio": window.compression_ratio, "temperature": window.temperature,
                     "tokens": window.tokens}
