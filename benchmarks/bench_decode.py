@@ -1,0 +1,456 @@
+"""Decode benchmark: per-phase times of the jitted pieces, then end-to-end transcription against
+openai-whisper (CPU PyTorch, float32, the same weights) measured in the same run.
+
+    .venv/bin/python benchmarks/bench_decode.py --model tiny.en --batch-sizes 1,8,32 --beam-sizes 1,5
+
+Phases (each jitted on its own over the split NNX state, compiled ahead of time so compile and
+run times are separate, timed after warm-up with `block_until_ready`):
+  log-mel [B, 480000] -> [B, M, 3000]; encode -> [B, 1500, D]; prefill(features, prompt, C);
+  one decode step (tokens [B, 1] at an int32 offset against the cache, the cache donated).
+End to end: `Transcriber.transcribe(arrays, TranscribeOptions(language="en", batch_size=B))`
+(host padding, log-mel, the jitted generate loop, token -> text) against the peer's per-clip
+log-mel plus `whisper.decode(model, mel_batch, DecodingOptions(...))`, alternating ours and
+theirs on each repeat so that load from other jobs hits both alike.
+
+Tokens/s counts the tokens each row sampled (text and timestamp tokens up to and including the
+EOT) summed over the batch, over the end-to-end wall time. Speed is audio seconds (the clips'
+real durations, not the 30 s padding) over wall seconds: 10 means ten times faster than real
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO,
+    Timing,
+    git_info,
+    machine_info,
+    peak_rss_bytes,
+    record,
+    time_calls,
+    update_results_md,
+    write_record,
+)
+
+DATA = REPO / "tests" / "data"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
+    p.add_argument("--beam-sizes", default="1,5", help="1 = greedy; others need TranscribeOptions.beam_size")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
+    p.add_argument("--large-batch", type=int, default=32,
+                   help="from this batch size on, use --large-repeats (keeps the run short)")
+    p.add_argument("--large-repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores available)")
+    p.add_argument("--audio", nargs="*", default=None,
+                   help="clips to tile into each batch (default: tests/data/*.flac and tests/data/corpus/*.flac)")
+    p.add_argument("--fallback", action="store_true",
+                   help="ours with the engine's default temperature fallback (the peer's decode never falls back)")
+    p.add_argument("--no-peer", action="store_true", help="skip openai-whisper")
+    p.add_argument("--no-phases", action="store_true", help="skip the per-phase timings")
+    p.add_argument("--no-results-md", action="store_true", help="do not update benchmarks/RESULTS.md")
+    p.add_argument("--note", action="append", default=[], help="a sentence for RESULTS.md (repeatable)")
+    p.add_argument("--from-record", default=None,
+                   help="measure nothing: rewrite RESULTS.md's section from this JSON record")
+    return p.parse_args(argv)
+
+
+def _ints(spec: str) -> list[int]:
+    return [int(x) for x in spec.split(",") if x.strip()]
+
+
+# --- audio --------------------------------------------------------------------------------------
+
+def load_clips(paths: Optional[list[str]]) -> list[tuple[str, np.ndarray]]:
+    from whisper_nnx.engine.audio import load_audio
+
+    if not paths:
+        paths = sorted(DATA.glob("*.flac")) + sorted((DATA / "corpus").glob("*.flac"))
+    return [(Path(p).name, load_audio(p)) for p in paths]
+
+
+def tile(clips: list[tuple[str, np.ndarray]], n: int) -> list[np.ndarray]:
+    return [clips[i % len(clips)][1] for i in range(n)]
+
+
+# --- per-phase timings --------------------------------------------------------------------------
+
+def _compile(fn, *args) -> tuple[object, float, Optional[int]]:
+    """AOT-compile `fn` for `args`: (compiled, seconds to lower + compile, temp bytes or None)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    try:
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # memory_analysis is backend-dependent
+        temp = None
+    return compiled, seconds, temp
+
+
+def _phase(name: str, rows: int, compile_s: Optional[float], temp: Optional[int], timing: Timing) -> dict:
+    return {"phase": name, "rows": rows, "compile_s": compile_s, "temp_bytes": temp, **timing.to_json()}
+
+
+def bench_phases(model, n_mels: int, prompt: list[int], sample_len: int, batch: int,
+                 beam_sizes: list[int], repeats: int) -> list[dict]:
+    """mel, encode, prefill at `batch` rows; one decode step at batch x beam rows per beam size."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from whisper_nnx.engine.features import log_mel_spectrogram_jit
+
+    graphdef, state = nnx.split(model)
+    cache_len = len(prompt) + sample_len
+    rng = np.random.default_rng(0)
+    audio = jnp.asarray(rng.standard_normal((batch, 480_000), np.float32) * 0.1)
+
+    mel_fn = jax.jit(lambda a: log_mel_spectrogram_jit(a, n_mels=n_mels))
+    encode_fn = jax.jit(lambda st, mel: nnx.merge(graphdef, st).encode(mel))
+    prefill_fn = jax.jit(lambda st, feats, toks: nnx.merge(graphdef, st).prefill(feats, toks, cache_len))
+    step_fn = jax.jit(lambda st, toks, offset, cache: nnx.merge(graphdef, st).decode_step(toks, offset, cache),
+                      donate_argnums=(3,))
+
+    out = []
+    mel_c, s, temp = _compile(mel_fn, audio)
+    out.append(_phase("log-mel", batch, s, temp, time_calls(lambda: mel_c(audio), repeats)))
+    mel = mel_c(audio)
+    enc_c, s, temp = _compile(encode_fn, state, mel)
+    out.append(_phase("encode", batch, s, temp, time_calls(lambda: enc_c(state, mel), repeats)))
+    features = jax.block_until_ready(enc_c(state, mel))
+    for beam in beam_sizes:
+        rows = batch * beam
+        feats = jnp.repeat(features, beam, axis=0) if beam > 1 else features
+        toks = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (rows, 1)))
+        pre_c, s, temp = _compile(prefill_fn, state, feats, toks)
+        if beam == beam_sizes[0]:
+            timing = time_calls(functools.partial(pre_c, state, feats, toks), repeats)
+            out.append(_phase("prefill", rows, s, temp, timing))
+        _, cache = jax.block_until_ready(pre_c(state, feats, toks))
+        out.append(_time_step(step_fn, state, cache, prompt, rows, repeats))
+    return out
+
+
+def _time_step(step_fn, state, cache, prompt: list[int], rows: int, repeats: int) -> dict:
+    """One decode step of [rows, 1] tokens, feeding the donated cache back in on every call."""
+    import jax.numpy as jnp
+
+    toks = jnp.zeros((rows, 1), jnp.int32) + prompt[0]
+    offset = jnp.int32(len(prompt))
+    step_c, seconds, temp = _compile(step_fn, state, toks, offset, cache)
+    holder = [cache]
+
+    def one_step():
+        logits, holder[0] = step_c(state, toks, offset, holder[0])
+        return logits
+
+    steps = 3 * repeats  # a step is short: more repeats for the same noise
+    return _phase("decode step", rows, seconds, temp, time_calls(one_step, steps, warmup=min(3, repeats)))
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+def _sampled_tokens(token_lists: list[list[int]], sample_len: int) -> int:
+    """Tokens sampled per row including the EOT (absent only when a row hit the length limit)."""
+    return sum(len(t) + (1 if len(t) < sample_len else 0) for t in token_lists)
+
+
+class Ours:
+    def __init__(self, model_name: str, fallback: bool = False):
+        from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+
+        self.transcriber = Transcriber(model_name)
+        self.options_cls = TranscribeOptions
+        self.has_beam = "beam_size" in {f.name for f in dataclasses.fields(TranscribeOptions)}
+        self.fallback = fallback
+
+    def run(self, clips: list[np.ndarray], beam: int) -> list[dict]:
+        # One pass at temperature 0, like the peer's `decode`; the engine's default retries
+        # failing windows at higher temperatures (a different, larger workload).
+        kw = {} if self.fallback else {"temperature": 0.0}
+        if self.has_beam:
+            kw["beam_size"] = beam if beam > 1 else None
+        options = self.options_cls(language="en", batch_size=len(clips), **kw)
+        records = self.transcriber.transcribe(clips, options)
+        bad = [r["error"] for r in records if r.get("error")]
+        if bad:
+            raise RuntimeError(f"our transcription failed: {bad[0]}")
+        return records
+
+
+class Peer:
+    """openai-whisper on CPU PyTorch in float32 with exactly our weights (tests/reference.py)."""
+
+    def __init__(self, checkpoint, threads: int):
+        import torch
+
+        sys.path.insert(0, str(REPO / "tests"))
+        from reference import reference_model
+
+        torch.set_num_threads(threads)
+        _patch_beam_batch()
+        self.torch = torch
+        self.model = reference_model(checkpoint.dims, checkpoint.params)
+        self.n_mels = checkpoint.dims.n_mels
+
+    def encode_phase(self, batch: int, repeats: int) -> dict:
+        """The reference encoder on [B, M, 3000] (the phase that dominates both sides)."""
+        mel = self.torch.randn(batch, self.n_mels, 3000)
+        with self.torch.inference_mode():
+            timing = time_calls(lambda: self.model.encoder(mel), repeats)
+        return _phase("encode (peer)", batch, None, None, timing)
+
+    def run(self, clips: list[np.ndarray], beam: int) -> list:
+        import whisper
+
+        # Per clip, as whisper.transcribe does: a batched call would share one -8 floor.
+        mel = self.torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(self.torch.from_numpy(c)),
+                                                            n_mels=self.n_mels) for c in clips])
+        options = whisper.DecodingOptions(language="en", fp16=False, beam_size=beam if beam > 1 else None)
+        return whisper.decode(self.model, mel, options)
+
+
+def _patch_beam_batch() -> None:
+    """openai-whisper 20250625 repeats the prompt tokens n_group times for beam search but not the
+    audio features (a regression from openai/whisper#1483, fixes pending in #2197, #2389, #2843):
+    one clip works by broadcasting, more fail in cross-attention (B x beams rows against B).
+    Repeat the features after the encoder when there is more than one clip, as releases before
+    #1483 did; language detection still sees one row per clip, and `run` takes every
+    n_group-th feature row back as it always has."""
+    from whisper.decoding import DecodingTask
+
+    if getattr(DecodingTask, "_bench_patched", False):
+        return
+    encode, detect = DecodingTask._get_audio_features, DecodingTask._detect_language
+
+    def _get_audio_features(self, mel):
+        features = encode(self, mel)
+        return features.repeat_interleave(self.n_group, dim=0) if mel.shape[0] > 1 else features
+
+    def _detect_language(self, audio_features, tokens):
+        if audio_features.shape[0] != tokens.shape[0]:
+            audio_features = audio_features[:: self.n_group]
+        return detect(self, audio_features, tokens)
+
+    DecodingTask._get_audio_features = _get_audio_features
+    DecodingTask._detect_language = _detect_language
+    DecodingTask._bench_patched = True
+
+
+def bench_e2e(ours: Ours, peer: Optional[Peer], clips: list[np.ndarray], beam: int, repeats: int,
+              sample_len: int, peer_warmup: bool = True) -> dict:
+    """Warm up both (ours compiles on its first call), then alternate ours/theirs `repeats` times."""
+    start = time.perf_counter()
+    records = ours.run(clips, beam)
+    first_call = time.perf_counter() - start
+    theirs = peer.run(clips, beam) if peer and peer_warmup else None
+    times_ours, times_theirs = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        records = ours.run(clips, beam)
+        times_ours.append(time.perf_counter() - start)
+        if peer:
+            start = time.perf_counter()
+            theirs = peer.run(clips, beam)
+            times_theirs.append(time.perf_counter() - start)
+    audio_s = sum(c.shape[0] for c in clips) / 16_000
+    t_ours = Timing(times_ours)
+    tok_ours = _sampled_tokens([r["tokens"] for r in records], sample_len)
+    result = {"batch": len(clips), "beam": beam, "audio_s": audio_s,
+              "ours": {**t_ours.to_json(), "first_call_s": first_call, "tokens": tok_ours,
+                       "max_row_tokens": max(len(r["tokens"]) + 1 for r in records),
+                       "tokens_per_s": tok_ours / t_ours.median, "speed_x_realtime": audio_s / t_ours.median,
+                       "texts": sorted({r["text"] for r in records})},
+              "peak_rss_bytes": peak_rss_bytes()}
+    if peer:
+        t_theirs = Timing(times_theirs)
+        tok_theirs = _sampled_tokens([list(r.tokens) for r in theirs], sample_len)
+        same = sum(a["text"] == b.text.strip() for a, b in zip(records, theirs))
+        result["theirs"] = {**t_theirs.to_json(), "tokens": tok_theirs,
+                            "tokens_per_s": tok_theirs / t_theirs.median,
+                            "speed_x_realtime": audio_s / t_theirs.median}
+        result["ratio_ours_over_theirs"] = t_ours.median / t_theirs.median
+        result["same_text_rows"] = same
+    return result
+
+
+def _implied_step(phases: Optional[list[dict]], result: dict) -> Optional[float]:
+    """(end-to-end - log-mel - encode - prefill) / steps: the per-step cost inside the jitted loop
+    (plus host work), to compare with the standalone decode step."""
+    if not phases or result["beam"] > 1:  # a beam's loop runs past the winner's length
+        return None
+    by = {(p["phase"], p["rows"]): p["median_s"] for p in phases}
+    batch = result["batch"]
+    fixed = [by.get(("log-mel", batch)), by.get(("encode", batch)), by.get(("prefill", batch))]
+    if None in fixed:
+        return None
+    return (result["ours"]["median_s"] - sum(fixed)) / result["ours"]["max_row_tokens"]
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.1f}" if s < 10 else f"{s * 1e3:.0f}"
+
+
+def phase_table(phases: dict[int, list[dict]]) -> str:
+    lines = ["| batch | phase | rows | median ms | min ms | spread | compile s |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for batch, rows in phases.items():
+        for r in rows:
+            compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.2f}"
+            lines.append(f"| {batch} | {r['phase']} | {r['rows']} | {_ms(r['median_s'])} | {_ms(r['min_s'])} "
+                         f"| {r['spread']:.0%} | {compile_s} |")
+    return "\n".join(lines)
+
+
+def e2e_table(e2e: list[dict]) -> str:
+    lines = ["| batch | beam | audio s | ours s | ours tok/s | ours ×RT | first call s | loop ms/step | "
+             "peer s | peer tok/s | peer ×RT | ours/peer time | same text |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in e2e:
+        o, t = r["ours"], r.get("theirs")
+        implied = o.get("implied_loop_step_s")
+        step = "-" if implied is None else f"{implied * 1e3:.0f}" if implied > 0 else "<0 (noise)"
+        peer = "- | - | - | - | -"
+        if t:
+            peer = (f"{t['median_s']:.3f} | {t['tokens_per_s']:.0f} | {t['speed_x_realtime']:.1f} | "
+                    f"**{r['ratio_ours_over_theirs']:.2f}** | {r['same_text_rows']}/{r['batch']}")
+        lines.append(f"| {r['batch']} | {r['beam']} | {r['audio_s']:.1f} | {o['median_s']:.3f} | "
+                     f"{o['tokens_per_s']:.0f} | {o['speed_x_realtime']:.1f} | {o['first_call_s']:.1f} | "
+                     f"{step} | {peer} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.from_record:
+        path = Path(args.from_record).resolve()
+        rec = json.loads(path.read_text())
+        rec["results"]["notes"] += args.note
+        update_results_md(_section_title(rec), _subsection(rec), _section_body(rec, path))
+        return
+    threads = args.threads or len(os.sched_getaffinity(0))
+    batch_sizes, beam_sizes = _ints(args.batch_sizes), _ints(args.beam_sizes)
+
+    from whisper_nnx.engine.model_hub import resolve_model
+    from whisper_nnx.engine.weights import load_model, read_checkpoint
+
+    t0 = time.perf_counter()
+    git = git_info()  # the code this process runs: others may commit while it measures
+    machine = machine_info()  # with the load average when measuring starts
+    checkpoint = read_checkpoint(resolve_model(args.model))
+    ours = Ours(args.model, fallback=args.fallback)
+    notes = list(args.note)
+    if not ours.has_beam and any(b > 1 for b in beam_sizes):
+        notes.append(f"TranscribeOptions has no beam_size yet: beam sizes {[b for b in beam_sizes if b > 1]} "
+                     "skipped, greedy only.")
+        beam_sizes = [b for b in beam_sizes if b == 1] or [1]
+    tok = ours.transcriber.tokenizer
+    prompt = list(tok.sot_sequence)
+    sample_len = min(224, checkpoint.dims.n_text_ctx - len(prompt))
+    clips = load_clips(args.audio)
+    print(f"clips: {', '.join(f'{n} ({a.shape[0] / 16000:.1f} s)' for n, a in clips)}", flush=True)
+    peer = None if args.no_peer else Peer(checkpoint, threads)
+
+    phases: dict[int, list[dict]] = {}
+    e2e: list[dict] = []
+    for batch in batch_sizes:
+        repeats = args.large_repeats if batch >= args.large_batch else args.repeats
+        if not args.no_phases:
+            print(f"[{time.perf_counter() - t0:.0f} s] phases, batch {batch}", flush=True)
+            model = load_model(checkpoint)
+            phases[batch] = bench_phases(model, checkpoint.dims.n_mels, prompt, sample_len, batch,
+                                         beam_sizes, repeats)
+            del model
+            if peer and batch < args.large_batch:
+                phases[batch].insert(2, peer.encode_phase(batch, repeats))
+            print(phase_table({batch: phases[batch]}), flush=True)
+        for beam in beam_sizes:
+            print(f"[{time.perf_counter() - t0:.0f} s] end to end, batch {batch}, beam {beam}", flush=True)
+            result = bench_e2e(ours, peer, tile(clips, batch), beam, repeats, sample_len,
+                               peer_warmup=batch < args.large_batch)
+            result["ours"]["implied_loop_step_s"] = _implied_step(phases.get(batch), result)
+            e2e.append(result)
+            print(e2e_table([result]), flush=True)
+
+    settings = {"model": args.model, "batch_sizes": batch_sizes, "beam_sizes": beam_sizes,
+                "repeats": args.repeats, "large_batch": args.large_batch, "large_repeats": args.large_repeats,
+                "torch_threads": threads, "dtype": "float32", "fallback": args.fallback,
+                "prompt": prompt, "sample_len": sample_len,
+                "clips": [{"name": n, "seconds": a.shape[0] / 16000} for n, a in clips],
+                "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}
+    rec = record("decode", settings, {"phases": phases, "e2e": e2e, "notes": notes,
+                                      "total_s": time.perf_counter() - t0, "peak_rss_bytes": peak_rss_bytes()},
+                 git=git, machine=machine)
+    path = write_record(rec)
+    print("\n" + phase_table(phases) + "\n\n" + e2e_table(e2e))
+    for note in notes:
+        print("note:", note)
+    print(f"record: {path.relative_to(REPO)}  ({rec['results']['total_s']:.0f} s)")
+    if not args.no_results_md:
+        update_results_md(_section_title(rec), _subsection(rec), _section_body(rec, path))
+
+
+def _section_title(rec: dict) -> str:
+    m = rec["machine"]
+    return f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores"
+
+
+def _subsection(rec: dict) -> str:
+    g = rec["git"]
+    return f"decode, commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
+
+
+def _section_body(rec: dict, path: Path) -> str:
+    v, g, s, m, res = rec["versions"], rec["git"], rec["settings"], rec["machine"], rec["results"]
+    phases = {int(k): rows for k, rows in res["phases"].items()}
+    seconds = [c["seconds"] for c in s["clips"]]
+    spreads = [p["spread"] for rows in phases.values() for p in rows]
+    spreads += [r[side]["spread"] for r in res["e2e"] for side in ("ours", "theirs") if side in r]
+    head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
+            f"jax {v['jax']}, flax {v['flax']}, torch {v['torch']} ({s['torch_threads']} threads), "
+            f"openai-whisper {v['openai-whisper']}; {m['ram_bytes'] / 2**30:.0f} GiB RAM; {s['model']} float32. "
+            f"Audio: {len(seconds)} synthesized clips ({min(seconds):.1f}–{max(seconds):.1f} s, tests/data and "
+            f"tests/data/corpus) tiled into each batch. Repeats: {s['repeats']} below batch {s['large_batch']}, "
+            f"{s['large_repeats']} from it on (after warm-up). Run took {res['total_s'] / 60:.0f} min, peak RSS "
+            f"{res['peak_rss_bytes'] / 2**30:.1f} GiB (both models in one process). Record: "
+            f"`{path.relative_to(REPO)}`.")
+    noise = (f"Noise: the 1-minute load average was {m['load_avg_at_start'][0]:.1f} on {m['cores']} cores at the "
+             f"start (other jobs' tests were running), and repeats of one measurement spread by up to "
+             f"{max(spreads):.0%} of their median; absolute times are therefore pessimistic and only good to "
+             "tens of percent. The ours/peer ratios are steadier because each repeat runs ours and then the "
+             "peer back to back.")
+    parts = [head, "Per phase (each jitted alone over the split NNX state, compiled ahead of time, medians "
+             "after warm-up; `encode (peer)` is openai-whisper's encoder on the same shape):",
+             phase_table(phases),
+             "End to end (ours: `Transcriber.transcribe` on arrays, "
+             + ("with the default temperature fallback" if s.get("fallback") else "one pass at temperature 0, no "
+                "fallback, as the peer") + "; peer: per-clip log-mel + openai-whisper "
+             "`decode` on CPU PyTorch, same weights; ×RT = audio seconds / wall seconds; tok/s = sampled tokens "
+             "incl. EOT summed over the batch / wall seconds; loop ms/step = (end to end − log-mel − encode − "
+             "prefill) / longest row, greedy only; ours/peer < 1 means we are faster):", e2e_table(res["e2e"]),
+             noise]
+    parts += [f"Note: {n}" for n in res["notes"]]
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()

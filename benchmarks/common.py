@@ -1,0 +1,201 @@
+"""Helpers shared by the benchmarks: timing, machine/version/commit facts, result files.
+
+Every benchmark writes one JSON record (`record(...)` + `write_record(...)`) holding what is
+needed to reproduce and compare a number: the machine, the library versions, the JAX backend
+and devices, the git commit (with a dirty flag), the settings and a UTC timestamp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Timing:
+    """Wall-clock seconds of repeated calls after warm-up."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: how noisy the repeats were."""
+        return (max(self.times) - min(self.times)) / self.median if self.median else 0.0
+
+    def to_json(self) -> dict:
+        return {"median_s": self.median, "min_s": self.min, "spread": self.spread,
+                "times_s": self.times}
+
+
+def block(tree: Any) -> Any:
+    """`block_until_ready` on every array leaf (no-op on host values)."""
+    import jax
+
+    return jax.block_until_ready(tree)
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+    """Call `fn` `warmup` times untimed, then `repeats` times, each blocked until ready."""
+    for _ in range(warmup):
+        block(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - start)
+    return Timing(times)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --- facts about the run ------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_info() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": _cpu_model(), "cores": cores, "ram_bytes": _ram_bytes(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_avg_at_start": list(os.getloadavg())}
+
+
+def versions(packages=("jax", "jaxlib", "flax", "numpy", "torch", "openai-whisper")) -> dict:
+    found = {}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def jax_info() -> dict:
+    import jax
+
+    return {"backend": jax.default_backend(),
+            "devices": [f"{d.platform}:{d.id} {d.device_kind}" for d in jax.devices()],
+            "process_count": jax.process_count(), "XLA_FLAGS": os.environ.get("XLA_FLAGS")}
+
+
+def git_info() -> dict:
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def record(benchmark: str, settings: dict, results: Any, git: Optional[dict] = None,
+           machine: Optional[dict] = None) -> dict:
+    """The JSON record; pass `git` and `machine` taken when the run started (others may commit
+    meanwhile, and the load average is wanted for the time measured)."""
+    return {"benchmark": benchmark,
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine or machine_info(), "versions": versions(), "jax": jax_info(),
+            "git": git or git_info(), "settings": settings, "results": results}
+
+
+def write_record(rec: dict, out_dir: Path = RESULTS_DIR) -> Path:
+    """benchmarks/results/<benchmark>-<YYYYMMDD>-<short commit>[-dirty].json"""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    day = rec["timestamp"][:10].replace("-", "")
+    commit = (rec["git"]["commit"] or "nogit")[:8] + ("-dirty" if rec["git"]["dirty"] else "")
+    path = out_dir / f"{rec['benchmark']}-{day}-{commit}.json"
+    path.write_text(json.dumps(rec, indent=2) + "\n")
+    return path
+
+
+# --- RESULTS.md ---------------------------------------------------------------------------------
+
+RESULTS_HEADER = """# Benchmark results
+
+Numbers measured on real machines by the scripts in this folder. Each run also writes a JSON
+record (machine, versions, JAX devices, commit, settings, every repeat) to
+`benchmarks/results/`. Times are medians of repeats after warm-up; ratios compare against a peer
+measured in the same script run, which is what to quote (absolute times move with the machine
+and its load).
+
+## How to run
+
+- `benchmarks/bench_decode.py`: per-phase times (log-mel, encode, prefill, one decode step) and
+  compile times of the jitted pieces, then end-to-end transcription (tokens/s, real-time
+  factor) against openai-whisper on CPU PyTorch with the same weights:
+
+      .venv/bin/python benchmarks/bench_decode.py --model tiny.en --batch-sizes 1,8,32 --beam-sizes 1,5
+
+  About 20-30 minutes on 2 busy CPU cores with `--repeats 2 --large-repeats 1` (the peer at
+  batch 32, beam 5 alone takes 3-7 min). `--no-peer` skips
+  openai-whisper, `--no-phases` the per-phase timings, `--no-results-md` leaves this file alone;
+  otherwise the run writes (or rewrites) `### decode, commit <sha>` under its date and machine.
+  `--from-record benchmarks/results/decode-....json` re-renders that part from a record.
+"""
+
+
+def update_results_md(section_title: str, subsection: str, body: str,
+                      path: Path = REPO / "benchmarks" / "RESULTS.md") -> None:
+    """Put `body` under `## section_title` / `### subsection` in RESULTS.md, replacing that
+    subsection if it is there (other benchmarks' subsections of the same day stay), else adding
+    it; the file and its header are created when missing."""
+    text = path.read_text() if path.exists() else RESULTS_HEADER
+    heading, sub = f"## {section_title}\n", f"### {subsection}\n"
+    block = f"{sub}\n{body.strip()}\n"
+    if heading not in text:
+        path.write_text(text.rstrip() + f"\n\n{heading}\n{block}")
+        return
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    end = len(text) if end < 0 else end + 1
+    section = text[start:end]
+    if sub in section:
+        s0 = section.index(sub)
+        s1 = section.find("\n### ", s0 + len(sub))
+        section = section[:s0] + block + ("\n" + section[s1 + 1:] if s1 >= 0 else "\n")
+    else:
+        section = section.rstrip() + "\n\n" + block + "\n"
+    path.write_text((text[:start] + section + text[end:]).rstrip() + "\n")
