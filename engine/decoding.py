@@ -196,11 +196,11 @@ class WindowDecoder:
             no_speech = result.no_speech_prob
         else:
             group = options.best_of if temperature > 0 and options.best_of else 1
-            config = SamplingConfig(temperature=temperature, **common)
+            config = SamplingConfig(sample=temperature > 0, **common)
             rows = lockstep_rows(n * group, self.generator.batch_multiple)
             padded = pad_rows(jnp.repeat(mel, group, axis=0), rows)
-            result = self.generator.fetch(self.generator.generate(padded, self._prompts(prompt, padded), config, seed),
-                                          padded.shape[0])
+            result = self.generator.generate(padded, self._prompts(prompt, padded), config, seed, temperature)
+            result = self.generator.fetch(result, padded.shape[0])
             candidates = [[(sampled_tokens(result.tokens[i * group + g], prompt_len, rules.eot),
                             float(result.sum_logprobs[i * group + g])) for g in range(group)]
                           for i in range(n)]

@@ -32,7 +32,8 @@ class SamplingConfig:
 
     rules: LogitRules
     sample_len: int = 224  # at most this many sampled tokens (half the text context)
-    temperature: float = 0.0  # 0: greedy argmax; > 0: sample from softmax(logits / T)
+    sample: bool = False  # False: greedy argmax; True: sample from softmax(logits / temperature),
+    # the temperature being a traced argument, so every temperature shares one compiled program
     sot_index: int = 0  # position of <|startoftranscript|> in the prompt (no-speech prob)
     no_speech: int | None = None  # <|nospeech|> id, None when the vocabulary lacks it
 
@@ -93,12 +94,13 @@ class DecodeResult(NamedTuple):
     no_speech_prob: jax.Array  # [B]
 
 
-def _step(model: Whisper, config: SamplingConfig, cross: tuple, state: DecodeState) -> DecodeState:
+def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax.Array,
+          state: DecodeState) -> DecodeState:
     rules = config.rules
     logits = apply_rules(state.logits, state.tokens, state.length, rules)
     rng, key = jax.random.split(state.rng)
-    if config.temperature > 0:
-        next_tokens = jax.random.categorical(key, logits / config.temperature, axis=-1)
+    if config.sample:
+        next_tokens = jax.random.categorical(key, logits / temperature, axis=-1)
     else:
         next_tokens = jnp.argmax(logits, axis=-1)
     next_tokens = next_tokens.astype(jnp.int32)
@@ -114,7 +116,7 @@ def _step(model: Whisper, config: SamplingConfig, cross: tuple, state: DecodeSta
 
 
 def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array,
-                         prompt: jax.Array, rng: jax.Array) -> DecodeResult:
+                         prompt: jax.Array, rng: jax.Array, temperature: jax.Array = 1.0) -> DecodeResult:
     """features [B, S, D], prompt [B, P] -> greedy/sampled continuation (traceable)."""
     batch, prompt_len = prompt.shape
     total = prompt_len + config.sample_len
@@ -126,7 +128,7 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
                         jnp.zeros((batch,), bool), cache, rng)
     state = jax.lax.while_loop(lambda s: (s.length < total) & ~jnp.all(s.finished),
-                               functools.partial(_step, model, config, cross), state)
+                               functools.partial(_step, model, config, cross, temperature), state)
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
 
 
@@ -207,9 +209,9 @@ class Generator:
         graphdef = self.graphdef
 
         @functools.partial(jax.jit, static_argnames=("config",))
-        def _generate(state, mel, prompt, rng, config: SamplingConfig) -> DecodeResult:
+        def _generate(state, mel, prompt, rng, temperature, config: SamplingConfig) -> DecodeResult:
             m = nnx.merge(graphdef, state)
-            return sample_from_features(m, config, m.encode(mel), prompt, rng)
+            return sample_from_features(m, config, m.encode(mel), prompt, rng, temperature)
 
         @functools.partial(jax.jit, static_argnames=("config",))
         def _beam(state, mel, prompt, config: BeamConfig) -> BeamResult:
@@ -250,12 +252,13 @@ class Generator:
             rows = NamedSharding(self.mesh, logical_spec("batch"))
         return multihost.local_rows(result, multihost.local_row_range(rows, local_batch * jax.process_count()))
 
-    def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig,
-                 seed: int = 0) -> DecodeResult:
-        """mel [B, M, N] and prompt [B, P] -> DecodeResult on device."""
+    def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig, seed: int = 0,
+                 temperature: float = 1.0) -> DecodeResult:
+        """mel [B, M, N] and prompt [B, P] -> DecodeResult on device (`temperature` is used
+        when config.sample)."""
         with self.context():
-            return self._generate(self.state, self._place(mel), self._place(prompt),
-                                  jax.random.PRNGKey(seed), config=config)
+            return self._generate(self.state, self._place(mel), self._place(prompt), jax.random.PRNGKey(seed),
+                                  jnp.float32(temperature), config=config)
 
     def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig) -> BeamResult:
         """mel [B, M, N] and prompt [B, P] -> BeamResult on device."""
