@@ -37,7 +37,9 @@ def test_two_processes_equal_one(tmp_path, data_dir):
     common = ["--model", "base", "--beam-size", "5", "--quiet", "--formats", "json"]
     single = _cli(*files, *common, "--output-dir", str(tmp_path / "one"), env={"JAX_PLATFORMS": "cpu"})
     port = _free_port()
-    procs = [_cli(*files, *common, "--mesh", "data=-1,model=2", "--output-dir", str(tmp_path / "two"),
+    # Per host a 2x2 mesh (ICI), and the data axis across the two hosts (DCN): 4x2 globally.
+    procs = [_cli(*files, *common, "--mesh", "data=-1,model=2", "--dcn-mesh", "data=2",
+                  "--output-dir", str(tmp_path / "two"),
                   env={"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                        "WHISPER_NNX_COORDINATOR": f"127.0.0.1:{port}", "WHISPER_NNX_NUM_PROCESSES": "2",
                        "WHISPER_NNX_PROCESS_ID": str(i)})
