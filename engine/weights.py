@@ -398,20 +398,21 @@ def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.flo
         graphdef, abstract = nnx.split(Whisper(checkpoint.dims, dtype=dtype, param_dtype=param_dtype,
                                                rngs=None))
     check_params(checkpoint.dims, checkpoint.params)
-    if mesh is None:
-        place: Callable = lambda a, _: jnp.asarray(np.asarray(a).astype(param_dtype))
-        shardings = jax.tree.map(lambda _: None, nnx.to_pure_dict(abstract))
-    else:
-        shardings, replicated = param_shardings(abstract, mesh, rules)
+    shardings: dict = {}
+    if mesh is not None:
+        nested_shardings, replicated = param_shardings(abstract, mesh, rules)
         if not allow_replicated:
             check_sufficiently_sharded(replicated)
+        shardings = dict(_flatten(nested_shardings))
 
-        def place(array, sharding):
-            return jax.make_array_from_callback(
-                array.shape, sharding, lambda index: np.asarray(array[index]).astype(param_dtype))
+    def place(path: str, array: np.ndarray) -> jax.Array:
+        array = _pad_vocab(path, array, checkpoint.dims)
+        if mesh is None:
+            return jnp.asarray(np.asarray(array).astype(param_dtype))
+        return jax.make_array_from_callback(
+            array.shape, shardings[path], lambda index: np.asarray(array[index]).astype(param_dtype))
 
-    nested = _unflatten({path: _pad_vocab(path, array, checkpoint.dims) for path, array in checkpoint.params.items()})
-    arrays = jax.tree.map(place, nested, shardings, is_leaf=lambda x: isinstance(x, np.ndarray))
+    arrays = _unflatten({path: place(path, array) for path, array in checkpoint.params.items()})
     nnx.replace_by_pure_dict(abstract, arrays)
     return nnx.merge(graphdef, abstract)
 
