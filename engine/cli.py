@@ -56,43 +56,43 @@ def fallback_temperatures(start: float, increment: float | None) -> tuple[float,
     return tuple(round(start + i * increment, 6) for i in range(steps + 1))
 
 
-def _end_torn_line(path: Path) -> None:
-    """A run killed mid-write can leave a partial last line; end it so new records start on a
-    line of their own (the partial one is then ignored as unparsable)."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-
-
-def _append_record(handle, record: dict) -> None:
-    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
 def _transcribe(args: argparse.Namespace) -> int:
+    import jax
+
+    from whisper_nnx.sharding import multihost
+
+    from . import results as results_io
+    from .progress import Progress, merge_summaries, write_summary
     from .transcribe import TranscribeOptions, Transcriber
     from .writers import write_outputs
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    from whisper_nnx.sharding import multihost
-
     # Before any other JAX call: join the other processes, if this run has several.
     multi = multihost.initialize(args.coordinator, args.num_processes, args.process_id,
                                  auto=args.distributed)
-    all_inputs = list(expand_inputs(args.inputs))
-    if not all_inputs:
+    entries = list(expand_inputs(args.inputs))
+    if not entries:
         print("whisper-nnx: no inputs found", file=sys.stderr)
         return 2
     out = Path(args.output_dir)
-    if args.resume:
-        done = recorded_paths(out)
-        logging.info("resuming: %d of %d inputs already have records", sum(p in done for p in all_inputs),
-                     len(all_inputs))
-        all_inputs = [p for p in all_inputs if p not in done]
-    inputs = multihost.process_share(all_inputs)  # contiguous block per process, in order
+    out.mkdir(parents=True, exist_ok=True)
+    own_file = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS)
+    multihost.barrier("whisper-nnx-start")  # every process has read the old results before any writes
+    if jax.process_index() == 0:
+        for path in [out / results_io.RESULTS, *results_io.process_files(out)]:
+            if results_io.repair(path):
+                logging.warning("%s: removed a record cut short by an earlier kill", path)
+    multihost.barrier("whisper-nnx-repaired")
+    done = results_io.recorded_counts(out)
+    if sum(done.values()) and not args.resume:
+        print(f"whisper-nnx: {out} already holds results: add --resume to continue that run, or choose "
+              "another --output-dir", file=sys.stderr)
+        return 2
+    todo, duplicates = results_io.pending_entries(entries, done)
+    skipped = len(entries) - len(todo) - len(duplicates)
+    if skipped:
+        logging.info("resuming: %d of %d entries already have records", skipped, len(entries))
+    inputs = multihost.process_share(todo)  # contiguous block per process, in order
     options = TranscribeOptions(language=None if args.language == "auto" else args.language,
                                 task=args.task, batch_size=args.batch_size,
                                 temperature=fallback_temperatures(args.temperature,
@@ -102,7 +102,10 @@ def _transcribe(args: argparse.Namespace) -> int:
                                 compression_ratio_threshold=args.compression_ratio_threshold,
                                 logprob_threshold=args.logprob_threshold,
                                 no_speech_threshold=args.no_speech_threshold,
-                                without_timestamps=args.without_timestamps)
+                                without_timestamps=args.without_timestamps, long_form=args.long_form,
+                                condition_on_previous_text=args.condition_on_previous_text,
+                                initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
+                                audio_workers=args.audio_workers)
     mesh = None
     if args.mesh:
         from whisper_nnx.sharding import rules_for
@@ -113,68 +116,63 @@ def _transcribe(args: argparse.Namespace) -> int:
     transcriber = Transcriber(args.model, dtype=args.dtype, mesh=mesh,
                               rules=rules_for(args.sharding) if mesh is not None else None,
                               allow_replicated=args.allow_replicated_weights)
-    run_info = {"model": args.model, "dtype": args.dtype,
+    run_info = {"model": args.model, "dtype": args.dtype, "long_form": args.long_form,
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
-    out.mkdir(parents=True, exist_ok=True)
-    errors = 0
-    import jax
-
-    own_results = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else "results.jsonl")
-    _end_torn_line(own_results)
-    with open(own_results, "a", encoding="utf-8") as results:
-        # Every process runs the same number of batches (the last ones may be empty).
-        for b in range(multihost.global_max(-(-len(inputs) // args.batch_size))):
-            batch = inputs[b * args.batch_size:(b + 1) * args.batch_size]
-            for record in transcriber.transcribe(batch, options):
-                record.pop("tokens", None)
-                record.update(run_info)
-                if record["error"] is None:
-                    write_outputs(record, out, output_stem(record["path"]), formats)
-                else:
-                    errors += 1
-                    logging.warning("%s", record["error"])
-                _append_record(results, record)
-                if not args.quiet:
-                    print(f"{record['path']}: {record['error'] or record['text']}")
+    mine = duplicates if jax.process_index() == 0 else []
+    progress = Progress(len(inputs) + len(mine), enabled=not args.no_progress)
+    with open(own_file, "a", encoding="utf-8") as handle:
+        for path, first in mine:
+            _report(handle, progress, args, {
+                "path": path, "text": "", "language": None, "duration_s": None, "segments": [],
+                "error": f"{path}: duplicate entry: the same file is listed as entry {first + 1}, "
+                         "transcribed once there", **run_info})
+        for _, record in transcriber.transcribe_iter(inputs, options):
+            record.pop("tokens", None)
+            record.update(run_info)
+            if record["error"] is None:
+                write_outputs(record, out, output_stem(record["path"]), formats)  # before its record
+            _report(handle, progress, args, record)
+    summary = progress.summary(skipped)
     if multi:
+        write_summary(out, summary, f"summary.process-{jax.process_index():05d}.json")
         multihost.barrier("whisper-nnx-results-written")
         if jax.process_index() == 0:
-            merge_process_results(out)
+            results_io.merge_process_results(out)
+            summary = merge_summaries(out)
         multihost.barrier("whisper-nnx-results-merged")
-    logging.info("%d inputs, %d errors; results in %s", len(inputs), errors, out / "results.jsonl")
+    else:
+        write_summary(out, summary)
+    if jax.process_index() == 0:
+        print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
+              f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
+              f"results in {out / results_io.RESULTS}", file=sys.stderr)
     return 0
 
 
-def _process_files(out: Path) -> list[Path]:
-    return sorted(out.glob("results.process-*.jsonl"))
+def _report(handle, progress, args: argparse.Namespace, record: dict) -> None:
+    from .results import append_record
+
+    append_record(handle, record)
+    progress.update(record.get("duration_s"), record["error"] is not None)
+    if record["error"] is not None:
+        logging.warning("%s", record["error"])
+    if not args.quiet:
+        print(f"{record['path']}: {record['error'] or record['text']}", flush=True)
 
 
 def recorded_paths(out: Path) -> set[str]:
     """Input paths that already have a record in `out` (merged or per-process results)."""
-    done: set[str] = set()
-    for path in [out / "results.jsonl", *_process_files(out)]:
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    done.add(json.loads(line)["path"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut short by a kill: its input is redone
-    return done
+    from .results import recorded_counts
+
+    return set(recorded_counts(out))
 
 
 def merge_process_results(out: Path) -> None:
-    """Append every per-process file's records, in process (= input) order, to results.jsonl
-    atomically, then remove the per-process files."""
-    from .writers import atomic_write_text
+    """See results.merge_process_results (kept here for the launch scripts and tests)."""
+    from .results import merge_process_results as merge
 
-    merged = out / "results.jsonl"
-    parts = [merged.read_text(encoding="utf-8")] if merged.exists() else []
-    files = _process_files(out)
-    parts += [part.read_text(encoding="utf-8") for part in files]
-    atomic_write_text(merged, "".join(parts))
-    for part in files:
-        part.unlink()
+    merge(out)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -231,9 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
     t.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
                    help="partition-rule preset mapping logical axes onto the mesh")
+    t.add_argument("--long-form", default="sequential", choices=["sequential", "chunked"],
+                   help="files over 30 s: the reference's seek loop, or 30 s chunks with stride decoded in "
+                        "parallel and stitched")
+    t.add_argument("--chunk-stride", type=float, default=5.0, help="chunked: seconds of overlap on each side")
+    t.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
+                   help="sequential: prompt each window with the text before it")
+    t.add_argument("--initial-prompt", default=None, help="text to prompt the first window of every file with")
+    t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
     t.add_argument("--resume", action="store_true",
-                   help="skip inputs that already have a record in the output directory")
+                   help="continue a run in --output-dir: skip entries with a record, redo the rest")
     t.set_defaults(run=_transcribe)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")

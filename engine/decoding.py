@@ -18,7 +18,7 @@ import numpy as np
 from whisper_nnx.sharding import multihost
 
 from .config import ModelDims
-from .generate import BeamConfig, Generator, SamplingConfig
+from .generate import BeamConfig, Generator, RowLayout, SamplingConfig
 from .logit_rules import LogitRules
 from .search import finalize_beams, pick_best, sampled_tokens
 from .segments import compression_ratio
@@ -143,8 +143,57 @@ def is_silence(window: DecodedWindow, options: DecodeOptions) -> bool:
     return options.logprob_threshold is None or window.avg_logprob <= options.logprob_threshold
 
 
+_PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    """Per-row prompts of one batch, left-padded to a common length (one compiled program per
+    length bucket, not per length)."""
+
+    tokens: np.ndarray  # [B, P] int32
+    rows: RowLayout  # pad [B], limit [B] (numpy)
+    sot_index: int  # position of <|startoftranscript|>, the same in every row
+
+    @classmethod
+    def build(cls, prompts: Sequence[Sequence[int]], tail: int, filler: int, sample_len: int,
+              n_text_ctx: int) -> "PromptBatch":
+        """Every row ends in the same `tail` tokens counted from <|startoftranscript|> (start
+        sequence and prefix), so that token sits at one index after left padding. Under several
+        processes the width is agreed on, since every process must call the same program."""
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths, default=tail)
+        width = longest  # the common case (no previous text) needs no padding at all
+        if min(lengths, default=longest) != longest:
+            width = next((b for b in _PROMPT_BUCKETS if b >= longest), longest)
+        width = multihost.global_max(width)
+        tokens = np.full((len(prompts), width), filler, np.int32)
+        for row, prompt in enumerate(prompts):
+            tokens[row, width - len(prompt):] = prompt
+        pad = np.asarray([width - n for n in lengths], np.int32)
+        # The reference stops once a row's buffer exceeds the text context: n_text_ctx + 1.
+        limit = np.asarray([min(sample_len, n_text_ctx + 1 - n) for n in lengths], np.int32)
+        return cls(tokens, RowLayout(pad, limit), width - tail)
+
+    def take(self, rows: Sequence[int]) -> "PromptBatch":
+        index = np.asarray(rows, np.int64)
+        return PromptBatch(self.tokens[index], RowLayout(*(a[index] for a in self.rows)), self.sot_index)
+
+    def padded(self, rows: int, repeat: int = 1, sample_len: int = 224) -> "PromptBatch":
+        """Each row repeated `repeat` times, then grown to `rows` rows by repeating row 0 (or by
+        unpadded filler rows when there is none: a process with no work still takes part)."""
+        if not self.tokens.shape[0]:
+            width = self.tokens.shape[1]
+            return PromptBatch(np.zeros((rows, width), np.int32),
+                               RowLayout(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32)),
+                               self.sot_index)
+        index = np.repeat(np.arange(self.tokens.shape[0]), repeat)
+        index = np.concatenate([index, np.zeros(rows - index.size, np.int64)])
+        return self.take(index)
+
+
 class WindowDecoder:
-    """Decodes batches of windows that share a prompt, with temperature fallback."""
+    """Decodes batches of windows, each row with its own prompt, with temperature fallback."""
 
     def __init__(self, generator: Generator, dims: ModelDims):
         self.generator, self.dims = generator, dims
@@ -156,15 +205,25 @@ class WindowDecoder:
             timestamp_begin=None if options.without_timestamps else tokenizer.timestamp_begin,
             blank_ids=blank, suppress_ids=suppressed_ids(tokenizer, options.suppress_tokens, self.dims.n_vocab))
 
-    def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompt: Sequence[int],
+    def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
                options: DecodeOptions) -> list[DecodedWindow]:
-        """mel [B, M, N] -> one DecodedWindow per row, each from the first temperature that passes."""
-        results: list[Optional[DecodedWindow]] = [None] * mel.shape[0]
-        pending = list(range(mel.shape[0]))
+        """mel [B, M, N] and one prompt per row (or one for all, as a flat list of ids) -> one
+        DecodedWindow per row, each from the first temperature that passes."""
+        n = mel.shape[0]
+        if prompts and isinstance(prompts[0], (int, np.integer)):
+            prompts = [prompts] * n
+        start = initial_tokens(tokenizer, dataclasses.replace(options, prompt=None), self.dims.n_text_ctx)
+        tail = len(start) - start.index(tokenizer.sot)
+        if any(len(p) < tail or p[len(p) - tail] != tokenizer.sot for p in prompts):
+            raise ValueError("every prompt must end with the options' start sequence and prefix")
+        batch = PromptBatch.build(prompts, tail, tokenizer.eot, options.sample_len, self.dims.n_text_ctx)
+        results: list[Optional[DecodedWindow]] = [None] * n
+        pending = list(range(n))
         temperatures = options.temperatures
         for attempt, temperature in enumerate(temperatures):
-            rows = mel[np.asarray(pending, dtype=np.int32)]
-            decoded = self._decode_once(rows, tokenizer, prompt, options, temperature, seed=options.seed + attempt)
+            index = np.asarray(pending, dtype=np.int32)
+            decoded = self._decode_once(mel[index], batch.take(index), tokenizer, options, temperature,
+                                        seed=options.seed + attempt)
             retry = []
             for row, window in zip(pending, decoded):
                 if attempt + 1 < len(temperatures) and needs_fallback(window, options):
@@ -176,18 +235,17 @@ class WindowDecoder:
             pending = retry
         return results  # type: ignore[return-value]
 
-    def _decode_once(self, mel: jax.Array, tokenizer: Tokenizer, prompt: Sequence[int],
+    def _decode_once(self, mel: jax.Array, prompts: PromptBatch, tokenizer: Tokenizer,
                      options: DecodeOptions, temperature: float, seed: int) -> list[DecodedWindow]:
-        n, prompt_len = mel.shape[0], len(prompt)
+        n, prompt_len = mel.shape[0], prompts.tokens.shape[1]
         rules = self.rules(tokenizer, prompt_len, options)
-        # The reference stops once the buffer exceeds the text context: at most n_text_ctx + 1.
-        sample_len = min(options.sample_len, self.dims.n_text_ctx + 1 - prompt_len)
-        common = dict(rules=rules, sample_len=sample_len, sot_index=list(prompt).index(tokenizer.sot),
+        common = dict(rules=rules, sample_len=options.sample_len, sot_index=prompts.sot_index,
                       no_speech=tokenizer.no_speech)
         if temperature == 0 and options.beam_size is not None:
             config = BeamConfig(beam_size=options.beam_size, patience=options.patience or 1.0, **common)
             padded = pad_rows(mel, lockstep_rows(n, self.generator.batch_multiple))
-            result = self.generator.fetch(self.generator.beam_search(padded, self._prompts(prompt, padded), config),
+            rows = prompts.padded(padded.shape[0], sample_len=options.sample_len)
+            result = self.generator.fetch(self.generator.beam_search(padded, rows.tokens, config, rows.rows),
                                           padded.shape[0])
             candidates = [finalize_beams(result.finished_tokens[i], result.finished_scores[i],
                                          result.finished_count[i], result.beam_tokens[i],
@@ -197,9 +255,9 @@ class WindowDecoder:
         else:
             group = options.best_of if temperature > 0 and options.best_of else 1
             config = SamplingConfig(sample=temperature > 0, **common)
-            rows = lockstep_rows(n * group, self.generator.batch_multiple)
-            padded = pad_rows(jnp.repeat(mel, group, axis=0), rows)
-            result = self.generator.generate(padded, self._prompts(prompt, padded), config, seed, temperature)
+            padded = pad_rows(jnp.repeat(mel, group, axis=0), lockstep_rows(n * group, self.generator.batch_multiple))
+            rows = prompts.padded(padded.shape[0], repeat=group, sample_len=options.sample_len)
+            result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows)
             result = self.generator.fetch(result, padded.shape[0])
             candidates = [[(sampled_tokens(result.tokens[i * group + g], prompt_len, rules.eot),
                             float(result.sum_logprobs[i * group + g])) for g in range(group)]
@@ -212,7 +270,3 @@ class WindowDecoder:
             windows.append(DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1),
                                          float(no_speech[i]), compression_ratio(text), temperature))
         return windows
-
-    @staticmethod
-    def _prompts(prompt: Sequence[int], like: jax.Array) -> jax.Array:
-        return jnp.asarray(np.tile(np.asarray(prompt, np.int32), (like.shape[0], 1)))

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
+from .audio import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
 N_FREQS = N_FFT // 2 + 1  # 201 rfft bins
 _BLOCKS_PER_WINDOW = -(-N_FFT // HOP_LENGTH)  # 3 hop blocks cover one 400-sample window
@@ -84,13 +84,29 @@ def _frames(audio: jax.Array) -> jax.Array:
 
     F = N // HOP_LENGTH, i.e. torch.stft(center=True)'s 1 + N // hop frames minus the last.
     """
-    n_frames = audio.shape[-1] // HOP_LENGTH
     half = N_FFT // 2
     padded = jnp.pad(audio, ((0, 0), (half, half)), mode="reflect")  # [B, N + 400]
+    return _frames_of_padded(padded, audio.shape[-1] // HOP_LENGTH)
+
+
+def _frames_of_padded(padded: jax.Array, n_frames: int) -> jax.Array:
+    """[B, >= (n_frames + 2) * 160] samples, already centred -> [B, n_frames, 400]."""
     n_blocks = n_frames + _BLOCKS_PER_WINDOW - 1
-    blocks = padded[:, : n_blocks * HOP_LENGTH].reshape(audio.shape[0], n_blocks, HOP_LENGTH)
+    blocks = padded[:, : n_blocks * HOP_LENGTH].reshape(padded.shape[0], n_blocks, HOP_LENGTH)
     shifted = [blocks[:, k : k + n_frames] for k in range(_BLOCKS_PER_WINDOW)]
     return jnp.concatenate(shifted, axis=-1)[..., :N_FFT]
+
+
+def _log_spec(frames: jax.Array, n_mels: int) -> jax.Array:
+    """STFT frames [B, F, 400] -> log10 of the mel power spectrum, clamped at 1e-10: [B, M, F]."""
+    frames = frames * jnp.asarray(_periodic_hann())
+    spectrum = jnp.fft.rfft(frames, n=N_FFT, axis=-1)  # [B, F, 201] complex64
+    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+    # HIGHEST: on GPU/TPU a default float32 matmul may run as TF32/bf16 passes, which costs
+    # ~1e-3 in the log domain.
+    mel = jnp.einsum("mk,bfk->bmf", jnp.asarray(mel_filters(n_mels)), power,
+                     precision=jax.lax.Precision.HIGHEST)  # [B, M, F]
+    return jnp.log10(jnp.maximum(mel, 1e-10))
 
 
 def log_mel_spectrogram(audio: jax.Array, n_mels: int, padding: int = 0) -> jax.Array:
@@ -103,20 +119,64 @@ def log_mel_spectrogram(audio: jax.Array, n_mels: int, padding: int = 0) -> jax.
     audio = jnp.asarray(audio, jnp.float32)
     if padding:
         audio = jnp.pad(audio, ((0, 0), (0, padding)))
-    frames = _frames(audio) * jnp.asarray(_periodic_hann())  # [B, F, 400]
-    spectrum = jnp.fft.rfft(frames, n=N_FFT, axis=-1)  # [B, F, 201] complex64
-    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
-    # HIGHEST: on GPU/TPU a default float32 matmul may run as TF32/bf16 passes, which costs
-    # ~1e-3 in the log domain.
-    mel = jnp.einsum(
-        "mk,bfk->bmf",
-        jnp.asarray(mel_filters(n_mels)),
-        power,
-        precision=jax.lax.Precision.HIGHEST,
-    )  # [B, M, F]
-    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))  # [B, M, F]
+    log_spec = _log_spec(_frames(audio), n_mels)  # [B, M, F]
     floor = jnp.max(log_spec, axis=(1, 2), keepdims=True) - 8.0
     return (jnp.maximum(log_spec, floor) + 4.0) / 4.0
 
 
 log_mel_spectrogram_jit = jax.jit(log_mel_spectrogram, static_argnames=("n_mels", "padding"))
+
+
+# --- windows of long files -------------------------------------------------------------------
+# Long-form decoding reads 30 s windows at any frame offset of a file's spectrogram, as the
+# reference slices the mel of the whole file (plus 30 s of zeros). Keeping that whole mel would
+# cost twice the memory of the 16 kHz audio, so each window's frames are recomputed from the
+# samples they cover: frame f of the file spans samples [f * 160, f * 160 + 400) of the file's
+# centred signal (reflect padding on the left, 30 s + 200 zeros on the right). The -8 floor
+# needs the maximum of the whole file first: `window_log_max` gives it window by window.
+
+# Centred samples read for 3000 frames: whole hop blocks, 480320 (the last 80 are unused).
+WINDOW_SAMPLES = (N_FRAMES + _BLOCKS_PER_WINDOW - 1) * HOP_LENGTH
+
+
+def centred_signal(audio: np.ndarray) -> np.ndarray:
+    """A file's samples [N] as the reference's long-form STFT frames them: 200 reflected
+    samples, the audio, N_SAMPLES + 200 zeros -> [N + N_SAMPLES + 400] float32."""
+    half = N_FFT // 2
+    body = np.concatenate([np.asarray(audio, np.float32), np.zeros(N_SAMPLES, np.float32)])
+    return np.concatenate([body[half:0:-1], body, np.zeros(half, np.float32)])
+
+
+def total_frames(n_samples: int) -> int:
+    """Frames of the reference's mel of a file of `n_samples` plus 30 s of zeros."""
+    return (n_samples + N_SAMPLES) // HOP_LENGTH
+
+
+def window_samples(signal: np.ndarray, frame: int) -> np.ndarray:
+    """The centred samples behind frames [frame, frame + 3000) -> [WINDOW_SAMPLES] (zeros past
+    the end)."""
+    piece = signal[frame * HOP_LENGTH: frame * HOP_LENGTH + WINDOW_SAMPLES]
+    if piece.shape[0] < WINDOW_SAMPLES:
+        piece = np.concatenate([piece, np.zeros(WINDOW_SAMPLES - piece.shape[0], np.float32)])
+    return piece
+
+
+@functools.partial(jax.jit, static_argnames=("n_mels",))
+def window_log_max(samples: jax.Array, valid: jax.Array, n_mels: int) -> jax.Array:
+    """samples [B, WINDOW_SAMPLES], valid [B] frames to consider -> max log10 mel power [B]."""
+    log_spec = _log_spec(_frames_of_padded(samples, N_FRAMES), n_mels)
+    keep = jnp.arange(N_FRAMES)[None, None, :] < valid[:, None, None]
+    return jnp.max(jnp.where(keep, log_spec, -jnp.inf), axis=(1, 2))
+
+
+@functools.partial(jax.jit, static_argnames=("n_mels",))
+def window_log_mel(samples: jax.Array, content: jax.Array, top: jax.Array, n_mels: int) -> jax.Array:
+    """Normalised log-mel windows, as the reference feeds its encoder in long-form decoding.
+
+    samples [B, WINDOW_SAMPLES]; content [B]: frames of the window that hold the file (the
+    rest are zeros in mel space, the reference's pad_or_trim of a short last segment); top [B]:
+    the maximum log10 power the -8 floor is taken from (the whole file's) -> [B, M, 3000].
+    """
+    log_spec = _log_spec(_frames_of_padded(samples, N_FRAMES), n_mels)
+    mel = (jnp.maximum(log_spec, top[:, None, None] - 8.0) + 4.0) / 4.0
+    return jnp.where(jnp.arange(N_FRAMES)[None, None, :] < content[:, None, None], mel, 0.0)

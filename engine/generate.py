@@ -3,6 +3,11 @@
 The model's graph is split from its weights once (`nnx.split`); weights are arguments of the
 jitted functions, never baked-in constants, and no token leaves the device until the loop ends.
 Shapes: B batch, M mels, N frames, P prompt tokens, L = P + sample_len buffer, V vocabulary.
+
+Prompts of one batch may differ in length (sequential long-form conditions each file on its
+own previous text): they arrive left-padded to P with `pad` [B] padding positions per row, and
+`limit` [B] caps each row's sampled tokens (the reference stops when a row's own buffer would
+pass the text context).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class SamplingConfig:
     """Static settings of one greedy/sampling run (a jit static argument)."""
 
     rules: LogitRules
-    sample_len: int = 224  # at most this many sampled tokens (half the text context)
+    sample_len: int = 224  # buffer room for sampled tokens (half the text context); `limit` may stop rows sooner
     sample: bool = False  # False: greedy argmax; True: sample from softmax(logits / temperature),
     # the temperature being a traced argument, so every temperature shares one compiled program
     sot_index: int = 0  # position of <|startoftranscript|> in the prompt (no-speech prob)
@@ -94,7 +99,14 @@ class DecodeResult(NamedTuple):
     no_speech_prob: jax.Array  # [B]
 
 
-def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax.Array,
+class RowLayout(NamedTuple):
+    """Per-row loop constants of a batch of left-padded prompts."""
+
+    pad: jax.Array  # [B] int32: leading padding positions
+    limit: jax.Array  # [B] int32: most tokens the row may sample
+
+
+def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax.Array, rows: RowLayout,
           state: DecodeState) -> DecodeState:
     rules = config.rules
     logits = apply_rules(state.logits, state.tokens, state.length, rules)
@@ -109,18 +121,29 @@ def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax
     sum_logprobs = state.sum_logprobs + jnp.where(state.finished, 0.0, chosen)
     next_tokens = jnp.where(state.finished, rules.eot, next_tokens)
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, next_tokens[:, None], state.length, axis=1)
-    finished = state.finished | (next_tokens == rules.eot)
-    step_logits, cache = model.decode_step(next_tokens[:, None], state.length, state.cache.with_cross(cross))
+    sampled = state.length + 1 - rules.sample_begin
+    finished = state.finished | (next_tokens == rules.eot) | (sampled >= rows.limit)
+    step_logits, cache = model.decode_step(next_tokens[:, None], state.length, state.cache.with_cross(cross),
+                                           rows.pad)
     return DecodeState(state.length + 1, tokens, step_logits[:, -1], sum_logprobs, finished,
                        cache.without_cross()[0], rng)
 
 
-def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array,
-                         prompt: jax.Array, rng: jax.Array, temperature: jax.Array = 1.0) -> DecodeResult:
-    """features [B, S, D], prompt [B, P] -> greedy/sampled continuation (traceable)."""
+def _default_rows(rows: Optional[RowLayout], batch: int, sample_len: int) -> RowLayout:
+    if rows is not None:
+        return rows
+    return RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), sample_len, jnp.int32))
+
+
+def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array, prompt: jax.Array,
+                         rng: jax.Array, temperature: jax.Array = 1.0,
+                         rows: Optional[RowLayout] = None) -> DecodeResult:
+    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> greedy/sampled continuation
+    (traceable)."""
     batch, prompt_len = prompt.shape
     total = prompt_len + config.sample_len
-    logits, cache = model.prefill(features, prompt, total)
+    rows = _default_rows(rows, batch, config.sample_len)
+    logits, cache = model.prefill(features, prompt, total, rows.pad)
     cache, cross = cache.without_cross()
     no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
     tokens = jnp.full((batch, total), config.rules.eot, jnp.int32)
@@ -128,7 +151,7 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
                         jnp.zeros((batch,), bool), cache, rng)
     state = jax.lax.while_loop(lambda s: (s.length < total) & ~jnp.all(s.finished),
-                               functools.partial(_step, model, config, cross, temperature), state)
+                               functools.partial(_step, model, config, cross, temperature, rows), state)
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
 
 
@@ -139,7 +162,8 @@ def _no_speech_prob(logits: jax.Array, sot_index: int, no_speech: int | None) ->
     return jax.nn.softmax(logits[:, sot_index], axis=-1)[:, no_speech]
 
 
-def _beam_loop_step(model: Whisper, config: BeamConfig, cross: tuple, state: BeamState) -> BeamState:
+def _beam_loop_step(model: Whisper, config: BeamConfig, cross: tuple, pad: jax.Array,
+                    state: BeamState) -> BeamState:
     batch, beams, buffer = state.tokens.shape
     logits = apply_rules(state.logits, state.tokens.reshape(batch * beams, buffer), state.length,
                          config.rules)
@@ -150,17 +174,23 @@ def _beam_loop_step(model: Whisper, config: BeamConfig, cross: tuple, state: Bea
     tokens = jnp.take_along_axis(state.tokens, step.source[:, :, None], axis=1)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, step.next_tokens[:, :, None], state.length, axis=2)
     step_logits, cache = model.decode_step(step.next_tokens.reshape(-1, 1), state.length,
-                                           state.cache.reorder_beams(step.source).with_cross(cross))
+                                           state.cache.reorder_beams(step.source).with_cross(cross), pad)
     return BeamState(state.length + 1, tokens, step_logits[:, -1], step.scores, step.finished_tokens,
                      step.finished_scores, step.finished_count, cache.without_cross()[0])
 
 
-def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.Array,
-                              prompt: jax.Array) -> BeamResult:
-    """features [B, S, D], prompt [B, P] -> beam-search hypotheses (traceable)."""
+def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.Array, prompt: jax.Array,
+                              rows: Optional[RowLayout] = None) -> BeamResult:
+    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> beam-search hypotheses
+    (traceable). Every row stops at the smallest of the rows' limits (beams of a row cannot
+    be frozen one row at a time cheaply; rows only differ when a prompt leaves < sample_len
+    tokens of context, i.e. after a window of > 220 tokens)."""
     batch, prompt_len = prompt.shape
-    beams, total = config.beam_size, prompt_len + config.sample_len
-    logits, cache = model.prefill(features, prompt, total)
+    beams = config.beam_size
+    rows = _default_rows(rows, batch, config.sample_len)
+    total = prompt_len + config.sample_len
+    stop = prompt_len + jnp.minimum(jnp.min(rows.limit), config.sample_len)
+    logits, cache = model.prefill(features, prompt, total, rows.pad)
     no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
     # All beams start from the same prefix: prefill once per example, then repeat.
     cache, cross = jax.tree.map(lambda a: jnp.repeat(a, beams, axis=0), cache).without_cross()
@@ -175,8 +205,8 @@ def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.
         finished_scores=jnp.full((batch, slots), -jnp.inf, jnp.float32),
         finished_count=jnp.zeros((batch,), jnp.int32), cache=cache)
     state = jax.lax.while_loop(
-        lambda s: (s.length < total) & ~jnp.all(s.finished_count >= slots),
-        functools.partial(_beam_loop_step, model, config, cross), state)
+        lambda s: (s.length < stop) & ~jnp.all(s.finished_count >= slots),
+        functools.partial(_beam_loop_step, model, config, cross, jnp.repeat(rows.pad, beams)), state)
     return BeamResult(state.finished_tokens, state.finished_scores, state.finished_count, state.tokens,
                       state.sum_logprobs, no_speech_prob)
 
@@ -209,14 +239,14 @@ class Generator:
         graphdef = self.graphdef
 
         @functools.partial(jax.jit, static_argnames=("config",))
-        def _generate(state, mel, prompt, rng, temperature, config: SamplingConfig) -> DecodeResult:
+        def _generate(state, mel, prompt, rows, rng, temperature, config: SamplingConfig) -> DecodeResult:
             m = nnx.merge(graphdef, state)
-            return sample_from_features(m, config, m.encode(mel), prompt, rng, temperature)
+            return sample_from_features(m, config, m.encode(mel), prompt, rng, temperature, rows)
 
         @functools.partial(jax.jit, static_argnames=("config",))
-        def _beam(state, mel, prompt, config: BeamConfig) -> BeamResult:
+        def _beam(state, mel, prompt, rows, config: BeamConfig) -> BeamResult:
             m = nnx.merge(graphdef, state)
-            return beam_search_from_features(m, config, m.encode(mel), prompt)
+            return beam_search_from_features(m, config, m.encode(mel), prompt, rows)
 
         @functools.partial(jax.jit, static_argnames=("sot", "language_ids"))
         def _languages(state, mel, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
@@ -252,18 +282,25 @@ class Generator:
             rows = NamedSharding(self.mesh, logical_spec("batch"))
         return multihost.local_rows(result, multihost.local_row_range(rows, local_batch * jax.process_count()))
 
+    def _rows(self, rows: Optional[RowLayout], batch: int, sample_len: int) -> RowLayout:
+        rows = rows or RowLayout(np.zeros((batch,), np.int32), np.full((batch,), sample_len, np.int32))
+        return RowLayout(*(self._place(np.asarray(a, np.int32)) for a in rows))
+
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig, seed: int = 0,
-                 temperature: float = 1.0) -> DecodeResult:
-        """mel [B, M, N] and prompt [B, P] -> DecodeResult on device (`temperature` is used
-        when config.sample)."""
+                 temperature: float = 1.0, rows: Optional[RowLayout] = None) -> DecodeResult:
+        """mel [B, M, N] and prompt [B, P] (left-padded as `rows` says; None: no padding) ->
+        DecodeResult on device (`temperature` is used when config.sample)."""
         with self.context():
-            return self._generate(self.state, self._place(mel), self._place(prompt), jax.random.PRNGKey(seed),
+            return self._generate(self.state, self._place(mel), self._place(prompt),
+                                  self._rows(rows, prompt.shape[0], config.sample_len), jax.random.PRNGKey(seed),
                                   jnp.float32(temperature), config=config)
 
-    def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig) -> BeamResult:
-        """mel [B, M, N] and prompt [B, P] -> BeamResult on device."""
+    def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig,
+                    rows: Optional[RowLayout] = None) -> BeamResult:
+        """mel [B, M, N] and prompt [B, P] (left-padded as `rows` says) -> BeamResult on device."""
         with self.context():
-            return self._beam(self.state, self._place(mel), self._place(prompt), config=config)
+            return self._beam(self.state, self._place(mel), self._place(prompt),
+                              self._rows(rows, prompt.shape[0], config.sample_len), config=config)
 
     def language_probs(self, mel: jax.Array, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
         """mel [B, M, N] -> [B, n_languages] language probabilities."""

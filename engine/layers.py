@@ -156,7 +156,7 @@ class Block(nnx.Module):
 
         With `cache` (keys, values, each [B, H, C, K]) this call's keys/values are written at
         positions [offset, offset + T) and attention runs over the whole cache under `mask`
-        ([T, C]); without it, attention runs over this call's own positions.
+        ([T, C], or [B, 1, T, C] with per-row padding); without it, attention runs over this call's own positions.
         """
         h = self.attn_ln(x)
         if cache is None:

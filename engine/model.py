@@ -4,9 +4,14 @@ Shapes: B batch, M mels, N mel frames (2 S), S audio positions, T text tokens, C
 positions, D width, V vocabulary.
 
     encode(mel [B, M, N])                       -> audio features [B, S, D]
-    prefill(features, tokens [B, T], C)         -> logits [B, T, V], KVCache
-    decode_step(tokens [B, T], offset, cache)   -> logits [B, T, V], KVCache
+    prefill(features, tokens [B, T], C, pad)    -> logits [B, T, V], KVCache
+    decode_step(tokens [B, T], offset, cache, pad) -> logits [B, T, V], KVCache
     __call__(mel, tokens)                       -> logits [B, T, V]   (no cache; reference path)
+
+Rows of one batch may carry prompts of different lengths: they are left-padded to a common
+length and `pad` [B] says how many leading cache positions of each row are padding. A row's
+padding is invisible to attention and its positional embeddings start at 0 after the padding,
+so a padded row computes what it would alone.
 """
 
 from __future__ import annotations
@@ -91,10 +96,14 @@ class TextDecoder(nnx.Module):
         self.ln = LayerNorm(d, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
 
-    def _embed(self, tokens: jax.Array, offset) -> jax.Array:
-        """tokens [B, T] at positions offset.. -> [B, T, D]."""
+    def _embed(self, tokens: jax.Array, offset, pad: Optional[jax.Array] = None) -> jax.Array:
+        """tokens [B, T] at cache positions offset.. (minus each row's `pad` [B]) -> [B, T, D]."""
         table = self.token_embedding[...].astype(self.dtype)
-        positions = jax.lax.dynamic_slice_in_dim(self.positions[...], offset, tokens.shape[1])
+        if pad is None:
+            positions = jax.lax.dynamic_slice_in_dim(self.positions[...], offset, tokens.shape[1])
+        else:  # [B, T, D]; padding positions (negative) and ones past the table are clamped
+            index = offset + jnp.arange(tokens.shape[1])[None, :] - pad[:, None]
+            positions = jnp.take(self.positions[...], jnp.clip(index, 0, self.positions.shape[0] - 1), axis=0)
         x = jnp.take(table, tokens, axis=0) + positions.astype(self.dtype)
         return constrain(x, "batch", "text_len", "embed")
 
@@ -119,11 +128,16 @@ class TextDecoder(nnx.Module):
             x, _ = block(x, mask=causal, cross_kv=kv)
         return self._logits(x)
 
-    def step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """tokens [B, T] at positions [offset, offset + T) against the cache -> logits, cache."""
-        x = self._embed(tokens, offset)
+    def step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache,
+             pad: Optional[jax.Array] = None) -> tuple[jax.Array, KVCache]:
+        """tokens [B, T] at cache positions [offset, offset + T) against the cache -> logits,
+        cache. `pad` [B]: leading cache positions of each row that hold padding (None: 0)."""
+        x = self._embed(tokens, offset, pad)
         query_pos = offset + jnp.arange(tokens.shape[1])
-        visible = jnp.arange(cache.length)[None, :] <= query_pos[:, None]  # [T, C]
+        keys = jnp.arange(cache.length)
+        visible = keys[None, :] <= query_pos[:, None]  # [T, C]
+        if pad is not None:  # [B, 1, T, C], broadcast over heads
+            visible = (visible[None] & (keys[None, None, :] >= pad[:, None, None]))[:, None]
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             x, (k, v) = block(x, mask=visible, cross_kv=(cache.cross_k[i], cache.cross_v[i]),
@@ -147,16 +161,17 @@ class Whisper(nnx.Module):
         """mel [B, M, N] -> audio features [B, S, D]."""
         return self.encoder(mel)
 
-    def prefill(self, audio_features: jax.Array, tokens: jax.Array,
-                cache_length: int) -> tuple[jax.Array, KVCache]:
-        """Cross K/V once, a zeroed self cache of `cache_length`, then tokens [B, T] at 0."""
+    def prefill(self, audio_features: jax.Array, tokens: jax.Array, cache_length: int,
+                pad: Optional[jax.Array] = None) -> tuple[jax.Array, KVCache]:
+        """Cross K/V once, a zeroed self cache of `cache_length`, then tokens [B, T] at 0
+        (left-padded by `pad` [B] positions per row, None: no padding)."""
         cache = KVCache.allocate(self.decoder.cross_kv(audio_features), cache_length)
-        return self.decoder.step(tokens, jnp.int32(0), cache)
+        return self.decoder.step(tokens, jnp.int32(0), cache, pad)
 
-    def decode_step(self, tokens: jax.Array, offset: jax.Array,
-                    cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def decode_step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache,
+                    pad: Optional[jax.Array] = None) -> tuple[jax.Array, KVCache]:
         """tokens [B, T] written at `offset` (a traced int32 scalar) -> logits [B, T, V], cache."""
-        return self.decoder.step(tokens, offset, cache)
+        return self.decoder.step(tokens, offset, cache, pad)
 
     def __call__(self, mel: jax.Array, tokens: jax.Array) -> jax.Array:
         """Uncached forward: mel [B, M, N], tokens [B, T] -> logits [B, T, V] float32."""

@@ -18,9 +18,11 @@ class Segment:
     end: float
     text: str
     tokens: list[int]
+    stats: dict = dataclasses.field(default_factory=dict)  # of the window it came from
 
     def to_json(self) -> dict:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+                **{k: round(v, 4) for k, v in self.stats.items()}}
 
 
 def compression_ratio(text: str) -> float:

@@ -1,15 +1,17 @@
 """Python API: a `Transcriber` holds a loaded model, its tokenizer and compiled programs.
 
-This stage handles audio of up to 30 s per input (one window); longer inputs are reported as
-errors in their records until long-form decoding lands. Inputs are decoded on the host, padded
-into fixed-size batches (one compiled program per batch size bucket) and decoded on device.
+`transcribe` / `transcribe_iter` take files of any length: audio is decoded on background
+threads, every file is cut into 30 s windows (sequential seek loop or chunked with stride,
+`longform.py`) and windows of many files share device batches (`scheduler.py`). Every input
+ends as one record, an `error` record when it cannot be used. `decode_clips` is the plain
+single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +20,13 @@ from jax.sharding import Mesh
 
 from whisper_nnx.sharding import multihost, rules_for
 
-from .audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
+from .audio import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
 from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence, lockstep_rows, pad_rows
-from .features import log_mel_spectrogram_jit
+from .features import WINDOW_SAMPLES, log_mel_spectrogram_jit, window_log_max, window_log_mel
 from .generate import Generator
+from .longform import ChunkedFile, FileAudio, FileJob, LongFormOptions, SequentialFile, chunk_starts
 from .model_hub import DEFAULT_MODEL, resolve_model
+from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_windows
 from .segments import split_segments
 from .tokenizer import LANGUAGES, Tokenizer
 from .weights import load_model, read_checkpoint
@@ -35,12 +39,24 @@ class TranscribeOptions(DecodeOptions):
     """DecodeOptions plus what applies to whole inputs."""
 
     language: Optional[str] = None  # None: detect per input (multilingual models)
-    batch_size: int = 8  # windows decoded together
+    batch_size: int = 8  # windows decoded together (from one file or many)
+    long_form: str = "sequential"  # "sequential" (the reference's seek loop) or "chunked"
+    condition_on_previous_text: bool = True  # sequential: prompt each window with the text so far
+    initial_prompt: Optional[str] = None  # text before the first window of every file
+    carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
+    chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
+    audio_workers: int = 2  # threads decoding audio ahead of the device
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        _ = self.long_form_options  # validates the long-form fields
+
+    @property
+    def long_form_options(self) -> LongFormOptions:
+        return LongFormOptions(self.long_form, self.condition_on_previous_text, self.initial_prompt,
+                               self.carry_initial_prompt, self.chunk_stride_s)
 
 
 AudioInput = Union[str, Path, np.ndarray]
@@ -85,11 +101,118 @@ class Transcriber:
         codes = tok.all_language_codes
         return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
 
-    # --- entry point ----------------------------------------------------------------------
+    # --- long-form transcription of files of any length -------------------------------------
 
     def transcribe(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
                    ) -> list[dict]:
-        """One result record per input, in order (see DESIGN.md's results.jsonl contract)."""
+        """One result record per input, in input order (see DESIGN.md's results.jsonl contract)."""
+        results: list[Optional[dict]] = [None] * len(inputs)
+        for index, record in self.transcribe_iter(inputs, options):
+            results[index] = record
+        return results  # type: ignore[return-value]
+
+    def transcribe_iter(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
+                        ) -> Iterator[tuple[int, dict]]:
+        """(input index, record) for every input, in the order files finish; audio is decoded
+        on `options.audio_workers` threads while the device works."""
+        files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size))
+        scheduler = WindowScheduler(
+            make_jobs=lambda arrivals: self._make_jobs(arrivals, options),
+            decode=lambda samples, content, top, prompts: self._decode_windows(samples, content, top, prompts,
+                                                                                 options),
+            batch_size=options.batch_size,
+            windows_per_file=expected_windows(options.long_form, options.chunk_stride_s))
+        for index, record in scheduler.run(files):
+            yield index, {**_record(inputs[index]), **record}
+
+    def _make_jobs(self, arrivals: list[LoadedInput], options: TranscribeOptions
+                   ) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
+        """Frames each new file, finds its loudness maximum (the log-mel floor) and its
+        language, and builds its long-form job."""
+        long_form = options.long_form_options
+        audios = [FileAudio.of(a.audio) for a in arrivals]
+        chunked = long_form.mode == "chunked"
+        # Windows whose maxima are needed: the whole file (floor) and, chunked, each chunk.
+        spans = []  # (file, first frame, frames)
+        for f, audio in enumerate(audios):
+            total = audio.content_frames + N_FRAMES
+            spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
+            if chunked:
+                spans += [(f, start, min(N_FRAMES, audio.content_frames - start))
+                          for start in chunk_starts(audio.content_frames, long_form.chunk_stride_s)]
+        maxima = self._window_maxima([audios[f].window(start) for f, start, _ in spans], [n for *_, n in spans])
+        n_whole = [-(-(audio.content_frames + N_FRAMES) // N_FRAMES) for audio in audios]
+        tops, chunk_tops, at = [], [], 0
+        for f, audio in enumerate(audios):
+            tops.append(float(maxima[at:at + n_whole[f]].max()))
+            at += n_whole[f]
+            if chunked:
+                n_chunks = len(chunk_starts(audio.content_frames, long_form.chunk_stride_s))
+                chunk_tops.append([float(m) for m in maxima[at:at + n_chunks]])
+                at += n_chunks
+        languages = self._file_languages(audios, tops, options)
+        jobs = []
+        for f, audio in enumerate(audios):
+            language, probs = languages[f]
+            tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
+                else self.tokenizer
+            args = (audio, tops[f], tokenizer, options, long_form, self.dims.n_text_ctx)
+            job = ChunkedFile(*args, chunk_tops=chunk_tops[f]) if chunked else SequentialFile(*args)
+            jobs.append((job, language, probs))
+        return jobs
+
+    def _window_maxima(self, windows: list[np.ndarray], valid: list[int], group: int = 16) -> np.ndarray:
+        """Max log10 mel power of each window's first `valid` frames, `group` windows per call."""
+        out = []
+        for i in range(0, len(windows), group):
+            part = windows[i:i + group]
+            samples = np.zeros((group, part[0].shape[0]), np.float32)
+            samples[:len(part)] = part
+            counts = np.zeros((group,), np.int32)
+            counts[:len(part)] = valid[i:i + group]
+            out.append(np.asarray(window_log_max(samples, counts, n_mels=self.dims.n_mels))[:len(part)])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def _file_languages(self, audios: list[FileAudio], tops: list[float], options: TranscribeOptions
+                        ) -> list[tuple[str, Optional[dict]]]:
+        """Per file (language, probabilities or None): detected on the file's first 30 s as the
+        reference does, unless the model is English-only or the options fix the language."""
+        if not self.tokenizer.multilingual:
+            return [("en", None)] * len(audios)
+        if options.language is not None:
+            return [(options.language, None)] * len(audios)
+        # Every process makes the same detection calls (some with no rows).
+        if multihost.global_max(len(audios)) == 0:
+            return []
+        samples = np.stack([a.window(0) for a in audios]) if audios else np.zeros((0, WINDOW_SAMPLES), np.float32)
+        mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(tops, np.float32))
+        found = self.detect_languages(mel)
+        top5 = lambda probs: dict(sorted(probs.items(), key=lambda kv: -kv[1])[:5])
+        return [(code, {k: round(v, 4) for k, v in top5(probs).items()}) for code, probs in found]
+
+    def _window_mel(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray) -> jax.Array:
+        """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B, M, 3000] (B bucketed)."""
+        n = samples.shape[0]
+        rows = bucket(max(n, 1))
+        grown = np.zeros((rows, WINDOW_SAMPLES), np.float32)
+        grown[:n] = samples
+        counts, tops = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
+        counts[:n], tops[:n] = content, top
+        return window_log_mel(grown, counts, tops, n_mels=self.dims.n_mels)[:n]
+
+    def _decode_windows(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray, prompts: list[list[int]],
+                        options: TranscribeOptions) -> list:
+        mel = self._window_mel(samples, content, top)[:len(prompts)]
+        tokenizer = self.tokenizer.with_language(options.language or "en", options.task) \
+            if self.tokenizer.multilingual else self.tokenizer
+        return self.decoder.decode(mel, tokenizer, prompts, options)
+
+    # --- single windows (clips of up to 30 s, as whisper.decode) ---------------------------
+
+    def decode_clips(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
+                     ) -> list[dict]:
+        """One record per input clip of up to 30 s, each decoded as one window of its audio
+        zero-padded to 30 s (the reference's `whisper.decode`); longer clips get an error."""
         results: list[Optional[dict]] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray]] = []
         for i, item in enumerate(inputs):
@@ -97,8 +220,7 @@ class Transcriber:
                 audio = load_audio(item) if not isinstance(item, np.ndarray) else np.asarray(item, np.float32)
                 if audio.shape[0] > N_SAMPLES:
                     raise AudioDecodeError(_name(item), f"{audio.shape[0] / SAMPLE_RATE:.1f} s is longer "
-                                           f"than one {CHUNK_LENGTH} s window; long-form decoding is "
-                                           "not available yet")
+                                           f"than one {CHUNK_LENGTH} s window: use transcribe")
                 good.append((i, audio))
             except AudioDecodeError as err:
                 results[i] = _record(item, error=str(err))

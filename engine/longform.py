@@ -1,0 +1,239 @@
+"""Per-file long-form state machines: which 30 s windows a file needs, with which prompt, and
+how decoded windows become the file's segments.
+
+Two modes, chosen per run:
+
+- `SequentialFile`: the reference's seek loop (`whisper.transcribe`). One window at a time; the
+  next window starts at the last complete timestamp pair (or after the window), and each
+  window is prompted with the text decoded so far (condition on previous text, reset after a
+  temperature > 0.5). Different files advance their own seek side by side in one batch.
+- `ChunkedFile`: every window is known up front (30 s, a stride of 5 s each side by default),
+  all of them decode in parallel, and the chunks' words are stitched across the overlaps
+  (`stitching.py`).
+
+A job hands out `WindowRequest`s and takes back `DecodedWindow`s; the scheduler decides which
+requests of which files share a device batch. Times are seconds from the start of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from .decoding import DecodedWindow, DecodeOptions, initial_tokens, is_silence
+from .features import centred_signal, total_frames, window_samples
+from .segments import Segment, split_segments
+from .stitching import stitch_chunks
+from .tokenizer import Tokenizer
+
+INPUT_STRIDE = N_FRAMES // 1500  # mel frames per timestamp step (2)
+# A file (or chunk) whose loudest mel bin is below this log10 power holds no signal at all
+# (digital silence, or noise around -100 dBFS): it is an empty transcript without decoding.
+SILENT_LOG_POWER = -9.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LongFormOptions:
+    """How files longer than one window are cut (DecodeOptions say how windows decode)."""
+
+    mode: str = "sequential"  # or "chunked"
+    condition_on_previous_text: bool = True  # sequential: prompt each window with the text so far
+    initial_prompt: Optional[str] = None  # text before the first window (names, spelling, style)
+    carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
+    chunk_stride_s: float = 5.0  # chunked: overlap kept on each side of a chunk's interior
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sequential", "chunked"):
+            raise ValueError(f"long-form mode must be sequential or chunked, got {self.mode!r}")
+        if not 0 <= self.chunk_stride_s < CHUNK_LENGTH / 2:
+            raise ValueError(f"chunk stride must be in [0, {CHUNK_LENGTH / 2}) s, got {self.chunk_stride_s}")
+
+
+@dataclasses.dataclass
+class WindowRequest:
+    """One window a file needs decoded: its samples, how much of it is file, its prompt."""
+
+    job: "FileJob"
+    key: int  # the job's own label (chunk number; the seek for sequential files)
+    samples: np.ndarray  # [WINDOW_SAMPLES] centred samples behind the window's 3000 frames
+    content: int  # frames of the window that hold the file (the rest decode as mel zeros)
+    top: float  # max log10 mel power the -8 floor is taken from
+    prompt: list[int]  # [<|startofprev|> ...] + start sequence (+ prefix)
+
+
+@dataclasses.dataclass
+class FileAudio:
+    """A decoded file, framed as the reference frames a long file."""
+
+    signal: np.ndarray  # centred samples (features.centred_signal)
+    n_samples: int
+
+    @classmethod
+    def of(cls, audio: np.ndarray) -> "FileAudio":
+        return cls(centred_signal(audio), int(audio.shape[0]))
+
+    @property
+    def content_frames(self) -> int:
+        return total_frames(self.n_samples) - N_FRAMES
+
+    @property
+    def duration(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+    def window(self, frame: int) -> np.ndarray:
+        return window_samples(self.signal, frame)
+
+
+class FileJob:
+    """What every long-form job shares: the file, its language, its decoded segments."""
+
+    def __init__(self, audio: FileAudio, top: float, tokenizer: Tokenizer, options: DecodeOptions,
+                 long_form: LongFormOptions, n_text_ctx: int):
+        self.audio, self.top, self.tokenizer = audio, top, tokenizer
+        self.options, self.long_form, self.n_text_ctx = options, long_form, n_text_ctx
+        self.segments: list[Segment] = []
+        self.windows_decoded = 0
+        self.silent = top < SILENT_LOG_POWER
+
+    def start_prompt(self, previous: list[int]) -> list[int]:
+        options = dataclasses.replace(self.options, prompt=previous or None)
+        return initial_tokens(self.tokenizer, options, self.n_text_ctx)
+
+    def requests(self) -> list[WindowRequest]:
+        raise NotImplementedError
+
+    def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
+        raise NotImplementedError
+
+    @property
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    def result(self) -> dict:
+        """The file's transcript: text, segments (with the stats of the window each came from)."""
+        segments = [s for s in self.segments if s.text.strip()]
+        return {"text": "".join(s.text for s in segments).strip(),
+                "segments": [s.to_json() for s in segments],
+                "tokens": [t for s in segments for t in s.tokens],
+                "windows": self.windows_decoded}
+
+
+def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float,
+                     duration: float) -> list[Segment]:
+    segments = split_segments(window.tokens, tokenizer, offset, duration)
+    for s in segments:
+        s.stats = {"avg_logprob": window.avg_logprob, "compression_ratio": window.compression_ratio,
+                   "no_speech_prob": window.no_speech_prob, "temperature": window.temperature}
+    return segments
+
+
+class SequentialFile(FileJob):
+    """The reference's seek loop over one file."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seek = 0
+        prompt = self.long_form.initial_prompt
+        self.initial = self.tokenizer.encode(" " + prompt.strip()) if prompt else []
+        self.all_tokens = list(self.initial)
+        self.prompt_reset_since = 0
+        self.waiting = False  # a request is out
+
+    @property
+    def done(self) -> bool:
+        return self.silent or self.seek >= self.audio.content_frames
+
+    def _previous(self) -> list[int]:
+        if self.long_form.carry_initial_prompt:
+            room = self.n_text_ctx // 2 - 1 - len(self.initial)
+            kept = self.all_tokens[max(len(self.initial), self.prompt_reset_since):]
+            return self.initial + (kept[-room:] if room > 0 else [])
+        return self.all_tokens[self.prompt_reset_since:]
+
+    def requests(self) -> list[WindowRequest]:
+        if self.done or self.waiting:
+            return []
+        self.waiting = True
+        content = min(N_FRAMES, self.audio.content_frames - self.seek)
+        return [WindowRequest(self, self.seek, self.audio.window(self.seek), content, self.top,
+                              self.start_prompt(self._previous()))]
+
+    def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
+        self.waiting = False
+        self.windows_decoded += 1
+        segment_size = request.content
+        if is_silence(window, self.options):
+            self.seek += segment_size
+            return
+        offset = self.seek * HOP_LENGTH / SAMPLE_RATE
+        tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
+        segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
+        is_ts = [t >= ts_begin for t in tokens]
+        pair_ends = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+        if pair_ends and is_ts[-2:] != [False, True]:
+            # Resume at the last complete timestamp pair: the text after it is decoded again.
+            self.seek += (tokens[pair_ends[-1] - 1] - ts_begin) * INPUT_STRIDE
+        else:
+            self.seek += segment_size
+        kept = [s for s in segments if s.start != s.end and s.text.strip()]
+        self.segments += kept
+        self.all_tokens += [t for s in kept for t in s.tokens]
+        if not self.long_form.condition_on_previous_text or window.temperature > 0.5:
+            self.prompt_reset_since = len(self.all_tokens)
+
+
+class ChunkedFile(FileJob):
+    """Fixed 30 s chunks with overlapping strides, decoded in parallel, stitched at the end."""
+
+    def __init__(self, *args, chunk_tops: Optional[list[float]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.starts = chunk_starts(self.audio.content_frames, self.long_form.chunk_stride_s)
+        self.chunk_tops = chunk_tops or [self.top] * len(self.starts)
+        self.decoded: dict[int, list[Segment]] = {}
+        self.issued = False
+
+    def requests(self) -> list[WindowRequest]:
+        if self.done or self.issued:
+            return []
+        self.issued = True
+        prompt = self.start_prompt(self.tokenizer.encode(" " + self.long_form.initial_prompt.strip())
+                                   if self.long_form.initial_prompt else [])
+        out = []
+        for k, start in enumerate(self.starts):
+            content = min(N_FRAMES, self.audio.content_frames - start)
+            if self.chunk_tops[k] < SILENT_LOG_POWER:
+                self.decoded[k] = []  # nothing to hear: no decode
+                continue
+            out.append(WindowRequest(self, k, self.audio.window(start), content, self.chunk_tops[k], prompt))
+        self._finish_if_done()
+        return out
+
+    def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
+        self.windows_decoded += 1
+        start = self.starts[request.key]
+        self.decoded[request.key] = [] if is_silence(window, self.options) else _window_segments(
+            window, self.tokenizer, start / FRAMES_PER_SECOND, request.content / FRAMES_PER_SECOND)
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        if len(self.decoded) == len(self.starts):
+            bounds = [(s / FRAMES_PER_SECOND, (s + min(N_FRAMES, self.audio.content_frames - s)) / FRAMES_PER_SECOND)
+                      for s in self.starts]
+            self.segments = stitch_chunks([self.decoded[k] for k in range(len(self.starts))], bounds,
+                                          self.tokenizer)
+
+    @property
+    def done(self) -> bool:
+        return self.silent or len(self.decoded) == len(self.starts)
+
+
+def chunk_starts(content_frames: int, stride_s: float) -> list[int]:
+    """First frame of each chunk: every 30 - 2 * stride seconds until a chunk reaches the end."""
+    step = N_FRAMES - 2 * round(stride_s * FRAMES_PER_SECOND)
+    starts = [0]
+    while starts[-1] + N_FRAMES < content_frames:
+        starts.append(starts[-1] + step)
+    return starts

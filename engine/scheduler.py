@@ -1,0 +1,192 @@
+"""Keeping the device busy over a corpus: audio decoded ahead on threads, windows of many
+files packed into full batches.
+
+    inputs -> AudioPrefetcher (threads, bounded)  -> files, in input order
+           -> WindowScheduler: per-file jobs (longform.py) hand out window requests
+              -> batches of `batch_size` windows from any files -> log-mel -> WindowDecoder
+              -> each result back to its job; finished files leave as records
+
+Sequential files each have one window out at a time, so a batch holds `batch_size` files side
+by side and a finished file's place is taken by the next one at once. Chunked files hand out
+all their windows up front, so a long file fills whole batches by itself. Under several
+processes (multi-host) each process schedules its own inputs; every device call is agreed on
+first (`multihost.global_max`), so processes with less work join with empty rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from whisper_nnx.sharding import multihost
+
+from .audio import N_FRAMES, SAMPLE_RATE, load_audio
+from .decoding import DecodedWindow, bucket
+from .features import WINDOW_SAMPLES
+from .longform import FileAudio, FileJob, WindowRequest
+
+AudioInput = Union[str, "np.ndarray"]
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as a one-line reason for a results record."""
+    text = str(err) or type(err).__name__
+    if not isinstance(err, ValueError):
+        text = f"{type(err).__name__}: {text}"
+    return " ".join(text.split())
+
+
+@dataclass
+class LoadedInput:
+    index: int  # position in the inputs
+    item: AudioInput
+    audio: Optional[np.ndarray]  # float32 16 kHz mono, None when `error`
+    error: Optional[str] = None
+
+
+class AudioPrefetcher:
+    """Decodes inputs on `workers` threads ahead of the consumer, yielding them in input
+    order. At most `max_ahead` files are in flight and decoding pauses while more than
+    `max_seconds` of decoded audio wait to be `release`d (one file may exceed it)."""
+
+    def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
+                 max_seconds: float = 4 * 3600.0):
+        self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
+        self._buffered = 0.0
+        self._lock = threading.Lock()
+
+    def release(self, seconds: float) -> None:
+        """A consumer is done with `seconds` of audio it was given."""
+        with self._lock:
+            self._buffered -= seconds
+
+    def _load(self, index: int) -> LoadedInput:
+        item = self.items[index]
+        try:
+            audio = np.asarray(item, np.float32) if isinstance(item, np.ndarray) else load_audio(item)
+            if audio.ndim != 1 or audio.shape[0] == 0:
+                raise ValueError(f"{_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
+            if not np.isfinite(audio).all():
+                raise ValueError(f"{_name(item)}: samples contain NaN or infinity")
+        except Exception as err:  # noqa: BLE001 - every failure becomes that input's record
+            return LoadedInput(index, item, None, one_line(err))
+        with self._lock:
+            self._buffered += audio.shape[0] / SAMPLE_RATE
+        return LoadedInput(index, item, audio)
+
+    def __iter__(self) -> Iterator[LoadedInput]:
+        pending: collections.deque = collections.deque()
+        submitted = 0
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="whisper-nnx-audio") as pool:
+            while submitted < len(self.items) or pending:
+                while (submitted < len(self.items) and len(pending) < self.max_ahead
+                       and (self._buffered < self.max_seconds or not pending)):
+                    pending.append(pool.submit(self._load, submitted))
+                    submitted += 1
+                yield pending.popleft().result()
+
+
+def _name(item: AudioInput) -> str:
+    return "<array>" if isinstance(item, np.ndarray) else str(item)
+
+
+@dataclass
+class _Active:
+    loaded: LoadedInput
+    job: FileJob
+    language: Optional[str]
+    language_probs: Optional[dict]
+
+
+# (files) -> per file (job, language, probabilities); runs the device calls new files need
+JobFactory = Callable[[list[LoadedInput]], list[tuple[FileJob, Optional[str], Optional[dict]]]]
+# (mel [B, M, 3000], prompts) -> decoded windows
+WindowDecodeFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list[list[int]]], list[DecodedWindow]]
+
+
+class WindowScheduler:
+    """Packs window requests of many files into batches of `batch_size`."""
+
+    def __init__(self, make_jobs: JobFactory, decode: WindowDecodeFn, batch_size: int,
+                 windows_per_file: Callable[[np.ndarray], int]):
+        self.make_jobs, self.decode, self.batch_size = make_jobs, decode, batch_size
+        self.windows_per_file = windows_per_file
+
+    def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
+        """(input index, record) for every input, in the order files finish."""
+        source = iter(files)
+        exhausted = False
+        queue: collections.deque[WindowRequest] = collections.deque()
+        active: dict[int, _Active] = {}  # id(job) -> file
+        while True:
+            # Admit files until the queue can fill a batch; new files are prepared together.
+            arrivals: list[LoadedInput] = []
+            expected = len(queue)
+            while not exhausted and expected < self.batch_size:
+                loaded = next(source, None)
+                if loaded is None:
+                    exhausted = True
+                elif loaded.error is not None:
+                    yield loaded.index, {"error": loaded.error}
+                else:
+                    arrivals.append(loaded)
+                    expected += self.windows_per_file(loaded.audio)
+            for loaded, (job, language, probs) in zip(arrivals, self.make_jobs(arrivals)):
+                active[id(job)] = _Active(loaded, job, language, probs)
+                queue.extend(job.requests())
+            yield from self._finished(active, files)
+            if multihost.global_max(int(bool(queue) or not exhausted or bool(active))) == 0:
+                return
+            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            try:
+                windows = self._decode_batch(batch)
+            except Exception as err:  # noqa: BLE001 - the files of a failed batch fail, the run goes on
+                for request in batch:
+                    file = active.pop(id(request.job), None)
+                    if file is not None:
+                        files.release(file.job.audio.duration)
+                        yield file.loaded.index, {"error": f"{_name(file.loaded.item)}: decoding failed: "
+                                                           f"{one_line(err)}"}
+                queue = collections.deque(r for r in queue if id(r.job) in active)
+                continue
+            for request, window in zip(batch, windows):
+                request.job.accept(request, window)
+                queue.extend(request.job.requests())
+            yield from self._finished(active, files)
+
+    def _decode_batch(self, batch: list[WindowRequest]) -> list[DecodedWindow]:
+        rows = bucket(max(len(batch), 1))
+        samples = np.zeros((rows, WINDOW_SAMPLES), np.float32)
+        content = np.full((rows,), N_FRAMES, np.int32)
+        top = np.zeros((rows,), np.float32)
+        for row, request in enumerate(batch):
+            samples[row], content[row], top[row] = request.samples, request.content, request.top
+        return self.decode(samples, content, top, [r.prompt for r in batch])
+
+    @staticmethod
+    def _finished(active: dict[int, _Active], files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
+        for key in [k for k, f in active.items() if f.job.done]:
+            file = active.pop(key)
+            files.release(file.job.audio.duration)
+            record = {"duration_s": round(file.job.audio.duration, 3), "language": file.language,
+                      **file.job.result(), "error": None}
+            if file.language_probs is not None:
+                record["language_probs"] = file.language_probs
+            yield file.loaded.index, record
+
+
+def expected_windows(mode: str, stride_s: float) -> Callable[[np.ndarray], int]:
+    """How many windows a file will put in the queue when admitted (for batch filling)."""
+    from .longform import chunk_starts
+
+    def count(audio: np.ndarray) -> int:
+        if mode == "sequential":
+            return 1
+        return len(chunk_starts(FileAudio(np.zeros(0, np.float32), audio.shape[0]).content_frames, stride_s))
+
+    return count
