@@ -7,7 +7,7 @@ Phases (each jitted on its own over the split NNX state, compiled ahead of time 
 run times are separate, timed after warm-up with `block_until_ready`):
   log-mel [B, 480000] -> [B, M, 3000]; encode -> [B, 1500, D]; prefill(features, prompt, C);
   one decode step (tokens [B, 1] at an int32 offset against the cache, the cache donated).
-End to end: `Transcriber.transcribe(arrays, TranscribeOptions(language="en", batch_size=B))`
+End to end: `Transcriber.decode_clips(arrays, TranscribeOptions(language="en", batch_size=B))`
 (host padding, log-mel, the jitted generate loop, token -> text) against the peer's per-clip
 log-mel plus `whisper.decode(model, mel_batch, DecodingOptions(...))`, alternating ours and
 theirs on each repeat so that load from other jobs hits both alike.
@@ -188,7 +188,7 @@ class Ours:
         if self.has_beam:
             kw["beam_size"] = beam if beam > 1 else None
         options = self.options_cls(language="en", batch_size=len(clips), **kw)
-        records = self.transcriber.transcribe(clips, options)
+        records = self.transcriber.decode_clips(clips, options)
         bad = [r["error"] for r in records if r.get("error")]
         if bad:
             raise RuntimeError(f"our transcription failed: {bad[0]}")

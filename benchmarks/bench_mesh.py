@@ -58,7 +58,7 @@ def main(argv=None) -> None:
         outputs = {}
 
         def run(transcriber=transcriber, outputs=outputs):
-            outputs["records"] = transcriber.transcribe(clips, options)
+            outputs["records"] = transcriber.decode_clips(clips, options)
 
         timing = time_calls(run, repeats=args.repeats, warmup=1)
         tokens = [r["tokens"] for r in outputs["records"]]

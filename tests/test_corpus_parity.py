@@ -190,7 +190,7 @@ def _compare(ours: Transcriber, ref: torch.nn.Module, model: str, setting: str, 
     our_fields, ref_fields, _ = SETTINGS[setting]
     options = TranscribeOptions(language="en", batch_size=BATCH, **our_fields)
     start, cpu = time.perf_counter(), time.process_time()
-    records = ours.transcribe([audio for _, _, audio in clips], options)
+    records = ours.decode_clips([audio for _, _, audio in clips], options)
     seconds = {"ours_s": time.perf_counter() - start, "ours_cpu_s": time.process_time() - cpu}
     assert all(r["error"] is None for r in records), [r["error"] for r in records]
 

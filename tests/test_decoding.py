@@ -53,14 +53,14 @@ def test_fallback_walks_the_temperatures(transcriber, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     files = [data_dir / "sample_joe.flac", data_dir / "sample_espeak.flac"]
-    easy = transcriber.transcribe(files, TranscribeOptions(language="en", temperature=(0.0, 0.5, 1.0)))
+    easy = transcriber.decode_clips(files, TranscribeOptions(language="en", temperature=(0.0, 0.5, 1.0)))
     assert [r["temperature"] for r in easy] == [0.0, 0.0]
     # An unreachable log-probability threshold: every window is retried up to the last temperature.
     hard = TranscribeOptions(language="en", temperature=(0.0, 0.5, 1.0), best_of=3, logprob_threshold=0.0)
-    records = transcriber.transcribe(files, hard)
+    records = transcriber.decode_clips(files, hard)
     assert [r["temperature"] for r in records] == [1.0, 1.0]
     assert all(r["text"] for r in records)
-    again = transcriber.transcribe(files, hard)  # sampling is seeded: the same run gives the same text
+    again = transcriber.decode_clips(files, hard)  # sampling is seeded: the same run gives the same text
     assert [r["tokens"] for r in again] == [r["tokens"] for r in records]
 
 
@@ -69,13 +69,13 @@ def test_sampling_best_of_picks_the_most_likely_sample(transcriber, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     path = [data_dir / "sample_espeak.flac"]
-    one = transcriber.transcribe(path, TranscribeOptions(language="en", temperature=1.0, best_of=1, seed=4))[0]
-    many = transcriber.transcribe(path, TranscribeOptions(language="en", temperature=1.0, best_of=8, seed=4))[0]
-    greedy = transcriber.transcribe(path, TranscribeOptions(language="en", temperature=0.0))[0]
+    one = transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=1.0, best_of=1, seed=4))[0]
+    many = transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=1.0, best_of=8, seed=4))[0]
+    greedy = transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=0.0))[0]
     # The best of 8 is at least as likely (per token) as a single sample, and sampling at T=1 is
     # really sampling: some draw differs from the greedy tokens.
     assert many["avg_logprob"] >= one["avg_logprob"] - 1e-6
-    samples = [transcriber.transcribe(path, TranscribeOptions(language="en", temperature=1.0, best_of=1,
+    samples = [transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=1.0, best_of=1,
                                                               seed=s))[0]["tokens"] for s in range(3)]
     assert any(s != greedy["tokens"] for s in samples + [one["tokens"]])
 
@@ -89,8 +89,8 @@ def test_silence_rule_on_silent_audio(transcriber):
 
     silence = np.zeros(16000 * 5, np.float32)
     noise = np.random.default_rng(0).normal(0, 1e-4, 16000 * 5).astype(np.float32)
-    default = transcriber.transcribe([silence, noise], TranscribeOptions(language="en"))
-    strict = transcriber.transcribe([silence, noise], TranscribeOptions(language="en", logprob_threshold=-0.5))
+    default = transcriber.decode_clips([silence, noise], TranscribeOptions(language="en"))
+    strict = transcriber.decode_clips([silence, noise], TranscribeOptions(language="en", logprob_threshold=-0.5))
     for kept, skipped in zip(default, strict):
         assert kept["no_speech_prob"] > 0.6 and -1.0 < kept["avg_logprob"] <= -0.5
         assert kept["text"] != "" and kept["segments"]

@@ -1,0 +1,176 @@
+"""Long-form decoding: window features, per-row prompts, stitching, and both modes against the
+reference's `whisper.transcribe` on a 3.5-minute synthesized recording (tests/data/longform,
+made by tests/fixtures/make_longform.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import torch
+import whisper
+from whisper.normalizers import EnglishTextNormalizer
+
+from reference import reference_model
+from whisper_nnx.engine import features
+from whisper_nnx.engine.audio import N_SAMPLES, load_audio
+from whisper_nnx.engine.decoding import DecodeOptions, initial_tokens
+from whisper_nnx.engine.longform import chunk_starts
+from whisper_nnx.engine.segments import Segment
+from whisper_nnx.engine.stitching import stitch_chunks
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.weights import read_checkpoint
+
+LECTURE = Path(__file__).parent / "data" / "longform"
+_normalize = EnglishTextNormalizer()
+
+
+def _wer(truth: str, hypothesis: str) -> float:
+    return jiwer.wer(_normalize(truth), _normalize(hypothesis))
+
+
+def test_window_features_equal_slices_of_the_whole_file_mel(data_dir):
+    """Any window recomputed from its samples equals the reference's whole-file mel sliced at
+    that frame and zero-padded (its pad_or_trim of a short last segment)."""
+    joe = load_audio(data_dir / "sample_joe.flac")
+    audio = np.concatenate([joe, joe[:50000], joe])
+    ref = whisper.log_mel_spectrogram(torch.from_numpy(audio), 80, padding=N_SAMPLES).numpy()
+    signal = features.centred_signal(audio)
+    frames = features.total_frames(audio.shape[0])
+    assert frames == ref.shape[1]
+    maxima = [float(features.window_log_max(features.window_samples(signal, f)[None],
+                                            np.array([min(3000, frames - f)]), n_mels=80)[0])
+              for f in range(0, frames, 3000)]
+    top = max(maxima)
+    content = frames - 3000
+    for seek in (0, 123, 517, content - 7):
+        size = min(3000, content - seek)
+        ours = np.asarray(features.window_log_mel(features.window_samples(signal, seek)[None], np.array([size]),
+                                                  np.array([top], np.float32), n_mels=80))[0]
+        expected = whisper.pad_or_trim(torch.from_numpy(ref[:, seek:seek + size]), 3000).numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_chunk_starts_by_hand():
+    assert chunk_starts(100, 5.0) == [0]
+    assert chunk_starts(3000, 5.0) == [0]
+    assert chunk_starts(3001, 5.0) == [0, 2000]  # 20 s steps: 30 s chunks, 5 s stride each side
+    assert chunk_starts(7000, 5.0) == [0, 2000, 4000]
+    assert chunk_starts(7000, 0.0) == [0, 3000, 6000]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Transcriber("tiny.en")
+
+
+def _segment(tokenizer, start: float, end: float, text: str) -> Segment:
+    ts = tokenizer.timestamp_begin
+    tokens = [ts] + tokenizer.encode(text) + [ts + 1]
+    return Segment(start, end, text, tokens)
+
+
+def test_stitching_cuts_in_the_middle_of_the_agreed_words(tiny):
+    tok = tiny.tokenizer
+    left = [_segment(tok, 0.0, 12.0, " one two three four five"),
+            _segment(tok, 12.0, 29.0, " six seven eight nine ten")]
+    # The right chunk (from 20 s) starts mid-sentence with a misheard first word.
+    right = [_segment(tok, 20.0, 27.0, " mix Seven eight nine ten."), _segment(tok, 27.0, 40.0, " eleven twelve")]
+    out = stitch_chunks([left, right], [(0.0, 30.0), (20.0, 50.0)], tok)
+    assert "".join(s.text for s in out) == " one two three four five six seven eight nine ten. eleven twelve"
+    # The agreed run is "seven eight nine ten": left keeps "seven eight", right gives "nine ten."; the
+    # two cut segments become one spanning both.
+    assert [(s.start, s.end) for s in out] == [(0.0, 12.0), (12.0, 29.0), (29.0, 40.0)]
+
+
+def test_stitching_without_agreement_cuts_at_the_middle_of_the_overlap(tiny):
+    tok = tiny.tokenizer
+    left = [_segment(tok, 0.0, 18.0, " alpha beta"), _segment(tok, 18.0, 24.0, " gamma"),
+            _segment(tok, 26.0, 29.0, " noise")]
+    right = [_segment(tok, 20.0, 23.0, " gamut"), _segment(tok, 26.0, 30.0, " delta"), _segment(tok, 30.0, 45.0, " pi")]
+    out = stitch_chunks([left, right], [(0.0, 30.0), (20.0, 50.0)], tok)
+    # Overlap 20-30 s, middle 25 s: segments are kept by which side of it their middle falls.
+    assert [s.text for s in out] == [" alpha beta", " gamma", " delta", " pi"]
+
+
+@pytest.mark.slow
+def test_mixed_prompt_lengths_in_one_batch_decode_as_alone(tiny, data_dir):
+    """Rows with prompts of different lengths (left-padded in one batch) give the tokens and
+    scores each gets alone, greedy and beam."""
+    tok = tiny.tokenizer
+    audio = np.stack([np.pad(load_audio(data_dir / n), (0, N_SAMPLES))[:N_SAMPLES]
+                      for n in ("sample_joe.flac", "sample_espeak.flac", "sample_joe.flac")])
+    mel = tiny.mel(audio)
+    prompts = [initial_tokens(tok, DecodeOptions(prompt=p), 448)
+               for p in (None, "A short prompt.", "A much longer prompt about foxes, dogs, tickets and Stella, "
+                                                  "who is asked to bring them along to the station today.")]
+    assert len({len(p) for p in prompts}) == 3
+    for options in (DecodeOptions(temperature=0.0), DecodeOptions(temperature=0.0, beam_size=3)):
+        together = tiny.decoder.decode(mel, tok, prompts, options)
+        for row in range(3):
+            alone = tiny.decoder.decode(mel[row:row + 1], tok, [prompts[row]], options)[0]
+            assert together[row].tokens == alone.tokens
+            assert abs(together[row].sum_logprob - alone.sum_logprob) < 1e-3
+            assert abs(together[row].no_speech_prob - alone.no_speech_prob) < 1e-5
+
+
+@pytest.mark.slow
+def test_files_batched_together_equal_files_alone(tiny, data_dir):
+    """Cross-file batching: files advancing their own seek side by side (sequential) or sharing
+    chunk batches give each file exactly what it gets alone."""
+    joe, espeak = load_audio(data_dir / "sample_joe.flac"), load_audio(data_dir / "sample_espeak.flac")
+    gap = lambda s: np.zeros(int(s * 16000), np.float32)
+    long_file = np.concatenate([joe, gap(0.7), espeak, gap(1.3), espeak, gap(0.4), joe, gap(2.0), joe, espeak,
+                                gap(0.5), joe])  # about 40 s
+    files = [long_file, joe, np.concatenate([espeak, gap(3.0), joe]), espeak]
+    for mode in ("sequential", "chunked"):
+        options = TranscribeOptions(temperature=0.0, long_form=mode, batch_size=4)
+        together = tiny.transcribe(files, options)
+        alone = [tiny.transcribe([f], options)[0] for f in files]
+        assert [r["segments"] for r in together] == [r["segments"] for r in alone], mode
+        assert together[0]["windows"] >= 2
+
+
+@pytest.fixture(scope="module")
+def lecture_runs(tiny):
+    """The recording through the reference's transcribe and through both of our modes."""
+    truth = json.loads((LECTURE / "lecture.json").read_text())
+    audio = load_audio(LECTURE / "lecture.ogg")
+    checkpoint = read_checkpoint(tiny.checkpoint_path)
+    torch.set_num_threads(2)
+    ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
+                             temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), fp16=False)
+    ours = {mode: tiny.transcribe([audio], TranscribeOptions(long_form=mode, batch_size=8))[0]
+            for mode in ("sequential", "chunked")}
+    return truth, ref, ours
+
+
+@pytest.mark.slow
+def test_sequential_long_form_equals_the_reference(lecture_runs):
+    truth, ref, ours = lecture_runs
+    seq = ours["sequential"]
+    assert seq["error"] is None and seq["windows"] >= 7
+    assert seq["text"] == ref["text"].strip()
+    expected = [(s["start"], s["end"], s["text"]) for s in ref["segments"] if s["text"]]
+    got = [(s["start"], s["end"], s["text"]) for s in seq["segments"]]
+    assert [g[2] for g in got] == [e[2] for e in expected]
+    assert max(abs(g[i] - e[i]) for g, e in zip(got, expected) for i in (0, 1)) < 0.021
+    assert _wer(truth["text"], seq["text"]) <= _wer(truth["text"], ref["text"]) + 0.003
+
+
+@pytest.mark.slow
+def test_chunked_long_form_is_within_one_point_of_sequential(lecture_runs):
+    truth, _, ours = lecture_runs
+    seq, chunked = ours["sequential"], ours["chunked"]
+    seq_wer, chunked_wer = _wer(truth["text"], seq["text"]), _wer(truth["text"], chunked["text"])
+    print(f"lecture WER: sequential {seq_wer:.2%}, chunked {chunked_wer:.2%}")
+    assert chunked_wer <= seq_wer + 0.01
+    starts = [s["start"] for s in chunked["segments"]]
+    assert starts == sorted(starts) and all(s["end"] >= s["start"] for s in chunked["segments"])
+    assert chunked["segments"][-1]["end"] <= truth["duration_s"] + 0.5
+    # Nothing is said in the 6 s gap: no segment lies inside it.
+    gap = truth["silence"]
+    assert not [s for s in chunked["segments"] if s["start"] > gap["start"] + 0.5 and s["end"] < gap["end"] - 0.5]
