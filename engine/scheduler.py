@@ -3,7 +3,8 @@ files packed into full batches.
 
     inputs -> AudioPrefetcher (threads, bounded)  -> files, in input order
            -> WindowScheduler: per-file jobs (longform.py) hand out window requests
-              -> batches of `batch_size` windows from any files -> log-mel -> WindowDecoder
+              -> batches of `batch_size` windows from any files, similar lengths together
+              -> log-mel -> WindowDecoder
               -> each result back to its job; finished files leave as records
 
 Sequential files each have one window out at a time, so a batch holds `batch_size` files side
@@ -113,9 +114,11 @@ class WindowScheduler:
     """Packs window requests of many files into batches of `batch_size`."""
 
     def __init__(self, make_jobs: JobFactory, decode: WindowDecodeFn, batch_size: int,
-                 windows_per_file: Callable[[np.ndarray], int]):
+                 windows_per_file: Callable[[np.ndarray], int], lookahead: int = 4):
+        """`lookahead` batches' worth of windows are kept ready, so that each batch can be
+        picked from windows of similar length."""
         self.make_jobs, self.decode, self.batch_size = make_jobs, decode, batch_size
-        self.windows_per_file = windows_per_file
+        self.windows_per_file, self.lookahead = windows_per_file, lookahead
 
     def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish."""
@@ -127,7 +130,7 @@ class WindowScheduler:
             # Admit files until the queue can fill a batch; new files are prepared together.
             arrivals: list[LoadedInput] = []
             expected = len(queue)
-            while not exhausted and expected < self.batch_size:
+            while not exhausted and expected < self.lookahead * self.batch_size:
                 loaded = next(source, None)
                 if loaded is None:
                     exhausted = True
@@ -142,7 +145,7 @@ class WindowScheduler:
             yield from self._finished(active, files)
             if multihost.global_max(int(bool(queue) or not exhausted or bool(active))) == 0:
                 return
-            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            batch, queue = self._pick(queue)
             try:
                 windows = self._decode_batch(batch)
             except Exception as err:  # noqa: BLE001 - the files of a failed batch fail, the run goes on
@@ -158,6 +161,17 @@ class WindowScheduler:
                 request.job.accept(request, window)
                 queue.extend(request.job.requests())
             yield from self._finished(active, files)
+
+    def _pick(self, queue: collections.deque) -> tuple[list[WindowRequest], collections.deque]:
+        """The oldest waiting window and the `batch_size - 1` others closest to it in length
+        (a batch decodes as long as its longest row, so similar windows waste less); the rest
+        wait, in order."""
+        if len(queue) <= self.batch_size:
+            return list(queue), collections.deque()
+        oldest = queue[0].content
+        chosen = set(sorted(range(len(queue)), key=lambda i: (abs(queue[i].content - oldest), i))[:self.batch_size])
+        return ([r for i, r in enumerate(queue) if i in chosen],
+                collections.deque(r for i, r in enumerate(queue) if i not in chosen))
 
     def _decode_batch(self, batch: list[WindowRequest]) -> list[DecodedWindow]:
         rows = bucket(max(len(batch), 1))

@@ -1,0 +1,160 @@
+"""The bulk machinery without a model: batch packing, prefetch, results files, progress."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+
+import numpy as np
+import pytest
+
+from whisper_nnx.engine import results
+from whisper_nnx.engine.decoding import DecodedWindow
+from whisper_nnx.engine.longform import WindowRequest
+from whisper_nnx.engine.progress import Progress
+from whisper_nnx.engine.scheduler import AudioPrefetcher, WindowScheduler
+
+
+class _Audio:
+    def __init__(self, seconds: float):
+        self.duration = seconds
+
+
+class _FakeJob:
+    """A file whose windows have the given content lengths; done when all came back."""
+
+    def __init__(self, name: str, contents: list[int], sequential: bool):
+        self.name, self.contents, self.sequential = name, contents, sequential
+        self.audio = _Audio(10.0)
+        self.issued, self.back = 0, []
+
+    def requests(self):
+        if self.sequential:  # one window out at a time
+            if self.issued > len(self.back) or self.issued == len(self.contents):
+                return []
+            self.issued += 1
+            return [WindowRequest(self, self.issued - 1, None, self.contents[self.issued - 1], 0.0, [1])]
+        out = [WindowRequest(self, k, None, c, 0.0, [1]) for k, c in enumerate(self.contents[self.issued:])]
+        self.issued = len(self.contents)
+        return out
+
+    def accept(self, request, window):
+        self.back.append(request.key)
+
+    @property
+    def done(self):
+        return len(self.back) == len(self.contents)
+
+    def result(self):
+        return {"text": self.name, "segments": [], "windows": len(self.back)}
+
+
+def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str | None = None,
+         per_file: int = 3):
+    arrays = [np.full(16000, 0.1 if name != "nan" else np.nan, np.float32) for name in files]
+    names = list(files)
+    batches = []
+
+    def make_jobs(arrivals):
+        return [(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None) for a in arrivals]
+
+    def decode(samples, content, top, prompts):
+        batches.append(list(content[:len(prompts)]))
+        if fail_on is not None and fail_on in {r.job.name for r in current}:
+            raise RuntimeError("device fell over")
+        return [DecodedWindow([], "", 0.0, 0.0, 0.0, 0.0, 0.0) for _ in prompts]
+
+    scheduler = WindowScheduler(make_jobs, decode, batch, windows_per_file=lambda a: 1 if sequential else per_file,
+                                lookahead=2)
+    original = scheduler._decode_batch
+    current: list = []
+
+    def spy(requests):
+        current[:] = requests
+        return original(requests)
+
+    scheduler._decode_batch = spy
+    with np.errstate(invalid="ignore"):
+        out = dict(scheduler.run(AudioPrefetcher(arrays, workers=2)))
+    return {names[i]: r for i, r in out.items()}, batches
+
+
+def test_chunked_windows_of_many_files_fill_whole_batches():
+    files = {f"f{i}": [3000, 3000, 1000 + 100 * i] for i in range(7)}
+    records, batches = _run(files, batch=4, sequential=False)
+    assert sorted(records) == sorted(files) and all(r["windows"] == 3 for r in records.values())
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 1]  # 21 windows, only the last batch short
+    assert sum(len(b) for b in batches) == 21
+
+
+def test_batches_group_windows_of_similar_length():
+    # Alternating long and short windows: with a lookahead of 2 batches, each batch takes the
+    # oldest window and the ones closest to it in length.
+    files = {f"f{i}": [3000 if i % 2 == 0 else 500] for i in range(8)}
+    _, batches = _run(files, batch=2, sequential=False, per_file=1)
+    assert all(len(set(b)) == 1 for b in batches), batches
+
+
+def test_sequential_files_advance_side_by_side_and_refill():
+    files = {"long": [3000] * 5, "a": [3000, 200], "b": [900], "c": [3000, 3000, 10], "d": [50]}
+    records, batches = _run(files, batch=3, sequential=True)
+    assert {n: r["windows"] for n, r in records.items()} == {n: len(c) for n, c in files.items()}
+    assert sum(len(b) for b in batches) == sum(len(c) for c in files.values())
+    assert max(len(b) for b in batches) == 3 and len(batches) <= 6  # 12 windows in few batches
+
+
+def test_bad_inputs_and_failed_batches_become_error_records():
+    files = {"ok": [3000], "nan": [3000], "doomed": [3000], "later": [3000]}
+    records, _ = _run(files, batch=2, sequential=True, fail_on="doomed")
+    assert "NaN" in records["nan"]["error"]
+    assert "decoding failed" in records["doomed"]["error"] and "device fell over" in records["doomed"]["error"]
+    assert records["later"]["error"] is None and records["later"]["text"] == "later"
+    assert len(records) == 4
+
+
+def test_prefetcher_keeps_input_order_and_reports_bad_samples(tmp_path):
+    items = [np.ones(1600 * (i + 1), np.float32) for i in range(6)]
+    items[3] = np.zeros((0,), np.float32)
+    items.append(str(tmp_path / "missing.wav"))
+    got = list(AudioPrefetcher(items, workers=3, max_ahead=2))
+    assert [g.index for g in got] == list(range(7))
+    assert [g.audio.shape[0] for g in got if g.error is None] == [1600, 3200, 4800, 8000, 9600]
+    assert "non-empty" in got[3].error and "not found" in got[6].error
+
+
+def test_repair_cuts_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"path": "a"}\n{"path": "b"}\n{"path": "c')
+    assert results.repair(path) == len('{"path": "c')
+    assert path.read_text() == '{"path": "a"}\n{"path": "b"}\n'
+    assert results.repair(path) == 0
+    path.write_text('{"path": "a"}\n{"path": "b", "te\n')  # ends in a newline but is not JSON
+    results.repair(path)
+    assert path.read_text() == '{"path": "a"}\n'
+
+
+def test_pending_entries_count_repeats_and_duplicates(tmp_path):
+    entries = ["a.wav", "b.wav", "a.wav", "./c.wav", "c.wav", "d.wav"]
+    todo, duplicates = results.pending_entries(entries, collections.Counter())
+    assert todo == ["a.wav", "b.wav", "./c.wav", "d.wav"]
+    assert duplicates == [("a.wav", 0), ("c.wav", 3)]  # ./c.wav and c.wav are the same file
+    # After a kill: a, b and the duplicate of a have records; c and d do not.
+    todo, duplicates = results.pending_entries(entries, collections.Counter({"a.wav": 2, "b.wav": 1}))
+    assert todo == ["./c.wav", "d.wav"] and duplicates == [("c.wav", 3)]
+
+
+def test_progress_line_and_summary():
+    stream = io.StringIO()
+    progress = Progress(4, stream=stream, log_every_s=1e9)
+    progress.start -= 10.0  # ten seconds into the run
+    progress.update(30.0, error=False)
+    progress.update(None, error=True)
+    line = progress.line(progress.start + 10.0)
+    assert "2/4 files" in line and "1 errors" in line and "3.0x real time" in line
+    assert "eta 0:00:10" in line  # two files left at 15 s of audio each, 3x real time
+    summary = progress.summary(skipped=5)
+    assert summary["files"] == 2 and summary["errors"] == 1 and summary["skipped_already_done"] == 5
+    assert summary["audio_hours"] == pytest.approx(30 / 3600, abs=1e-6)
+    assert summary["real_time_factor"] == pytest.approx(3.0, rel=0.05)
+    json.dumps(summary)
