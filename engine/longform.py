@@ -54,11 +54,13 @@ class LongFormOptions:
 
 @dataclasses.dataclass
 class WindowRequest:
-    """One window a file needs decoded: its samples, how much of it is file, its prompt."""
+    """One window a file needs decoded: where it starts, how much of it is file, its prompt.
+    Its samples are cut from the file only when its batch is formed (a long chunked file has
+    hundreds of requests waiting)."""
 
     job: "FileJob"
     key: int  # the job's own label (chunk number; the seek for sequential files)
-    samples: np.ndarray  # [WINDOW_SAMPLES] centred samples behind the window's 3000 frames
+    frame: int  # first mel frame of the window in the file
     content: int  # frames of the window that hold the file (the rest decode as mel zeros)
     top: float  # max log10 mel power the -8 floor is taken from
     prompt: list[int]  # [<|startofprev|> ...] + start sequence (+ prefix)
@@ -158,7 +160,7 @@ class SequentialFile(FileJob):
             return []
         self.waiting = True
         content = min(N_FRAMES, self.audio.content_frames - self.seek)
-        return [WindowRequest(self, self.seek, self.audio.window(self.seek), content, self.top,
+        return [WindowRequest(self, self.seek, self.seek, content, self.top,
                               self.start_prompt(self._previous()))]
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
@@ -207,7 +209,7 @@ class ChunkedFile(FileJob):
             if self.chunk_tops[k] < SILENT_LOG_POWER:
                 self.decoded[k] = []  # nothing to hear: no decode
                 continue
-            out.append(WindowRequest(self, k, self.audio.window(start), content, self.chunk_tops[k], prompt))
+            out.append(WindowRequest(self, k, start, content, self.chunk_tops[k], prompt))
         self._finish_if_done()
         return out
 

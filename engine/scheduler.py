@@ -179,7 +179,7 @@ class WindowScheduler:
         content = np.full((rows,), N_FRAMES, np.int32)
         top = np.zeros((rows,), np.float32)
         for row, request in enumerate(batch):
-            samples[row], content[row], top[row] = request.samples, request.content, request.top
+            samples[row], content[row], top[row] = request.job.audio.window(request.frame), request.content, request.top
         return self.decode(samples, content, top, [r.prompt for r in batch])
 
     @staticmethod

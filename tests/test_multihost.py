@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from fixtures.make_speech import _write_flac
 
+from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.cli import merge_process_results
 
 
@@ -33,7 +36,10 @@ def _records(folder: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path, data_dir):
     files = [str(data_dir / f) for f in ("sample_joe.flac", "sample_german.flac", "sample_espeak.flac")]
-    files += [str(tmp_path / "missing.wav"), str(data_dir / "sample_joe.flac")]
+    joe, espeak = load_audio(data_dir / "sample_joe.flac"), load_audio(data_dir / "sample_espeak.flac")
+    long_file = tmp_path / "long joe.flac"  # 37 s: two windows in sequential long-form
+    _write_flac(long_file, np.concatenate([joe, np.zeros(8000, np.float32), espeak] * 4))
+    files += [str(tmp_path / "missing.wav"), str(long_file)]
     common = ["--model", "base", "--beam-size", "5", "--quiet", "--formats", "json"]
     single = _cli(*files, *common, "--output-dir", str(tmp_path / "one"), env={"JAX_PLATFORMS": "cpu"})
     port = _free_port()
@@ -48,12 +54,15 @@ def test_two_processes_equal_one(tmp_path, data_dir):
         output, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, output[-3000:]
     one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
-    assert [r["path"] for r in two] == files  # process 0's block, then process 1's, in input order
-    for a, b in zip(one, two):
+    one, two = {r["path"]: r for r in one}, {r["path"]: r for r in two}  # records in completion order
+    assert sorted(two) == sorted(one) == sorted(files) and len(_records(tmp_path / "two")) == len(files)
+    for path in files:
+        a, b = one[path], two[path]
         assert (a["text"], a["language"], a["segments"], a["error"]) == \
             (b["text"], b["language"], b["segments"], b["error"])
-    assert [r["language"] for r in two] == ["en", "de", "en", None, "en"]
-    assert two[0]["mesh"] == {"shape": {"data": 4, "model": 2}, "devices": 8, "device_kind": "cpu",
+    assert [two[f]["language"] for f in files] == ["en", "de", "en", None, "en"]
+    assert two[str(long_file)]["windows"] >= 2 and len(two[str(long_file)]["segments"]) >= 6
+    assert two[files[0]]["mesh"] == {"shape": {"data": 4, "model": 2}, "devices": 8, "device_kind": "cpu",
                               "platform": "cpu", "processes": 2}
     assert not list((tmp_path / "two").glob("results.process-*"))
 

@@ -20,6 +20,9 @@ class _Audio:
     def __init__(self, seconds: float):
         self.duration = seconds
 
+    def window(self, frame: int) -> np.ndarray:
+        return np.full(480320, frame, np.float32)
+
 
 class _FakeJob:
     """A file whose windows have the given content lengths; done when all came back."""
@@ -34,8 +37,8 @@ class _FakeJob:
             if self.issued > len(self.back) or self.issued == len(self.contents):
                 return []
             self.issued += 1
-            return [WindowRequest(self, self.issued - 1, None, self.contents[self.issued - 1], 0.0, [1])]
-        out = [WindowRequest(self, k, None, c, 0.0, [1]) for k, c in enumerate(self.contents[self.issued:])]
+            return [WindowRequest(self, self.issued - 1, 0, self.contents[self.issued - 1], 0.0, [1])]
+        out = [WindowRequest(self, k, 0, c, 0.0, [1]) for k, c in enumerate(self.contents[self.issued:])]
         self.issued = len(self.contents)
         return out
 
