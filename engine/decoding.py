@@ -73,6 +73,8 @@ class DecodedWindow:
     no_speech_prob: float
     compression_ratio: float
     temperature: float
+    # word timestamps: (alignment matrix [n_text + 1, audio positions], text token probs)
+    alignment: Optional[tuple[np.ndarray, list[float]]] = None
 
 
 def bucket(n: int, multiple: int = 1) -> int:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from whisper_nnx.sharding import logical_spec, multihost
 
+from .alignment import alignment_matrix
 from .kv_cache import KVCache
 from .logit_rules import LogitRules, apply_rules
 from .model import Whisper
@@ -253,7 +254,14 @@ class Generator:
             m = nnx.merge(graphdef, state)
             return detect_language_from_features(m, m.encode(mel), sot, language_ids)
 
-        self._generate, self._beam, self._languages = _generate, _beam, _languages
+        @functools.partial(jax.jit, static_argnames=("heads", "eot"))
+        def _align(state, mel, tokens, lengths, frames, heads: tuple, eot: int):
+            m = nnx.merge(graphdef, state)
+            scores: list = []
+            logits = m.decoder(tokens, m.encode(mel), cross_scores_out=scores)
+            return alignment_matrix(scores, logits, tokens, lengths, frames, heads, eot)
+
+        self._generate, self._beam, self._languages, self._align = _generate, _beam, _languages, _align
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -306,3 +314,13 @@ class Generator:
         """mel [B, M, N] -> [B, n_languages] language probabilities."""
         with self.context():
             return self._languages(self.state, self._place(mel), sot=sot, language_ids=language_ids)
+
+    def alignment(self, mel: jax.Array, tokens: np.ndarray, lengths: np.ndarray, frames: np.ndarray,
+                  heads: tuple[tuple[int, int], ...], eot: int) -> tuple[jax.Array, jax.Array]:
+        """mel [B, M, N], teacher-forced tokens [B, T] (right-padded to `lengths` [B]) and
+        audio frames [B] -> (alignment matrix [B, T, S], token probabilities [B, T]); see
+        alignment.py."""
+        with self.context():
+            return self._align(self.state, self._place(mel), self._place(np.asarray(tokens, np.int32)),
+                               self._place(np.asarray(lengths, np.int32)), self._place(np.asarray(frames, np.int32)),
+                               heads=tuple(heads), eot=eot)

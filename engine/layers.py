@@ -76,17 +76,21 @@ class MLP(nnx.Module):
         return y + self.fc2_bias[...].astype(self.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
+           scores_out: Optional[list] = None) -> jax.Array:
     """Scaled dot-product attention.
 
     q [B, T, H, K], k/v [B, H, S, K] (heads-major, so the long S axis is never transposed per
     call), mask broadcastable to [B, H, T, S] (True = visible) -> [B, T, H, K]. Scores and
-    softmax in float32.
+    softmax in float32. `scores_out`, when given, receives the scaled, masked scores
+    [B, H, T, S] before the softmax (word alignment reads cross-attention this way).
     """
     scores = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=_F32)
     scores = scores * (q.shape[-1] ** -0.5)
     if mask is not None:
         scores = jnp.where(mask, scores, _MASKED)
+    if scores_out is not None:
+        scores_out.append(scores)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bhsk->bthk", probs, v)
 
@@ -128,10 +132,10 @@ class Attention(nnx.Module):
         return y + self.out_bias[...].astype(self.dtype)
 
     def __call__(self, x: jax.Array, kv: Optional[tuple[jax.Array, jax.Array]] = None,
-                 mask: Optional[jax.Array] = None) -> jax.Array:
+                 mask: Optional[jax.Array] = None, scores_out: Optional[list] = None) -> jax.Array:
         """Attention of x [B, T, D] over itself, or over `kv` (each [B, H, S, K]) -> [B, T, D]."""
         k, v = self.keys_values(x) if kv is None else kv
-        return self.output(attend(self.queries(x), k, v, mask))
+        return self.output(attend(self.queries(x), k, v, mask, scores_out))
 
 
 class Block(nnx.Module):
@@ -150,13 +154,15 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, *, mask: Optional[jax.Array] = None,
                  cross_kv: Optional[tuple[jax.Array, jax.Array]] = None,
                  cache: Optional[tuple[jax.Array, jax.Array]] = None,
-                 offset: Optional[jax.Array] = None, seq_name: str = "text_len"
+                 offset: Optional[jax.Array] = None, seq_name: str = "text_len",
+                 cross_scores_out: Optional[list] = None
                  ) -> tuple[jax.Array, Optional[tuple[jax.Array, jax.Array]]]:
         """x [B, T, D] -> (x [B, T, D], updated self-attention cache or None).
 
         With `cache` (keys, values, each [B, H, C, K]) this call's keys/values are written at
         positions [offset, offset + T) and attention runs over the whole cache under `mask`
-        ([T, C], or [B, 1, T, C] with per-row padding); without it, attention runs over this call's own positions.
+        ([T, C], or [B, 1, T, C] with per-row padding); without it, attention runs over this
+        call's own positions. `cross_scores_out` receives the cross-attention scores.
         """
         h = self.attn_ln(x)
         if cache is None:
@@ -169,6 +175,6 @@ class Block(nnx.Module):
                 for c, new in zip(cache, (k, v)))
             x = x + self.attn.output(attend(self.attn.queries(h), *cache, mask))
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv)
+            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv, scores_out=cross_scores_out)
         x = x + self.mlp(self.mlp_ln(x))
         return constrain(x, "batch", seq_name, "embed"), cache

@@ -44,6 +44,7 @@ class LongFormOptions:
     initial_prompt: Optional[str] = None  # text before the first window (names, spelling, style)
     carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
     chunk_stride_s: float = 5.0  # chunked: overlap kept on each side of a chunk's interior
+    word_timestamps: bool = False  # sequential: words with times in each segment
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "chunked"):
@@ -87,6 +88,19 @@ class FileAudio:
 
     def window(self, frame: int) -> np.ndarray:
         return window_samples(self.signal, frame)
+
+
+def _pair_ends(tokens: list[int], timestamp_begin: int) -> list[int]:
+    """Indices just after each pair of consecutive timestamp tokens."""
+    return [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= timestamp_begin and tokens[i + 1] >= timestamp_begin]
+
+
+def aligned_tokens(tokens: list[int], timestamp_begin: int) -> list[int]:
+    """The part of a window's tokens that becomes segments (the reference drops text after the
+    last timestamp pair unless the window ends in a single timestamp)."""
+    ends = _pair_ends(tokens, timestamp_begin)
+    single_ending = [t >= timestamp_begin for t in tokens[-2:]] == [False, True]
+    return tokens if not ends or single_ending else tokens[:ends[-1]]
 
 
 class FileJob:
@@ -173,9 +187,8 @@ class SequentialFile(FileJob):
         offset = self.seek * HOP_LENGTH / SAMPLE_RATE
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
         segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
-        is_ts = [t >= ts_begin for t in tokens]
-        pair_ends = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
-        if pair_ends and is_ts[-2:] != [False, True]:
+        pair_ends = _pair_ends(tokens, ts_begin)
+        if pair_ends and [t >= ts_begin for t in tokens[-2:]] != [False, True]:
             # Resume at the last complete timestamp pair: the text after it is decoded again.
             self.seek += (tokens[pair_ends[-1] - 1] - ts_begin) * INPUT_STRIDE
         else:

@@ -120,12 +120,14 @@ class TextDecoder(nnx.Module):
         x = audio_features.astype(self.dtype)
         return [block.cross_attn.keys_values(x) for block in self.blocks]
 
-    def __call__(self, tokens: jax.Array, audio_features: jax.Array) -> jax.Array:
-        """Causal forward over all of tokens [B, T] with no cache -> logits [B, T, V]."""
+    def __call__(self, tokens: jax.Array, audio_features: jax.Array,
+                 cross_scores_out: Optional[list] = None) -> jax.Array:
+        """Causal forward over all of tokens [B, T] with no cache -> logits [B, T, V].
+        `cross_scores_out` receives each layer's cross-attention scores [B, H, T, S]."""
         x = self._embed(tokens, 0)
         causal = jnp.tril(jnp.ones((tokens.shape[1],) * 2, bool))
         for block, kv in zip(self.blocks, self.cross_kv(audio_features)):
-            x, _ = block(x, mask=causal, cross_kv=kv)
+            x, _ = block(x, mask=causal, cross_kv=kv, cross_scores_out=cross_scores_out)
         return self._logits(x)
 
     def step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache,

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import string
 from pathlib import Path
 
 import tokenizers
@@ -62,6 +63,9 @@ TASKS = ("transcribe", "translate")
 _ENGLISH_EOT = 50256  # GPT-2's <|endoftext|>; the multilingual vocabulary has one more token
 _BASE_VOCAB_WITHOUT_LANGUAGES = 51765  # n_vocab - this - multilingual = number of languages
 _SPECIAL_TEXT = re.compile(r"<\|[^|<>]*\|>")
+# Languages written without spaces between words: split into words at character boundaries.
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+_REPLACEMENT = "\ufffd"  # what decoding writes for bytes that are not (yet) a whole character
 
 
 def language_code(language: str) -> str:
@@ -267,6 +271,55 @@ class Tokenizer:
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False) if ids else ""
+
+    # --- words --------------------------------------------------------------------------
+
+    def split_to_word_tokens(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """`tokens` [T] -> (words, their tokens): the words of word-level timestamps.
+
+        Words start at a token whose text begins with a space or is punctuation (and at every
+        special token); in NO_SPACE_LANGUAGES every whole character is a word. The reference's
+        rules, including that punctuation means "a substring of string.punctuation"."""
+        if self.language in NO_SPACE_LANGUAGES:
+            return self.split_tokens_on_unicode(tokens)
+        return self.split_tokens_on_spaces(tokens)
+
+    def split_tokens_on_unicode(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """Group `tokens` into the shortest runs that decode to whole characters.
+
+        A run whose text holds U+FFFD is cut short of a character, unless the whole text has
+        a U+FFFD at that place too (invalid bytes that no later token completes)."""
+        full = self.decode_with_timestamps(tokens)
+        pieces: list[str] = []
+        groups: list[list[int]] = []
+        run: list[int] = []
+        offset = 0  # characters of `full` already given out
+        for token in tokens:
+            run.append(token)
+            text = self.decode_with_timestamps(run)
+            bad = text.find(_REPLACEMENT)
+            if bad < 0 or full[offset + bad] == _REPLACEMENT:
+                pieces.append(text)
+                groups.append(run)
+                offset += len(text)
+                run = []
+        return pieces, groups
+
+    def split_tokens_on_spaces(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """Join the whole-character pieces of `tokens` into space-delimited words."""
+        words: list[str] = []
+        groups: list[list[int]] = []
+        for piece, piece_tokens in zip(*self.split_tokens_on_unicode(tokens), strict=True):
+            starts_word = (
+                piece_tokens[0] >= self.eot or piece.startswith(" ") or piece.strip() in string.punctuation
+            )
+            if starts_word or not words:
+                words.append(piece)
+                groups.append(piece_tokens)
+            else:
+                words[-1] += piece
+                groups[-1].extend(piece_tokens)
+        return words, groups
 
     @functools.cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:

@@ -20,11 +20,12 @@ from jax.sharding import Mesh
 
 from whisper_nnx.sharding import multihost, rules_for
 
+from .alignment import default_alignment_heads
 from .audio import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
 from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence, lockstep_rows, pad_rows
 from .features import WINDOW_SAMPLES, log_mel_spectrogram_jit, window_log_max, window_log_mel
 from .generate import Generator
-from .longform import ChunkedFile, FileAudio, FileJob, LongFormOptions, SequentialFile, chunk_starts
+from .longform import ChunkedFile, FileAudio, FileJob, LongFormOptions, SequentialFile, aligned_tokens, chunk_starts
 from .model_hub import DEFAULT_MODEL, resolve_model
 from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_windows
 from .segments import split_segments
@@ -46,17 +47,20 @@ class TranscribeOptions(DecodeOptions):
     carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
     chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
     audio_workers: int = 2  # threads decoding audio ahead of the device
+    word_timestamps: bool = False  # per-word start/end/probability in each segment (sequential)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.word_timestamps and self.long_form != "sequential":
+            raise ValueError("word timestamps are available with sequential long-form decoding only, for now")
         _ = self.long_form_options  # validates the long-form fields
 
     @property
     def long_form_options(self) -> LongFormOptions:
         return LongFormOptions(self.long_form, self.condition_on_previous_text, self.initial_prompt,
-                               self.carry_initial_prompt, self.chunk_stride_s)
+                               self.carry_initial_prompt, self.chunk_stride_s, self.word_timestamps)
 
 
 AudioInput = Union[str, Path, np.ndarray]
@@ -83,6 +87,8 @@ class Transcriber:
         model_ = load_model(checkpoint, dtype=_DTYPES[dtype], mesh=mesh, rules=rules,
                             allow_replicated=allow_replicated)
         self.generator = Generator(model_, mesh=mesh, rules=rules)
+        self.alignment_heads = tuple(tuple(h) for h in checkpoint.alignment_heads or ()) or \
+            default_alignment_heads(self.dims.n_text_layer, self.dims.n_text_head)
         self.decoder = WindowDecoder(self.generator, self.dims)
 
     # --- pieces ---------------------------------------------------------------------------
@@ -205,7 +211,39 @@ class Transcriber:
         mel = self._window_mel(samples, content, top)[:len(prompts)]
         tokenizer = self.tokenizer.with_language(options.language or "en", options.task) \
             if self.tokenizer.multilingual else self.tokenizer
-        return self.decoder.decode(mel, tokenizer, prompts, options)
+        windows = self.decoder.decode(mel, tokenizer, prompts, options)
+        if options.word_timestamps:
+            self._align_words(mel, windows, content[:len(prompts)], prompts, options)
+        return windows
+
+    def _align_words(self, mel: jax.Array, windows: list, frames: np.ndarray, prompts: list[list[int]],
+                     options: TranscribeOptions) -> None:
+        """Attach to each window the alignment matrix and token probabilities of the text the
+        reference would align (the tokens of its segments), in one batched device call."""
+        tok = self.tokenizer
+        n_start = len(tok.sot_sequence)
+        rows, sequences = [], []
+        for row, (window, prompt) in enumerate(zip(windows, prompts)):
+            text = [t for t in aligned_tokens(window.tokens, tok.timestamp_begin) if t < tok.eot]
+            if text and not is_silence(window, options):
+                start = prompt.index(tok.sot)
+                rows.append(row)
+                sequences.append([*prompt[start:start + n_start], tok.no_timestamps, *text, tok.eot])
+        n = lockstep_rows(len(rows), self.generator.batch_multiple)
+        if n == len(rows) == 0:
+            return
+        width = multihost.global_max(-(-max((len(s) for s in sequences), default=1) // 32) * 32)
+        tokens = np.full((n, width), tok.eot, np.int32)
+        lengths, counts = np.ones((n,), np.int32), np.full((n,), N_FRAMES, np.int32)
+        for i, (row, seq) in enumerate(zip(rows, sequences)):
+            tokens[i, :len(seq)], lengths[i], counts[i] = seq, len(seq), frames[row]
+        picked = pad_rows(mel[np.asarray(rows, np.int32)], n)
+        aligned = self.generator.alignment(picked, tokens, lengths, counts, self.alignment_heads, tok.eot)
+        matrix, probs = self.generator.fetch(aligned, n)
+        for i, (row, seq) in enumerate(zip(rows, sequences)):
+            n_text = len(seq) - n_start - 2
+            windows[row].alignment = (np.asarray(matrix[i, n_start:len(seq) - 1, :max(counts[i] // 2, 1)]),
+                                      [float(p) for p in probs[i, n_start:n_start + n_text]])
 
     # --- single windows (clips of up to 30 s, as whisper.decode) ---------------------------
 
