@@ -1,0 +1,69 @@
+"""Word alignment: the device half against the reference's `find_alignment` internals, and
+word timestamps end to end against `whisper.transcribe(word_timestamps=True)`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from whisper.model import disable_sdpa
+from whisper.timing import median_filter
+
+from reference import reference_model
+from whisper_nnx.engine.alignment import default_alignment_heads
+from whisper_nnx.engine.audio import N_SAMPLES, load_audio
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.weights import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ours = Transcriber("tiny.en")
+    checkpoint = read_checkpoint(ours.checkpoint_path)
+    heads = tuple(tuple(h) for h in checkpoint.alignment_heads)
+    return ours, reference_model(checkpoint.dims, checkpoint.params, alignment_heads=heads), heads
+
+
+def _reference_matrix(ref, mel, tokens, frames, heads, n_start, eot):
+    """The reference's find_alignment up to the DTW input, and its text-token probabilities."""
+    scores = [None] * len(ref.decoder.blocks)
+    hooks = [block.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: scores.__setitem__(i, outs[-1][0]))
+             for i, block in enumerate(ref.decoder.blocks)]
+    with torch.no_grad(), disable_sdpa():
+        logits = ref(torch.from_numpy(np.array(mel))[None], torch.tensor(tokens)[None])[0]
+    for hook in hooks:
+        hook.remove()
+    text = tokens[n_start + 1:-1]
+    probs = logits[n_start:, :eot].softmax(-1)[np.arange(len(text)), text].numpy()
+    weights = torch.stack([scores[layer][head] for layer, head in heads])[:, :, :frames // 2].softmax(-1)
+    std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+    return median_filter((weights - mean) / std, 7).mean(0).numpy(), probs
+
+
+@pytest.mark.slow
+def test_alignment_matrix_equals_the_reference(setup, data_dir):
+    ours, ref, heads = setup
+    tok = ours.tokenizer
+    clips, sequences, frames = [], [], [411, 3000]  # a short window and a full one, in one batch
+    for name in ("sample_joe.flac", "sample_espeak.flac"):
+        audio = load_audio(data_dir / name)
+        text = [t for t in ours.decode_clips([audio], TranscribeOptions(temperature=0.0))[0]["tokens"] if t < tok.eot]
+        clips.append(np.pad(audio, (0, N_SAMPLES))[:N_SAMPLES])
+        sequences.append([*tok.sot_sequence, tok.no_timestamps, *text, tok.eot])
+    tokens = np.full((2, 64), tok.eot, np.int32)
+    for row, seq in enumerate(sequences):
+        tokens[row, :len(seq)] = seq
+    mel = ours.mel(np.stack(clips))
+    matrix, probs = ours.generator.alignment(mel, tokens, np.array([len(s) for s in sequences]), np.array(frames),
+                                             heads, tok.eot)
+    n_start = len(tok.sot_sequence)
+    for row, seq in enumerate(sequences):
+        expected, expected_probs = _reference_matrix(ref, mel[row], seq, frames[row], heads, n_start, tok.eot)
+        got = np.asarray(matrix)[row, :len(seq), :frames[row] // 2]
+        np.testing.assert_allclose(got, expected, atol=5e-5)
+        np.testing.assert_allclose(np.asarray(probs)[row, n_start:n_start + len(seq) - n_start - 2], expected_probs,
+                                   atol=1e-4)
+
+
+def test_default_alignment_heads_are_the_upper_half():
+    assert default_alignment_heads(4, 2) == ((2, 0), (2, 1), (3, 0), (3, 1))
