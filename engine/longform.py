@@ -28,6 +28,7 @@ from .features import centred_signal, total_frames, window_samples
 from .segments import Segment, split_segments
 from .stitching import stitch_chunks
 from .tokenizer import Tokenizer
+from .words import assign_words, word_timings
 
 INPUT_STRIDE = N_FRAMES // 1500  # mel frames per timestamp step (2)
 # A file (or chunk) whose loudest mel bin is below this log10 power holds no signal at all
@@ -156,6 +157,7 @@ class SequentialFile(FileJob):
         self.initial = self.tokenizer.encode(" " + prompt.strip()) if prompt else []
         self.all_tokens = list(self.initial)
         self.prompt_reset_since = 0
+        self.last_speech = 0.0  # end of the last word heard (word timestamps)
         self.waiting = False  # a request is out
 
     @property
@@ -188,16 +190,36 @@ class SequentialFile(FileJob):
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
         segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
         pair_ends = _pair_ends(tokens, ts_begin)
-        if pair_ends and [t >= ts_begin for t in tokens[-2:]] != [False, True]:
+        single_ending = [t >= ts_begin for t in tokens[-2:]] == [False, True]
+        if pair_ends and not single_ending:
             # Resume at the last complete timestamp pair: the text after it is decoded again.
             self.seek += (tokens[pair_ends[-1] - 1] - ts_begin) * INPUT_STRIDE
         else:
             self.seek += segment_size
+        if self.long_form.word_timestamps and window.alignment is not None and segments:
+            self._add_words(segments, window, offset, single_ending)
         kept = [s for s in segments if s.start != s.end and s.text.strip()]
         self.segments += kept
         self.all_tokens += [t for s in kept for t in s.tokens]
         if not self.long_form.condition_on_previous_text or window.temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)
+
+
+    def _add_words(self, segments: list[Segment], window: DecodedWindow, offset: float, single_ending: bool) -> None:
+        """Words with times into `segments` (moving their edges onto the words, as the
+        reference does); without a single timestamp at its end, the next window starts at the
+        end of the last word."""
+        eot = self.tokenizer.eot
+        matrix, probs = window.alignment
+        text = [t for s in segments for t in s.tokens if t < eot]
+        words, _ = assign_words(segments, word_timings(matrix, text, probs, self.tokenizer), eot, offset,
+                                self.last_speech)
+        for segment, segment_words in zip(segments, words):
+            segment.words = segment_words
+        last_word_end = next((w["end"] for s in reversed(segments) for w in reversed(s.words)), segments[-1].end)
+        if not single_ending and last_word_end > offset:
+            self.seek = round(last_word_end * FRAMES_PER_SECOND)
+        self.last_speech = last_word_end
 
 
 class ChunkedFile(FileJob):

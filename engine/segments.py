@@ -19,10 +19,14 @@ class Segment:
     text: str
     tokens: list[int]
     stats: dict = dataclasses.field(default_factory=dict)  # of the window it came from
+    words: list[dict] = dataclasses.field(default_factory=list)  # {word, start, end, probability}
 
     def to_json(self) -> dict:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
-                **{k: round(v, 4) for k, v in self.stats.items()}}
+        out = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+               **{k: round(v, 4) for k, v in self.stats.items()}}
+        if self.words:
+            out["words"] = [{**w, "probability": round(w["probability"], 4)} for w in self.words]
+        return out
 
 
 def compression_ratio(text: str) -> float:
