@@ -105,7 +105,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                                 without_timestamps=args.without_timestamps, long_form=args.long_form,
                                 condition_on_previous_text=args.condition_on_previous_text,
                                 initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
-                                audio_workers=args.audio_workers)
+                                audio_workers=args.audio_workers, word_timestamps=args.word_timestamps)
     mesh = None
     if args.mesh:
         from whisper_nnx.sharding import rules_for
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequential: prompt each window with the text before it")
     t.add_argument("--initial-prompt", default=None, help="text to prompt the first window of every file with")
     t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
+    t.add_argument("--word-timestamps", action="store_true",
+                   help="start/end/probability of every word, in each segment's 'words' (sequential long-form)")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
     t.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
     t.add_argument("--resume", action="store_true",

