@@ -105,7 +105,9 @@ def _transcribe(args: argparse.Namespace) -> int:
                                 without_timestamps=args.without_timestamps, long_form=args.long_form,
                                 condition_on_previous_text=args.condition_on_previous_text,
                                 initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
-                                audio_workers=args.audio_workers, word_timestamps=args.word_timestamps)
+                                audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
+                                prefix=args.prefix, hotwords=args.hotwords,
+                                carry_initial_prompt=args.carry_initial_prompt)
     mesh = None
     if args.mesh:
         from whisper_nnx.sharding import rules_for
@@ -236,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
                    help="sequential: prompt each window with the text before it")
     t.add_argument("--initial-prompt", default=None, help="text to prompt the first window of every file with")
+    t.add_argument("--carry-initial-prompt", action="store_true",
+                   help="sequential: keep the initial prompt at the head of every window's prompt")
+    t.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
+    t.add_argument("--hotwords", default=None,
+                   help="words to favour (names, jargon): put in every window's prompt, before the previous text")
     t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
     t.add_argument("--word-timestamps", action="store_true",
                    help="start/end/probability of every word, in each segment's 'words' (sequential long-form)")

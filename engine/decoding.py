@@ -41,6 +41,7 @@ class DecodeOptions:
     without_timestamps: bool = False
     prompt: Optional[Union[str, Sequence[int]]] = None  # previous text, after <|startofprev|>
     prefix: Optional[Union[str, Sequence[int]]] = None  # forced start of this window's text
+    hotwords: Optional[str] = None  # words to favour: put in the prompt before the previous text (no prefix)
     suppress_blank: bool = True
     suppress_tokens: str = "-1"  # comma-separated ids; "-1" = the non-speech set
     compression_ratio_threshold: Optional[float] = 2.4  # retry when the text is more repetitive
@@ -113,7 +114,8 @@ def suppressed_ids(tokenizer: Tokenizer, spec: str, n_vocab: int) -> tuple[int, 
 
 
 def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int) -> list[int]:
-    """[<|startofprev|> prompt] + start sequence [+ <|notimestamps|>] [+ prefix], as the reference."""
+    """[<|startofprev|> [hotwords] prompt] + start sequence [+ <|notimestamps|>] [+ prefix], as
+    the reference."""
     tokens = list(tokenizer.sot_sequence_including_notimestamps if options.without_timestamps
                   else tokenizer.sot_sequence)
 
@@ -122,8 +124,13 @@ def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int
 
     if options.prefix:
         tokens += encoded(options.prefix)
-    if options.prompt:
-        tokens = [tokenizer.sot_prev] + encoded(options.prompt)[-(n_text_ctx // 2 - 1):] + tokens
+    # Hotwords (faster-whisper's option) lead the prompt when there is no prefix; the previous
+    # text fills what is left of the half context the prompt may take.
+    hot = encoded(options.hotwords)[:n_text_ctx // 2 - 1] if options.hotwords and not options.prefix else []
+    room = n_text_ctx // 2 - 1 - len(hot)
+    previous = encoded(options.prompt)[-room:] if options.prompt and room > 0 else []
+    if hot or previous:
+        tokens = [tokenizer.sot_prev] + hot + previous + tokens
     return tokens
 
 
@@ -154,32 +161,30 @@ class PromptBatch:
     length bucket, not per length)."""
 
     tokens: np.ndarray  # [B, P] int32
-    rows: RowLayout  # pad [B], limit [B] (numpy)
-    sot_index: int  # position of <|startoftranscript|>, the same in every row
+    rows: RowLayout  # pad [B], limit [B], sot [B] (numpy)
 
     @classmethod
-    def build(cls, prompts: Sequence[Sequence[int]], tail: int, filler: int, sample_len: int,
-              n_text_ctx: int) -> "PromptBatch":
-        """Every row ends in the same `tail` tokens counted from <|startoftranscript|> (start
-        sequence and prefix), so that token sits at one index after left padding. Under several
-        processes the width is agreed on, since every process must call the same program."""
+    def build(cls, prompts: Sequence[Sequence[int]], sot: int, filler: int, sample_len: int,
+              n_text_ctx: int, width: int = 0) -> "PromptBatch":
+        """Rows left-padded to at least `width`. Under several processes the width is agreed
+        on, since every process must call the same program."""
         lengths = [len(p) for p in prompts]
-        longest = max(lengths, default=tail)
-        width = longest  # the common case (no previous text) needs no padding at all
+        longest = max(lengths, default=width)
         if min(lengths, default=longest) != longest:
-            width = next((b for b in _PROMPT_BUCKETS if b >= longest), longest)
-        width = multihost.global_max(width)
+            longest = next((b for b in _PROMPT_BUCKETS if b >= longest), longest)
+        width = multihost.global_max(max(width, longest))  # equal lengths (the common case): no padding
         tokens = np.full((len(prompts), width), filler, np.int32)
         for row, prompt in enumerate(prompts):
             tokens[row, width - len(prompt):] = prompt
         pad = np.asarray([width - n for n in lengths], np.int32)
         # The reference stops once a row's buffer exceeds the text context: n_text_ctx + 1.
         limit = np.asarray([min(sample_len, n_text_ctx + 1 - n) for n in lengths], np.int32)
-        return cls(tokens, RowLayout(pad, limit), width - tail)
+        sot_at = np.asarray([width - n + list(p).index(sot) for n, p in zip(lengths, prompts)], np.int32)
+        return cls(tokens, RowLayout(pad, limit, sot_at))
 
     def take(self, rows: Sequence[int]) -> "PromptBatch":
         index = np.asarray(rows, np.int64)
-        return PromptBatch(self.tokens[index], RowLayout(*(a[index] for a in self.rows)), self.sot_index)
+        return PromptBatch(self.tokens[index], RowLayout(*(a[index] for a in self.rows)))
 
     def padded(self, rows: int, repeat: int = 1, sample_len: int = 224) -> "PromptBatch":
         """Each row repeated `repeat` times, then grown to `rows` rows by repeating row 0 (or by
@@ -187,8 +192,8 @@ class PromptBatch:
         if not self.tokens.shape[0]:
             width = self.tokens.shape[1]
             return PromptBatch(np.zeros((rows, width), np.int32),
-                               RowLayout(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32)),
-                               self.sot_index)
+                               RowLayout(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32),
+                                         np.zeros(rows, np.int32)))
         index = np.repeat(np.arange(self.tokens.shape[0]), repeat)
         index = np.concatenate([index, np.zeros(rows - index.size, np.int64)])
         return self.take(index)
@@ -214,11 +219,9 @@ class WindowDecoder:
         n = mel.shape[0]
         if prompts and isinstance(prompts[0], (int, np.integer)):
             prompts = [prompts] * n
-        start = initial_tokens(tokenizer, dataclasses.replace(options, prompt=None), self.dims.n_text_ctx)
-        tail = len(start) - start.index(tokenizer.sot)
-        if any(len(p) < tail or p[len(p) - tail] != tokenizer.sot for p in prompts):
-            raise ValueError("every prompt must end with the options' start sequence and prefix")
-        batch = PromptBatch.build(prompts, tail, tokenizer.eot, options.sample_len, self.dims.n_text_ctx)
+        if any(tokenizer.sot not in p for p in prompts):
+            raise ValueError("every prompt must hold <|startoftranscript|>")
+        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.sample_len, self.dims.n_text_ctx)
         results: list[Optional[DecodedWindow]] = [None] * n
         pending = list(range(n))
         temperatures = options.temperatures
@@ -241,8 +244,7 @@ class WindowDecoder:
                      options: DecodeOptions, temperature: float, seed: int) -> list[DecodedWindow]:
         n, prompt_len = mel.shape[0], prompts.tokens.shape[1]
         rules = self.rules(tokenizer, prompt_len, options)
-        common = dict(rules=rules, sample_len=options.sample_len, sot_index=prompts.sot_index,
-                      no_speech=tokenizer.no_speech)
+        common = dict(rules=rules, sample_len=options.sample_len, no_speech=tokenizer.no_speech)
         if temperature == 0 and options.beam_size is not None:
             config = BeamConfig(beam_size=options.beam_size, patience=options.patience or 1.0, **common)
             padded = pad_rows(mel, lockstep_rows(n, self.generator.batch_multiple))

@@ -105,6 +105,7 @@ class RowLayout(NamedTuple):
 
     pad: jax.Array  # [B] int32: leading padding positions
     limit: jax.Array  # [B] int32: most tokens the row may sample
+    sot: jax.Array  # [B] int32: position of <|startoftranscript|> (the no-speech probability's)
 
 
 def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax.Array, rows: RowLayout,
@@ -130,10 +131,11 @@ def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax
                        cache.without_cross()[0], rng)
 
 
-def _default_rows(rows: Optional[RowLayout], batch: int, sample_len: int) -> RowLayout:
+def _default_rows(rows: Optional[RowLayout], batch: int, config) -> RowLayout:
     if rows is not None:
         return rows
-    return RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), sample_len, jnp.int32))
+    return RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), config.sample_len, jnp.int32),
+                     jnp.full((batch,), config.sot_index, jnp.int32))
 
 
 def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array, prompt: jax.Array,
@@ -143,10 +145,10 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     (traceable)."""
     batch, prompt_len = prompt.shape
     total = prompt_len + config.sample_len
-    rows = _default_rows(rows, batch, config.sample_len)
+    rows = _default_rows(rows, batch, config)
     logits, cache = model.prefill(features, prompt, total, rows.pad)
     cache, cross = cache.without_cross()
-    no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
+    no_speech_prob = _no_speech_prob(logits, rows.sot, config.no_speech)
     tokens = jnp.full((batch, total), config.rules.eot, jnp.int32)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, prompt.astype(jnp.int32), 0, axis=1)
     state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
@@ -156,11 +158,12 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
 
 
-def _no_speech_prob(logits: jax.Array, sot_index: int, no_speech: int | None) -> jax.Array:
-    """Softmax probability of <|nospeech|> at the <|startoftranscript|> position: [B]."""
+def _no_speech_prob(logits: jax.Array, sot: jax.Array, no_speech: int | None) -> jax.Array:
+    """Softmax probability of <|nospeech|> at each row's <|startoftranscript|> (sot [B]): [B]."""
     if no_speech is None:
         return jnp.zeros((logits.shape[0],), jnp.float32)
-    return jax.nn.softmax(logits[:, sot_index], axis=-1)[:, no_speech]
+    at_sot = jnp.take_along_axis(logits, sot[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    return jax.nn.softmax(at_sot, axis=-1)[:, no_speech]
 
 
 def _beam_loop_step(model: Whisper, config: BeamConfig, cross: tuple, pad: jax.Array,
@@ -188,11 +191,11 @@ def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.
     tokens of context, i.e. after a window of > 220 tokens)."""
     batch, prompt_len = prompt.shape
     beams = config.beam_size
-    rows = _default_rows(rows, batch, config.sample_len)
+    rows = _default_rows(rows, batch, config)
     total = prompt_len + config.sample_len
     stop = prompt_len + jnp.minimum(jnp.min(rows.limit), config.sample_len)
     logits, cache = model.prefill(features, prompt, total, rows.pad)
-    no_speech_prob = _no_speech_prob(logits, config.sot_index, config.no_speech)
+    no_speech_prob = _no_speech_prob(logits, rows.sot, config.no_speech)
     # All beams start from the same prefix: prefill once per example, then repeat.
     cache, cross = jax.tree.map(lambda a: jnp.repeat(a, beams, axis=0), cache).without_cross()
     tokens = jnp.full((batch, beams, total), config.rules.eot, jnp.int32)
@@ -290,8 +293,9 @@ class Generator:
             rows = NamedSharding(self.mesh, logical_spec("batch"))
         return multihost.local_rows(result, multihost.local_row_range(rows, local_batch * jax.process_count()))
 
-    def _rows(self, rows: Optional[RowLayout], batch: int, sample_len: int) -> RowLayout:
-        rows = rows or RowLayout(np.zeros((batch,), np.int32), np.full((batch,), sample_len, np.int32))
+    def _rows(self, rows: Optional[RowLayout], batch: int, config) -> RowLayout:
+        rows = rows or RowLayout(np.zeros((batch,), np.int32), np.full((batch,), config.sample_len, np.int32),
+                                 np.full((batch,), config.sot_index, np.int32))
         return RowLayout(*(self._place(np.asarray(a, np.int32)) for a in rows))
 
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig, seed: int = 0,
@@ -300,7 +304,7 @@ class Generator:
         DecodeResult on device (`temperature` is used when config.sample)."""
         with self.context():
             return self._generate(self.state, self._place(mel), self._place(prompt),
-                                  self._rows(rows, prompt.shape[0], config.sample_len), jax.random.PRNGKey(seed),
+                                  self._rows(rows, prompt.shape[0], config), jax.random.PRNGKey(seed),
                                   jnp.float32(temperature), config=config)
 
     def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig,
@@ -308,7 +312,7 @@ class Generator:
         """mel [B, M, N] and prompt [B, P] (left-padded as `rows` says) -> BeamResult on device."""
         with self.context():
             return self._beam(self.state, self._place(mel), self._place(prompt),
-                              self._rows(rows, prompt.shape[0], config.sample_len), config=config)
+                              self._rows(rows, prompt.shape[0], config), config=config)
 
     def language_probs(self, mel: jax.Array, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
         """mel [B, M, N] -> [B, n_languages] language probabilities."""

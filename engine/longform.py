@@ -115,8 +115,11 @@ class FileJob:
         self.windows_decoded = 0
         self.silent = top < SILENT_LOG_POWER
 
-    def start_prompt(self, previous: list[int]) -> list[int]:
-        options = dataclasses.replace(self.options, prompt=previous or None)
+    def start_prompt(self, previous: list[int], first: bool) -> list[int]:
+        """The prompt of a window; a prefix applies to the file's first window only (as in
+        faster-whisper: the reference's transcribe would force it onto every window)."""
+        options = dataclasses.replace(self.options, prompt=previous or None,
+                                      prefix=self.options.prefix if first else None)
         return initial_tokens(self.tokenizer, options, self.n_text_ctx)
 
     def requests(self) -> list[WindowRequest]:
@@ -177,7 +180,7 @@ class SequentialFile(FileJob):
         self.waiting = True
         content = min(N_FRAMES, self.audio.content_frames - self.seek)
         return [WindowRequest(self, self.seek, self.seek, content, self.top,
-                              self.start_prompt(self._previous()))]
+                              self.start_prompt(self._previous(), first=self.seek == 0))]
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
         self.waiting = False
@@ -236,15 +239,16 @@ class ChunkedFile(FileJob):
         if self.done or self.issued:
             return []
         self.issued = True
-        prompt = self.start_prompt(self.tokenizer.encode(" " + self.long_form.initial_prompt.strip())
-                                   if self.long_form.initial_prompt else [])
+        previous = self.tokenizer.encode(" " + self.long_form.initial_prompt.strip()) \
+            if self.long_form.initial_prompt else []
         out = []
         for k, start in enumerate(self.starts):
             content = min(N_FRAMES, self.audio.content_frames - start)
             if self.chunk_tops[k] < SILENT_LOG_POWER:
                 self.decoded[k] = []  # nothing to hear: no decode
                 continue
-            out.append(WindowRequest(self, k, start, content, self.chunk_tops[k], prompt))
+            out.append(WindowRequest(self, k, start, content, self.chunk_tops[k],
+                                     self.start_prompt(previous, first=k == 0)))
         self._finish_if_done()
         return out
 
