@@ -1,0 +1,66 @@
+"""Prompts across windows: hotwords, a first-window prefix, an initial prompt carried or not,
+against hand-built token lists and the reference's transcribe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import whisper
+
+from reference import reference_model
+from whisper_nnx.engine.audio import load_audio
+from whisper_nnx.engine.decoding import DecodedWindow, DecodeOptions, initial_tokens
+from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.weights import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Transcriber("tiny.en")
+
+
+def test_hotwords_lead_the_prompt_and_previous_text_fills_the_rest(tiny):
+    tok = tiny.tokenizer
+    hot, previous = tok.encode(" Stella tickets"), tok.encode(" word") * 300
+    got = initial_tokens(tok, DecodeOptions(hotwords="Stella tickets", prompt=previous), 448)
+    room = 448 // 2 - 1 - len(hot)
+    assert got == [tok.sot_prev, *hot, *previous[-room:], *tok.sot_sequence]
+    # A prefix takes precedence over hotwords (faster-whisper's rule).
+    got = initial_tokens(tok, DecodeOptions(hotwords="Stella", prefix="Hello"), 448)
+    assert got == [*tok.sot_sequence, *tok.encode(" Hello")]
+    assert initial_tokens(tok, DecodeOptions(hotwords="Stella"), 448) == \
+        [tok.sot_prev, *tok.encode(" Stella"), *tok.sot_sequence]
+
+
+def test_prefix_applies_to_the_first_window_only(tiny):
+    tok = tiny.tokenizer
+    options = TranscribeOptions(prefix="Once upon")
+    job = SequentialFile(FileAudio.of(np.full(16000 * 45, 0.01, np.float32)), -2.0, tok, options,
+                         LongFormOptions(), 448)
+    first = job.requests()[0]
+    assert first.prompt == [*tok.sot_sequence, *tok.encode(" Once upon")]
+    ts = tok.timestamp_begin
+    job.accept(first, DecodedWindow([ts, *tok.encode(" a time"), ts + 100, ts + 100], "a time", -1.0, -0.1,
+                                    0.0, 1.0, 0.0))
+    second = job.requests()[0]
+    assert job.seek == 200 and second.frame == 200
+    assert second.prompt == [tok.sot_prev, ts, *tok.encode(" a time"), ts + 100, *tok.sot_sequence]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("carry", [False, True])
+def test_initial_prompt_matches_the_reference(tiny, data_dir, carry):
+    """75 s of the long-form recording with an initial prompt, carried into every window or
+    only conditioning the first: the same text and segments as whisper.transcribe."""
+    checkpoint = read_checkpoint(tiny.checkpoint_path)
+    audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
+    prompt = "A travel diary, read aloud slowly."
+    ours = tiny.transcribe([audio], TranscribeOptions(temperature=0.0, initial_prompt=prompt,
+                                                      carry_initial_prompt=carry))[0]
+    ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
+                             temperature=0.0, fp16=False, initial_prompt=prompt, carry_initial_prompt=carry)
+    assert ours["windows"] >= 3
+    assert ours["text"] == ref["text"].strip()
+    assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == \
+        [(round(s["start"], 2), round(s["end"], 2), s["text"]) for s in ref["segments"] if s["text"]]
