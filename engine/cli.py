@@ -67,6 +67,11 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .writers import write_outputs
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    word_layout = [args.highlight_words, args.max_line_width, args.max_line_count, args.max_words_per_line]
+    if any(word_layout) and not args.word_timestamps:
+        print("whisper-nnx: --highlight-words / --max-line-width / --max-line-count / --max-words-per-line "
+              "need --word-timestamps", file=sys.stderr)
+        return 2
     # Before any other JAX call: join the other processes, if this run has several.
     multi = multihost.initialize(args.coordinator, args.num_processes, args.process_id,
                                  auto=args.distributed)
@@ -133,7 +138,9 @@ def _transcribe(args: argparse.Namespace) -> int:
             record.pop("tokens", None)
             record.update(run_info)
             if record["error"] is None:
-                write_outputs(record, out, output_stem(record["path"]), formats)  # before its record
+                write_outputs(record, out, output_stem(record["path"]), formats,  # before its record
+                              highlight_words=args.highlight_words, max_line_width=args.max_line_width,
+                              max_line_count=args.max_line_count, max_words_per_line=args.max_words_per_line)
             _report(handle, progress, args, record)
     summary = progress.summary(skipped)
     if multi:
@@ -246,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
     t.add_argument("--word-timestamps", action="store_true",
                    help="start/end/probability of every word, in each segment's 'words' (sequential long-form)")
+    t.add_argument("--highlight-words", action="store_true",
+                   help="srt/vtt with --word-timestamps: underline each word as it is spoken")
+    t.add_argument("--max-line-width", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: characters per line before a break")
+    t.add_argument("--max-line-count", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: lines per cue")
+    t.add_argument("--max-words-per-line", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: words per cue (without --max-line-width)")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
     t.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
     t.add_argument("--resume", action="store_true",

@@ -1,18 +1,31 @@
-"""Per-file output formats (txt, json, srt, vtt, tsv), each written atomically."""
+"""Per-file output formats (txt, json, srt, vtt, tsv), each written atomically.
+
+txt, srt, vtt and tsv are byte-identical to the reference CLI's writers (whisper.utils) on the
+same result, including its word-level subtitle options (`highlight_words`, `max_line_width`,
+`max_line_count`, `max_words_per_line`), which act only when the segments carry "words".
+json holds the same fields and values as the reference's, laid out for reading (indented, UTF-8).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 
 
 def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = False) -> str:
-    """Seconds -> [HH:]MM:SS.mmm (srt uses ',' as `decimal` and always shows hours)."""
+    """Seconds -> [HH:]MM:SS.mmm (srt uses ',' as `decimal` and always shows hours).
+
+    Negative times are refused, as the reference does (it asserts), even those that would
+    round to 0 ms.
+    """
+    if not seconds >= 0:
+        raise ValueError(f"non-negative timestamp expected, got {seconds!r}")
     millis = round(seconds * 1000.0)
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
@@ -21,62 +34,169 @@ def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = Fa
     return f"{head}{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
-def _txt(result: dict) -> str:
+def _txt(result: dict, **_) -> str:
     return "".join(seg["text"].strip() + "\n" for seg in result["segments"])
 
 
-def _json(result: dict) -> str:
+def _json(result: dict, **_) -> str:
     return json.dumps(result, ensure_ascii=False, indent=2) + "\n"
 
 
-def _srt(result: dict) -> str:
-    blocks = []
-    for i, seg in enumerate(result["segments"], start=1):
-        span = (f"{format_timestamp(seg['start'], ',', True)} --> "
-                f"{format_timestamp(seg['end'], ',', True)}")
-        blocks.append(f"{i}\n{span}\n{seg['text'].strip().replace('-->', '->')}\n")
-    return "\n".join(blocks)
-
-
-def _vtt(result: dict) -> str:
-    lines = ["WEBVTT\n"]
-    for seg in result["segments"]:
-        lines.append(f"{format_timestamp(seg['start'])} --> {format_timestamp(seg['end'])}\n"
-                     f"{seg['text'].strip().replace('-->', '->')}\n")
-    return "\n".join(lines)
-
-
-def _tsv(result: dict) -> str:
+def _tsv(result: dict, **_) -> str:
+    # Integer milliseconds; only tabs are replaced in the text (a newline in it splits the row,
+    # as in the reference).
     rows = ["start\tend\ttext"]
     rows += [f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t"
              f"{s['text'].strip().replace(chr(9), ' ')}" for s in result["segments"]]
     return "\n".join(rows) + "\n"
 
 
-_RENDERERS: dict[str, Callable[[dict], str]] = {
+# ---------------------------------------------------------------------------------------------
+# Subtitles (srt, vtt)
+
+def _has_words(segments: list[dict]) -> bool:
+    # The reference looks at the first segment only, but its results always carry "words" on
+    # every segment once word timestamps are on (an empty list where none were found), whereas
+    # ours leave the key out where the list would be empty: any segment with the key counts.
+    return any("words" in seg for seg in segments)
+
+
+def _group_words(segments: list[dict], max_line_width: int | None, max_line_count: int | None,
+                 max_words_per_line: int | None) -> list[list[dict]]:
+    """Word timings grouped into cues, "\\n" (line breaks) and stripping applied to the words.
+
+    The reference's rules: while either the width or the count is unset, every segment (and each
+    run of `max_words_per_line` words within one) starts a new cue, and a line is broken when
+    the next word would pass the width (default 1000 characters). With both set, segments are
+    ignored: a cue ends after `max_line_count` lines, or before a word starting more than 3 s
+    after the previous word's start (the reference measures pauses from the start, not the end,
+    of the word before), and `max_words_per_line` has no effect. Segments without words
+    contribute nothing (their text is not in the subtitles: the reference's behaviour).
+    """
+    keep_segments = max_line_width is None or max_line_count is None
+    width = max_line_width or 1000
+    run_length = max_words_per_line or 1000
+    first_start = next((w["start"] for s in segments for w in s.get("words", ())),
+                       segments[0]["start"] if segments else None)
+    previous_start = first_start or 0.0
+    cues: list[list[dict]] = []
+    cue: list[dict] = []
+    line_len, line_count = 0, 1
+    for seg in segments:
+        words = seg.get("words") or []
+        for run_start in range(0, len(words), run_length):
+            for i, original in enumerate(words[run_start:run_start + run_length]):
+                word = dict(original)
+                text = word["word"]
+                pause = not keep_segments and word["start"] - previous_start > 3.0
+                new_run = keep_segments and i == 0 and bool(cue)
+                if line_len > 0 and line_len + len(text) <= width and not pause and not new_run:
+                    line_len += len(text)  # same line
+                else:
+                    text = text.strip()
+                    if new_run or (cue and max_line_count is not None
+                                   and (pause or line_count >= max_line_count)):
+                        cues.append(cue)  # new cue
+                        cue, line_count = [], 1
+                    elif line_len > 0:
+                        line_count += 1  # new line in this cue
+                        text = "\n" + text
+                    line_len = len(text.strip())
+                    word["word"] = text
+                cue.append(word)
+                previous_start = word["start"]
+    if cue:
+        cues.append(cue)
+    return cues
+
+
+# Leading whitespace kept outside the underline. Without DOTALL, a word holding a newline other
+# than a final one is left unmarked, and a final newline stays after </u> (the reference's regex).
+_UNDERLINE = re.compile(r"^(\s*)(.*)$")
+
+
+def _cues(result: dict, timestamp: Callable[[float], str], highlight_words: bool = False,
+          max_line_width: int | None = None, max_line_count: int | None = None,
+          max_words_per_line: int | None = None) -> Iterator[tuple[str, str, str]]:
+    """(start, end, text) of each subtitle cue, times already formatted."""
+    segments = result["segments"]
+    if not _has_words(segments):
+        for seg in segments:
+            yield timestamp(seg["start"]), timestamp(seg["end"]), seg["text"].strip().replace("-->", "->")
+        return
+    # Reference quirk kept: in word mode, "-->" inside the text is not defused.
+    for cue in _group_words(segments, max_line_width, max_line_count, max_words_per_line):
+        start, end = timestamp(cue[0]["start"]), timestamp(cue[-1]["end"])
+        texts = [w["word"] for w in cue]
+        whole = "".join(texts)
+        if not highlight_words:
+            yield start, end, whole
+            continue
+        cursor = start  # one cue per word; a gap before a word shows the cue unmarked
+        for i, word in enumerate(cue):
+            word_start, word_end = timestamp(word["start"]), timestamp(word["end"])
+            if word_start != cursor:
+                yield cursor, word_start, whole
+            marked = texts[:i] + [_UNDERLINE.sub(r"\1<u>\2</u>", texts[i], count=1)] + texts[i + 1:]
+            yield word_start, word_end, "".join(marked)
+            cursor = word_end
+
+
+def _srt(result: dict, **options) -> str:
+    stamp = lambda t: format_timestamp(t, ",", True)
+    return "".join(f"{i}\n{start} --> {end}\n{text}\n\n"
+                   for i, (start, end, text) in enumerate(_cues(result, stamp, **options), start=1))
+
+
+def _vtt(result: dict, **options) -> str:
+    return "WEBVTT\n\n" + "".join(f"{start} --> {end}\n{text}\n\n"
+                                  for start, end, text in _cues(result, format_timestamp, **options))
+
+
+_RENDERERS: dict[str, Callable[..., str]] = {
     "json": _json, "txt": _txt, "srt": _srt, "vtt": _vtt, "tsv": _tsv,
 }
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temp file in the same directory + rename: readers never see half a file.
+
+    The temp file is made with open(..., "x"), so the result gets the usual permissions (0666
+    less the umask) rather than mkstemp's 0600.
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            handle = open(tmp, "x", encoding="utf-8")
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with handle:
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
-    """Write `result` (the results.jsonl record) as each format, named `stem.<format>`."""
-    written = []
+def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str, ...], *,
+                  highlight_words: bool = False, max_line_width: int | None = None,
+                  max_line_count: int | None = None, max_words_per_line: int | None = None) -> list[Path]:
+    """Write `result` (the results.jsonl record) as each format, named `stem.<format>`.
+
+    The keyword options shape srt and vtt when the segments carry "words" (as the reference's
+    --highlight_words, --max_line_width, --max_line_count, --max_words_per_line); 0 or None
+    means unset, and without words they have no effect.
+    """
     for fmt in formats:
         if fmt not in _RENDERERS:
             raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
-        path = output_dir / f"{stem}.{fmt}"
-        atomic_write_text(path, _RENDERERS[fmt](result))
+    options = {"highlight_words": bool(highlight_words), "max_line_width": max_line_width or None,
+               "max_line_count": max_line_count or None, "max_words_per_line": max_words_per_line or None}
+    written = []
+    for fmt in formats:
+        path = Path(output_dir) / f"{stem}.{fmt}"
+        atomic_write_text(path, _RENDERERS[fmt](result, **options))
         written.append(path)
     return written
