@@ -161,13 +161,14 @@ class PromptBatch:
     length bucket, not per length)."""
 
     tokens: np.ndarray  # [B, P] int32
-    rows: RowLayout  # pad [B], limit [B], sot [B] (numpy)
+    rows: RowLayout  # pad [B], limit [B], sot [B], seed [B] (numpy)
 
     @classmethod
     def build(cls, prompts: Sequence[Sequence[int]], sot: int, filler: int, sample_len: int,
-              n_text_ctx: int, width: int = 0) -> "PromptBatch":
+              n_text_ctx: int, width: int = 0, seeds: Optional[Sequence[int]] = None) -> "PromptBatch":
         """Rows left-padded to at least `width`. Under several processes the width is agreed
-        on, since every process must call the same program."""
+        on, since every process must call the same program. `seeds`: each row's random stream
+        (default: its position)."""
         lengths = [len(p) for p in prompts]
         longest = max(lengths, default=width)
         if min(lengths, default=longest) != longest:
@@ -180,7 +181,8 @@ class PromptBatch:
         # The reference stops once a row's buffer exceeds the text context: n_text_ctx + 1.
         limit = np.asarray([min(sample_len, n_text_ctx + 1 - n) for n in lengths], np.int32)
         sot_at = np.asarray([width - n + list(p).index(sot) for n, p in zip(lengths, prompts)], np.int32)
-        return cls(tokens, RowLayout(pad, limit, sot_at))
+        seed = np.asarray(seeds if seeds is not None else range(len(prompts)), np.int64) % (1 << 31)
+        return cls(tokens, RowLayout(pad, limit, sot_at, seed.astype(np.int32)))
 
     def take(self, rows: Sequence[int]) -> "PromptBatch":
         index = np.asarray(rows, np.int64)
@@ -193,10 +195,12 @@ class PromptBatch:
             width = self.tokens.shape[1]
             return PromptBatch(np.zeros((rows, width), np.int32),
                                RowLayout(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32),
-                                         np.zeros(rows, np.int32)))
+                                         np.zeros(rows, np.int32), np.zeros(rows, np.int32)))
         index = np.repeat(np.arange(self.tokens.shape[0]), repeat)
-        index = np.concatenate([index, np.zeros(rows - index.size, np.int64)])
-        return self.take(index)
+        copy = np.concatenate([np.tile(np.arange(repeat), self.tokens.shape[0]), np.zeros(rows - index.size, int)])
+        out = self.take(np.concatenate([index, np.zeros(rows - index.size, np.int64)]))
+        seed = (out.rows.seed.astype(np.int64) * 7919 + copy) % (1 << 31)  # best-of copies draw differently
+        return PromptBatch(out.tokens, out.rows._replace(seed=seed.astype(np.int32)))
 
 
 class WindowDecoder:
@@ -213,15 +217,18 @@ class WindowDecoder:
             blank_ids=blank, suppress_ids=suppressed_ids(tokenizer, options.suppress_tokens, self.dims.n_vocab))
 
     def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
-               options: DecodeOptions) -> list[DecodedWindow]:
+               options: DecodeOptions, seeds: Optional[Sequence[int]] = None) -> list[DecodedWindow]:
         """mel [B, M, N] and one prompt per row (or one for all, as a flat list of ids) -> one
-        DecodedWindow per row, each from the first temperature that passes."""
+        DecodedWindow per row, each from the first temperature that passes. `seeds` [B] name
+        each row's random stream (give the same number for the same window, and sampling
+        draws the same tokens in any batch)."""
         n = mel.shape[0]
         if prompts and isinstance(prompts[0], (int, np.integer)):
             prompts = [prompts] * n
         if any(tokenizer.sot not in p for p in prompts):
             raise ValueError("every prompt must hold <|startoftranscript|>")
-        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.sample_len, self.dims.n_text_ctx)
+        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.sample_len, self.dims.n_text_ctx,
+                                  seeds=seeds)
         results: list[Optional[DecodedWindow]] = [None] * n
         pending = list(range(n))
         temperatures = options.temperatures

@@ -106,15 +106,19 @@ class RowLayout(NamedTuple):
     pad: jax.Array  # [B] int32: leading padding positions
     limit: jax.Array  # [B] int32: most tokens the row may sample
     sot: jax.Array  # [B] int32: position of <|startoftranscript|> (the no-speech probability's)
+    seed: jax.Array  # [B] int32: each row's own random stream (sampling), so a row draws the
+    # same tokens whatever batch, batch position or process it is decoded in
 
 
 def _step(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax.Array, rows: RowLayout,
           state: DecodeState) -> DecodeState:
     rules = config.rules
     logits = apply_rules(state.logits, state.tokens, state.length, rules)
-    rng, key = jax.random.split(state.rng)
+    rng = state.rng  # the run's key; each step and row folds in its own numbers
     if config.sample:
-        next_tokens = jax.random.categorical(key, logits / temperature, axis=-1)
+        step_key = jax.random.fold_in(rng, state.length)
+        keys = jax.vmap(lambda seed: jax.random.fold_in(step_key, seed))(rows.seed)
+        next_tokens = jax.vmap(jax.random.categorical)(keys, logits / temperature)
     else:
         next_tokens = jnp.argmax(logits, axis=-1)
     next_tokens = next_tokens.astype(jnp.int32)
@@ -135,7 +139,7 @@ def _default_rows(rows: Optional[RowLayout], batch: int, config) -> RowLayout:
     if rows is not None:
         return rows
     return RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), config.sample_len, jnp.int32),
-                     jnp.full((batch,), config.sot_index, jnp.int32))
+                     jnp.full((batch,), config.sot_index, jnp.int32), jnp.arange(batch, dtype=jnp.int32))
 
 
 def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array, prompt: jax.Array,
@@ -295,7 +299,7 @@ class Generator:
 
     def _rows(self, rows: Optional[RowLayout], batch: int, config) -> RowLayout:
         rows = rows or RowLayout(np.zeros((batch,), np.int32), np.full((batch,), config.sample_len, np.int32),
-                                 np.full((batch,), config.sot_index, np.int32))
+                                 np.full((batch,), config.sot_index, np.int32), np.arange(batch, dtype=np.int32))
         return RowLayout(*(self._place(np.asarray(a, np.int32)) for a in rows))
 
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig, seed: int = 0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -106,8 +107,15 @@ class _Active:
 
 # (files) -> per file (job, language, probabilities); runs the device calls new files need
 JobFactory = Callable[[list[LoadedInput]], list[tuple[FileJob, Optional[str], Optional[dict]]]]
-# (mel [B, M, 3000], prompts) -> decoded windows
-WindowDecodeFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list[list[int]]], list[DecodedWindow]]
+# (samples [B, WINDOW_SAMPLES], content [B], top [B], prompts, seeds) -> decoded windows
+WindowDecodeFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list[list[int]], list[int]], list[DecodedWindow]]
+
+
+def window_seed(request: WindowRequest) -> int:
+    """A window's own sampling seed, from what identifies it (its file's length, its start and
+    its prompt): a retried window draws the same samples whatever batch it lands in."""
+    key = np.asarray([request.job.audio.n_samples, request.frame, *request.prompt], np.int64)
+    return zlib.crc32(key.tobytes())
 
 
 class WindowScheduler:
@@ -180,7 +188,7 @@ class WindowScheduler:
         top = np.zeros((rows,), np.float32)
         for row, request in enumerate(batch):
             samples[row], content[row], top[row] = request.job.audio.window(request.frame), request.content, request.top
-        return self.decode(samples, content, top, [r.prompt for r in batch])
+        return self.decode(samples, content, top, [r.prompt for r in batch], [window_seed(r) for r in batch])
 
     @staticmethod
     def _finished(active: dict[int, _Active], files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:

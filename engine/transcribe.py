@@ -124,8 +124,8 @@ class Transcriber:
         files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size))
         scheduler = WindowScheduler(
             make_jobs=lambda arrivals: self._make_jobs(arrivals, options),
-            decode=lambda samples, content, top, prompts: self._decode_windows(samples, content, top, prompts,
-                                                                                 options),
+            decode=lambda samples, content, top, prompts, seeds: self._decode_windows(samples, content, top,
+                                                                                        prompts, seeds, options),
             batch_size=options.batch_size,
             windows_per_file=expected_windows(options.long_form, options.chunk_stride_s))
         for index, record in scheduler.run(files):
@@ -207,11 +207,11 @@ class Transcriber:
         return window_log_mel(grown, counts, tops, n_mels=self.dims.n_mels)[:n]
 
     def _decode_windows(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray, prompts: list[list[int]],
-                        options: TranscribeOptions) -> list:
+                        seeds: list[int], options: TranscribeOptions) -> list:
         mel = self._window_mel(samples, content, top)[:len(prompts)]
         tokenizer = self.tokenizer.with_language(options.language or "en", options.task) \
             if self.tokenizer.multilingual else self.tokenizer
-        windows = self.decoder.decode(mel, tokenizer, prompts, options)
+        windows = self.decoder.decode(mel, tokenizer, prompts, options, seeds=seeds)
         if options.word_timestamps:
             self._align_words(mel, windows, content[:len(prompts)], prompts, options)
         return windows

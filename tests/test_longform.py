@@ -118,6 +118,23 @@ def test_mixed_prompt_lengths_in_one_batch_decode_as_alone(tiny, data_dir):
 
 
 @pytest.mark.slow
+def test_sampled_rows_draw_the_same_tokens_in_any_batch(tiny, data_dir):
+    """Sampling (fallback temperatures, best-of) follows each row's own seed, not its place in
+    the batch: a window retried in another batch, or by another process, draws the same."""
+    tok = tiny.tokenizer
+    audio = np.stack([np.pad(load_audio(data_dir / n), (0, N_SAMPLES))[:N_SAMPLES]
+                      for n in ("sample_joe.flac", "sample_espeak.flac", "sample_joe.flac")])
+    mel = tiny.mel(audio)
+    options = DecodeOptions(temperature=1.0, best_of=2)
+    prompt = list(tok.sot_sequence)
+    together = tiny.decoder.decode(mel, tok, [prompt] * 3, options, seeds=[11, 22, 33])
+    alone = tiny.decoder.decode(mel[1:2], tok, [prompt], options, seeds=[22])[0]
+    assert together[1].tokens == alone.tokens and abs(together[1].sum_logprob - alone.sum_logprob) < 1e-3
+    # Same audio, different seeds: different draws at temperature 1.
+    assert together[0].tokens != together[2].tokens
+
+
+@pytest.mark.slow
 def test_files_batched_together_equal_files_alone(tiny, data_dir):
     """Cross-file batching: files advancing their own seek side by side (sequential) or sharing
     chunk batches give each file exactly what it gets alone."""

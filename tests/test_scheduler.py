@@ -19,6 +19,7 @@ from whisper_nnx.engine.scheduler import AudioPrefetcher, WindowScheduler
 class _Audio:
     def __init__(self, seconds: float):
         self.duration = seconds
+        self.n_samples = int(seconds * 16000)
 
     def window(self, frame: int) -> np.ndarray:
         return np.full(480320, frame, np.float32)
@@ -62,7 +63,7 @@ def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str
     def make_jobs(arrivals):
         return [(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None) for a in arrivals]
 
-    def decode(samples, content, top, prompts):
+    def decode(samples, content, top, prompts, seeds):
         batches.append(list(content[:len(prompts)]))
         if fail_on is not None and fail_on in {r.job.name for r in current}:
             raise RuntimeError("device fell over")

@@ -1,0 +1,212 @@
+"""Voice activity detection with Silero VAD (ONNX): find the speech in long recordings, skip the silence.
+
+Optional (`pip install 'whisper-nnx[vad]'`). The Silero v6 weights are the ONNX file that the
+faster-whisper wheel ships; we only read that file and never import faster-whisper (which would load
+CTranslate2). The region logic reproduces faster-whisper's `get_speech_timestamps` exactly, so the
+same options keep the same audio.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+
+FRAME = 512  # samples per speech probability (32 ms at 16 kHz)
+CONTEXT = 64  # samples of the previous frame that the model sees before each frame
+STATE = (1, 1, 128)  # shape of each LSTM state (h, c) carried from frame to frame
+CUT_SILENCE = SAMPLE_RATE * 98 / 1000  # samples: a silence longer than this may end an over-long region
+WEIGHTS = ("faster_whisper", "assets/silero_vad_v6.onnx")  # (package, file inside it)
+INSTALL = "pip install 'whisper-nnx[vad]'"
+
+
+class VadUnavailable(ValueError):
+    """onnxruntime or the package with the Silero weights is not installed."""
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    """When a run of frames counts as speech (faster-whisper's `VadOptions` and defaults)."""
+
+    threshold: float = 0.5  # a frame with probability >= threshold is speech
+    neg_threshold: float | None = None  # below it silence, in between no change (None: max(threshold - 0.15, 0.01))
+    min_speech_duration_ms: int = 0  # drop regions this short or shorter (before padding)
+    max_speech_duration_s: float = float("inf")  # split longer regions, at their last silence > 98 ms if any
+    min_silence_duration_ms: int = 2000  # a region ends only after this much silence
+    speech_pad_ms: int = 400  # widen each region by this much on both sides
+
+
+def _weights_path() -> Path:
+    """The Silero ONNX file inside the installed package, located without importing the package."""
+    package, relative = WEIGHTS
+    spec = importlib.util.find_spec(package)
+    roots = spec.submodule_search_locations if spec is not None else None
+    path = Path(roots[0]) / relative if roots else None
+    if path is None or not path.is_file():
+        raise VadUnavailable(f"the Silero VAD weights ({package}/{relative}) are not installed: {INSTALL}")
+    return path
+
+
+@functools.cache
+def _session(threads: int):
+    """One onnxruntime CPU session per thread count, loaded on first use."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise VadUnavailable(f"voice activity detection needs onnxruntime: {INSTALL}") from exc
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(str(_weights_path()), options, providers=["CPUExecutionProvider"])
+
+
+def _framed(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N] audio -> frames [F, FRAME] and each frame's context [F, CONTEXT], F = N // FRAME + 1.
+
+    The tail is zero-padded to a whole frame (a whole frame of zeros when N divides evenly, as the
+    reference does); the first frame's context is zeros, every other one ends the frame before.
+    """
+    frames = np.pad(audio, (0, FRAME - len(audio) % FRAME)).reshape(-1, FRAME)
+    context = np.pad(frames[:-1, -CONTEXT:], ((1, 0), (0, 0)))
+    return frames, context
+
+
+def speech_probabilities(audio: np.ndarray, *, threads: int = 1, batch_frames: int = 4096) -> np.ndarray:
+    """Silero's speech probability for each 512-sample frame of 16 kHz audio: [N] -> [N // 512 + 1].
+
+    The model encodes a batch of frames at once and runs its LSTM through them in order, so the
+    recurrent state is carried across batches; `batch_frames` only bounds memory. Equal to
+    faster-whisper's except in the last frame when N % 512 > 448: it zeroes that frame's last 64
+    samples (a write through a view); we feed them.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio of shape [N], got {audio.shape}")
+    session = _session(threads)
+    frames, context = _framed(audio)
+    h = c = np.zeros(STATE, np.float32)
+    out = []
+    for start in range(0, len(frames), batch_frames):
+        batch = np.concatenate([context[start : start + batch_frames], frames[start : start + batch_frames]], 1)
+        probs, h, c = session.run(None, {"input": batch, "h": h, "c": c})
+        out.append(probs.reshape(-1))
+    return np.concatenate(out)
+
+
+def _raw_regions(probs: np.ndarray, n_samples: int, o: VadOptions) -> list[list[int]]:
+    """The hysteresis pass over probabilities [F]: [start, end) sample offsets of speech before padding.
+
+    A region opens at a frame >= threshold and closes at the first frame < neg_threshold of a
+    silence lasting min_silence (a shorter silence is forgiven). A region that outgrows
+    max_speech is cut at the last silence over 98 ms, or right there if it had none. Offsets of 0
+    mean "unset", as in the reference (a silence never starts at sample 0).
+    """
+    neg = o.neg_threshold if o.neg_threshold is not None else max(o.threshold - 0.15, 0.01)
+    # Compared in float32, as NumPy 2 compares the reference's float32 probabilities with Python floats.
+    loud = (probs >= np.float32(o.threshold)).tolist()
+    quiet = (probs < np.float32(neg)).tolist()
+    min_speech = SAMPLE_RATE * o.min_speech_duration_ms / 1000
+    min_silence = SAMPLE_RATE * o.min_silence_duration_ms / 1000
+    pad = SAMPLE_RATE * o.speech_pad_ms / 1000
+    max_speech = SAMPLE_RATE * o.max_speech_duration_s - FRAME - 2 * pad  # leaves room for the padding
+    regions, start = [], None  # start: the open region's first sample, None outside speech
+    silence = cut = resume = 0  # current silence's start; last silence > 98 ms; where speech resumed after it
+    for i, (is_loud, is_quiet) in enumerate(zip(loud, quiet)):
+        sample = FRAME * i
+        if is_loud and silence:  # the silence was too short: the region goes on
+            silence = 0
+            resume = sample if resume < cut else resume
+        if is_loud and start is None:
+            start = sample
+            continue
+        if start is not None and sample - start > max_speech:  # too long: cut at the last long silence, or here
+            regions.append([start, cut or sample])
+            start = resume if cut and resume >= cut else None
+            silence = cut = resume = 0
+        if is_quiet and start is not None:
+            silence = silence or sample
+            cut = silence if sample - silence > CUT_SILENCE else cut
+            if sample - silence < min_silence:
+                continue
+            if silence - start > min_speech:
+                regions.append([start, silence])
+            start, silence, cut, resume = None, 0, 0, 0
+    if start is not None and n_samples - start > min_speech:
+        regions.append([start, n_samples])
+    return regions
+
+
+def _padded(regions: list[list[int]], n_samples: int, pad: float) -> list[tuple[int, int]]:
+    """Widen each region by `pad` samples; across a gap shorter than two pads, meet in the middle."""
+    for i, region in enumerate(regions):
+        if i == 0:
+            region[0] = int(max(0, region[0] - pad))
+        if i + 1 == len(regions):
+            region[1] = int(min(n_samples, region[1] + pad))
+            continue
+        following = regions[i + 1]
+        gap = following[0] - region[1]
+        if gap < 2 * pad:
+            region[1] += int(gap // 2)
+            following[0] = int(max(0, following[0] - gap // 2))
+        else:
+            region[1] = int(min(n_samples, region[1] + pad))
+            following[0] = int(max(0, following[0] - pad))
+    return [(start, end) for start, end in regions]
+
+
+def regions_from_probabilities(
+    probs: np.ndarray, n_samples: int, options: VadOptions = VadOptions()
+) -> list[tuple[int, int]]:
+    """Speech regions [(start, end)] in samples from frame probabilities [F] of an N-sample audio."""
+    pad = SAMPLE_RATE * options.speech_pad_ms / 1000
+    return _padded(_raw_regions(probs, n_samples, options), n_samples, pad)
+
+
+def speech_regions(audio: np.ndarray, options: VadOptions = VadOptions()) -> list[tuple[int, int]]:
+    """Speech regions [(start, end)] in samples of 16 kHz audio [N], sorted and disjoint."""
+    return regions_from_probabilities(speech_probabilities(audio), len(audio), options)
+
+
+class SpeechMap:
+    """The speech regions cut out of a recording and put back to back, and the way back to its times.
+
+    A time t (s) in the collected audio lies in the first region whose collected end is past t
+    (the last region for times beyond the end), and moves by all the silence removed before it.
+    """
+
+    def __init__(self, regions: Sequence[tuple[int, int]]):
+        self.regions = [(int(start), int(end)) for start, end in regions]
+        starts = np.array([start for start, _ in self.regions], dtype=np.int64)  # [R]
+        lengths = np.array([end - start for start, end in self.regions], dtype=np.int64)  # [R]
+        ends = np.cumsum(lengths)  # [R] each region's end in the collected audio (samples)
+        self._ends = ends.tolist()
+        self._shift = ((starts - (ends - lengths)) / SAMPLE_RATE).tolist()  # [R] seconds removed before
+
+    def collect(self, audio: np.ndarray) -> np.ndarray:
+        """The speech the decoder sees: [N] -> [sum of region lengths]."""
+        if not self.regions:
+            return np.zeros(0, dtype=audio.dtype)
+        return np.concatenate([audio[start:end] for start, end in self.regions])
+
+    def restore(self, t: float, *, is_end: bool = False) -> float:
+        """A time (s) in the collected audio -> the same moment in the original recording (s).
+
+        At a seam between two regions, an end time (`is_end`) stays with the region before it.
+        Not rounded (faster-whisper rounds to 0.01 s). With no regions, t is returned as is.
+        """
+        if not self.regions:
+            return t
+        sample = int(t * SAMPLE_RATE)
+        index = bisect.bisect_right(self._ends, sample)
+        if is_end and index > 0 and self._ends[index - 1] == sample:
+            index = bisect.bisect_left(self._ends, sample)
+        return self._shift[min(index, len(self._ends) - 1)] + t
