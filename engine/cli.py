@@ -112,7 +112,8 @@ def _transcribe(args: argparse.Namespace) -> int:
                                 initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
                                 audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
                                 prefix=args.prefix, hotwords=args.hotwords,
-                                carry_initial_prompt=args.carry_initial_prompt)
+                                carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
+                                vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms)
     mesh = None
     if args.mesh:
         from whisper_nnx.sharding import rules_for
@@ -253,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
     t.add_argument("--word-timestamps", action="store_true",
                    help="start/end/probability of every word, in each segment's 'words' (sequential long-form)")
+    t.add_argument("--vad", action="store_true",
+                   help="voice-activity detection (Silero, pip install 'whisper-nnx[vad]'): decode speech only; "
+                        "chunked: chunks cut at pauses")
+    t.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
+    t.add_argument("--vad-min-silence-ms", type=int, default=2000, help="shorter pauses stay inside speech")
     t.add_argument("--highlight-words", action="store_true",
                    help="srt/vtt with --word-timestamps: underline each word as it is spoken")
     t.add_argument("--max-line-width", type=int, default=None,

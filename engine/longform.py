@@ -113,7 +113,8 @@ class FileJob:
         self.options, self.long_form, self.n_text_ctx = options, long_form, n_text_ctx
         self.segments: list[Segment] = []
         self.windows_decoded = 0
-        self.silent = top < SILENT_LOG_POWER
+        self.silent = top < SILENT_LOG_POWER or audio.n_samples == 0
+        self.restore = None  # maps times of the audio decoded back to the file's (voice activity)
 
     def start_prompt(self, previous: list[int], first: bool) -> list[int]:
         """The prompt of a window; a prefix applies to the file's first window only (as in
@@ -135,6 +136,14 @@ class FileJob:
     def result(self) -> dict:
         """The file's transcript: text, segments (with the stats of the window each came from)."""
         segments = [s for s in self.segments if s.text.strip()]
+        for s in segments:  # a last timestamp may point past the end of the audio
+            s.end = min(s.end, self.audio.duration) if self.restore is None else s.end
+            s.start = min(s.start, s.end)
+        if self.restore is not None:
+            for s in segments:
+                s.start, s.end = self.restore(s.start), self.restore(s.end, is_end=True)
+                for w in s.words:
+                    w["start"], w["end"] = round(self.restore(w["start"]), 2), round(self.restore(w["end"], True), 2)
         return {"text": "".join(s.text for s in segments).strip(),
                 "segments": [s.to_json() for s in segments],
                 "tokens": [t for s in segments for t in s.tokens],
@@ -226,49 +235,74 @@ class SequentialFile(FileJob):
 
 
 class ChunkedFile(FileJob):
-    """Fixed 30 s chunks with overlapping strides, decoded in parallel, stitched at the end."""
+    """30 s chunks decoded in parallel and stitched at the end: overlapping by the stride, or
+    cut at pauses by voice activity (no overlap).
 
-    def __init__(self, *args, chunk_tops: Optional[list[float]] = None, **kwargs):
+    A chunk whose decode stops at a timestamp pair before its end (the reference would seek
+    there) continues from that pair in another window when nothing else covers the rest: in
+    the last chunk, in chunks cut at pauses, and where a gap before the next chunk is left.
+    """
+
+    def __init__(self, *args, chunk_tops: Optional[list[float]] = None,
+                 chunks: Optional[list[tuple[int, int]]] = None, **kwargs):
+        """`chunks`: (first frame, frames) of each chunk, when voice activity chose them;
+        default: 30 s chunks with the stride."""
         super().__init__(*args, **kwargs)
-        self.starts = chunk_starts(self.audio.content_frames, self.long_form.chunk_stride_s)
+        self.starts = [c[0] for c in chunks] if chunks is not None else chunk_starts(self.audio.content_frames,
+                                                                                    self.long_form.chunk_stride_s)
+        self.lengths = [c[1] for c in chunks] if chunks is not None else [
+            min(N_FRAMES, self.audio.content_frames - s) for s in self.starts]
         self.chunk_tops = chunk_tops or [self.top] * len(self.starts)
-        self.decoded: dict[int, list[Segment]] = {}
-        self.issued = False
-
-    def requests(self) -> list[WindowRequest]:
-        if self.done or self.issued:
-            return []
-        self.issued = True
+        self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(self.starts))}
+        self.open: set[int] = set(range(len(self.starts)))  # chunks with a window still to decode
+        self.waiting: list[WindowRequest] = []
         previous = self.tokenizer.encode(" " + self.long_form.initial_prompt.strip()) \
             if self.long_form.initial_prompt else []
-        out = []
         for k, start in enumerate(self.starts):
-            content = min(N_FRAMES, self.audio.content_frames - start)
-            if self.chunk_tops[k] < SILENT_LOG_POWER:
-                self.decoded[k] = []  # nothing to hear: no decode
-                continue
-            out.append(WindowRequest(self, k, start, content, self.chunk_tops[k],
-                                     self.start_prompt(previous, first=k == 0)))
+            if self.chunk_tops[k] < SILENT_LOG_POWER or self.silent:
+                self.open.discard(k)  # nothing to hear: no decode
+            else:
+                self.waiting.append(WindowRequest(self, k, start, self.lengths[k], self.chunk_tops[k],
+                                                  self.start_prompt(previous, first=k == 0)))
         self._finish_if_done()
+
+    def requests(self) -> list[WindowRequest]:
+        out, self.waiting = self.waiting, []
         return out
+
+    def _covered_until(self, k: int) -> int:
+        """Frame up to which chunk k must transcribe itself."""
+        end = self.starts[k] + self.lengths[k]
+        if k + 1 < len(self.starts) and self.starts[k + 1] < end:
+            return self.starts[k + 1]  # the next chunk overlaps: it takes over from its start
+        return end
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
         self.windows_decoded += 1
-        start = self.starts[request.key]
-        self.decoded[request.key] = [] if is_silence(window, self.options) else _window_segments(
-            window, self.tokenizer, start / FRAMES_PER_SECOND, request.content / FRAMES_PER_SECOND)
+        k, ts_begin = request.key, self.tokenizer.timestamp_begin
+        if not is_silence(window, self.options):
+            self.decoded[k] += _window_segments(window, self.tokenizer, request.frame / FRAMES_PER_SECOND,
+                                                request.content / FRAMES_PER_SECOND)
+            ends, tokens = _pair_ends(window.tokens, ts_begin), window.tokens
+            if ends and [t >= ts_begin for t in tokens[-2:]] != [False, True]:
+                resume = request.frame + (tokens[ends[-1] - 1] - ts_begin) * INPUT_STRIDE
+                if request.frame < resume < self._covered_until(k):
+                    chunk_end = self.starts[k] + self.lengths[k]
+                    self.waiting.append(WindowRequest(self, k, resume, min(N_FRAMES, chunk_end - resume),
+                                                      self.chunk_tops[k], request.prompt))
+                    return
+        self.open.discard(k)
         self._finish_if_done()
 
     def _finish_if_done(self) -> None:
-        if len(self.decoded) == len(self.starts):
-            bounds = [(s / FRAMES_PER_SECOND, (s + min(N_FRAMES, self.audio.content_frames - s)) / FRAMES_PER_SECOND)
-                      for s in self.starts]
+        if not self.open:
+            bounds = [(s / FRAMES_PER_SECOND, (s + n) / FRAMES_PER_SECOND) for s, n in zip(self.starts, self.lengths)]
             self.segments = stitch_chunks([self.decoded[k] for k in range(len(self.starts))], bounds,
                                           self.tokenizer)
 
     @property
     def done(self) -> bool:
-        return self.silent or len(self.decoded) == len(self.starts)
+        return not self.open
 
 
 def chunk_starts(content_frames: int, stride_s: float) -> list[int]:
@@ -278,3 +312,19 @@ def chunk_starts(content_frames: int, stride_s: float) -> list[int]:
     while starts[-1] + N_FRAMES < content_frames:
         starts.append(starts[-1] + step)
     return starts
+
+
+def speech_chunks(regions: list[tuple[int, int]], content_frames: int) -> list[tuple[int, int]]:
+    """Voice-activity regions (samples) grouped into chunks of at most 30 s that start and end
+    at pauses: (first frame, frames) each. A region longer than 30 s is cut into 30 s pieces."""
+    chunks: list[list[int]] = []
+    for start, end in regions:
+        first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), content_frames)
+        while last - first > N_FRAMES:  # only when the detector allows regions over 30 s
+            chunks.append([first, first + N_FRAMES])
+            first += N_FRAMES
+        if chunks and last - chunks[-1][0] <= N_FRAMES:
+            chunks[-1][1] = last
+        elif last > first:
+            chunks.append([first, last])
+    return [(first, last - first) for first, last in chunks]

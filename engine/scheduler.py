@@ -49,6 +49,7 @@ class LoadedInput:
     item: AudioInput
     audio: Optional[np.ndarray]  # float32 16 kHz mono, None when `error`
     error: Optional[str] = None
+    speech: Optional[list[tuple[int, int]]] = None  # voice-activity regions (samples), when asked for
 
 
 class AudioPrefetcher:
@@ -57,8 +58,11 @@ class AudioPrefetcher:
     `max_seconds` of decoded audio wait to be `release`d (one file may exceed it)."""
 
     def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
-                 max_seconds: float = 4 * 3600.0):
+                 max_seconds: float = 4 * 3600.0,
+                 find_speech: Optional[Callable[[np.ndarray], list[tuple[int, int]]]] = None):
+        """`find_speech` (voice-activity detection) runs on the same threads, after decoding."""
         self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
+        self.find_speech = find_speech
         self._buffered = 0.0
         self._lock = threading.Lock()
 
@@ -75,11 +79,12 @@ class AudioPrefetcher:
                 raise ValueError(f"{_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
             if not np.isfinite(audio).all():
                 raise ValueError(f"{_name(item)}: samples contain NaN or infinity")
+            speech = self.find_speech(audio) if self.find_speech is not None else None
         except Exception as err:  # noqa: BLE001 - every failure becomes that input's record
             return LoadedInput(index, item, None, one_line(err))
         with self._lock:
             self._buffered += audio.shape[0] / SAMPLE_RATE
-        return LoadedInput(index, item, audio)
+        return LoadedInput(index, item, audio, speech=speech)
 
     def __iter__(self) -> Iterator[LoadedInput]:
         pending: collections.deque = collections.deque()

@@ -78,7 +78,10 @@ def stitch_chunks(chunks: list[list[Segment]], bounds: list[tuple[float, float]]
     words: list[_Word] = []
     for k, segments in enumerate(chunks):
         mine = _words(segments, k, tokenizer)
-        words = mine if k == 0 else _join(words, mine, chunks, (bounds[k][0], bounds[k - 1][1]))
+        if k == 0 or bounds[k][0] >= bounds[k - 1][1]:  # chunks cut at pauses do not overlap
+            words = words + mine
+        else:
+            words = _join(words, mine, chunks, (bounds[k][0], bounds[k - 1][1]))
     out: list[Segment] = []
     previous: _Word | None = None
     for word in words:

@@ -25,11 +25,21 @@ from .audio import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioDecodeEr
 from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence, lockstep_rows, pad_rows
 from .features import WINDOW_SAMPLES, log_mel_spectrogram_jit, window_log_max, window_log_mel
 from .generate import Generator
-from .longform import ChunkedFile, FileAudio, FileJob, LongFormOptions, SequentialFile, aligned_tokens, chunk_starts
+from .longform import (
+    ChunkedFile,
+    FileAudio,
+    FileJob,
+    LongFormOptions,
+    SequentialFile,
+    aligned_tokens,
+    chunk_starts,
+    speech_chunks,
+)
 from .model_hub import DEFAULT_MODEL, resolve_model
 from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_windows
 from .segments import split_segments
 from .tokenizer import LANGUAGES, Tokenizer
+from .vad import SpeechMap, VadOptions, speech_regions
 from .weights import load_model, read_checkpoint
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -48,6 +58,9 @@ class TranscribeOptions(DecodeOptions):
     chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
     audio_workers: int = 2  # threads decoding audio ahead of the device
     word_timestamps: bool = False  # per-word start/end/probability in each segment (sequential)
+    vad: bool = False  # voice-activity detection (Silero): decode speech only (pip install 'whisper-nnx[vad]')
+    vad_threshold: float = 0.5  # speech probability above which a frame is speech
+    vad_min_silence_ms: int = 2000  # pauses shorter than this stay inside a speech region
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -121,7 +134,14 @@ class Transcriber:
                         ) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish; audio is decoded
         on `options.audio_workers` threads while the device works."""
-        files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size))
+        find_speech = None
+        if options.vad:
+            vad = VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
+                             # chunked: regions of at most one window, split at their longest pause
+                             max_speech_duration_s=29.0 if options.long_form == "chunked" else float("inf"))
+            find_speech = lambda audio: speech_regions(audio, vad)
+        files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size),
+                                find_speech=find_speech)
         scheduler = WindowScheduler(
             make_jobs=lambda arrivals: self._make_jobs(arrivals, options),
             decode=lambda samples, content, top, prompts, seeds: self._decode_windows(samples, content, top,
@@ -134,28 +154,38 @@ class Transcriber:
     def _make_jobs(self, arrivals: list[LoadedInput], options: TranscribeOptions
                    ) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
         """Frames each new file, finds its loudness maximum (the log-mel floor) and its
-        language, and builds its long-form job."""
+        language, and builds its long-form job. With voice activity, a sequential job decodes
+        the speech put back to back (times mapped back at the end) and a chunked job gets
+        chunks cut at pauses."""
         long_form = options.long_form_options
-        audios = [FileAudio.of(a.audio) for a in arrivals]
         chunked = long_form.mode == "chunked"
+        audios, plans, maps = [], [], []
+        for loaded in arrivals:
+            speech = SpeechMap(loaded.speech) if loaded.speech is not None and not chunked else None
+            audio = FileAudio.of(speech.collect(loaded.audio) if speech is not None else loaded.audio)
+            audios.append(audio)
+            maps.append(speech)
+            if not chunked:
+                plans.append(None)
+            elif loaded.speech is not None:
+                plans.append(speech_chunks(loaded.speech, audio.content_frames))
+            else:
+                plans.append([(s, min(N_FRAMES, audio.content_frames - s))
+                              for s in chunk_starts(audio.content_frames, long_form.chunk_stride_s)])
         # Windows whose maxima are needed: the whole file (floor) and, chunked, each chunk.
         spans = []  # (file, first frame, frames)
         for f, audio in enumerate(audios):
             total = audio.content_frames + N_FRAMES
             spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
-            if chunked:
-                spans += [(f, start, min(N_FRAMES, audio.content_frames - start))
-                          for start in chunk_starts(audio.content_frames, long_form.chunk_stride_s)]
+            spans += [(f, start, frames) for start, frames in plans[f] or ()]
         maxima = self._window_maxima([audios[f].window(start) for f, start, _ in spans], [n for *_, n in spans])
-        n_whole = [-(-(audio.content_frames + N_FRAMES) // N_FRAMES) for audio in audios]
         tops, chunk_tops, at = [], [], 0
         for f, audio in enumerate(audios):
-            tops.append(float(maxima[at:at + n_whole[f]].max()))
-            at += n_whole[f]
-            if chunked:
-                n_chunks = len(chunk_starts(audio.content_frames, long_form.chunk_stride_s))
-                chunk_tops.append([float(m) for m in maxima[at:at + n_chunks]])
-                at += n_chunks
+            n_whole = -(-(audio.content_frames + N_FRAMES) // N_FRAMES)
+            tops.append(float(maxima[at:at + n_whole].max()))
+            n_chunks = len(plans[f] or ())
+            chunk_tops.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
+            at += n_whole + n_chunks
         languages = self._file_languages(audios, tops, options)
         jobs = []
         for f, audio in enumerate(audios):
@@ -163,7 +193,9 @@ class Transcriber:
             tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
                 else self.tokenizer
             args = (audio, tops[f], tokenizer, options, long_form, self.dims.n_text_ctx)
-            job = ChunkedFile(*args, chunk_tops=chunk_tops[f]) if chunked else SequentialFile(*args)
+            job = ChunkedFile(*args, chunk_tops=chunk_tops[f], chunks=plans[f]) if chunked else SequentialFile(*args)
+            if maps[f] is not None:
+                job.restore = maps[f].restore
             jobs.append((job, language, probs))
         return jobs
 
