@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="words to favour (names, jargon): put in every window's prompt, before the previous text")
     t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
     t.add_argument("--word-timestamps", action="store_true",
-                   help="start/end/probability of every word, in each segment's 'words' (sequential long-form)")
+                   help="start/end/probability of every word, in each segment's 'words'")
     t.add_argument("--vad", action="store_true",
                    help="voice-activity detection (Silero, pip install 'whisper-nnx[vad]'): decode speech only; "
                         "chunked: chunks cut at pauses")

@@ -45,7 +45,7 @@ class LongFormOptions:
     initial_prompt: Optional[str] = None  # text before the first window (names, spelling, style)
     carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
     chunk_stride_s: float = 5.0  # chunked: overlap kept on each side of a chunk's interior
-    word_timestamps: bool = False  # sequential: words with times in each segment
+    word_timestamps: bool = False  # words with times in each segment
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "chunked"):
@@ -102,6 +102,17 @@ def aligned_tokens(tokens: list[int], timestamp_begin: int) -> list[int]:
     ends = _pair_ends(tokens, timestamp_begin)
     single_ending = [t >= timestamp_begin for t in tokens[-2:]] == [False, True]
     return tokens if not ends or single_ending else tokens[:ends[-1]]
+
+
+def _attach_words(segments: list[Segment], window: DecodedWindow, tokenizer: Tokenizer, offset: float,
+                  last_speech: float) -> None:
+    """Timed words of a window (its alignment) into its segments, edges moved onto them."""
+    eot = tokenizer.eot
+    matrix, probs = window.alignment
+    text = [t for s in segments for t in s.tokens if t < eot]
+    words, _ = assign_words(segments, word_timings(matrix, text, probs, tokenizer), eot, offset, last_speech)
+    for segment, segment_words in zip(segments, words):
+        segment.words = segment_words
 
 
 class FileJob:
@@ -221,13 +232,7 @@ class SequentialFile(FileJob):
         """Words with times into `segments` (moving their edges onto the words, as the
         reference does); without a single timestamp at its end, the next window starts at the
         end of the last word."""
-        eot = self.tokenizer.eot
-        matrix, probs = window.alignment
-        text = [t for s in segments for t in s.tokens if t < eot]
-        words, _ = assign_words(segments, word_timings(matrix, text, probs, self.tokenizer), eot, offset,
-                                self.last_speech)
-        for segment, segment_words in zip(segments, words):
-            segment.words = segment_words
+        _attach_words(segments, window, self.tokenizer, offset, self.last_speech)
         last_word_end = next((w["end"] for s in reversed(segments) for w in reversed(s.words)), segments[-1].end)
         if not single_ending and last_word_end > offset:
             self.seek = round(last_word_end * FRAMES_PER_SECOND)
@@ -281,8 +286,11 @@ class ChunkedFile(FileJob):
         self.windows_decoded += 1
         k, ts_begin = request.key, self.tokenizer.timestamp_begin
         if not is_silence(window, self.options):
-            self.decoded[k] += _window_segments(window, self.tokenizer, request.frame / FRAMES_PER_SECOND,
-                                                request.content / FRAMES_PER_SECOND)
+            offset = request.frame / FRAMES_PER_SECOND
+            segments = _window_segments(window, self.tokenizer, offset, request.content / FRAMES_PER_SECOND)
+            if self.long_form.word_timestamps and window.alignment is not None and segments:
+                _attach_words(segments, window, self.tokenizer, offset, 0.0)
+            self.decoded[k] += segments
             ends, tokens = _pair_ends(window.tokens, ts_begin), window.tokens
             if ends and [t >= ts_begin for t in tokens[-2:]] != [False, True]:
                 resume = request.frame + (tokens[ends[-1] - 1] - ts_begin) * INPUT_STRIDE

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from typing import Optional
 
 from .segments import Segment
 from .tokenizer import Tokenizer
@@ -31,6 +32,7 @@ class _Word:
     segment: int  # index into its chunk's segments
     first: bool = False  # the first word of its segment
     last: bool = False  # the last word of its segment
+    timing: Optional[dict] = None  # {word, start, end, probability} when the chunk has word timestamps
 
 
 def _words(segments: list[Segment], chunk: int, tokenizer: Tokenizer) -> list[_Word]:
@@ -38,6 +40,11 @@ def _words(segments: list[Segment], chunk: int, tokenizer: Tokenizer) -> list[_W
     words: list[_Word] = []
     for index, segment in enumerate(segments):
         mine: list[_Word] = []
+        if segment.words:  # word timestamps: align on the timed words themselves
+            mine = [_Word(_NOT_WORD.sub("", w["word"]).lower(), [], chunk, index, timing=w) for w in segment.words]
+            mine[0].first, mine[-1].last = True, True
+            words += mine
+            continue
         for token in segment.tokens:
             if token >= tokenizer.eot:  # timestamps and other special tokens
                 continue
@@ -87,14 +94,20 @@ def stitch_chunks(chunks: list[list[Segment]], bounds: list[tuple[float, float]]
     for word in words:
         source = chunks[word.chunk][word.segment]
         if previous is not None and (word.chunk, word.segment) == (previous.chunk, previous.segment):
-            out[-1].tokens += word.tokens
+            pass
         elif previous is not None and not previous.last and not word.first:
-            out[-1].tokens += word.tokens  # the cut ran through both segments: they become one
-            out[-1].end = max(out[-1].end, source.end)
+            out[-1].end = max(out[-1].end, source.end)  # the cut ran through both segments: they become one
         else:
             start = max(source.start, out[-1].end) if out else source.start
-            out.append(Segment(start, max(start, source.end), "", list(word.tokens), dict(source.stats)))
+            out.append(Segment(start, max(start, source.end), "", [], dict(source.stats)))
+        out[-1].tokens += word.tokens
+        if word.timing is not None:
+            out[-1].words.append(word.timing)
         previous = word
     for segment in out:
         segment.text = tokenizer.decode(segment.tokens)
+        if segment.words:  # timed words: the segment spans exactly its words
+            segment.text = "".join(w["word"] for w in segment.words)
+            segment.start, segment.end = segment.words[0]["start"], max(segment.words[-1]["end"],
+                                                                        segment.words[0]["start"])
     return out

@@ -57,7 +57,7 @@ class TranscribeOptions(DecodeOptions):
     carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
     chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
     audio_workers: int = 2  # threads decoding audio ahead of the device
-    word_timestamps: bool = False  # per-word start/end/probability in each segment (sequential)
+    word_timestamps: bool = False  # per-word start/end/probability in each segment
     vad: bool = False  # voice-activity detection (Silero): decode speech only (pip install 'whisper-nnx[vad]')
     vad_threshold: float = 0.5  # speech probability above which a frame is speech
     vad_min_silence_ms: int = 2000  # pauses shorter than this stay inside a speech region
@@ -66,8 +66,6 @@ class TranscribeOptions(DecodeOptions):
         super().__post_init__()
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.word_timestamps and self.long_form != "sequential":
-            raise ValueError("word timestamps are available with sequential long-form decoding only, for now")
         _ = self.long_form_options  # validates the long-form fields
 
     @property
