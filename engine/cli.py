@@ -171,20 +171,6 @@ def _report(handle, progress, args: argparse.Namespace, record: dict) -> None:
         print(f"{record['path']}: {record['error'] or record['text']}", flush=True)
 
 
-def recorded_paths(out: Path) -> set[str]:
-    """Input paths that already have a record in `out` (merged or per-process results)."""
-    from .results import recorded_counts
-
-    return set(recorded_counts(out))
-
-
-def merge_process_results(out: Path) -> None:
-    """See results.merge_process_results (kept here for the launch scripts and tests)."""
-    from .results import merge_process_results as merge
-
-    merge(out)
-
-
 def _convert(args: argparse.Namespace) -> int:
     from .model_hub import resolve_model
     from .weights import read_checkpoint, save_converted

@@ -91,17 +91,23 @@ class FileAudio:
         return window_samples(self.signal, frame)
 
 
-def _pair_ends(tokens: list[int], timestamp_begin: int) -> list[int]:
-    """Indices just after each pair of consecutive timestamp tokens."""
-    return [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= timestamp_begin and tokens[i + 1] >= timestamp_begin]
+def _single_ending(tokens: list[int], timestamp_begin: int) -> bool:
+    """Whether a window ends in one timestamp after text (no closing pair)."""
+    return [t >= timestamp_begin for t in tokens[-2:]] == [False, True]
+
+
+def _cut_at(tokens: list[int], timestamp_begin: int) -> Optional[int]:
+    """Index just after a window's last complete timestamp pair, where the reference cuts it and
+    seeks to (None: the window is used to its end: no pair, or a single timestamp ending)."""
+    ends = [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= timestamp_begin and tokens[i + 1] >= timestamp_begin]
+    return ends[-1] if ends and not _single_ending(tokens, timestamp_begin) else None
 
 
 def aligned_tokens(tokens: list[int], timestamp_begin: int) -> list[int]:
     """The part of a window's tokens that becomes segments (the reference drops text after the
     last timestamp pair unless the window ends in a single timestamp)."""
-    ends = _pair_ends(tokens, timestamp_begin)
-    single_ending = [t >= timestamp_begin for t in tokens[-2:]] == [False, True]
-    return tokens if not ends or single_ending else tokens[:ends[-1]]
+    cut = _cut_at(tokens, timestamp_begin)
+    return tokens if cut is None else tokens[:cut]
 
 
 def _attach_words(segments: list[Segment], window: DecodedWindow, tokenizer: Tokenizer, offset: float,
@@ -212,15 +218,14 @@ class SequentialFile(FileJob):
         offset = self.seek * HOP_LENGTH / SAMPLE_RATE
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
         segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
-        pair_ends = _pair_ends(tokens, ts_begin)
-        single_ending = [t >= ts_begin for t in tokens[-2:]] == [False, True]
-        if pair_ends and not single_ending:
+        cut = _cut_at(tokens, ts_begin)
+        if cut is not None:
             # Resume at the last complete timestamp pair: the text after it is decoded again.
-            self.seek += (tokens[pair_ends[-1] - 1] - ts_begin) * INPUT_STRIDE
+            self.seek += (tokens[cut - 1] - ts_begin) * INPUT_STRIDE
         else:
             self.seek += segment_size
         if self.long_form.word_timestamps and window.alignment is not None and segments:
-            self._add_words(segments, window, offset, single_ending)
+            self._add_words(segments, window, offset, _single_ending(tokens, ts_begin))
         kept = [s for s in segments if s.start != s.end and s.text.strip()]
         self.segments += kept
         self.all_tokens += [t for s in kept for t in s.tokens]
@@ -248,16 +253,12 @@ class ChunkedFile(FileJob):
     the last chunk, in chunks cut at pauses, and where a gap before the next chunk is left.
     """
 
-    def __init__(self, *args, chunk_tops: Optional[list[float]] = None,
-                 chunks: Optional[list[tuple[int, int]]] = None, **kwargs):
-        """`chunks`: (first frame, frames) of each chunk, when voice activity chose them;
-        default: 30 s chunks with the stride."""
+    def __init__(self, *args, chunks: list[tuple[int, int]], chunk_tops: list[float], **kwargs):
+        """`chunks`: (first frame, frames) of each chunk (`stride_chunks`, or `speech_chunks`
+        when voice activity chose them); `chunk_tops`: each chunk's maximum log10 mel power."""
         super().__init__(*args, **kwargs)
-        self.starts = [c[0] for c in chunks] if chunks is not None else chunk_starts(self.audio.content_frames,
-                                                                                    self.long_form.chunk_stride_s)
-        self.lengths = [c[1] for c in chunks] if chunks is not None else [
-            min(N_FRAMES, self.audio.content_frames - s) for s in self.starts]
-        self.chunk_tops = chunk_tops or [self.top] * len(self.starts)
+        self.starts, self.lengths = [c[0] for c in chunks], [c[1] for c in chunks]
+        self.chunk_tops = chunk_tops
         self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(self.starts))}
         self.open: set[int] = set(range(len(self.starts)))  # chunks with a window still to decode
         self.waiting: list[WindowRequest] = []
@@ -291,9 +292,9 @@ class ChunkedFile(FileJob):
             if self.long_form.word_timestamps and window.alignment is not None and segments:
                 _attach_words(segments, window, self.tokenizer, offset, 0.0)
             self.decoded[k] += segments
-            ends, tokens = _pair_ends(window.tokens, ts_begin), window.tokens
-            if ends and [t >= ts_begin for t in tokens[-2:]] != [False, True]:
-                resume = request.frame + (tokens[ends[-1] - 1] - ts_begin) * INPUT_STRIDE
+            cut = _cut_at(window.tokens, ts_begin)
+            if cut is not None:
+                resume = request.frame + (window.tokens[cut - 1] - ts_begin) * INPUT_STRIDE
                 if request.frame < resume < self._covered_until(k):
                     chunk_end = self.starts[k] + self.lengths[k]
                     self.waiting.append(WindowRequest(self, k, resume, min(N_FRAMES, chunk_end - resume),
@@ -320,6 +321,11 @@ def chunk_starts(content_frames: int, stride_s: float) -> list[int]:
     while starts[-1] + N_FRAMES < content_frames:
         starts.append(starts[-1] + step)
     return starts
+
+
+def stride_chunks(content_frames: int, stride_s: float) -> list[tuple[int, int]]:
+    """(first frame, frames) of the 30 s chunks that overlap by `stride_s` on each side."""
+    return [(start, min(N_FRAMES, content_frames - start)) for start in chunk_starts(content_frames, stride_s)]
 
 
 def speech_chunks(regions: list[tuple[int, int]], content_frames: int) -> list[tuple[int, int]]:

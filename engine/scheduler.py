@@ -29,8 +29,8 @@ from whisper_nnx.sharding import multihost
 
 from .audio import N_FRAMES, SAMPLE_RATE, load_audio
 from .decoding import DecodedWindow, bucket
-from .features import WINDOW_SAMPLES
-from .longform import FileAudio, FileJob, WindowRequest
+from .features import WINDOW_SAMPLES, total_frames
+from .longform import FileJob, WindowRequest, chunk_starts
 
 AudioInput = Union[str, "np.ndarray"]
 
@@ -209,11 +209,9 @@ class WindowScheduler:
 
 def expected_windows(mode: str, stride_s: float) -> Callable[[np.ndarray], int]:
     """How many windows a file will put in the queue when admitted (for batch filling)."""
-    from .longform import chunk_starts
-
     def count(audio: np.ndarray) -> int:
         if mode == "sequential":
             return 1
-        return len(chunk_starts(FileAudio(np.zeros(0, np.float32), audio.shape[0]).content_frames, stride_s))
+        return len(chunk_starts(total_frames(audio.shape[0]) - N_FRAMES, stride_s))
 
     return count

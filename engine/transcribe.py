@@ -32,8 +32,8 @@ from .longform import (
     LongFormOptions,
     SequentialFile,
     aligned_tokens,
-    chunk_starts,
     speech_chunks,
+    stride_chunks,
 )
 from .model_hub import DEFAULT_MODEL, resolve_model
 from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_windows
@@ -168,8 +168,7 @@ class Transcriber:
             elif loaded.speech is not None:
                 plans.append(speech_chunks(loaded.speech, audio.content_frames))
             else:
-                plans.append([(s, min(N_FRAMES, audio.content_frames - s))
-                              for s in chunk_starts(audio.content_frames, long_form.chunk_stride_s)])
+                plans.append(stride_chunks(audio.content_frames, long_form.chunk_stride_s))
         # Windows whose maxima are needed: the whole file (floor) and, chunked, each chunk.
         spans = []  # (file, first frame, frames)
         for f, audio in enumerate(audios):

@@ -14,7 +14,7 @@ import pytest
 from fixtures.make_speech import _write_flac
 
 from whisper_nnx.engine.audio import load_audio
-from whisper_nnx.engine.cli import merge_process_results
+from whisper_nnx.engine.results import merge_process_results
 
 
 def _free_port() -> int:
