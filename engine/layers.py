@@ -17,6 +17,8 @@ from flax import nnx
 
 from whisper_nnx.sharding import constrain, out_sharding, param_metadata
 
+from .attention_kernels import long_attention
+
 _F32 = jnp.float32
 _MASKED = jnp.finfo(jnp.float32).min
 
@@ -133,7 +135,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, kv: Optional[tuple[jax.Array, jax.Array]] = None,
                  mask: Optional[jax.Array] = None, scores_out: Optional[list] = None) -> jax.Array:
-        """Attention of x [B, T, D] over itself, or over `kv` (each [B, H, S, K]) -> [B, T, D]."""
+        """Attention of x [B, T, D] over itself, or over `kv` (each [B, H, S, K]) -> [B, T, D].
+
+        Unmasked self-attention (the encoder's) goes through `attention_kernels.long_attention`.
+        """
+        if kv is None and mask is None and scores_out is None:
+            return self.output(long_attention(self.queries(x), *self.keys_values(x)))
         k, v = self.keys_values(x) if kv is None else kv
         return self.output(attend(self.queries(x), k, v, mask, scores_out))
 

@@ -11,7 +11,7 @@ import whisper
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
 from whisper_nnx.engine.config import ModelDims
-from whisper_nnx.engine.generate import Generator, SamplingConfig
+from whisper_nnx.engine.generate import Generator, RowLayout, SamplingConfig, shrunk_width
 from whisper_nnx.engine.logit_rules import LogitRules
 from whisper_nnx.engine.model import build_model
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
@@ -43,6 +43,40 @@ def test_greedy_equals_argmax_rollout_of_uncached_forward():
             break
     got = np.asarray(result.tokens)[:, :tokens.shape[1]]
     np.testing.assert_array_equal(got, tokens)
+
+
+def test_shrink_width_halves_at_least():
+    assert [shrunk_width(a, 16) for a in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+    assert shrunk_width(3, 16, multiple=8) == 8 and shrunk_width(1, 8, multiple=8) == 8
+    assert shrunk_width(1, 1) == 1
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_dropping_finished_rows_changes_no_row(sample):
+    """Rows stopped at different limits: stretches of 3 steps with finished rows dropped between
+    them give every row the tokens and log-probabilities of the one-program loop."""
+    model = build_model(SMALL, seed=7)
+    rng = np.random.default_rng(3)
+    batch = 8
+    mel = jnp.asarray(rng.standard_normal((batch, 80, 100)).astype(np.float32))
+    prompt = np.tile(np.array([[50257, 11, 12]], np.int32), (batch, 1))
+    config = SamplingConfig(rules=LogitRules(sample_begin=3, eot=50256, no_timestamps=50362,
+                                             timestamp_begin=None), sample_len=24, sample=sample)
+    limits = np.array([2, 24, 4, 5, 3, 7, 1, 4], np.int32)  # one long row among short ones
+    seeds = np.arange(batch, dtype=np.int32) * 11
+    rows = RowLayout(np.zeros(batch, np.int32), limits, np.zeros(batch, np.int32), seeds)
+    whole = Generator(model, shrink_every=0).generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows)
+    stretches = Generator(model, shrink_every=3)
+    widths = []
+    take = stretches._take
+    stretches._take = lambda decode, cross, r, index: (widths.append(len(index)), take(decode, cross, r, index))[1]
+    got = stretches.generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows)
+    assert widths == [2, 1], widths  # after 6 steps 2 rows remain (limits 7, 24), after 9 one
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(whole.tokens))
+    np.testing.assert_allclose(np.asarray(got.sum_logprobs), np.asarray(whole.sum_logprobs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.no_speech_prob), np.asarray(whole.no_speech_prob), atol=1e-6)
+    sampled = (np.asarray(got.tokens)[:, 3:] != 50256).sum(1)
+    np.testing.assert_array_equal(sampled, limits)  # random weights never say EOT: each row ran to its limit
 
 
 def _with_reference(name: str):

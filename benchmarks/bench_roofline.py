@@ -1,0 +1,328 @@
+"""Roofline benchmark: the FLOPs of a window (engine/flops.py) over measured time, as a fraction of
+this machine's matmul ceiling measured in the same run, for the encoder and the decoder.
+
+    .venv/bin/python benchmarks/bench_roofline.py --model tiny.en --batch-sizes 1,4 [--results-md]
+
+(a) Ceilings, measured before and after the model (the better of the two counts: on a shared
+    machine the load moves between them):
+      matmul     jitted `a @ b` on square [n, n] operands for each --matmul-sizes n and --dtypes
+                 dtype (float32 accumulation), best of --ceiling-repeats: 2 n^3 FLOPs / seconds;
+                 a dtype's ceiling is its best size.
+      bandwidth  jitted float32 matrix-vector product over a --matvec-mib MiB matrix: matrix bytes /
+                 seconds (the ceiling that a batch-1 decode step, 0.5 FLOP per weight byte, meets).
+(b) Phases, each jitted over the split NNX state and compiled ahead of time (compile time apart),
+    timed with `block_until_ready` after a warm-up call:
+      encoder   model.encode(mel [B, M, 3000]) -> [B, 1500, D]
+      prefill   model.prefill: cross K/V of every block + the P prompt tokens (cache C = P + steps)
+      steps     --steps greedy single-token steps (argmax inside the jitted step, cache donated) in a
+                host loop; the decoder window's time minus the prefill's
+      decoder   prefill + steps: one window's decoding
+    FLOPs: `flops.py`'s useful count times B (self-attention over the positions a token can see;
+    the engine's step attends over all C under a mask: the record has that count too).
+(c) Achieved GFLOP/s = FLOPs / best time (best, like the ceiling: on a shared machine the best
+    repeat is the steadiest estimate of what the code can do) and its fraction of the matmul
+    ceiling of the model's dtype; medians are in the table and the record. GB/s = XLA's "bytes
+    accessed" of the compiled phase / best time, against the matvec ceiling. XLA sums the operand
+    and result bytes of every operation, an upper bound of the memory traffic (for a tiny.en step
+    165 MB against ~131 MB of weights and caches), and counts a loop body once, not per trip: so
+    GB/s is shown only where XLA's FLOPs reach ours (not for the CPU's tiled encoder attention).
+
+--model names a checkpoint (`resolve_model` + `read_checkpoint` + `load_model`) or, with
+--weights random (or auto when no checkpoint resolves), a preset of `config.DIMS` with random
+weights: speed does not depend on the values, so any size is measured without its download.
+Token ids do not change the work either: prompts are token 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO,
+    Timing,
+    git_info,
+    machine_info,
+    peak_rss_bytes,
+    record,
+    time_calls,
+    update_results_md,
+    write_record,
+)
+
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda spec: [int(x) for x in spec.split(",") if x.strip()]  # noqa: E731
+    names = lambda spec: [x.strip() for x in spec.split(",") if x.strip()]  # noqa: E731
+    p.add_argument("--model", default="tiny.en", help="checkpoint name or path, or a config.DIMS preset")
+    p.add_argument("--weights", choices=("auto", "real", "random"), default="auto",
+                   help="auto: the checkpoint if it resolves, else random weights of the preset")
+    p.add_argument("--model-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute and parameter dtype of the model")
+    p.add_argument("--batch-sizes", type=ints, default="1,4")
+    p.add_argument("--prompt", type=int, default=3, help="P prompt tokens (sot, language, task)")
+    p.add_argument("--steps", type=int, default=64, help="greedy decode steps after the prefill")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls of each phase after one warm-up call")
+    p.add_argument("--matmul-sizes", type=ints, default="1024,2048")
+    p.add_argument("--dtypes", type=names, default="float32", help="ceiling dtypes: float32, bfloat16")
+    p.add_argument("--ceiling-repeats", type=int, default=5)
+    p.add_argument("--matvec-mib", type=int, default=256, help="array size of the bandwidth ceiling")
+    p.add_argument("--device", choices=("auto", *PLATFORMS), default="auto")
+    p.add_argument("--results-md", action="store_true", help="write a section of benchmarks/RESULTS.md")
+    p.add_argument("--note", action="append", default=[], help="a sentence for RESULTS.md (repeatable)")
+    return p.parse_args(argv)
+
+
+# --- (a) ceilings -------------------------------------------------------------------------------
+
+def matmul_ceiling(sizes: list[int], dtype_name: str, repeats: int) -> list[dict]:
+    """Best-of-`repeats` GFLOP/s of a jitted [n, n] @ [n, n] per size n."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(dtype_name)
+    fn = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+    rows = []
+    for n in sizes:
+        a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32).astype(dtype) for i in (0, 1))
+        timing = time_calls(functools.partial(fn.lower(a, b).compile(), a, b), repeats)
+        rows.append({"dtype": dtype_name, "n": n, "flops": 2 * n**3, **timing.to_json(),
+                     "gflops": 2 * n**3 / timing.min / 1e9})
+    return rows
+
+
+def bandwidth_ceiling(mib: int, repeats: int) -> dict:
+    """Best-of-`repeats` GB/s of a jitted float32 matrix-vector product [4096, n] @ [n] over a matrix
+    of `mib` MiB: each weight read once for 2 FLOPs, the pattern of a batch-1 decode step. (An
+    elementwise `2 x + 1` measured page faults of its fresh output here, 10x below this.)"""
+    import jax
+    import jax.numpy as jnp
+
+    rows = 4096
+    matrix = jnp.ones((rows, mib * 2**20 // 4 // rows), jnp.float32)
+    vector = jnp.ones((matrix.shape[1],), jnp.float32)
+    compiled = jax.jit(jnp.matmul).lower(matrix, vector).compile()
+    timing = time_calls(functools.partial(compiled, matrix, vector), repeats)
+    return {"bytes": matrix.nbytes, **timing.to_json(), "gb_per_s": matrix.nbytes / timing.min / 1e9}
+
+
+def ceilings(args, dtypes: list[str]) -> dict:
+    rows = [r for d in dtypes for r in matmul_ceiling(args.matmul_sizes, d, args.ceiling_repeats)]
+    return {"matmul": rows, "matvec": bandwidth_ceiling(args.matvec_mib, args.ceiling_repeats)}
+
+
+# --- (b) the model's phases ---------------------------------------------------------------------
+
+def build(args) -> tuple[object, str]:
+    """The model and where its weights came from."""
+    import jax.numpy as jnp
+
+    from whisper_nnx.engine.config import DIMS
+    from whisper_nnx.engine.model import build_model
+    from whisper_nnx.engine.model_hub import resolve_model
+    from whisper_nnx.engine.tensor_files import CheckpointError
+    from whisper_nnx.engine.weights import load_model, read_checkpoint
+
+    dtype = jnp.dtype(args.model_dtype)
+    if args.weights != "random":
+        try:
+            checkpoint = read_checkpoint(resolve_model(args.model))
+            return load_model(checkpoint, dtype=dtype, param_dtype=dtype), "checkpoint"
+        except CheckpointError as err:
+            if args.weights == "real" or args.model not in DIMS:
+                raise
+            print(f"no checkpoint for {args.model} ({err}); random weights", flush=True)
+    if args.model not in DIMS:
+        raise SystemExit(f"--weights random needs a preset name, one of {', '.join(sorted(DIMS))}")
+    return build_model(DIMS[args.model], dtype=dtype, param_dtype=dtype), "random"
+
+
+def _compile(fn, *args) -> tuple[object, float, dict]:
+    """AOT-compile: (compiled, seconds, XLA's cost analysis {"flops", "bytes accessed"})."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # older jax: a list
+    return compiled, seconds, {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed")}
+
+
+def _phase(name: str, batch: int, flops: int, timing: Timing, compile_s: Optional[float], xla: dict,
+           **extra) -> dict:
+    return {"phase": name, "batch": batch, "flops": flops, "compile_s": compile_s, "xla_flops": xla["flops"],
+            "xla_bytes": xla["bytes accessed"], **timing.to_json(), **extra}
+
+
+def bench_batch(model, batch: int, prompt: int, steps: int, repeats: int) -> list[dict]:
+    """Encoder, prefill, steps and decoder window at `batch` rows."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from whisper_nnx.engine import flops
+
+    dims = model.dims
+    graphdef, state = nnx.split(model)
+    cache_length = prompt + steps
+    mel = jax.random.normal(jax.random.key(0), (batch, dims.n_mels, 2 * dims.n_audio_ctx), jnp.float32)
+    tokens = jnp.zeros((batch, prompt), jnp.int32)
+    offsets = [jnp.int32(prompt + j) for j in range(steps)]
+
+    def greedy(logits):
+        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
+
+    def prefill(st, feats, toks):
+        logits, cache = nnx.merge(graphdef, st).prefill(feats, toks, cache_length)
+        return greedy(logits), cache
+
+    def step(st, toks, offset, cache):
+        logits, cache = nnx.merge(graphdef, st).decode_step(toks, offset, cache)
+        return greedy(logits), cache
+
+    encode_c, encode_s, encode_x = _compile(jax.jit(lambda st, m: nnx.merge(graphdef, st).encode(m)), state, mel)
+    features = jax.block_until_ready(encode_c(state, mel))
+    prefill_c, prefill_s, prefill_x = _compile(jax.jit(prefill), state, features, tokens)
+    first, cache = prefill_c(state, features, tokens)
+    step_c, step_s, step_x = _compile(jax.jit(step, donate_argnums=(3,)), state, first, offsets[0], cache)
+    del cache
+
+    def window():
+        toks, cache = prefill_c(state, features, tokens)
+        for offset in offsets:
+            toks, cache = step_c(state, toks, offset, cache)
+        return toks
+
+    enc = time_calls(lambda: encode_c(state, mel), repeats)
+    pre = time_calls(lambda: prefill_c(state, features, tokens), repeats)
+    dec = time_calls(window, repeats)
+    steps_timing = Timing([max(d - p, 1e-9) for d, p in zip(sorted(dec.times), sorted(pre.times))])
+    steps_x = {k: steps * v for k, v in step_x.items()}
+    window_x = {k: prefill_x[k] + steps_x[k] for k in step_x}
+    cross = flops.cross_kv_flops(dims)
+    pre_flops = cross + flops.prefill_flops(dims, prompt)
+    dec_flops = cross + flops.decoder_flops(dims, steps, prompt)
+    executed = cross + flops.decoder_flops(dims, steps, prompt, cache_length=cache_length)
+    return [_phase("encoder", batch, batch * flops.encoder_flops(dims), enc, encode_s, encode_x),
+            _phase("prefill", batch, batch * pre_flops, pre, prefill_s, prefill_x),
+            _phase(f"{steps} steps", batch, batch * (dec_flops - pre_flops), steps_timing, step_s, steps_x,
+                   derived="decoder window - prefill, sorted repeats paired"),
+            _phase("decoder", batch, batch * dec_flops, dec, None, window_x, flops_executed=batch * executed)]
+
+
+# --- (c) report ---------------------------------------------------------------------------------
+
+def add_fractions(phases: list[dict], ceiling_gflops: float, matvec_gb_per_s: float) -> None:
+    for p in phases:
+        p["gflops"] = p["flops"] / p["min_s"] / 1e9
+        p["fraction"] = p["gflops"] / ceiling_gflops
+        p["fraction_median"] = p["flops"] / p["median_s"] / 1e9 / ceiling_gflops
+        loop_free = p["xla_flops"] >= 0.98 * p["flops"]  # see the module docstring
+        p["gb_per_s"] = p["xla_bytes"] / p["min_s"] / 1e9 if loop_free else None
+        p["bandwidth_fraction"] = p["gb_per_s"] / matvec_gb_per_s if loop_free else None
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.2f}" if s < 0.01 else f"{s * 1e3:.1f}" if s < 10 else f"{s * 1e3:.0f}"
+
+
+def ceiling_table(found: dict) -> str:
+    lines = ["| ceiling | size | best ms | median ms | rate |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| matmul {r['dtype']} | n = {r['n']} | {_ms(r['min_s'])} | {_ms(r['median_s'])} | "
+              f"{r['gflops']:.1f} GFLOP/s |" for r in found["matmul"]]
+    s = found["matvec"]
+    lines.append(f"| matvec float32 | {s['bytes'] / 2**20:.0f} MiB | {_ms(s['min_s'])} | {_ms(s['median_s'])} | "
+                 f"{s['gb_per_s']:.1f} GB/s |")
+    return "\n".join(lines)
+
+
+def phase_table(phases: list[dict]) -> str:
+    lines = ["| batch | phase | GFLOP | best ms | median ms | GFLOP/s | of matmul ceiling | GB/s (XLA bytes) | "
+             "of matvec | compile s |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in phases:
+        compile_s = "-" if p["compile_s"] is None else f"{p['compile_s']:.1f}"
+        bw = "- | -" if p["gb_per_s"] is None else f"{p['gb_per_s']:.1f} | {p['bandwidth_fraction']:.0%}"
+        lines.append(f"| {p['batch']} | {p['phase']} | {p['flops'] / 1e9:.2f} | {_ms(p['min_s'])} | "
+                     f"{_ms(p['median_s'])} | {p['gflops']:.1f} | {p['fraction']:.1%} | {bw} | {compile_s} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.device != "auto":  # before jax is imported anywhere
+        os.environ["JAX_PLATFORMS"] = PLATFORMS[args.device]
+    dtypes = list(dict.fromkeys([*args.dtypes, args.model_dtype]))
+    t0, git, machine = time.perf_counter(), git_info(), machine_info()
+
+    import jax
+
+    print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()[0].device_kind}", flush=True)
+    before = ceilings(args, dtypes)
+    print(ceiling_table(before), flush=True)
+    model, weights = build(args)
+    phases = []
+    for batch in args.batch_sizes:
+        print(f"[{time.perf_counter() - t0:.0f} s] batch {batch}", flush=True)
+        phases += bench_batch(model, batch, args.prompt, args.steps, args.repeats)
+    after = ceilings(args, dtypes)
+    rows = before["matmul"] + after["matmul"]
+    best = {d: max(r["gflops"] for r in rows if r["dtype"] == d) for d in dtypes}
+    matvec = max(before["matvec"]["gb_per_s"], after["matvec"]["gb_per_s"])
+    add_fractions(phases, best[args.model_dtype], matvec)
+
+    settings = {"model": args.model, "weights": weights, "model_dtype": args.model_dtype,
+                "batch_sizes": args.batch_sizes, "prompt": args.prompt, "steps": args.steps,
+                "repeats": args.repeats, "matmul_sizes": args.matmul_sizes, "dtypes": dtypes,
+                "ceiling_repeats": args.ceiling_repeats, "matvec_mib": args.matvec_mib, "device": args.device,
+                "dims": model.dims.to_dict(),
+                "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}
+    results = {"ceilings_before": before, "ceilings_after": after, "matmul_gflops": best, "matvec_gb_per_s": matvec,
+               "phases": phases, "notes": list(args.note), "total_s": time.perf_counter() - t0,
+               "peak_rss_bytes": peak_rss_bytes()}
+    rec = record("roofline", settings, results, git=git, machine=machine)
+    path = write_record(rec)
+    print("\nafter the model:\n" + ceiling_table(after) + "\n\n" + _ceiling_line(results) + "\n\n"
+          + phase_table(phases))
+    print(f"record: {path.relative_to(REPO)}  ({results['total_s']:.0f} s)")
+    if args.results_md:
+        update_results_md(*_section(rec, path))
+
+
+def _ceiling_line(res: dict) -> str:
+    matmul = ", ".join(f"{d} {x:.1f} GFLOP/s" for d, x in res["matmul_gflops"].items())
+    return f"Ceilings (best of before and after): matmul {matmul}; matvec {res['matvec_gb_per_s']:.1f} GB/s."
+
+
+def _section(rec: dict, path: Path) -> tuple[str, str, str]:
+    """(title, subsection, body) for RESULTS.md."""
+    m, j, g, s, res, v = rec["machine"], rec["jax"], rec["git"], rec["settings"], rec["results"], rec["versions"]
+    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
+    title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
+    dirty = " + uncommitted changes" if g["dirty"] else ""
+    subsection = f"roofline, {s['model']} {s['model_dtype']}, commit {(g['commit'] or '?')[:7]}{dirty}"
+    body = [
+        f"`{s['command']}`; jax {v['jax']}, flax {v['flax']}, backend {j['backend']}; {s['model']} "
+        f"({s['weights']} weights) in {s['model_dtype']}; prompt {s['prompt']} tokens, {s['steps']} greedy steps; "
+        f"phases best of {s['repeats']}, ceilings best of {s['ceiling_repeats']}, after warm-up; load average "
+        f"{m['load_avg_at_start'][0]:.1f} at the start. Record: `{path.relative_to(REPO)}`.",
+        _ceiling_line(res), "Before the model:", ceiling_table(res["ceilings_before"]),
+        "After:", ceiling_table(res["ceilings_after"]),
+        "FLOPs from `whisper_nnx.engine.flops` (matmuls only, useful work: self-attention over visible "
+        "positions); GFLOP/s = FLOPs / best time, over the matmul ceiling of the model's dtype; GB/s = XLA's "
+        "bytes accessed / best time, over the matvec ceiling (`-` where XLA's cost analysis misses loop trips); "
+        "`steps` = decoder window minus prefill.", phase_table(res["phases"])]
+    body += [f"Note: {n}" for n in res["notes"]]
+    return title, subsection, "\n\n".join(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The encoder's long-attention kernels against the plain softmax formulation (and numpy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from whisper_nnx.engine import attention_kernels
+from whisper_nnx.engine.attention_kernels import resolve_implementation, set_implementation, tiled_attention
+from whisper_nnx.engine.layers import attend
+
+
+def _qkv(b: int, t: int, h: int, d: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, t, h, d)).astype(np.float32)
+    k = rng.standard_normal((b, h, t, d)).astype(np.float32)
+    v = rng.standard_normal((b, h, t, d)).astype(np.float32)
+    return q, k, v
+
+
+def _numpy_attention(q, k, v):
+    """float64 softmax(q k^T / sqrt(d)) v, q [B, T, H, K], k/v [B, H, S, K] -> [B, T, H, K]."""
+    q, k, v = (x.astype(np.float64) for x in (q, k, v))
+    scores = np.einsum("bthk,bhsk->bhts", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhts,bhsk->bthk", weights, v)
+
+
+@pytest.mark.parametrize("t,block", [(1500, 750), (37, 16), (300, 300), (301, 100)])
+def test_tiled_equals_softmax_attention(t, block):
+    q, k, v = _qkv(2, t, 3, 16)
+    want = _numpy_attention(q, k, v)
+    got = np.asarray(jax.jit(tiled_attention, static_argnums=3)(q, k, v, block))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(attend(jnp.asarray(q), k, v, None)), want, atol=2e-5, rtol=1e-4)
+
+
+def test_tiled_handles_large_scores_and_bfloat16():
+    q, k, v = _qkv(1, 200, 2, 64, seed=1)
+    q *= 12.0  # scores in the hundreds: the max subtraction keeps exp finite
+    want = _numpy_attention(q, k, v)
+    got = np.asarray(tiled_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 64))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    half = tiled_attention(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), 64)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), want, atol=0.1)
+
+
+def test_auto_choice_per_backend_and_override():
+    assert resolve_implementation(jnp.float32, "cpu") == "tiled"
+    assert resolve_implementation(jnp.bfloat16, "gpu") == "cudnn"
+    assert resolve_implementation(jnp.float32, "gpu") == "dense"
+    assert resolve_implementation(jnp.bfloat16, "tpu") == "dense"
+    try:
+        set_implementation("dense")
+        assert resolve_implementation(jnp.float32, "cpu") == "dense"
+        with pytest.raises(ValueError, match="unknown attention implementation"):
+            set_implementation("flash3")
+    finally:
+        set_implementation("auto")
+
+
+def test_encoder_is_the_same_with_either_kernel():
+    from flax import nnx
+
+    from whisper_nnx.engine.config import ModelDims
+    from whisper_nnx.engine.model import Whisper
+
+    dims = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
+                     n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
+    with nnx.use_eager_sharding(False):
+        model = Whisper(dims, rngs=nnx.Rngs(0))
+    mel = np.random.default_rng(2).standard_normal((2, 80, 3000)).astype(np.float32)
+    outputs = {}
+    try:
+        for name in ("dense", "tiled"):
+            set_implementation(name)
+            outputs[name] = np.asarray(nnx.jit(lambda m, x: m.encoder(x))(model, mel))
+    finally:
+        set_implementation("auto")
+    np.testing.assert_allclose(outputs["tiled"], outputs["dense"], atol=1e-4, rtol=1e-4)
+    assert attention_kernels._state["implementation"] == "auto"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("explicit", [False, True])
+def test_sharded_tiled_attention_equals_unsharded(explicit):
+    """On 8 simulated devices, per-shard tiles (batch over data, heads over model) = one device."""
+    code = textwrap.dedent(f"""
+        import json, jax, numpy as np
+        from flax import nnx
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from whisper_nnx.engine.attention_kernels import long_attention, tiled_attention
+        from whisper_nnx.sharding import rules_for
+        from whisper_nnx.sharding.mesh import make_mesh
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((4, 300, 6, 8)).astype(np.float32)
+        k = rng.standard_normal((4, 6, 300, 8)).astype(np.float32)
+        v = rng.standard_normal((4, 6, 300, 8)).astype(np.float32)
+        want = np.asarray(tiled_attention(q, k, v, 128))
+        errors = {{}}
+        for spec, heads_split in (("4x2", P("data", None, "model", None)), ("data=2,model=4", None)):
+            mesh = make_mesh(spec, explicit={explicit})
+            with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_for("dp+tp")):
+                qs = jax.device_put(q, NamedSharding(mesh, heads_split or P("data", None, None, None)))
+                got = jax.jit(long_attention)(qs, k, v)
+            errors[spec] = float(np.abs(np.asarray(got) - want).max())
+        print(json.dumps(errors))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"4x2", "data=2,model=4"}  # 6 heads do not split 4 ways: replicated there
+    assert max(errors.values()) < 1e-5, errors
