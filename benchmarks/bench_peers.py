@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="10min: synthesized (make_bench_audio.py, cached); lecture: tests/data/longform (3.5 min)")
     p.add_argument("--long-seconds", type=float, default=0, help="cut the long recording (0: all of it)")
     names = lambda spec: [x.strip() for x in spec.split(",") if x.strip()]  # noqa: E731
-    p.add_argument("--our-dtypes", type=names, default="float32", help="comma-separated: float32, bfloat16")
+    p.add_argument("--our-dtypes", type=names, default="float32", help="float32, bfloat16, int8 (weights)")
     p.add_argument("--peer-compute-types", type=names, default="float32,int8",
                    help="faster-whisper compute_type values (ratios are taken against float32 if listed, "
                         "else the first)")
@@ -167,7 +167,9 @@ def _ours(job: dict, arrays: list[np.ndarray]):
 
     from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
-    transcriber = Transcriber(job["model"], dtype=job["dtype"])
+    # "int8": float32 compute over int8-stored weights (Transcriber(quantize="int8"))
+    transcriber = Transcriber(job["model"], dtype="float32" if job["dtype"] == "int8" else job["dtype"],
+                              quantize="int8" if job["dtype"] == "int8" else None)
     options = TranscribeOptions(language="en", beam_size=job["beam"] if job["beam"] > 1 else None,
                                 temperature=tuple(job["temperature"]), batch_size=job["batch"],
                                 long_form=job["mode"] if job["mode"] != "batch" else "sequential",

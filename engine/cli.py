@@ -125,8 +125,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         logging.info("mesh %s, sharding preset %s", describe(mesh)["shape"], args.sharding)
     transcriber = Transcriber(args.model, dtype=args.dtype, mesh=mesh,
                               rules=rules_for(args.sharding) if mesh is not None else None,
-                              allow_replicated=args.allow_replicated_weights)
-    run_info = {"model": args.model, "dtype": args.dtype, "long_form": args.long_form,
+                              allow_replicated=args.allow_replicated_weights, quantize=args.quantize)
+    run_info = {"model": args.model, "dtype": args.dtype, "quantize": args.quantize, "long_form": args.long_form,
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
     mine = duplicates if jax.process_index() == 0 else []
@@ -211,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--logprob-threshold", type=float, default=-1.0)
     t.add_argument("--no-speech-threshold", type=float, default=0.6)
     t.add_argument("--without-timestamps", action="store_true")
-    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute and weight dtype; bfloat16 runs matmuls on native bf16 units (TPU, GPU, "
+                        "CPUs with AVX512-BF16/AMX): see benchmarks/RESULTS.md for speed and WER")
+    t.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weight-only quantization: less weight memory, not faster on CPU")
     t.add_argument("--mesh", default=None,
                    help="device mesh data=D,model=M (-1: the rest), e.g. data=-1 or data=4,model=2; "
                         "default: one device")

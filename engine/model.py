@@ -45,8 +45,8 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 def _conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
     """x [B, N, Cin] * kernel [3, Cin, Cout] (padding 1) -> [B, N / stride, Cout]."""
     y = jax.lax.conv_general_dilated(x, kernel, window_strides=(stride,), padding=[(1, 1)],
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
-    return y + bias
+                                     dimension_numbers=("NWC", "WIO", "NWC"), preferred_element_type=_F32)
+    return y.astype(x.dtype) + bias  # float32 accumulation: the native bf16 path (layers.matmul)
 
 
 class AudioEncoder(nnx.Module):

@@ -81,9 +81,11 @@ class Transcriber:
     """Load once, transcribe many: `Transcriber("tiny.en").transcribe(["a.wav", "b.flac"])`."""
 
     def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "float32", mesh: Optional[Mesh] = None,
-                 rules=None, allow_replicated: bool = False):
+                 rules=None, allow_replicated: bool = False, quantize: Optional[str] = None):
         """`mesh` (see whisper_nnx.sharding.make_mesh) with logical-axis `rules` (a preset of
-        whisper_nnx.sharding.PRESETS) shards weights, caches and batches; None: one device."""
+        whisper_nnx.sharding.PRESETS) shards weights, caches and batches; None: one device.
+        `quantize="int8"` stores the matmul weights as int8 (see quantize.py: about 4x less
+        weight memory at rest; not faster on CPU, where XLA dequantizes before the matmuls)."""
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.checkpoint_path = resolve_model(model)
@@ -95,8 +97,13 @@ class Transcriber:
         if mesh is not None and rules is None:
             rules = rules_for("dp+tp")
         self.mesh = mesh
-        model_ = load_model(checkpoint, dtype=_DTYPES[dtype], mesh=mesh, rules=rules,
-                            allow_replicated=allow_replicated)
+        # Weights are stored in the compute dtype: a bfloat16 decode step then reads half the
+        # bytes (it is bound by memory traffic: the 51k x D output table dominates).
+        model_ = load_model(checkpoint, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], mesh=mesh,
+                            rules=rules, allow_replicated=allow_replicated)
+        if quantize:
+            from .quantize import quantize_weights
+            model_ = quantize_weights(model_, quantize)
         self.generator = Generator(model_, mesh=mesh, rules=rules)
         self.alignment_heads = tuple(tuple(h) for h in checkpoint.alignment_heads or ()) or \
             default_alignment_heads(self.dims.n_text_layer, self.dims.n_text_head)

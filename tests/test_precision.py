@@ -1,0 +1,60 @@
+"""bfloat16 compute on real tiny.en: close encoder output, bf16 weights, same words as float32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jiwer
+import numpy as np
+import pytest
+from flax import nnx
+from whisper.normalizers import EnglishTextNormalizer
+
+from whisper_nnx.engine.audio import load_audio
+from whisper_nnx.engine.layers import matmul
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+
+CORPUS = Path(__file__).parent / "data" / "corpus"
+
+
+def test_matmul_accumulates_in_float32():
+    x = np.full((1, 4096), 1.0 + 2.0 ** -7, np.float32)  # exactly representable in bfloat16
+    w = np.ones((4096, 1), np.float32)
+    got = float(matmul("td,df->tf", x, w, jnp.bfloat16)[0, 0])
+    # float32 accumulation: 4096 * (1 + 1/128) = 4128, which rounds to 4128 in bf16 (8 bits of
+    # mantissa: 4128 = 2^12 * 1.0078125). A bf16 running sum would stall at 256 + ... far lower.
+    assert got == pytest.approx(4128.0, rel=2 ** -8)
+    np.testing.assert_allclose(np.asarray(matmul("td,df->tf", x, w, jnp.float32)), [[4128.0]], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return Transcriber("tiny.en"), Transcriber("tiny.en", dtype="bfloat16")
+
+
+def test_bfloat16_weights_and_encoder_output(pair, data_dir):
+    full, half = pair
+    state = nnx.state(nnx.merge(half.generator.graphdef, half.generator.state))
+    kinds = {leaf.dtype for leaf in jax.tree.leaves(state)}
+    assert kinds == {jnp.dtype(jnp.bfloat16)}, kinds  # weights stored in bf16: half the bytes to read
+    mel = full.mel(load_audio(data_dir / "sample_joe.flac")[None, :480_000])
+    features = [np.asarray(nnx.merge(t.generator.graphdef, t.generator.state).encode(mel), np.float32)
+                for t in pair]
+    scale = np.abs(features[0]).max()
+    assert np.abs(features[1] - features[0]).max() / scale < 0.03
+    assert np.corrcoef(features[0].ravel(), features[1].ravel())[0, 1] > 0.999
+
+
+def test_bfloat16_transcripts_keep_the_word_error_rate(pair):
+    known = json.loads((CORPUS / "transcripts.json").read_text())
+    paths = sorted(CORPUS.glob("*.flac"))[:12]
+    norm = EnglishTextNormalizer()
+    truth = [norm(known[p.name]) for p in paths]
+    options = TranscribeOptions(language="en", temperature=0.0, batch_size=4)
+    wers = [jiwer.wer(truth, [norm(r["text"]) for r in t.transcribe([str(p) for p in paths], options)])
+            for t in pair]
+    assert wers[0] < 0.25  # the float32 baseline is sane (these first clips are espeak-ng: robotic)
+    assert wers[1] <= wers[0] + 0.02, wers
