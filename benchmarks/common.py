@@ -163,27 +163,7 @@ and its load).
 
 ## How to run
 
-- `benchmarks/bench_decode.py`: per-phase times (log-mel, encode, prefill, one decode step) and
-  compile times of the jitted pieces, then end-to-end transcription (tokens/s, real-time
-  factor) against openai-whisper on CPU PyTorch with the same weights:
-
-      .venv/bin/python benchmarks/bench_decode.py --model tiny.en --batch-sizes 1,8,32 --beam-sizes 1,5
-
-  About 20-30 minutes on 2 busy CPU cores with `--repeats 2 --large-repeats 1` (the peer at
-  batch 32, beam 5 alone takes 3-7 min). `--no-peer` skips
-  openai-whisper, `--no-phases` the per-phase timings, `--no-results-md` leaves this file alone;
-  otherwise the run writes (or rewrites) `### decode, commit <sha>` under its date and machine.
-  `--from-record benchmarks/results/decode-....json` re-renders that part from a record.
-- `benchmarks/bench_bulk.py`: memory over a long CLI run (a few hundred short files; RSS
-  against files done), `--files 300`; extra arguments go to the CLI (e.g. `--long-form chunked`).
-- `benchmarks/bench_peers.py`: ours against faster-whisper (CTranslate2) on the same arrays
-  and the same tiny.en checkpoint, one subprocess per setting (wall time after warm-up, audio
-  s/s, WER, peak RSS, a PNG of throughput against batch size):
-
-      .venv/bin/python benchmarks/bench_peers.py --batch-sizes 1,8,16 --beam-sizes 1,5 --repeats 2 --results-md
-
-  45-90 minutes on 2 cores; run it on a quiet machine (faster-whisper's threads suffer badly
-  when the cores are shared), or add a `--threads 1` run beside it.
+Each script's docstring and `--help` say how to run it.
 """
 
 

@@ -27,7 +27,7 @@ from whisper_nnx.sharding import constrain
 
 from .config import ModelDims
 from .kv_cache import KVCache
-from .layers import Block, LayerNorm, make_param
+from .layers import Block, LayerNorm, make_param, matmul
 
 _F32 = jnp.float32
 
@@ -111,8 +111,7 @@ class TextDecoder(nnx.Module):
         """Final LayerNorm and the output projection tied to the embedding: -> [B, T, V] f32
         (the padding rows of the table are cut off)."""
         x = self.ln(x)
-        logits = jnp.einsum("btd,vd->btv", x, self.token_embedding[...].astype(self.dtype),
-                            preferred_element_type=_F32)
+        logits = matmul("btd,vd->btv", x, self.token_embedding[...], self.dtype, out_dtype=_F32)
         return constrain(logits[..., :self.n_vocab], "batch", "text_len", None)
 
     def cross_kv(self, audio_features: jax.Array) -> list[tuple[jax.Array, jax.Array]]:

@@ -30,6 +30,22 @@ def test_matmul_accumulates_in_float32():
     np.testing.assert_allclose(np.asarray(matmul("td,df->tf", x, w, jnp.float32)), [[4128.0]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("spec,x_shape,w_shape", [("btd,vd->btv", (1, 1, 64), (300, 64)),
+                                                  ("bthk,hkd->btd", (1, 1, 4, 16), (4, 16, 64)),
+                                                  ("btd,dhk->bthk", (1, 1, 64), (64, 4, 16))])
+def test_single_row_bfloat16_matmul_equals_the_batched_row(spec, x_shape, w_shape):
+    """One row goes through the two-row path (XLA's bf16 matrix-vector dot is slow): same numbers."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    one = np.asarray(matmul(spec, x, w, jnp.bfloat16, out_dtype=jnp.float32))
+    two = np.asarray(matmul(spec, np.concatenate([x, -x]), w, jnp.bfloat16, out_dtype=jnp.float32))[:1]
+    exact = np.einsum(spec, x.astype(jnp.bfloat16).astype(np.float64), w.astype(jnp.bfloat16).astype(np.float64))
+    assert one.shape == exact.shape
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, exact, rtol=1e-5, atol=1e-4)  # bf16 inputs, float32 sums
+
+
 @pytest.fixture(scope="module")
 def pair():
     return Transcriber("tiny.en"), Transcriber("tiny.en", dtype="bfloat16")
