@@ -458,7 +458,11 @@ def _section(rec: dict, path: Path, png, rows: list[dict]) -> tuple[str, str, st
     s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
     device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
     title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
-    sub = f"peers (faster-whisper), commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
+    plan = ", ".join([f"beam {'/'.join(map(str, s['beam_sizes']))}", *s["workloads"]]
+                     + (["no fallback"] if s["temperature"] == [0.0] else [])
+                     + (["ours chunked with VAD"] if s["vad_ours_chunked"] else []))
+    sub = (f"peers (faster-whisper): {plan}; commit {(g['commit'] or '?')[:7]}"
+           f"{' + uncommitted changes' if g['dirty'] else ''}")
     rel = lambda p: p.relative_to(REPO) if p.is_relative_to(REPO) else p  # noqa: E731
     work = ", ".join(f"{n}: {w['inputs']} input(s), {w['audio_s']:.0f} s"
                      + (f" ({w['source']['name']}, `{Path(w['source']['path']).name}`, "

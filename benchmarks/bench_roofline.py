@@ -14,8 +14,9 @@ this machine's matmul ceiling measured in the same run, for the encoder and the 
     timed with `block_until_ready` after a warm-up call:
       encoder   model.encode(mel [B, M, 3000]) -> [B, 1500, D]
       prefill   model.prefill: cross K/V of every block + the P prompt tokens (cache C = P + steps)
-      steps     --steps greedy single-token steps (argmax inside the jitted step, cache donated) in a
-                host loop; the decoder window's time minus the prefill's
+      steps     --steps greedy single-token steps in the engine's own decode loop
+                (generate.sample_from_features: lax.while_loop, logit rules, argmax); the decoder
+                window's time minus the prefill's
       decoder   prefill + steps: one window's decoding
     FLOPs: `flops.py`'s useful count times B (self-attention over the positions a token can see;
     the engine's step attends over all C under a mask: the record has that count too).
@@ -170,6 +171,8 @@ def bench_batch(model, batch: int, prompt: int, steps: int, repeats: int) -> lis
     from flax import nnx
 
     from whisper_nnx.engine import flops
+    from whisper_nnx.engine.generate import RowLayout, SamplingConfig, sample_from_features
+    from whisper_nnx.engine.logit_rules import LogitRules
 
     dims = model.dims
     graphdef, state = nnx.split(model)
@@ -196,11 +199,21 @@ def bench_batch(model, batch: int, prompt: int, steps: int, repeats: int) -> lis
     step_c, step_s, step_x = _compile(jax.jit(step, donate_argnums=(3,)), state, first, offsets[0], cache)
     del cache
 
+    # The decoder window runs the engine's own loop (generate.sample_from_features: prefill, then
+    # a lax.while_loop of steps with the cross K/V as loop constants), for exactly `steps` steps:
+    # every row's limit is `steps` and no token counts as end-of-text. The timestamp rules are on,
+    # as in transcription (every vocabulary ends in 1501 timestamp tokens).
+    timestamp_begin = dims.n_vocab - 1501
+    config = SamplingConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,
+                                             timestamp_begin=timestamp_begin), sample_len=steps)
+    rows = RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), steps, jnp.int32),
+                     jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32))
+    window_c, _, _ = _compile(jax.jit(lambda st, feats, toks, r: sample_from_features(
+        nnx.merge(graphdef, st), config, feats, toks, jax.random.key(0), jnp.float32(1.0), r).tokens),
+        state, features, tokens, rows)
+
     def window():
-        toks, cache = prefill_c(state, features, tokens)
-        for offset in offsets:
-            toks, cache = step_c(state, toks, offset, cache)
-        return toks
+        return window_c(state, features, tokens, rows)
 
     enc = time_calls(lambda: encode_c(state, mel), repeats)
     pre = time_calls(lambda: prefill_c(state, features, tokens), repeats)

@@ -142,9 +142,10 @@ def record(benchmark: str, settings: dict, results: Any, git: Optional[dict] = N
 
 
 def write_record(rec: dict, out_dir: Path = RESULTS_DIR) -> Path:
-    """benchmarks/results/<benchmark>-<YYYYMMDD>-<short commit>[-dirty].json"""
+    """benchmarks/results/<benchmark>-<YYYYMMDD-HHMMSS>-<short commit>[-dirty].json (the time keeps
+    two runs of one day and commit apart)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    day = rec["timestamp"][:10].replace("-", "")
+    day = rec["timestamp"][:19].replace("-", "").replace(":", "").replace("T", "-")
     commit = (rec["git"]["commit"] or "nogit")[:8] + ("-dirty" if rec["git"]["dirty"] else "")
     path = out_dir / f"{rec['benchmark']}-{day}-{commit}.json"
     path.write_text(json.dumps(rec, indent=2) + "\n")
