@@ -108,7 +108,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
     call), mask broadcastable to [B, H, T, S] (True = visible) -> [B, T, H, K]. Scores and
     softmax in float32. `scores_out`, when given, receives the scaled, masked scores
     [B, H, T, S] before the softmax (word alignment reads cross-attention this way).
+
+    Keys shared by groups of query rows (beam search: k/v [B, H, S, K] for q [B G, T, H, K],
+    rows example-major) are attended by each group's G T queries at once.
     """
+    if k.shape[0] != q.shape[0]:
+        groups, rows = k.shape[0], q.shape[0]
+        if rows % groups or mask is not None:
+            raise ValueError(f"{rows} query rows cannot share keys of {groups} rows (mask: {mask is not None})")
+        grouped = q.reshape(groups, rows // groups * q.shape[1], *q.shape[2:])
+        return attend(grouped, k, v, None, scores_out).reshape(q.shape)
     scores = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=_F32)
     scores = scores * (q.shape[-1] ** -0.5)
     if mask is not None:

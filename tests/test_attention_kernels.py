@@ -123,3 +123,18 @@ def test_sharded_tiled_attention_equals_unsharded(explicit):
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(errors) == {"4x2", "data=2,model=4"}  # 6 heads do not split 4 ways: replicated there
     assert max(errors.values()) < 1e-5, errors
+
+
+def test_beams_sharing_keys_attend_like_repeated_keys():
+    """Beam rows (example-major, G per example) over one copy of their example's cross K/V
+    equal each row over its own repeated copy."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((6, 1, 3, 8)).astype(np.float32)  # 2 examples x 3 beams, one step
+    k = rng.standard_normal((2, 3, 50, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 50, 8)).astype(np.float32)
+    shared = np.asarray(attend(jnp.asarray(q), k, v, None))
+    repeated = np.asarray(attend(jnp.asarray(q), np.repeat(k, 3, axis=0), np.repeat(v, 3, axis=0), None))
+    np.testing.assert_allclose(shared, repeated, atol=1e-6)
+    np.testing.assert_allclose(shared, _numpy_attention(q, np.repeat(k, 3, 0), np.repeat(v, 3, 0)), atol=2e-5)
+    with pytest.raises(ValueError, match="cannot share keys"):
+        attend(jnp.asarray(q[:5]), k, v, None)
