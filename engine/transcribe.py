@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from whisper_nnx.sharding import multihost, rules_for
@@ -67,6 +68,9 @@ class TranscribeOptions(DecodeOptions):
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         _ = self.long_form_options  # validates the long-form fields
+        if self.long_form == "chunked" and self.without_timestamps:
+            logging.warning("chunked long-form without timestamps cannot continue a chunk whose window stops "
+                            "early: that chunk's remaining speech is lost (see README, 'Long files')")
 
     @property
     def long_form_options(self) -> LongFormOptions:

@@ -191,3 +191,15 @@ def test_chunked_long_form_is_within_one_point_of_sequential(lecture_runs):
     # Nothing is said in the 6 s gap: no segment lies inside it.
     gap = truth["silence"]
     assert not [s for s in chunked["segments"] if s["start"] > gap["start"] + 0.5 and s["end"] < gap["end"] - 0.5]
+
+
+def test_chunked_without_timestamps_warns(caplog):
+    """Chunked mode cannot continue a chunk that stopped early without timestamps: say so."""
+    from whisper_nnx.engine.transcribe import TranscribeOptions
+
+    with caplog.at_level("WARNING"):
+        TranscribeOptions(long_form="chunked")
+        TranscribeOptions(long_form="sequential", without_timestamps=True)
+        assert not [r for r in caplog.records if "without timestamps" in r.getMessage()]
+        TranscribeOptions(long_form="chunked", without_timestamps=True)
+    assert [r for r in caplog.records if "chunked long-form without timestamps" in r.getMessage()]
