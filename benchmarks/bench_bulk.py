@@ -34,7 +34,16 @@ import numpy as np
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, git_info, machine_info, record, update_results_md, write_record  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    commit_label,
+    git_info,
+    machine_info,
+    machine_title,
+    record,
+    update_results_md,
+    write_record,
+)
 
 CORPUS = REPO / "tests" / "data" / "corpus"
 # (extension, encoder, sample rate): the CLI decodes and resamples each to 16 kHz mono.
@@ -250,11 +259,7 @@ def main(argv=None) -> int:
                 "command": " ".join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])}
     # Only now, with the CLI gone: `record` imports JAX here, which may take accelerator memory.
     rec = record("bulk", settings, res, git=git, machine=machine)
-    if args.out is None:
-        path = write_record(rec)
-    else:
-        (path := Path(args.out).resolve()).parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=2) + "\n")
+    path = write_record(rec, args.out)
     print("\n" + table(res) + f"\n\nrecord: {path}")
     if not args.no_results_md:
         update_results_md(*_section(rec, path))
@@ -264,9 +269,8 @@ def main(argv=None) -> int:
 def _section(rec: dict, path: Path) -> tuple[str, str, str]:
     """RESULTS.md's (date and machine, `bulk memory, commit ...`, body)."""
     s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
-    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
-    title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
-    sub = f"bulk memory, commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
+    title = machine_title(rec)
+    sub = f"bulk memory, {commit_label(g)}"
     where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
             f"jax {v['jax']}, flax {v['flax']}; backend {j['backend']} ({', '.join(j['devices'])}); "

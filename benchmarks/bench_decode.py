@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     Timing,
+    commit_label,
     git_info,
     machine_info,
     peak_rss_bytes,
@@ -416,7 +417,7 @@ def _section_title(rec: dict) -> str:
 
 def _subsection(rec: dict) -> str:
     g = rec["git"]
-    return f"decode, commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
+    return f"decode, {commit_label(g)}"
 
 
 def _section_body(rec: dict, path: Path) -> str:

@@ -48,7 +48,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Timing, git_info, machine_info, record, update_results_md, versions, write_record  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    Timing,
+    commit_label,
+    git_info,
+    machine_info,
+    machine_title,
+    record,
+    update_results_md,
+    versions,
+    write_record,
+)
 
 DATA = REPO / "tests" / "data"
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # both engines' default fallback order
@@ -441,11 +452,7 @@ def main(argv=None) -> int:
     rec = record("peers", settings, {"rows": rows, "notes": NOTES, "total_s": time.perf_counter() - t0},
                  git=git, machine=machine)
     rec["versions"] = versions(PACKAGES)
-    if args.out is None:
-        path = write_record(rec)
-    else:
-        (path := Path(args.out).resolve()).parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=2) + "\n")
+    path = write_record(rec, args.out)
     png = path.with_suffix(".png")
     plotted = plot(rows, png)
     print("\n" + table(rows, reference) + "\n\n" + "\n".join(f"note: {n}" for n in NOTES))
@@ -455,14 +462,12 @@ def main(argv=None) -> int:
     return 0 if not any(res.get("error") for r in rows for _, _, res in runs(r)) else 1
 
 def _section(rec: dict, path: Path, png, rows: list[dict]) -> tuple[str, str, str]:
-    s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
-    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
-    title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
+    s, g, v, m = rec["settings"], rec["git"], rec["versions"], rec["machine"]
+    title = machine_title(rec)
     plan = ", ".join([f"beam {'/'.join(map(str, s['beam_sizes']))}", *s["workloads"]]
                      + (["no fallback"] if s["temperature"] == [0.0] else [])
                      + (["ours chunked with VAD"] if s["vad_ours_chunked"] else []))
-    sub = (f"peers (faster-whisper): {plan}; commit {(g['commit'] or '?')[:7]}"
-           f"{' + uncommitted changes' if g['dirty'] else ''}")
+    sub = f"peers (faster-whisper): {plan}; {commit_label(g)}"
     rel = lambda p: p.relative_to(REPO) if p.is_relative_to(REPO) else p  # noqa: E731
     work = ", ".join(f"{n}: {w['inputs']} input(s), {w['audio_s']:.0f} s"
                      + (f" ({w['source']['name']}, `{Path(w['source']['path']).name}`, "

@@ -48,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     Timing,
+    commit_label,
     git_info,
     machine_info,
+    machine_title,
     peak_rss_bytes,
     record,
     time_calls,
@@ -318,10 +320,8 @@ def _ceiling_line(res: dict) -> str:
 def _section(rec: dict, path: Path) -> tuple[str, str, str]:
     """(title, subsection, body) for RESULTS.md."""
     m, j, g, s, res, v = rec["machine"], rec["jax"], rec["git"], rec["settings"], rec["results"], rec["versions"]
-    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
-    title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
-    dirty = " + uncommitted changes" if g["dirty"] else ""
-    subsection = f"roofline, {s['model']} {s['model_dtype']}, commit {(g['commit'] or '?')[:7]}{dirty}"
+    title = machine_title(rec)
+    subsection = f"roofline, {s['model']} {s['model_dtype']}, {commit_label(g)}"
     body = [
         f"`{s['command']}`; jax {v['jax']}, flax {v['flax']}, backend {j['backend']}; {s['model']} "
         f"({s['weights']} weights) in {s['model_dtype']}; prompt {s['prompt']} tokens, {s['steps']} greedy steps; "

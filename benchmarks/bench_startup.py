@@ -38,7 +38,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import _die_with_parent, wer  # noqa: E402
-from common import REPO, git_info, machine_info, record, update_results_md, versions, write_record  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    commit_label,
+    git_info,
+    machine_info,
+    machine_title,
+    record,
+    update_results_md,
+    versions,
+    write_record,
+)
 
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2")
 CLIP = REPO / "tests" / "data" / "sample_joe.flac"
@@ -210,11 +220,7 @@ def main(argv=None) -> int:
     rec = record("startup", settings, {"summary": summary, "runs": runs, "total_s": time.perf_counter() - t0},
                  git=git, machine=machine)
     rec["versions"] = versions(PACKAGES)
-    if args.out is None:
-        path = write_record(rec)
-    else:
-        (path := Path(args.out).resolve()).parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=2) + "\n")
+    path = write_record(rec, args.out)
     print("\n" + table(summary) + f"\n\nrecord: {path}")
     if args.results_md:
         update_results_md(*_section(rec, path))
@@ -222,10 +228,9 @@ def main(argv=None) -> int:
 
 
 def _section(rec: dict, path: Path) -> tuple[str, str, str]:
-    s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
-    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
-    title = f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
-    sub = f"startup (compile cache), commit {(g['commit'] or '?')[:7]}{' + uncommitted changes' if g['dirty'] else ''}"
+    s, g, v, m = rec["settings"], rec["git"], rec["versions"], rec["machine"]
+    title = machine_title(rec)
+    sub = f"startup (compile cache), {commit_label(g)}"
     rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
             f"jax {v['jax']}, flax {v['flax']}, faster-whisper {v['faster-whisper']}, ctranslate2 {v['ctranslate2']}; "

@@ -141,9 +141,13 @@ def record(benchmark: str, settings: dict, results: Any, git: Optional[dict] = N
             "git": git or git_info(), "settings": settings, "results": results}
 
 
-def write_record(rec: dict, out_dir: Path = RESULTS_DIR) -> Path:
-    """benchmarks/results/<benchmark>-<YYYYMMDD-HHMMSS>-<short commit>[-dirty].json (the time keeps
-    two runs of one day and commit apart)."""
+def write_record(rec: dict, out: Optional[str | Path] = None, out_dir: Path = RESULTS_DIR) -> Path:
+    """`out` if given, else benchmarks/results/<benchmark>-<YYYYMMDD-HHMMSS>-<short commit>[-dirty].json
+    (the time keeps two runs of one day and commit apart)."""
+    if out is not None:
+        (path := Path(out).resolve()).parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec, indent=2) + "\n")
+        return path
     out_dir.mkdir(parents=True, exist_ok=True)
     day = rec["timestamp"][:19].replace("-", "").replace(":", "").replace("T", "-")
     commit = (rec["git"]["commit"] or "nogit")[:8] + ("-dirty" if rec["git"]["dirty"] else "")
@@ -153,6 +157,18 @@ def write_record(rec: dict, out_dir: Path = RESULTS_DIR) -> Path:
 
 
 # --- RESULTS.md ---------------------------------------------------------------------------------
+
+def machine_title(rec: dict) -> str:
+    """RESULTS.md's section title of a record: its day, CPU, cores and accelerator if any."""
+    m, j = rec["machine"], rec["jax"]
+    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
+    return f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
+
+
+def commit_label(git: dict) -> str:
+    """"commit abc1234", plus " + uncommitted changes" for a dirty tree."""
+    return f"commit {(git['commit'] or '?')[:7]}{' + uncommitted changes' if git['dirty'] else ''}"
+
 
 RESULTS_HEADER = """# Benchmark results
 
