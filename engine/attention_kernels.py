@@ -101,9 +101,7 @@ def _per_shard(kernel, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     if mesh.empty or mesh.size == 1:
         return kernel(q, k, v)
     q_spec, _ = fit_spec(logical_spec("batch", None, "heads", None), q.shape, mesh)
-    kv_spec, _ = fit_spec(logical_spec("batch", "heads", None, None), k.shape, mesh)
-    if q_spec[0] != kv_spec[0] or q_spec[2] != kv_spec[1]:  # both fitted alike unless shapes disagree
-        kv_spec = jax.sharding.PartitionSpec(q_spec[0], q_spec[2], None, None)
+    kv_spec = jax.sharding.PartitionSpec(q_spec[0], q_spec[2], None, None)  # same rows and heads as q
     if mesh.are_all_axes_explicit:  # layouts are types there: shard_map takes them as they are
         q, k, v = (jax.sharding.reshard(x, spec) for x, spec in ((q, q_spec), (k, kv_spec), (v, kv_spec)))
     return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec)(q, k, v)

@@ -54,7 +54,7 @@ def matmul(spec: str, x: jax.Array, w: jax.Array, dtype, out_dtype=None, **kwarg
     two. The cast back is fused into the consumer. No-op for float32.
     """
     inputs, out = spec.split("->")
-    x_letters, w_letters = inputs.split(",")
+    x_letters = inputs.split(",")[0]
     rows = int(np.prod([n for letter, n in zip(x_letters, x.shape) if letter in out]))
     single = rows == 1 and jnp.dtype(dtype) != jnp.dtype(_F32)
     if single:  # [1, ...] -> [2, ...]; the duplicate row is dropped from the result
