@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from simulated_devices import run_on_8_devices
 
 from whisper_nnx.engine import attention_kernels
 from whisper_nnx.engine.attention_kernels import resolve_implementation, set_implementation, tiled_attention
@@ -117,10 +115,7 @@ def test_sharded_tiled_attention_equals_unsharded(explicit):
             errors[spec] = float(np.abs(np.asarray(got) - want).max())
         print(json.dumps(errors))
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = json.loads(run_on_8_devices(code, timeout=600).strip().splitlines()[-1])
     assert set(errors) == {"4x2", "data=2,model=4"}  # 6 heads do not split 4 ways: replicated there
     assert max(errors.values()) < 1e-5, errors
 

@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from simulated_devices import eight_devices_env, run_on_8_devices
 
 from whisper_nnx.sharding import fit_spec, logical, rules_for
 from whisper_nnx.sharding.mesh import parse_mesh_spec
@@ -53,18 +53,10 @@ def test_fit_spec_replicates_only_indivisible_dims():
     assert fit_spec(P(("data", "model"),), (8,), _Mesh()) == (P(None), [0])
 
 
-def _run_8_devices(code: str) -> str:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                          text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
-
-
 @pytest.mark.slow
 def test_sharded_transcripts_equal_unsharded_on_every_mesh_shape(data_dir):
     files = [str(data_dir / f) for f in ("sample_joe.flac", "sample_espeak.flac", "sample_german.flac")]
-    out = _run_8_devices(f"""
+    out = run_on_8_devices(f"""
         import json
         from whisper_nnx.engine.transcribe import Transcriber, TranscribeOptions
         from whisper_nnx.sharding.mesh import make_mesh
@@ -89,7 +81,7 @@ def test_sharded_transcripts_equal_unsharded_on_every_mesh_shape(data_dir):
 @pytest.mark.slow
 def test_partition_specs_per_preset_match_golden(data_dir):
     """Every parameter's spec per preset on a 4x2 mesh, for tiny.en, against stored golden data."""
-    out = _run_8_devices("""
+    out = run_on_8_devices("""
         import json
         from flax import nnx
         from whisper_nnx.engine.config import DIMS
@@ -122,11 +114,10 @@ def test_partition_specs_per_preset_match_golden(data_dir):
 
 @pytest.mark.slow
 def test_cli_mesh_flag_reports_the_mesh(tmp_path, data_dir, transcripts):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe",
                            str(data_dir / "sample_joe.flac"), "--output-dir", str(tmp_path), "--mesh",
                            "data=4,model=-1", "--sharding", "tp", "--beam-size", "0", "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=eight_devices_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "results.jsonl").read_text())
     assert record["mesh"]["shape"] == {"data": 4, "model": 2} and record["mesh"]["devices"] == 8
@@ -138,7 +129,7 @@ def test_cli_mesh_flag_reports_the_mesh(tmp_path, data_dir, transcripts):
 def test_big_weights_are_sufficiently_sharded_or_rejected():
     """large-v3 (abstract, no memory): on model=4 every weight >= 1 MiB holds at most 1/4 of
     itself per device under tp; on model=8 its 20 heads cannot split and the check says so."""
-    out = _run_8_devices("""
+    out = run_on_8_devices("""
         import json
         from flax import nnx
         from whisper_nnx.engine.config import DIMS
