@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -49,11 +50,12 @@ def output_stem(path: str) -> str:
 
 
 def fallback_temperatures(start: float, increment: float | None) -> tuple[float, ...]:
-    """start, start + increment, ... up to 1.0 (the reference CLI's rule); no increment: one."""
+    """start, start + increment, ... never above 1.0: the reference CLI's
+    `np.arange(start, 1.0 + 1e-6, increment)`; no increment: just `start`."""
     if not increment:
         return (start,)
-    steps = int(round((1.0 - start) / increment)) if start < 1.0 else 0
-    return tuple(round(start + i * increment, 6) for i in range(steps + 1))
+    steps = math.floor((1.0 + 1e-6 - start) / increment) if start <= 1.0 else 0
+    return tuple(round(start + i * increment, 6) for i in range(max(steps, 0) + 1))
 
 
 def _transcribe(args: argparse.Namespace) -> int:

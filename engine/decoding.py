@@ -155,6 +155,13 @@ def is_silence(window: DecodedWindow, options: DecodeOptions) -> bool:
 _PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256)
 
 
+def prompt_bucket(length: int) -> int:
+    """The padded prompt width of a batch whose longest prompt has `length` tokens: the
+    program is compiled once per bucket, whatever the exact lengths (a file decoded alone
+    meets a new length at almost every window)."""
+    return next((b for b in _PROMPT_BUCKETS if b >= length), length)
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptBatch:
     """Per-row prompts of one batch, left-padded to a common length (one compiled program per
@@ -170,10 +177,8 @@ class PromptBatch:
         on, since every process must call the same program. `seeds`: each row's random stream
         (default: its position)."""
         lengths = [len(p) for p in prompts]
-        longest = max(lengths, default=width)
-        if min(lengths, default=longest) != longest:
-            longest = next((b for b in _PROMPT_BUCKETS if b >= longest), longest)
-        width = multihost.global_max(max(width, longest))  # equal lengths (the common case): no padding
+        longest = prompt_bucket(max(lengths, default=width))
+        width = multihost.global_max(max(width, longest))
         tokens = np.full((len(prompts), width), filler, np.int32)
         for row, prompt in enumerate(prompts):
             tokens[row, width - len(prompt):] = prompt

@@ -7,7 +7,7 @@ timestamp (no closing pair) still ends its last segment there.
 from __future__ import annotations
 
 import dataclasses
-import gzip
+import zlib
 
 from .tokenizer import TIME_PRECISION, Tokenizer
 
@@ -30,9 +30,10 @@ class Segment:
 
 
 def compression_ratio(text: str) -> float:
-    """len(utf-8 bytes) / len(gzip of them): high values mean repetitive (looping) output."""
+    """len(utf-8 bytes) / len(zlib of them), as the reference (whisper.utils) and faster-whisper:
+    high values mean repetitive (looping) output."""
     data = text.encode("utf-8")
-    return len(data) / len(gzip.compress(data)) if data else 0.0
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,

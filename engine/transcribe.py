@@ -139,10 +139,23 @@ class Transcriber:
             results[index] = record
         return results  # type: ignore[return-value]
 
+    def warn_ignored_options(self, options: TranscribeOptions) -> None:
+        """As the reference's CLI: an English-only model ignores a language other than English
+        and the translate task, with a warning rather than silently."""
+        if self.tokenizer.multilingual:
+            return
+        if options.language is not None and options.language.lower() not in ("en", "english"):
+            logging.warning("%s is an English-only model but was given language %r; using English instead",
+                            self.model_name, options.language)
+        if options.task == "translate":
+            logging.warning("%s: an English-only model cannot translate; transcribing in English instead",
+                            self.model_name)
+
     def transcribe_iter(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
                         ) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish; audio is decoded
         on `options.audio_workers` threads while the device works."""
+        self.warn_ignored_options(options)
         find_speech = None
         if options.vad:
             vad = VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
@@ -291,6 +304,7 @@ class Transcriber:
                      ) -> list[dict]:
         """One record per input clip of up to 30 s, each decoded as one window of its audio
         zero-padded to 30 s (the reference's `whisper.decode`); longer clips get an error."""
+        self.warn_ignored_options(options)
         results: list[Optional[dict]] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray]] = []
         for i, item in enumerate(inputs):
