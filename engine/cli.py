@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chunk-stride", type=float, default=5.0, help="chunked: seconds of overlap on each side")
     t.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
                    help="sequential: prompt each window with the text before it")
-    t.add_argument("--initial-prompt", default=None, help="text to prompt the first window of every file with")
+    t.add_argument("--initial-prompt", default=None, help="text to prompt with: sequential, the first window of every file (its text then "
+                        "carries on); chunked, every chunk (chunks decode in parallel, without text before them)")
     t.add_argument("--carry-initial-prompt", action="store_true",
                    help="sequential: keep the initial prompt at the head of every window's prompt")
     t.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")

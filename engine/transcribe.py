@@ -54,7 +54,7 @@ class TranscribeOptions(DecodeOptions):
     batch_size: int = 8  # windows decoded together (from one file or many)
     long_form: str = "sequential"  # "sequential" (the reference's seek loop) or "chunked"
     condition_on_previous_text: bool = True  # sequential: prompt each window with the text so far
-    initial_prompt: Optional[str] = None  # text before the first window of every file
+    initial_prompt: Optional[str] = None  # sequential: before each file's first window; chunked: every chunk
     carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
     chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
     audio_workers: int = 2  # threads decoding audio ahead of the device

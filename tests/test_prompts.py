@@ -64,3 +64,31 @@ def test_initial_prompt_matches_the_reference(tiny, data_dir, carry):
     assert ours["text"] == ref["text"].strip()
     assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == \
         [(round(s["start"], 2), round(s["end"], 2), s["text"]) for s in ref["segments"] if s["text"]]
+
+
+def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
+    """Chunked mode decodes its chunks in parallel, none with text before it: the initial
+    prompt is the only context any chunk has, so it prompts every chunk (sequential mode
+    prompts the first window, whose text then carries on). README and --help say which."""
+    from pathlib import Path
+
+    from whisper_nnx.engine.cli import build_parser
+    from whisper_nnx.engine.longform import ChunkedFile, stride_chunks
+
+    tok = tiny.tokenizer
+    audio = FileAudio.of(np.full(16000 * 70, 0.01, np.float32))
+    chunks = stride_chunks(audio.content_frames, 5.0)
+    options = TranscribeOptions(long_form="chunked", initial_prompt="Stella's tickets")
+    job = ChunkedFile(audio, -2.0, tok, options, LongFormOptions(mode="chunked", initial_prompt="Stella's tickets"),
+                      448, chunks=chunks, chunk_tops=[-2.0] * len(chunks))
+    requests = job.requests()
+    assert len(requests) == len(chunks) >= 3
+    expected = [tok.sot_prev, *tok.encode(" Stella's tickets"), *tok.sot_sequence]
+    assert all(r.prompt == expected for r in requests)
+
+    transcribe = build_parser()._subparsers._group_actions[0].choices["transcribe"]
+    help_text = next(a.help for a in transcribe._actions if "--initial-prompt" in a.option_strings)
+    assert "every chunk" in help_text and "first window" in help_text
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "`--initial-prompt TEXT` prompts the first window of every file in sequential mode and every chunk" \
+        in readme
