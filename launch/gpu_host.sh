@@ -9,6 +9,13 @@
 # Without --host the commands run locally. With --hosts, one process per host joins one global
 # mesh: host 0 is the coordinator and every host needs the inputs and the output directory on
 # shared storage. --dry-run prints every command instead of running it.
+#
+# `run` exits with whisper-nnx's status: 0 every input has a transcript; 3 the run finished but
+# some inputs have error records (see OUTPUT_DIR/results.jsonl; rerunning won't help); 2 a usage
+# or configuration error; anything else the run failed (rerun with `-- --resume` to continue).
+# With --hosts it waits for every host, names each host that did not exit 0 and its status, and
+# exits 0 if every host exited 0; else 2 if any host exited 2; else 1 if any host failed in any
+# other way (non-zero, ssh failure, signal); else 3 (every host finished, some with error records).
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -16,7 +23,7 @@ HOST="" HOSTS="" PORT=12345 PYTHON="python3.11" SOURCE="" INPUTS="" OUTPUT_DIR="
 MESH="data=-1" EXTRA=()
 REMOTE_DIR=whisper-nnx
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 2; }  # the comment block above
 
 parse() {
   while [[ $# -gt 0 ]]; do
@@ -63,21 +70,47 @@ transcribe_command() {  # transcribe_command BIN [extra args]
     ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
+report_status() {  # report_status WHO STATUS: say what a whisper-nnx exit status means, on stderr
+  case $2 in
+    0) ;;
+    3) echo "$1 finished; some inputs have error records (see $OUTPUT_DIR/results.jsonl)" >&2 ;;
+    *) echo "$1 failed with exit status $2" >&2 ;;
+  esac
+}
+
 run_job() {
   [[ -n "$INPUTS" && -n "$OUTPUT_DIR" ]] || die "run needs --inputs and --output-dir"
+  local status=0
   if [[ -z "$HOSTS" ]]; then
     local bin=$REMOTE_DIR/.venv/bin/whisper-nnx
     [[ -n "$HOST" ]] || bin="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/whisper-nnx"
-    on_host "$HOST" "$(transcribe_command "$bin")"
-    return
+    on_host "$HOST" "$(transcribe_command "$bin")" || status=$?
+    report_status "host ${HOST:-localhost}" "$status"
+    return "$status"
   fi
   IFS=, read -r -a hosts <<< "$HOSTS"
-  local coordinator="${hosts[0]}:$PORT" i
+  local coordinator="${hosts[0]}:$PORT" i pids=() worst=0
   for i in "${!hosts[@]}"; do  # one process per host, all started together
     on_host "${hosts[$i]}" "$(transcribe_command "$REMOTE_DIR/.venv/bin/whisper-nnx" \
       --coordinator "$coordinator" --num-processes "${#hosts[@]}" --process-id "$i")" &
+    pids+=($!)
   done
-  wait
+  for i in "${!hosts[@]}"; do  # every host, in order, whatever the others did
+    status=0
+    wait "${pids[$i]}" || status=$?
+    report_status "host ${hosts[$i]} (process $i)" "$status"
+    case $status in  # worst so far, in the order 0 < 3 < 1 (any failure) < 2
+      0) ;;
+      3) [[ $worst -ne 0 ]] || worst=3 ;;
+      2) worst=2 ;;
+      *) [[ $worst -eq 2 ]] || worst=1 ;;
+    esac
+  done
+  case $worst in
+    1) echo "error: the run failed on some hosts (above); rerun with \`-- --resume\` to continue it" >&2 ;;
+    2) echo "error: a host reported a usage or configuration error (above); fix it before rerunning" >&2 ;;
+  esac
+  return "$worst"
 }
 
 main() {

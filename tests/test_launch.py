@@ -102,3 +102,278 @@ exit 0
     assert calls == ["describe", "delete", "create", "scp", "ssh", "describe", "ssh"]
     assert "--resume" in log.read_text().splitlines()[-1]
     assert "recreating" in proc.stderr and "job finished" in proc.stdout
+
+
+# --- Real runs (DRY_RUN=0) against fake `gcloud` / `ssh` / `python` first on PATH -------------------------------
+
+def _executable(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _launch(script: str, *args: str, fakes: Path, tmp: Path, timeout: float = 20) -> subprocess.CompletedProcess:
+    """Run a launch script for real with `fakes` first on PATH and TMPDIR=`tmp` (so its temporary files can be
+    checked); no real gcloud, ssh or host is reached."""
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "TMPDIR": str(tmp), "DRY_RUN": "0"}
+    return subprocess.run(["bash", str(LAUNCH / script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# gpu_host.sh: `ssh HOST CMD` answers with the status in status/HOST ("TERM": killed by SIGTERM); gpu-a is slow,
+# so a host that fails early must not end the wait for the others.
+FAKE_SSH = """d={d}
+echo "start $1" >> "$d/ssh.log"
+[[ $1 != gpu-a ]] || sleep 0.5
+echo "end $1" >> "$d/ssh.log"
+status=$(cat "$d/status/$1")
+[[ $status != TERM ]] || kill -TERM $$
+exit "$status"
+"""
+
+
+def _gpu_hosts(tmp_path: Path, statuses: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    for host, status in statuses.items():
+        (tmp_path / "status").mkdir(exist_ok=True)
+        (tmp_path / "status" / host).write_text(status)
+    _executable(tmp_path / "bin" / "ssh", FAKE_SSH.format(d=tmp_path))
+    return _launch("gpu_host.sh", "run", *args, "--inputs", "/nfs/list.txt", "--output-dir", "/nfs/out",
+                   fakes=tmp_path / "bin", tmp=tmp_path / "tmp")
+
+
+@pytest.mark.parametrize("statuses,expected", [
+    (("0", "0", "0"), 0),
+    (("0", "3", "0"), 3),      # finished everywhere, some inputs have error records
+    (("3", "3", "3"), 3),
+    (("0", "1", "3"), 1),      # a host failed: the run failed (rerun with --resume)
+    (("0", "0", "255"), 1),    # ssh itself failed
+    (("0", "TERM", "0"), 1),   # killed by a signal
+    (("1", "2", "0"), 2),      # a host reported a usage/configuration error: retrying won't help
+])
+def test_gpu_hosts_run_exits_with_the_combined_status_of_every_host(tmp_path, statuses, expected):
+    hosts = ["gpu-a", "gpu-b", "gpu-c"]
+    proc = _gpu_hosts(tmp_path, dict(zip(hosts, statuses)), "--hosts", ",".join(hosts))
+    assert proc.returncode == expected, proc.stderr
+    log = (tmp_path / "ssh.log").read_text().splitlines()
+    assert sorted(log) == sorted([f"start {h}" for h in hosts] + [f"end {h}" for h in hosts])  # all waited for
+    for i, (host, status) in enumerate(zip(hosts, statuses)):
+        reported = f"host {host} (process {i})"
+        if status == "0":
+            assert reported not in proc.stderr
+        elif status == "3":
+            assert f"{reported} finished; some inputs have error records" in proc.stderr
+        else:
+            shown = "143" if status == "TERM" else status
+            assert f"{reported} failed with exit status {shown}" in proc.stderr
+    if expected == 3:
+        assert "see /nfs/out/results.jsonl" in proc.stderr
+
+
+@pytest.mark.parametrize("status", [0, 1, 3, 255])
+def test_gpu_single_host_run_propagates_the_exit_status(tmp_path, status):
+    proc = _gpu_hosts(tmp_path, {"gpu-x": str(status)}, "--host", "gpu-x")
+    assert proc.returncode == status, proc.stderr
+    assert (tmp_path / "ssh.log").read_text().splitlines() == ["start gpu-x", "end gpu-x"]
+    assert ("failed with exit status" in proc.stderr) == (status not in (0, 3))
+
+
+# tpu_vm.sh: a fake gcloud driven by files in its directory:
+#   state            what `describe` prints (READY, PREEMPTED, ...); `create` writes READY
+#   describe.err/rc  if present, `describe` prints describe.err to stderr and exits describe.rc
+#   jobs             one line per `ssh` running the job: "STATUS [NEW_STATE]" (the last line repeats)
+#   home/            `scp` copies there and `ssh` runs a non-job command there (the worker's login directory)
+FAKE_GCLOUD = """d={d}
+printf '%s\\n' "$*" >> "$d/calls.log"
+case "$4" in  # gcloud compute tpus tpu-vm VERB
+  describe)
+    if [[ -f $d/describe.err ]]; then cat "$d/describe.err" >&2; exit "$(cat "$d/describe.rc")"; fi
+    cat "$d/state" ;;
+  create)
+    if [[ -f $d/describe.err ]]; then echo "ERROR: ALREADY_EXISTS" >&2; exit 1; fi
+    echo READY > "$d/state" ;;
+  scp)
+    mkdir -p "$d/home"
+    for a in "$@"; do [[ $a == *:* && $a != --* ]] && dest=${{a#*:}}; done
+    for a in "$@"; do
+      if [[ -f $a ]]; then stat -c %a "$a" > "$d/scp.mode"; cp "$a" "$d/home/$dest"; fi
+    done ;;
+  ssh)
+    for a in "$@"; do [[ $a == --command=* ]] && command=${{a#--command=}}; done
+    if [[ $command == *" transcribe "* ]]; then
+      n=$(cat "$d/jobs.count" 2>/dev/null || echo 0)
+      echo $((n + 1)) > "$d/jobs.count"
+      line=$(sed -n "$((n + 1))p" "$d/jobs")
+      [[ -n $line ]] || line=$(tail -n 1 "$d/jobs")
+      read -r status new_state <<< "$line"
+      [[ -z $new_state ]] || echo "$new_state" > "$d/state"
+      exit "$status"
+    fi
+    mkdir -p "$d/home"
+    cd "$d/home" && bash -c "$command" ;;
+esac
+"""
+
+# `python -m venv DIR` makes DIR/bin/pip, which logs its arguments.
+FAKE_PYTHON = """[[ $1 == -m && $2 == venv ]] || exit 9
+mkdir -p "$3/bin"
+printf '#!/usr/bin/env bash\\necho "pip $*" >> {d}/pip.log\\n' > "$3/bin/pip"
+chmod +x "$3/bin/pip"
+"""
+
+
+def _fake_tpu(tmp_path: Path, state: str = "READY", jobs: tuple[str, ...] = ("0",), describe_err: str | None = None,
+              describe_rc: int = 1) -> Path:
+    (tmp_path / "state").write_text(state)
+    (tmp_path / "jobs").write_text("\n".join(jobs) + "\n")
+    if describe_err is not None:
+        (tmp_path / "describe.err").write_text(describe_err + "\n")
+        (tmp_path / "describe.rc").write_text(str(describe_rc))
+    _executable(tmp_path / "bin" / "gcloud", FAKE_GCLOUD.format(d=tmp_path))
+    _executable(tmp_path / "bin" / "fakepython", FAKE_PYTHON.format(d=tmp_path))
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "hello.txt").write_text("hi\n")
+    return tmp_path / "bin"
+
+
+def _verbs(tmp_path: Path) -> list[str]:
+    log = tmp_path / "calls.log"
+    return [line.split()[3] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _watch(tmp_path: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return _launch("tpu_vm.sh", "watch", "--name", "p", "--zone", "z", "--type", "v5litepod-8", "--inputs",
+                   "/m/list.txt", "--output-dir", "/m/out", "--interval", "0", "--source", str(tmp_path / "src"),
+                   "--python", "fakepython", *args, fakes=tmp_path / "bin", tmp=tmp_path / "tmp", timeout=timeout)
+
+
+def test_tpu_install_uses_a_private_temporary_tarball_per_run():
+    def paths(calls):
+        tar, scp, ssh = calls
+        local = tar[tar.index("-czf") + 1]
+        assert scp[5] == local
+        remote = next(a for a in scp if a.startswith("p:")).split(":", 1)[1]
+        return local, remote, " ".join(_remote(ssh))
+
+    first = paths(_dry("tpu_vm.sh", "install", "--name", "p", "--zone", "z"))
+    second = paths(_dry("tpu_vm.sh", "install", "--name", "p", "--zone", "z"))
+    for local, remote, command in (first, second):
+        assert "whisper-nnx-src.tar.gz" not in local + remote
+        assert not Path(local).exists()  # a dry run creates nothing
+        assert f"tar -xzf {remote} -C whisper-nnx" in command
+        assert command.index(f"tar -xzf {remote}") < command.index(f"rm -f {remote}") < command.index("-m venv")
+    assert first[0] != second[0] and first[1] != second[1]
+
+
+def test_tpu_install_copies_extracts_and_removes_the_tarball(tmp_path):
+    fakes = _fake_tpu(tmp_path)
+    proc = _launch("tpu_vm.sh", "install", "--name", "p", "--zone", "z", "--source", str(tmp_path / "src"),
+                   "--python", "fakepython", fakes=fakes, tmp=tmp_path / "tmp")
+    assert proc.returncode == 0, proc.stderr
+    assert _verbs(tmp_path) == ["scp", "ssh"]
+    assert (tmp_path / "scp.mode").read_text().strip() == "600"  # not readable by other users while it exists
+    home = tmp_path / "home"
+    assert (home / "whisper-nnx" / "hello.txt").read_text() == "hi\n"
+    assert sorted(p.name for p in home.iterdir()) == ["whisper-nnx"]  # the remote tarball is gone after extraction
+    assert (tmp_path / "pip.log").read_text().split() == ["pip", "install", "-q", "-e", "./whisper-nnx[tpu]"]
+    assert list((tmp_path / "tmp").iterdir()) == []  # and so is the local one
+
+
+def test_tpu_install_removes_the_local_tarball_when_the_copy_fails(tmp_path):
+    fakes = _fake_tpu(tmp_path)
+    _executable(fakes / "gcloud", f'echo "$*" >> {tmp_path}/calls.log; echo "scp: connection lost" >&2; exit 7\n')
+    proc = _launch("tpu_vm.sh", "install", "--name", "p", "--zone", "z", "--source", str(tmp_path / "src"),
+                   fakes=fakes, tmp=tmp_path / "tmp")
+    assert proc.returncode == 7 and "connection lost" in proc.stderr
+    assert _verbs(tmp_path) == ["scp"]
+    local = (tmp_path / "calls.log").read_text().split()[4]  # compute tpus tpu-vm scp LOCAL ...
+    assert Path(local).parent == tmp_path / "tmp" and not Path(local).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+NOT_FOUND = ("ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource 'projects/x/locations/z/nodes/p' "
+             "was not found")
+AUTH = "ERROR: (gcloud.compute.tpus.tpu-vm.describe) There was a problem refreshing your current auth tokens"
+
+
+@pytest.mark.parametrize("err,rc,stdout,status", [
+    (None, 0, "READY", 0),
+    (NOT_FOUND, 1, "MISSING", 0),
+    ("ERROR: node p not found", 1, "MISSING", 0),
+    (AUTH, 1, "UNKNOWN", 1),
+    ("ERROR: (gcloud) Quota exceeded for quota metric 'Read requests'", 1, "UNKNOWN", 1),
+    ("bash: gcloud: command not found", 127, "UNKNOWN", 1),  # no gcloud: not a missing VM
+])
+def test_tpu_state_is_missing_only_when_gcloud_says_not_found(tmp_path, err, rc, stdout, status):
+    fakes = _fake_tpu(tmp_path, describe_err=err, describe_rc=rc)
+    proc = _launch("tpu_vm.sh", "state", "--name", "p", "--zone", "z", fakes=fakes, tmp=tmp_path / "tmp")
+    assert (proc.stdout.strip(), proc.returncode) == (stdout, status), proc.stderr
+    if stdout == "UNKNOWN":
+        assert err in proc.stderr and f"exit status {rc}" in proc.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_tpu_watch_never_creates_a_vm_it_cannot_describe(tmp_path):
+    _fake_tpu(tmp_path, describe_err=AUTH)
+    proc = _watch(tmp_path, "--max-retries", "2", timeout=10)
+    assert proc.returncode == 1, proc.stderr
+    assert _verbs(tmp_path) == ["describe"] * 3  # the first try and two retries; nothing created or deleted
+    assert proc.stderr.count(AUTH) == 3
+    assert "giving up: could not describe TPU VM p 3 times in a row" in proc.stderr
+
+
+def test_tpu_watch_waits_out_a_describe_failure(tmp_path):
+    """describe fails twice, then answers READY: the job runs once."""
+    _fake_tpu(tmp_path, describe_err=AUTH)
+    counter = tmp_path / "describes"
+    gcloud = tmp_path / "bin" / "gcloud"
+    _executable(gcloud, f"""n=$(cat {counter} 2>/dev/null || echo 0); echo $((n + 1)) > {counter}
+[[ $4 == describe && $n -ge 2 ]] && rm -f {tmp_path}/describe.err
+""" + gcloud.read_text().split("\n", 1)[1])
+    proc = _watch(tmp_path, "--max-retries", "3", timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    assert _verbs(tmp_path) == ["describe", "describe", "describe", "ssh"]
+    assert proc.stderr.count(AUTH) == 2 and "job finished" in proc.stdout
+
+
+def test_tpu_watch_gives_up_after_max_retries_failed_reruns(tmp_path):
+    _fake_tpu(tmp_path, jobs=("1",))
+    proc = _watch(tmp_path, "--max-retries", "2", timeout=10)
+    assert proc.returncode == 1, proc.stderr
+    # Each failure is followed by a describe (still READY), a wait and a describe before the rerun: the first run
+    # and two retries, then the VM is still READY after the third failure.
+    assert _verbs(tmp_path) == ["describe", "ssh", "describe", "describe", "ssh", "describe", "describe", "ssh",
+                                "describe"]
+    assert proc.stderr.count("job failed with exit status 1") == 3
+    assert ("giving up: the job failed 3 times in a row on READY TPU VM p (last exit status 1; --max-retries 2)"
+            in proc.stderr)
+
+
+@pytest.mark.parametrize("status,stdout,stderr", [
+    (3, "job finished; some inputs have error records (see /m/out/results.jsonl)", ""),
+    (2, "", "usage or configuration error (exit status 2)"),
+])
+def test_tpu_watch_stops_at_a_finished_job_or_a_configuration_error(tmp_path, status, stdout, stderr):
+    _fake_tpu(tmp_path, jobs=(str(status),))
+    proc = _watch(tmp_path, timeout=10)
+    assert proc.returncode == status, proc.stderr
+    assert _verbs(tmp_path) == ["describe", "ssh"]  # not rerun
+    assert stdout in proc.stdout and stderr in proc.stderr
+
+
+def test_tpu_watch_does_not_count_preemption_as_a_failed_rerun(tmp_path):
+    """With one retry allowed: a failure, a failure caused by preemption (the VM is recreated, the count starts
+    again), a failure, then success."""
+    _fake_tpu(tmp_path, jobs=("1", "255 PREEMPTED", "1", "0"))
+    proc = _watch(tmp_path, "--max-retries", "1", timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    assert _verbs(tmp_path) == ["describe", "ssh", "describe",        # fails, still READY
+                                "describe", "ssh", "describe",        # fails, PREEMPTED
+                                "delete", "create", "scp", "ssh",      # recreate + install
+                                "describe", "ssh", "describe",        # fails, READY
+                                "describe", "ssh"]                    # finishes
+    assert "job finished" in proc.stdout and "recreating" in proc.stderr
+    assert "giving up" not in proc.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
