@@ -11,6 +11,7 @@ one JSON object per input, flushed as each is done; per-format files go beside i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -25,20 +26,44 @@ MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wm
                   ".mp4", ".mkv", ".mov", ".avi", ".aiff", ".aif", ".amr", ".3gp"}
 
 
+class ManifestError(str):
+    """An entry of a manifest that names no file (a `.jsonl` line without a `path`, or not
+    JSON): it stands for itself, as `MANIFEST:LINE`, and becomes that entry's error record."""
+
+    reason: str
+
+    def __new__(cls, manifest: Path, number: int, reason: str) -> "ManifestError":
+        entry = super().__new__(cls, f"{manifest}:{number}")
+        entry.reason = f"{entry}: {reason}"
+        return entry
+
+
+def _jsonl_entry(manifest: Path, number: int, line: str) -> str:
+    try:
+        item = json.loads(line)
+    except ValueError as err:
+        return ManifestError(manifest, number, f"manifest line is not JSON ({err})")
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"].strip():
+        return ManifestError(manifest, number, 'manifest line has no "path" string')
+    return item["path"]
+
+
 def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
-    """Files as given, directories searched recursively (sorted), manifests read line by line."""
+    """Files as given, directories searched recursively (sorted), manifests read line by line
+    (`.jsonl`: a `path` per line, a bad line yields a ManifestError; `.txt`: one path per line,
+    `#` comments)."""
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             yield from (str(p) for p in sorted(path.rglob("*"))
                         if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
         elif path.suffix == ".jsonl" and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
-                    yield str(json.loads(line)["path"])
+                    yield _jsonl_entry(path, number, line)
         elif path.suffix == ".txt" and path.is_file():
             yield from (line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and not line.startswith("#"))
+                        if line.strip() and not line.strip().startswith("#"))
         else:
             yield item  # a missing or odd file becomes an error record, not a crash
 
@@ -58,22 +83,48 @@ def fallback_temperatures(start: float, increment: float | None) -> tuple[float,
     return tuple(round(start + i * increment, 6) for i in range(max(steps, 0) + 1))
 
 
+# Exit statuses (README, "Bulk transcription"); launch/ scripts read them.
+EXIT_OK = 0  # every input has a transcript
+EXIT_FAILED = 1  # the run itself failed: rerun with --resume
+EXIT_USAGE = 2  # bad options or setup, found before any record was written
+EXIT_INPUT_ERRORS = 3  # the run finished; some inputs have error records (see results.jsonl)
+
+
+class UsageError(ValueError):
+    """Options or setup that cannot work: reported before the model loads."""
+
+
+def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """Everything that can be checked before loading the model; returns the formats."""
+    from .writers import FORMATS
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"unknown output format {', '.join(map(repr, unknown))} in --formats; "
+                         f"choose from {','.join(FORMATS)}")
+    if any([args.highlight_words, args.max_line_width, args.max_line_count, args.max_words_per_line]) \
+            and not args.word_timestamps:
+        raise UsageError("--highlight-words / --max-line-width / --max-line-count / --max-words-per-line "
+                         "need --word-timestamps")
+    if args.vad:
+        from .vad import VadUnavailable, check_available
+
+        try:
+            check_available()
+        except VadUnavailable as err:
+            raise UsageError(f"--vad: {err}") from None
+    return formats
+
+
 def _transcribe(args: argparse.Namespace) -> int:
+    formats = _check_options(args)
     import jax
 
     from whisper_nnx.sharding import multihost
 
     from . import results as results_io
-    from .progress import Progress, merge_summaries, write_summary
-    from .transcribe import TranscribeOptions, Transcriber
-    from .writers import write_outputs
 
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    word_layout = [args.highlight_words, args.max_line_width, args.max_line_count, args.max_words_per_line]
-    if any(word_layout) and not args.word_timestamps:
-        print("whisper-nnx: --highlight-words / --max-line-width / --max-line-count / --max-words-per-line "
-              "need --word-timestamps", file=sys.stderr)
-        return 2
     # Before any other JAX call: join the other processes, if this run has several.
     multi = multihost.initialize(args.coordinator, args.num_processes, args.process_id,
                                  auto=args.distributed)
@@ -81,27 +132,45 @@ def _transcribe(args: argparse.Namespace) -> int:
     enable_compilation_cache(args.compile_cache)
     entries = list(expand_inputs(args.inputs))
     if not entries:
-        print("whisper-nnx: no inputs found", file=sys.stderr)
-        return 2
+        raise UsageError("no inputs found")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = results_io.RunLock(out) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _run_locked(args, formats, entries, out, multi)
+
+
+def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: list[str], out: Path,
+                multi: bool) -> int:
+    import jax
+
+    from whisper_nnx.sharding import multihost
+
+    from . import results as results_io
+    from .progress import Progress, merge_summaries, write_summary
+    from .transcribe import TranscribeOptions, Transcriber
+
     own_file = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS)
     multihost.barrier("whisper-nnx-start")  # every process has read the old results before any writes
     if jax.process_index() == 0:
+        results_io.finish_merge(out)
+        old = results_io.all_records(out)
+        if old and not args.resume:
+            raise UsageError(f"{out} already holds results: add --resume to continue that run, or choose "
+                             "another --output-dir")
         for path in [out / results_io.RESULTS, *results_io.process_files(out)]:
             if results_io.repair(path):
                 logging.warning("%s: removed a record cut short by an earlier kill", path)
+        if not multi:  # an earlier multi-process run's records join results.jsonl first
+            results_io.merge_process_results(out)
+        retried = results_io.drop_retried(out, args.retry_errors)
+        if retried:
+            logging.warning("resuming: retrying %d entries whose records were errors", retried)
     multihost.barrier("whisper-nnx-repaired")
-    done = results_io.recorded_counts(out)
-    if sum(done.values()) and not args.resume:
-        print(f"whisper-nnx: {out} already holds results: add --resume to continue that run, or choose "
-              "another --output-dir", file=sys.stderr)
-        return 2
-    todo, duplicates = results_io.pending_entries(entries, done)
-    skipped = len(entries) - len(todo) - len(duplicates)
-    if skipped:
-        logging.info("resuming: %d of %d entries already have records", skipped, len(entries))
-    inputs = multihost.process_share(todo)  # contiguous block per process, in order
+    plan = results_io.plan_run(entries, results_io.all_records(out))
+    if plan.skipped:
+        logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
+    inputs = multihost.process_share(plan.todo)  # contiguous block per process, in order
     options = TranscribeOptions(language=None if args.language == "auto" else args.language,
                                 task=args.task, batch_size=args.batch_size,
                                 temperature=fallback_temperatures(args.temperature,
@@ -131,23 +200,30 @@ def _transcribe(args: argparse.Namespace) -> int:
     run_info = {"model": args.model, "dtype": args.dtype, "quantize": args.quantize, "long_form": args.long_form,
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
-    mine = duplicates if jax.process_index() == 0 else []
-    progress = Progress(len(inputs) + len(mine), enabled=not args.no_progress)
+    ready = plan.ready if jax.process_index() == 0 else []
+    progress = Progress(len(inputs) + len(ready) + sum(len(plan.repeats.get(os.path.abspath(e), ()))
+                                                       for e in inputs), enabled=not args.no_progress)
+    manifest_errors = [e for e in inputs if isinstance(e, ManifestError)]
+    to_transcribe = [e for e in inputs if not isinstance(e, ManifestError)]
     with open(own_file, "a", encoding="utf-8") as handle:
-        for path, first in mine:
-            _report(handle, progress, args, {
-                "path": path, "text": "", "language": None, "duration_s": None, "segments": [],
-                "error": f"{path}: duplicate entry: the same file is listed as entry {first + 1}, "
-                         "transcribed once there", **run_info})
-        for _, record in transcriber.transcribe_iter(inputs, options):
+        report = lambda record: _report(handle, progress, args, record)  # noqa: E731
+        for entry, _, first in ready:  # repeats of files done in an earlier run
+            report({**results_io.duplicate_record(entry, first), **run_info})
+        for entry in manifest_errors:
+            report({"path": str(entry), "text": "", "language": None, "duration_s": None, "segments": [],
+                    "error": entry.reason, "error_kind": results_io.INPUT, **run_info})
+        for _, record in transcriber.transcribe_iter(to_transcribe, options):
             record.pop("tokens", None)
             record.update(run_info)
             if record["error"] is None:
-                write_outputs(record, out, output_stem(record["path"]), formats,  # before its record
-                              highlight_words=args.highlight_words, max_line_width=args.max_line_width,
-                              max_line_count=args.max_line_count, max_words_per_line=args.max_words_per_line)
-            _report(handle, progress, args, record)
-    summary = progress.summary(skipped)
+                _write_files(record, out, formats, args)
+            report(record)
+            for entry, _, first in plan.repeats_of(record["path"]):  # after the record they repeat
+                report({**results_io.duplicate_record(entry, first), **run_info})
+        for entry in manifest_errors:
+            for repeat, _, first in plan.repeats_of(entry):
+                report({**results_io.duplicate_record(repeat, first), **run_info})
+    summary = progress.summary(plan.skipped)
     if multi:
         write_summary(out, summary, f"summary.process-{jax.process_index():05d}.json")
         multihost.barrier("whisper-nnx-results-written")
@@ -157,19 +233,39 @@ def _transcribe(args: argparse.Namespace) -> int:
         multihost.barrier("whisper-nnx-results-merged")
     else:
         write_summary(out, summary)
+    mine = results_io.all_records(out) if jax.process_index() == 0 else results_io.read_records(own_file)
+    failed = sum(results_io.error_kind(r) in (results_io.INPUT, results_io.RUN) for r in mine)
     if jax.process_index() == 0:
         print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
               f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
               f"results in {out / results_io.RESULTS}", file=sys.stderr)
-    return 0
+    return EXIT_INPUT_ERRORS if failed else EXIT_OK
+
+
+def _write_files(record: dict, out: Path, formats: tuple[str, ...], args: argparse.Namespace) -> None:
+    """The per-format files of a transcript, before its record; a failure to write them turns
+    the record into a run error (retried by --resume), and the run goes on."""
+    from .results import RUN
+    from .scheduler import one_line
+    from .writers import write_outputs
+
+    try:
+        write_outputs(record, out, output_stem(record["path"]), formats,
+                      highlight_words=args.highlight_words, max_line_width=args.max_line_width,
+                      max_line_count=args.max_line_count, max_words_per_line=args.max_words_per_line)
+    except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
+        record.update(text="", segments=[], error=f"{record['path']}: writing outputs failed: {one_line(err)}",
+                      error_kind=RUN)
 
 
 def _report(handle, progress, args: argparse.Namespace, record: dict) -> None:
-    from .results import append_record
+    """Append one record (on disk before this returns), count it, and show it."""
+    from .results import DUPLICATE, append_record, error_kind
 
+    record.setdefault("error_kind", None)
     append_record(handle, record)
     progress.update(record.get("duration_s"), record["error"] is not None)
-    if record["error"] is not None:
+    if record["error"] is not None and error_kind(record) != DUPLICATE:
         logging.warning("%s", record["error"])
     if not args.quiet:
         print(f"{record['path']}: {record['error'] or record['text']}", flush=True)
@@ -268,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="do not print each transcript")
     t.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
     t.add_argument("--resume", action="store_true",
-                   help="continue a run in --output-dir: skip entries with a record, redo the rest")
+                   help="continue a run in --output-dir: skip entries with a record, redo the rest and "
+                        "entries whose record is a run error (out of memory, device failure)")
+    t.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: also redo entries whose record is an input error (bad audio)")
+    t.add_argument("-v", "--verbose", action="store_true",
+                   help="log INFO lines (JAX backends, model loading, resuming); default: warnings and errors")
     t.set_defaults(run=_transcribe)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")
@@ -283,15 +384,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .audio import AudioDecodeError
     from .tensor_files import CheckpointError
 
+    from .results import RunLocked
+
     args = build_parser().parse_args(argv)
-    flags.FLAGS.mark_as_parsed()  # absl logging without absl's flag parsing (argparse owns argv)
-    logging.use_absl_handler()
-    logging.set_verbosity(logging.INFO)
+    _configure_logging(getattr(args, "verbose", False))
     try:
         return args.run(args)
-    except (CheckpointError, AudioDecodeError, ValueError) as err:  # ShardingError is a ValueError
+    except (UsageError, RunLocked, CheckpointError) as err:
         print(f"whisper-nnx: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (AudioDecodeError, ValueError) as err:  # ShardingError is a ValueError: setup, before any work
+        print(f"whisper-nnx: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - the run failed: say so, with the traceback in the log
+        logging.exception("the run failed")
+        print(f"whisper-nnx: run failed: {type(err).__name__}: {err}; rerun with --resume", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Warnings and errors only, unless `verbose`: JAX's backend probing ("Unable to initialize
+    backend 'tpu'") and the hub's messages are INFO lines a plain run does not show."""
+    import logging as std_logging
+
+    flags.FLAGS.mark_as_parsed()  # absl logging without absl's flag parsing (argparse owns argv)
+    logging.use_absl_handler()
+    level = logging.INFO if verbose else logging.WARNING
+    logging.set_verbosity(level)
+    std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.WARNING)
+    for name in ("jax", "jax._src.xla_bridge", "huggingface_hub"):
+        std_logging.getLogger(name).setLevel(std_logging.INFO if verbose else std_logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional, TextIO
 
-from absl import logging
 
 from .writers import atomic_write_text
 
@@ -48,7 +47,7 @@ class Progress:
             self.stream.flush()
         elif now - self._last_log >= self.log_every_s or self.files == self.total:
             self._last_log = now
-            logging.info("%s", self.line(now))
+            print(self.line(now), file=self.stream, flush=True)  # a progress report, not a log line
 
     def line(self, now: Optional[float] = None) -> str:
         elapsed = (now or time.monotonic()) - self.start

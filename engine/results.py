@@ -1,27 +1,41 @@
 """`results.jsonl`: one JSON record per input entry, safe against a kill at any moment.
 
 - A record is appended as one line, flushed and fsynced before the next input is reported;
-  its per-format files are written (atomically) before it, so a record never points at files
-  that are not there.
+  its per-format files are written (atomically, fsynced) before it, so a record never points
+  at files that are not there.
 - A kill can cut the last line short. `repair` drops such a torn tail (every line of the
   file then parses) before anything else is appended; its input has no record and is redone.
-- `--resume` counts the records per path: the k-th listing of a path is done when that path
-  has at least k records (a path listed twice gets a second record saying so).
+- Every record says what it is: a transcript (`error` null), an input error (`error_kind`
+  "input": the file itself is bad, final), a run error ("run": out of memory, a device or
+  host failure; retried by `--resume`), or a duplicate listing ("duplicate", `duplicate_of`
+  the 1-based entry it repeats; written after the record of that entry).
+- `--resume` (`plan_run`) counts transcripts and duplicate records apart, by file: a path is
+  done once it has a transcript or an input error; its k-th repeat once it has k duplicate
+  records. Records to retry are removed first (`drop_retried`), so every entry still ends
+  with exactly one record.
 - Under several processes each writes `results.process-NNNNN.jsonl`; process 0 merges them
-  into `results.jsonl` at the end (a resumed run reads both kinds).
+  into `results.jsonl` at the end (`merge_process_results`), with a marker that makes a merge
+  cut short by a crash finish on the next start without duplicating a record. A run that
+  finds process files from an earlier multi-process run merges them first.
+- `RunLock` refuses a second run in the same output directory while one is running.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Optional
 
-from .writers import atomic_write_text
+from .writers import atomic_write_text, fsync_directory
 
 RESULTS = "results.jsonl"
+MERGE_MARK = ".results-merge.json"  # a merge in progress: sizes before and after, and its parts
+
+INPUT, RUN, DUPLICATE = "input", "run", "duplicate"  # the error kinds
 
 
 def process_files(out: Path) -> list[Path]:
@@ -62,36 +76,109 @@ def read_records(path: Path) -> Iterable[dict]:
             yield record
 
 
-def recorded_counts(out: Path) -> collections.Counter:
-    """Records per input path in `out` (merged and per-process results)."""
-    counts: collections.Counter = collections.Counter()
+def error_kind(record: dict) -> Optional[str]:
+    """None for a transcript, else "input", "run" or "duplicate" (records from before error
+    kinds existed: duplicates by their message, other errors count as input errors)."""
+    if record.get("error") is None:
+        return None
+    kind = record.get("error_kind")
+    if kind in (INPUT, RUN, DUPLICATE):
+        return kind
+    return DUPLICATE if "duplicate entry" in str(record["error"]) else INPUT
+
+
+def all_records(out: Path) -> list[dict]:
+    """Every record in `out`: results.jsonl, then the per-process files."""
+    return [r for path in [out / RESULTS, *process_files(out)] for r in read_records(path)]
+
+
+def is_retried(record: dict, retry_errors: bool) -> bool:
+    """Whether `--resume` redoes this record's entry: run errors always, input errors with
+    `--retry-errors`; transcripts and duplicate records never."""
+    kind = error_kind(record)
+    return kind == RUN or (retry_errors and kind == INPUT)
+
+
+def drop_retried(out: Path, retry_errors: bool) -> int:
+    """Remove the records `--resume` will redo from every results file (atomically, one file
+    at a time: a kill in between leaves each file whole); returns how many were removed."""
+    removed = 0
     for path in [out / RESULTS, *process_files(out)]:
-        counts.update(r["path"] for r in read_records(path))
-    return counts
-
-
-def pending_entries(entries: list[str], done: collections.Counter) -> tuple[list[str], list[tuple[str, int]]]:
-    """Entries still to do: (paths to transcribe, (duplicate path, index of its first listing)).
-
-    The k-th listing of a path counts as done when `done` has k records for it. A path listed
-    again (the same file, however written) is not transcribed twice: its later listings get a
-    record of their own saying which entry they repeat.
-    """
-    seen: collections.Counter = collections.Counter()
-    first: dict[str, int] = {}
-    todo, duplicates = [], []
-    for index, entry in enumerate(entries):
-        seen[entry] += 1
-        same_file = os.path.abspath(entry)
-        is_duplicate = same_file in first
-        first.setdefault(same_file, index)
-        if seen[entry] <= done[entry]:
+        if not path.exists():
             continue
-        if is_duplicate:
-            duplicates.append((entry, first[same_file]))
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not _retried_line(line, retry_errors)]
+        if len(kept) < len(lines):
+            atomic_write_text(path, "".join(kept))
+            removed += len(lines) - len(kept)
+    return removed
+
+
+def _retried_line(line: str, retry_errors: bool) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and is_retried(record, retry_errors)
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a run (or a resumed run) still has to write, from its entries and old records."""
+
+    todo: list[str]  # entries to transcribe: the first listing of each file without a record
+    # file (absolute path) -> its repeats still without a record: (entry as given, entry index,
+    # index of the first listing); written right after the first listing's record
+    repeats: dict[str, list[tuple[str, int, int]]]
+    ready: list[tuple[str, int, int]]  # repeats whose first listing already has its record
+    skipped: int  # entries that already have their record
+
+    def repeats_of(self, entry: str) -> list[tuple[str, int, int]]:
+        return self.repeats.pop(os.path.abspath(entry), [])
+
+
+def plan_run(entries: list[str], records: Iterable[dict]) -> RunPlan:
+    """Entries still to do, given the records already written.
+
+    A file listed again (however written) is transcribed once, at its first listing; each
+    later listing gets a duplicate record. Transcripts and duplicate records are counted
+    apart, so a kill between the two kinds never counts a file as transcribed.
+    """
+    finished: set[str] = set()
+    repeats_done: collections.Counter = collections.Counter()
+    for record in records:
+        key = os.path.abspath(record["path"])
+        if error_kind(record) == DUPLICATE:
+            repeats_done[key] += 1
         else:
-            todo.append(entry)
-    return todo, duplicates
+            finished.add(key)
+    first: dict[str, int] = {}
+    repeats_seen: collections.Counter = collections.Counter()
+    plan = RunPlan([], {}, [], 0)
+    for index, entry in enumerate(entries):
+        key = os.path.abspath(entry)
+        if key not in first:
+            first[key] = index
+            if key in finished:
+                plan.skipped += 1
+            else:
+                plan.todo.append(entry)
+            continue
+        repeats_seen[key] += 1
+        if repeats_seen[key] <= repeats_done[key]:
+            plan.skipped += 1
+        elif key in finished:
+            plan.ready.append((entry, index, first[key]))
+        else:
+            plan.repeats.setdefault(key, []).append((entry, index, first[key]))
+    return plan
+
+
+def duplicate_record(entry: str, first_index: int) -> dict:
+    return {"path": entry, "text": "", "language": None, "duration_s": None, "segments": [],
+            "error": f"{entry}: duplicate entry: the same file is listed as entry {first_index + 1}, "
+                     "transcribed once there",
+            "error_kind": DUPLICATE, "duplicate_of": first_index + 1}
 
 
 def append_record(handle: IO[str], record: dict) -> None:
@@ -102,15 +189,74 @@ def append_record(handle: IO[str], record: dict) -> None:
 
 
 def merge_process_results(out: Path) -> None:
-    """Append every per-process file's records, in process order, to results.jsonl
-    atomically, then remove the per-process files."""
+    """Append every per-process file's records, in process order, to results.jsonl, then
+    remove the per-process files. A marker written first records the sizes before and after:
+    a merge cut short is finished (or undone) by `finish_merge` and never applied twice."""
+    finish_merge(out)
+    files = process_files(out)
+    if not files:
+        return
     merged = out / RESULTS
     repair(merged)
-    parts = [merged.read_text(encoding="utf-8")] if merged.exists() else []
-    files = process_files(out)
+    old = merged.read_text(encoding="utf-8") if merged.exists() else ""
+    parts = []
     for part in files:
         repair(part)
         parts.append(part.read_text(encoding="utf-8"))
-    atomic_write_text(merged, "".join(parts))
-    for part in files:
-        part.unlink()
+    text = old + "".join(parts)
+    atomic_write_text(out / MERGE_MARK, json.dumps({"before": len(old.encode("utf-8")),
+                                                    "after": len(text.encode("utf-8")),
+                                                    "parts": [p.name for p in files]}))
+    atomic_write_text(merged, text)
+    _finish(out, [p.name for p in files])
+
+
+def finish_merge(out: Path) -> None:
+    """After a crash during a merge: when results.jsonl already holds the merged records, the
+    per-process files it came from are removed; otherwise they stay and are merged again."""
+    mark = out / MERGE_MARK
+    if not mark.exists():
+        return
+    info = json.loads(mark.read_text(encoding="utf-8"))
+    merged = out / RESULTS
+    size = merged.stat().st_size if merged.exists() else 0
+    _finish(out, info["parts"] if size == info["after"] else [])
+
+
+def _finish(out: Path, parts: list[str]) -> None:
+    for name in parts:
+        (out / name).unlink(missing_ok=True)
+    fsync_directory(out)
+    (out / MERGE_MARK).unlink(missing_ok=True)
+    fsync_directory(out)
+
+
+class RunLocked(RuntimeError):
+    """Another run holds the output directory."""
+
+
+class RunLock:
+    """An exclusive lock on an output directory for the length of a run: flock on the
+    directory itself (no lock file left behind; released by the kernel when the process
+    dies, so a killed run never leaves a stale lock)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLocked(f"{self.out} is in use by another whisper-nnx run; wait for it to finish, "
+                            "or choose another --output-dir") from None
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
 
+import jax
 import numpy as np
 
 from whisper_nnx.sharding import multihost
@@ -43,6 +44,9 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+INPUT_ERROR, RUN_ERROR = "input", "run"  # error kinds (results.py): the file's fault, or the run's
+
+
 @dataclass
 class LoadedInput:
     index: int  # position in the inputs
@@ -50,6 +54,16 @@ class LoadedInput:
     audio: Optional[np.ndarray]  # float32 16 kHz mono, None when `error`
     error: Optional[str] = None
     speech: Optional[list[tuple[int, int]]] = None  # voice-activity regions (samples), when asked for
+    error_kind: Optional[str] = None  # INPUT_ERROR or RUN_ERROR with `error`
+
+    @property
+    def duration(self) -> float:
+        """Seconds of the decoded file (before voice activity keeps only its speech)."""
+        return 0.0 if self.audio is None else self.audio.shape[0] / SAMPLE_RATE
+
+
+def error_record(loaded: LoadedInput, reason: str, kind: str = RUN_ERROR) -> dict:
+    return {"error": f"{_name(loaded.item)}: {reason}", "error_kind": kind}
 
 
 class AudioPrefetcher:
@@ -80,8 +94,10 @@ class AudioPrefetcher:
             if not np.isfinite(audio).all():
                 raise ValueError(f"{_name(item)}: samples contain NaN or infinity")
             speech = self.find_speech(audio) if self.find_speech is not None else None
-        except Exception as err:  # noqa: BLE001 - every failure becomes that input's record
-            return LoadedInput(index, item, None, one_line(err))
+        except ValueError as err:  # the input's own fault (AudioDecodeError is one): final
+            return LoadedInput(index, item, None, one_line(err), error_kind=INPUT_ERROR)
+        except Exception as err:  # noqa: BLE001 - out of memory and the like: retried by --resume
+            return LoadedInput(index, item, None, f"{_name(item)}: {one_line(err)}", error_kind=RUN_ERROR)
         with self._lock:
             self._buffered += audio.shape[0] / SAMPLE_RATE
         return LoadedInput(index, item, audio, speech=speech)
@@ -134,7 +150,10 @@ class WindowScheduler:
         self.windows_per_file, self.lookahead = windows_per_file, lookahead
 
     def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
-        """(input index, record) for every input, in the order files finish."""
+        """(input index, record) for every input, in the order files finish. A failure that
+        belongs to one file (preparing it, taking a window back, assembling its transcript)
+        becomes that file's error record and the run goes on; a failing device batch is
+        retried in halves, down to single windows, before a file is given up."""
         source = iter(files)
         exhausted = False
         queue: collections.deque[WindowRequest] = collections.deque()
@@ -148,32 +167,80 @@ class WindowScheduler:
                 if loaded is None:
                     exhausted = True
                 elif loaded.error is not None:
-                    yield loaded.index, {"error": loaded.error}
+                    yield loaded.index, {"error": loaded.error, "error_kind": loaded.error_kind}
                 else:
                     arrivals.append(loaded)
                     expected += self.windows_per_file(loaded.audio)
-            for loaded, (job, language, probs) in zip(arrivals, self.make_jobs(arrivals)):
+            for loaded, prepared in zip(arrivals, self._prepare(arrivals)):
+                if isinstance(prepared, BaseException):
+                    files.release(loaded.duration)
+                    yield loaded.index, error_record(loaded, f"preparing the file failed: {one_line(prepared)}")
+                    continue
+                job, language, probs = prepared
                 active[id(job)] = _Active(loaded, job, language, probs)
-                queue.extend(job.requests())
+                yield from self._give_back(active, files, queue, job, lambda j: j.requests())
             yield from self._finished(active, files)
             if multihost.global_max(int(bool(queue) or not exhausted or bool(active))) == 0:
                 return
             batch, queue = self._pick(queue)
-            try:
-                windows = self._decode_batch(batch)
-            except Exception as err:  # noqa: BLE001 - the files of a failed batch fail, the run goes on
-                for request in batch:
-                    file = active.pop(id(request.job), None)
-                    if file is not None:
-                        files.release(file.job.audio.duration)
-                        yield file.loaded.index, {"error": f"{_name(file.loaded.item)}: decoding failed: "
-                                                           f"{one_line(err)}"}
-                queue = collections.deque(r for r in queue if id(r.job) in active)
-                continue
-            for request, window in zip(batch, windows):
-                request.job.accept(request, window)
-                queue.extend(request.job.requests())
+            for request, window in self._decode_isolated(batch):
+                if id(request.job) not in active:
+                    continue  # its file failed earlier in this batch
+                if isinstance(window, BaseException):
+                    yield from self._fail(active, files, request.job, f"decoding failed: {one_line(window)}")
+                    continue
+                yield from self._give_back(active, files, queue, request.job,
+                                           lambda j, r=request, w=window: (j.accept(r, w), j.requests())[1])
+            queue = collections.deque(r for r in queue if id(r.job) in active)
             yield from self._finished(active, files)
+
+    def _prepare(self, arrivals: list[LoadedInput]) -> list:
+        """Jobs of newly admitted files, prepared together (their device calls batched); when
+        that fails, one file at a time (one process), so only the file at fault fails. Each
+        entry is (job, language, probabilities) or the exception of its file."""
+        if not arrivals:
+            return []
+        try:
+            return list(self.make_jobs(arrivals))
+        except Exception as err:  # noqa: BLE001 - isolate the file at fault below
+            if len(arrivals) == 1 or jax.process_count() > 1:  # processes must make the same calls
+                return [err] * len(arrivals)
+        out = []
+        for loaded in arrivals:
+            try:
+                out.append(self.make_jobs([loaded])[0])
+            except Exception as err:  # noqa: BLE001
+                out.append(err)
+        return out
+
+    def _give_back(self, active: dict, files: "AudioPrefetcher", queue: collections.deque, job: FileJob,
+                   step: Callable[[FileJob], list[WindowRequest]]) -> Iterator[tuple[int, dict]]:
+        """Run `step` on a file's job (take a window back, hand out its next requests) and
+        queue what it asks for; if it raises, that file ends as an error record."""
+        try:
+            queue.extend(step(job))
+        except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
+            yield from self._fail(active, files, job, f"long-form step failed: {one_line(err)}")
+
+    @staticmethod
+    def _fail(active: dict, files: "AudioPrefetcher", job: FileJob, reason: str) -> Iterator[tuple[int, dict]]:
+        file = active.pop(id(job), None)
+        if file is not None:
+            files.release(file.loaded.duration)
+            yield file.loaded.index, error_record(file.loaded, reason)
+
+    def _decode_isolated(self, batch: list[WindowRequest]) -> list[tuple[WindowRequest, object]]:
+        """(request, DecodedWindow or the exception that decoding it raised) per request. A
+        failed batch (out of memory, an XLA error) is retried in halves down to single
+        windows, so only the windows that fail alone are lost (one process: several must
+        keep making the same device calls, so there the whole batch fails)."""
+        try:
+            return list(zip(batch, self._decode_batch(batch)))
+        except Exception as err:  # noqa: BLE001 - retried smaller below
+            if len(batch) <= 1 or jax.process_count() > 1:
+                return [(request, err) for request in batch]
+        half = len(batch) // 2
+        return self._decode_isolated(batch[:half]) + self._decode_isolated(batch[half:])
 
     def _pick(self, queue: collections.deque) -> tuple[list[WindowRequest], collections.deque]:
         """The oldest waiting window and the `batch_size - 1` others closest to it in length
@@ -197,11 +264,19 @@ class WindowScheduler:
 
     @staticmethod
     def _finished(active: dict[int, _Active], files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
+        """Records of the files whose jobs are done. `duration_s` is the file's own duration
+        (with voice activity, the job decodes only the speech)."""
         for key in [k for k, f in active.items() if f.job.done]:
             file = active.pop(key)
-            files.release(file.job.audio.duration)
-            record = {"duration_s": round(file.job.audio.duration, 3), "language": file.language,
-                      **file.job.result(), "error": None}
+            files.release(file.loaded.duration)
+            try:
+                transcript = file.job.result()
+            except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
+                yield file.loaded.index, error_record(file.loaded, f"assembling the transcript failed: "
+                                                                   f"{one_line(err)}")
+                continue
+            record = {"duration_s": round(file.loaded.duration, 3), "language": file.language,
+                      **transcript, "error": None, "error_kind": None}
             if file.language_probs is not None:
                 record["language_probs"] = file.language_probs
             yield file.loaded.index, record

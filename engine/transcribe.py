@@ -41,6 +41,7 @@ from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_w
 from .segments import split_segments
 from .tokenizer import LANGUAGES, Tokenizer
 from .vad import SpeechMap, VadOptions, speech_regions
+from .vad import check_available as check_vad_available
 from .weights import load_model, read_checkpoint
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -158,6 +159,7 @@ class Transcriber:
         self.warn_ignored_options(options)
         find_speech = None
         if options.vad:
+            check_vad_available()  # once, before any record: not one error per file
             vad = VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
                              # chunked: regions of at most one window, split at their longest pause
                              max_speech_duration_s=29.0 if options.long_form == "chunked" else float("inf"))
@@ -363,7 +365,7 @@ def _name(item: AudioInput) -> str:
 
 def _record(item: AudioInput, *, duration_s: Optional[float] = None, error: Optional[str] = None) -> dict:
     return {"path": _name(item), "text": "", "language": None, "duration_s": duration_s,
-            "segments": [], "error": error}
+            "segments": [], "error": error, "error_kind": "input" if error is not None else None}
 
 
 def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **options) -> list[dict]:

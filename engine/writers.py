@@ -159,7 +159,8 @@ _RENDERERS: dict[str, Callable[..., str]] = {
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + rename: readers never see half a file.
+    """Write via a temp file in the same directory + rename: readers never see half a file,
+    and the file and the rename are fsynced before this returns (a crash keeps one or the other).
 
     The temp file is made with open(..., "x"), so the result gets the usual permissions (0666
     less the umask) rather than mkstemp's 0600.
@@ -174,10 +175,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable (a crash cannot bring the old entry back)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str, ...], *,

@@ -30,7 +30,7 @@ def test_transcribe_writes_one_record_per_input(tmp_path, data_dir, transcripts)
     out = tmp_path / "out"
     proc = _run("transcribe", str(manifest), "--output-dir", str(out), "--formats", "json,txt,srt,vtt,tsv",
                 "--quiet", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # finished, with error records
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     by_name = {Path(r["path"]).name: r for r in records}  # records come in completion order
     assert len(records) == 3 and sorted(by_name) == ["missing.flac", "not audio.wav", "sample_joe.flac"]
@@ -41,6 +41,7 @@ def test_transcribe_writes_one_record_per_input(tmp_path, data_dir, transcripts)
     assert good["segments"][0]["start"] == 0.0 and 3.0 < good["segments"][-1]["end"] <= 4.2
     assert not_audio["error"] and "\n" not in not_audio["error"] and not_audio["text"] == ""
     assert "not found" in missing["error"]
+    assert [r["error_kind"] for r in (good, not_audio, missing)] == [None, "input", "input"]
     stems = sorted(p.name for p in out.iterdir() if p.name not in ("results.jsonl", "summary.json"))
     assert [s.rsplit(".", 1)[1] for s in stems] == ["json", "srt", "tsv", "txt", "vtt"]
     txt = next(out.glob("*.txt")).read_text()
@@ -77,12 +78,97 @@ def test_resume_skips_inputs_with_records(tmp_path, data_dir):
     joe, espeak, missing = (str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac"),
                             str(tmp_path / "missing.wav"))
     first = _run("transcribe", joe, missing, "--output-dir", str(out), "--beam-size", "0", "--quiet", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 3, first.stderr
     with open(out / "results.jsonl", "a") as f:
         f.write('{"path": "cut sho')  # a record a kill cut in half: not counted as done
     second = _run("transcribe", joe, espeak, missing, "--output-dir", str(out), "--beam-size", "0", "--quiet",
                   "--resume", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 3, second.stderr  # missing.wav's input error stays (no --retry-errors)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]  # torn line gone
     assert sorted(Path(r["path"]).name for r in records[:2]) == ["missing.wav", "sample_joe.flac"]
     assert [Path(r["path"]).name for r in records[2:]] == ["sample_espeak.flac"]
+
+
+def test_plain_run_is_quiet_and_verbose_brings_info_back(tmp_path, data_dir):
+    """No INFO log lines by default (JAX's backend probing, the hub): warnings still show."""
+    joe = str(data_dir / "sample_joe.flac")
+    quiet = _run("transcribe", joe, "--output-dir", str(tmp_path / "a"), "--beam-size", "0", "--no-progress",
+                 cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.splitlines()
+    assert not [line for line in lines if line.startswith("I") or "Unable to initialize backend" in line], lines
+    assert lines and lines[-1].startswith("whisper-nnx: 1 files")
+    loud = _run("transcribe", joe, "--output-dir", str(tmp_path / "b"), "--beam-size", "0", "--no-progress", "-v",
+                cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    assert any(line.startswith("I") for line in loud.stderr.splitlines()), loud.stderr
+
+
+def test_bad_formats_fail_before_the_model_loads(tmp_path, data_dir):
+    out = tmp_path / "out"
+    proc = _run("transcribe", str(data_dir / "sample_joe.flac"), "--output-dir", str(out), "--formats", "json,pdf",
+                "--model", str(tmp_path / "no-such-model"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown output format 'pdf'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "results.jsonl").exists()
+
+
+def test_vad_without_its_dependency_fails_once_at_start(tmp_path, data_dir):
+    """onnxruntime hidden from the interpreter: one clear error, exit 2, no records."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "onnxruntime.py").write_text("raise ImportError('onnxruntime is not installed')\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe",
+                           str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac"), "--vad",
+                           "--output-dir", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "--vad" in proc.stderr and "pip install 'whisper-nnx[vad]'" in proc.stderr
+    assert not (out / "results.jsonl").exists()
+
+
+def test_a_second_run_in_the_same_output_dir_is_refused(tmp_path, data_dir):
+    from whisper_nnx.engine.results import RunLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with RunLock(out):
+        proc = _run("transcribe", str(data_dir / "sample_joe.flac"), "--output-dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "in use by another whisper-nnx run" in proc.stderr
+    assert not (out / "results.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_bad_manifest_lines_and_unwritable_outputs_are_records(tmp_path, data_dir, transcripts):
+    """A .jsonl line without "path" (or not JSON) is that entry's input error; a transcript
+    whose files cannot be written is a run error that --resume redoes; the run goes on."""
+    from whisper_nnx.engine.cli import output_stem
+
+    joe, espeak = str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(json.dumps({"path": joe}) + "\n" + json.dumps({"file": "x.wav"}) + "\n" + "[1, 2\n"
+                        + json.dumps({"path": espeak}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    blocked = out / f"{output_stem(espeak)}.txt"
+    blocked.mkdir()  # a directory where the transcript's txt file must go
+    args = ("transcribe", str(manifest), "--output-dir", str(out), "--beam-size", "0", "--quiet", "--no-progress")
+    first = _run(*args, cwd=tmp_path)
+    assert first.returncode == 3, first.stderr
+    records = {r["path"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert sorted(records) == sorted([joe, espeak, f"{manifest}:2", f"{manifest}:3"])
+    assert records[joe]["error"] is None
+    assert records[f"{manifest}:2"]["error_kind"] == "input" and '"path"' in records[f"{manifest}:2"]["error"]
+    assert records[f"{manifest}:3"]["error_kind"] == "input" and "not JSON" in records[f"{manifest}:3"]["error"]
+    assert records[espeak]["error_kind"] == "run" and "writing outputs failed" in records[espeak]["error"]
+    blocked.rmdir()
+    second = _run(*args, "--resume", cwd=tmp_path)
+    assert second.returncode == 3, second.stderr  # the two bad lines stay input errors
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    redone = [r for r in lines if r["path"] == espeak]
+    assert len(redone) == 1 and redone[0]["error"] is None
+    assert _words(blocked.read_text()) == _words(redone[0]["text"]) and redone[0]["text"]

@@ -138,14 +138,18 @@ def test_repair_cuts_only_a_torn_last_line(tmp_path):
     assert path.read_text() == '{"path": "a"}\n'
 
 
-def test_pending_entries_count_repeats_and_duplicates(tmp_path):
+def test_plan_run_counts_repeats_and_duplicates(tmp_path):
     entries = ["a.wav", "b.wav", "a.wav", "./c.wav", "c.wav", "d.wav"]
-    todo, duplicates = results.pending_entries(entries, collections.Counter())
-    assert todo == ["a.wav", "b.wav", "./c.wav", "d.wav"]
-    assert duplicates == [("a.wav", 0), ("c.wav", 3)]  # ./c.wav and c.wav are the same file
+    plan = results.plan_run(entries, [])
+    assert plan.todo == ["a.wav", "b.wav", "./c.wav", "d.wav"] and plan.ready == [] and plan.skipped == 0
+    assert plan.repeats_of("a.wav") == [("a.wav", 2, 0)]
+    assert plan.repeats_of("c.wav") == [("c.wav", 4, 3)]  # ./c.wav and c.wav are the same file
     # After a kill: a, b and the duplicate of a have records; c and d do not.
-    todo, duplicates = results.pending_entries(entries, collections.Counter({"a.wav": 2, "b.wav": 1}))
-    assert todo == ["./c.wav", "d.wav"] and duplicates == [("c.wav", 3)]
+    done = [{"path": "a.wav", "error": None}, {"path": "b.wav", "error": None},
+            results.duplicate_record("a.wav", 0)]
+    plan = results.plan_run(entries, done)
+    assert plan.todo == ["./c.wav", "d.wav"] and plan.skipped == 3 and plan.ready == []
+    assert plan.repeats_of("./c.wav") == [("c.wav", 4, 3)]
 
 
 def test_progress_line_and_summary():

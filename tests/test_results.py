@@ -1,0 +1,137 @@
+"""results.jsonl bookkeeping without a model: what a resumed run still has to do after a kill
+at any point, which errors it retries, a merge of per-process files cut short by a crash, and
+the lock against two runs in one output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from whisper_nnx.engine import results
+from whisper_nnx.engine.results import RUN, plan_run
+
+
+def _transcript(path: str) -> dict:
+    return {"path": path, "text": "hello", "language": "en", "duration_s": 1.0, "segments": [], "error": None,
+            "error_kind": None}
+
+
+def _simulate(entries: list[str], records: list[dict]) -> list[dict]:
+    """What the CLI writes for `entries` given `records` already written: the ready repeats
+    first, then each transcribed entry followed by its repeats (a successful run)."""
+    plan = plan_run(entries, records)
+    out = [results.duplicate_record(entry, first) for entry, _, first in plan.ready]
+    for entry in plan.todo:
+        out.append(_transcript(entry))
+        out += [results.duplicate_record(e, first) for e, _, first in plan.repeats_of(entry)]
+    assert not plan.repeats, "a repeat whose first listing is neither done nor to do"
+    return out
+
+
+@pytest.mark.parametrize("entries", [
+    ["a.wav", "b.wav", "a.wav", "c.wav", "a.wav", "./b.wav"],
+    ["a.wav", "a.wav", "a.wav", "b.wav"],
+    ["x.wav", "y.wav", "z.wav", "y.wav"],
+])
+def test_a_kill_after_any_record_then_resume_gives_one_record_per_listing(entries):
+    """Every kill point of a run (after 0, 1, ... records), then a resume: exactly one
+    transcript per file and one duplicate record per repeat."""
+    full = _simulate(entries, [])
+    unique = {os.path.abspath(e) for e in entries}
+    for kill_after in range(len(full) + 1):
+        written = full[:kill_after]
+        final = written + _simulate(entries, written)
+        transcripts = [os.path.abspath(r["path"]) for r in final if r["error"] is None]
+        duplicates = [r for r in final if results.error_kind(r) == results.DUPLICATE]
+        assert sorted(transcripts) == sorted(unique), (kill_after, final)
+        assert len(duplicates) == len(entries) - len(unique), (kill_after, final)
+        assert len(final) == len(entries)
+
+
+def test_the_old_order_loses_a_transcript_no_more():
+    """The defect: a duplicate record written before the first listing's transcript used to
+    count that listing as done, so a kill in between lost the transcript for good."""
+    entries = ["a.wav", "b.wav", "a.wav"]
+    written = [results.duplicate_record("a.wav", 0)]
+    assert plan_run(entries, written).todo == ["a.wav", "b.wav"]
+    # Records from before error kinds existed are read by their message.
+    legacy = {"path": "a.wav", "error": "a.wav: duplicate entry: the same file is listed as entry 1, "
+                                         "transcribed once there"}
+    assert plan_run(entries, [legacy]).todo == ["a.wav", "b.wav"]
+
+
+def test_run_errors_are_retried_input_errors_only_when_asked(tmp_path):
+    out = tmp_path
+    lines = [_transcript("a.wav"),
+             {"path": "b.wav", "error": "b.wav: out of memory", "error_kind": RUN},
+             {"path": "c.wav", "error": "c.wav: file not found", "error_kind": "input"},
+             results.duplicate_record("a.wav", 0)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert results.drop_retried(out, retry_errors=False) == 1
+    kept = list(results.read_records(out / "results.jsonl"))
+    assert [r["path"] for r in kept] == ["a.wav", "c.wav", "a.wav"]
+    assert plan_run(["a.wav", "b.wav", "c.wav", "a.wav"], kept).todo == ["b.wav"]
+    assert results.drop_retried(out, retry_errors=True) == 1
+    assert plan_run(["a.wav", "b.wav", "c.wav", "a.wav"],
+                    results.read_records(out / "results.jsonl")).todo == ["b.wav", "c.wav"]
+
+
+def _process_files(out, n: int = 2) -> list[str]:
+    lines = []
+    for p in range(n):
+        records = [_transcript(f"p{p}-{i}.wav") for i in range(3)]
+        (out / f"results.process-{p:05d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        lines += [r["path"] for r in records]
+    return lines
+
+
+@pytest.mark.parametrize("crash", ["before_write", "after_write"])
+def test_a_merge_cut_short_finishes_without_duplicates(tmp_path, monkeypatch, crash):
+    """A crash between the merged file's write and the removal of its sources, or before the
+    write: the next start finishes the merge and every record is there exactly once."""
+    out = tmp_path
+    (out / "results.jsonl").write_text(json.dumps(_transcript("old.wav")) + "\n")
+    expected = ["old.wav", *_process_files(out)]
+
+    def crash_at_finish(*args):
+        raise KeyboardInterrupt("killed")
+
+    if crash == "after_write":
+        monkeypatch.setattr(results, "_finish", crash_at_finish)
+    else:
+        real_write = results.atomic_write_text
+
+        def crash_on_merged(path, text):
+            if path.name == results.RESULTS:
+                raise KeyboardInterrupt("killed")
+            real_write(path, text)
+
+        monkeypatch.setattr(results, "atomic_write_text", crash_on_merged)
+    with pytest.raises(KeyboardInterrupt):
+        results.merge_process_results(out)
+    monkeypatch.undo()
+    assert (out / results.MERGE_MARK).exists()
+    results.merge_process_results(out)  # what the next start does
+    paths = [r["path"] for r in results.read_records(out / "results.jsonl")]
+    assert paths == expected
+    assert not results.process_files(out) and not (out / results.MERGE_MARK).exists()
+
+
+def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from whisper_nnx.engine.results import RunLock\n"
+            "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(results.RunLocked, match="in use by another whisper-nnx run"):
+            with results.RunLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with results.RunLock(tmp_path):  # the kernel released the dead holder's lock
+        pass
