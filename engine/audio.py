@@ -5,7 +5,8 @@ audio stream is decoded, converted to planar float at the file's own rate, down-
 by averaging the channels (what the ffmpeg CLI's `-ac 1` to s16 in openai-whisper's
 `load_audio` amounts to for stereo; libswresample's float down-mix would instead scale stereo
 by 1/sqrt(2)), then resampled to 16 kHz by soxr in streaming mode so a long file never holds
-more than its 16 kHz copy plus one decoded frame in memory.
+more than its 16 kHz copy plus one decoded frame in memory. `iter_decoded` yields the same
+samples piece by piece for callers that must not hold the whole file (engine/spool.py).
 
 Every failure a user can cause (missing, empty, corrupt or truncated file, no audio stream,
 zero samples, NaN/inf samples) raises `AudioDecodeError` with a one-line reason, so callers
@@ -112,15 +113,20 @@ def _native_mono_chunks(
         raise AudioDecodeError(path, f"corrupt or truncated audio ({_reason(e)})") from e
 
 
-def _decode_mono(
+def _decoded_pieces(
     container: av.container.InputContainer, path: Path, sample_rate: int
-) -> np.ndarray:
-    """Decode the first audio stream to float32 mono at `sample_rate`: [N]."""
+) -> Iterator[np.ndarray]:
+    """Decode the first audio stream piece by piece: float32 mono pieces [n_i] at `sample_rate`.
+
+    Holds one decoded frame and soxr's delay line, never the whole file. Raises AudioDecodeError
+    as soon as a problem shows (non-finite samples, a rate change), and after the last sample for
+    problems only the end reveals (no samples at all, a file shorter than its header declares):
+    a consumer must not treat what it received as the file's audio until the iterator is spent.
+    """
     stream = _audio_stream(container, path)
     resampler: soxr.ResampleStream | None = None
     in_rate = 0
     n_native = 0
-    pieces: list[np.ndarray] = []
     for x, rate in _native_mono_chunks(container, stream, path):
         if not np.isfinite(x).all():
             raise AudioDecodeError(path, "audio contains non-finite samples (NaN or inf)")
@@ -132,10 +138,10 @@ def _decode_mono(
                 path, f"sample rate changes inside the stream ({in_rate} -> {rate} Hz)"
             )
         n_native += x.size
-        pieces.append(resampler.resample_chunk(x))
+        yield resampler.resample_chunk(x)
     if resampler is None or n_native == 0:
         raise AudioDecodeError(path, "no audio samples could be decoded (truncated or empty)")
-    pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    last = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
     # Decoders stop quietly at a cut inside some formats (e.g. MP3); catch the cut when the
     # header promised much more. The margin tolerates estimated durations and codec padding.
@@ -144,7 +150,29 @@ def _decode_mono(
         raise AudioDecodeError(
             path, f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the header declares"
         )
-    return np.concatenate(pieces)
+    yield last
+
+
+def _decode_mono(
+    container: av.container.InputContainer, path: Path, sample_rate: int
+) -> np.ndarray:
+    """Decode the first audio stream to float32 mono at `sample_rate`: [N]."""
+    return np.concatenate(list(_decoded_pieces(container, path, sample_rate)))
+
+
+def iter_decoded(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """The first audio stream of `path` as float32 mono pieces [n_i] at `sample_rate`, in order.
+
+    Concatenated, the pieces are exactly `load_audio(path, sample_rate)`; memory stays at one
+    decoded piece (typically a few thousand samples; some may be empty). Errors are the same
+    AudioDecodeErrors as load_audio's, raised when reached: opening the file fails at the first
+    `next()`, and a truncation or an empty stream only after the last piece, so a consumer must
+    drain the iterator before trusting what it received.
+    """
+    path = Path(path)
+    container = _open_container(path)
+    with container:
+        yield from _decoded_pieces(container, path, sample_rate)
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -153,10 +181,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     Raises AudioDecodeError (a ValueError) with a one-line reason when the file cannot be
     used; the underlying PyAV exception, if any, is chained as `__cause__`.
     """
-    path = Path(path)
-    container = _open_container(path)
-    with container:
-        return _decode_mono(container, path, sample_rate)
+    return np.concatenate(list(iter_decoded(path, sample_rate)))
 
 
 def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +99,74 @@ def speech_probabilities(audio: np.ndarray, *, threads: int = 1, batch_frames: i
         probs, h, c = session.run(None, {"input": batch, "h": h, "c": c})
         out.append(probs.reshape(-1))
     return np.concatenate(out)
+
+
+def _blocks(pieces: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Re-cut a stream of 1-D pieces [n_i] into float32 blocks of exactly `size` samples, then the
+    remainder [0 <= r < size], which is always yielded (empty when the total divides evenly): the
+    last block is the only one shorter than `size`. Holds at most one block and one piece."""
+    block, filled = np.empty(size, np.float32), 0
+    for piece in pieces:
+        piece = np.asarray(piece, dtype=np.float32)
+        if piece.ndim != 1:
+            raise ValueError(f"expected mono pieces of shape [n], got {piece.shape}")
+        at = 0
+        while at < piece.size:
+            take = min(size - filled, piece.size - at)
+            block[filled : filled + take] = piece[at : at + take]
+            filled, at = filled + take, at + take
+            if filled == size:
+                yield block
+                block, filled = np.empty(size, np.float32), 0
+    yield block[:filled]
+
+
+def _streamed_probabilities(
+    pieces: Iterable[np.ndarray], threads: int, batch_frames: int
+) -> tuple[np.ndarray, int]:
+    """Probabilities [N // 512 + 1] of the pieces' concatenation [N], and N, holding one batch.
+
+    Each batch is the same [frames, CONTEXT + FRAME] array `speech_probabilities` builds for the
+    whole signal (blocks of `batch_frames` frames, the first frame's context carried over from the
+    previous block's last frame, the remainder zero-padded to whole frames plus one), so the
+    results are bit-identical, not merely close.
+    """
+    session = _session(threads)
+    h = c = np.zeros(STATE, np.float32)
+    previous = np.zeros(CONTEXT, np.float32)  # the end of the frame before the block (zeros at the start)
+    out, n_samples = [], 0
+    for block in _blocks(pieces, batch_frames * FRAME):
+        n_samples += block.size
+        if block.size < batch_frames * FRAME:  # the remainder, padded as `_framed` pads the tail
+            block = np.pad(block, (0, FRAME - block.size % FRAME))
+        frames = block.reshape(-1, FRAME)
+        context = np.concatenate([previous[None], frames[:-1, -CONTEXT:]])
+        probs, h, c = session.run(None, {"input": np.concatenate([context, frames], 1), "h": h, "c": c})
+        out.append(probs.reshape(-1))
+        previous = frames[-1, -CONTEXT:].copy()
+    return np.concatenate(out), n_samples
+
+
+def speech_probabilities_streaming(
+    pieces: Iterable[np.ndarray], *, threads: int = 1, batch_frames: int = 4096
+) -> np.ndarray:
+    """`speech_probabilities` of the concatenation of 16 kHz pieces [n_i] -> [N // 512 + 1], bit-exact,
+    without ever holding the whole signal (memory: one batch of `batch_frames` frames, 8 MB by default).
+
+    The pieces may have any lengths (including 0); `batch_frames` must match the in-memory call's for
+    the results to be identical bit for bit.
+    """
+    return _streamed_probabilities(pieces, threads, batch_frames)[0]
+
+
+def speech_regions_streaming(
+    pieces: Iterable[np.ndarray], options: VadOptions = VadOptions(), *, threads: int = 1,
+    batch_frames: int = 4096,
+) -> list[tuple[int, int]]:
+    """`speech_regions` of the concatenation of 16 kHz pieces [n_i]: [(start, end)] in samples, sorted
+    and disjoint, holding one batch of audio and the probabilities (one float32 per 512 samples)."""
+    probs, n_samples = _streamed_probabilities(pieces, threads, batch_frames)
+    return regions_from_probabilities(probs, n_samples, options)
 
 
 def _raw_regions(probs: np.ndarray, n_samples: int, o: VadOptions) -> list[list[int]]:
@@ -210,3 +278,9 @@ class SpeechMap:
         if is_end and index > 0 and self._ends[index - 1] == sample:
             index = bisect.bisect_left(self._ends, sample)
         return self._shift[min(index, len(self._ends) - 1)] + t
+
+
+def check_available() -> None:
+    """Raise VadUnavailable (with what to install) unless onnxruntime and the Silero weights
+    are both there: a run with voice activity detection checks this once, at start-up."""
+    _session(1)
