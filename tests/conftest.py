@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Hermetic: every Transcriber and CLI run of the suite (subprocesses inherit this environment)
+# loads the weights of the offline packages, never the hub's, whatever the network or the
+# user's hub cache hold. Set before anything imports huggingface_hub, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="whisper-nnx-tests-hub-")
 
 DATA = Path(__file__).parent / "data"
 
