@@ -186,7 +186,9 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
                                 audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
                                 prefix=args.prefix, hotwords=args.hotwords,
                                 carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
-                                vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms)
+                                vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms,
+                                spool_after_s=args.spool_after, spool_dir=args.spool_dir,
+                                max_audio_in_memory_s=args.max_audio_in_memory)
     mesh = None
     if args.mesh:
         from whisper_nnx.sharding import rules_for
@@ -343,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hotwords", default=None,
                    help="words to favour (names, jargon): put in every window's prompt, before the previous text")
     t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
+    t.add_argument("--spool-after", type=float, default=600.0, metavar="SECONDS",
+                   help="files longer than this are decoded to a spool on disk and framed from there "
+                        "(memory does not grow with a file's length)")
+    t.add_argument("--spool-dir", default=None,
+                   help="where spools go (default: the system temp folder; use a disk, not tmpfs)")
+    t.add_argument("--max-audio-in-memory", type=float, default=7200.0, metavar="SECONDS",
+                   help="audio held in memory by files read ahead and being decoded (spooled files hold none)")
     t.add_argument("--word-timestamps", action="store_true",
                    help="start/end/probability of every word, in each segment's 'words'")
     t.add_argument("--vad", action="store_true",

@@ -28,10 +28,11 @@ import numpy as np
 
 from whisper_nnx.sharding import multihost
 
-from .audio import N_FRAMES, SAMPLE_RATE, load_audio
+from .audio import N_FRAMES, SAMPLE_RATE
 from .decoding import DecodedWindow, bucket
 from .features import WINDOW_SAMPLES, total_frames
 from .longform import FileJob, WindowRequest, chunk_starts
+from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
 
 AudioInput = Union[str, "np.ndarray"]
 
@@ -51,7 +52,7 @@ INPUT_ERROR, RUN_ERROR = "input", "run"  # error kinds (results.py): the file's 
 class LoadedInput:
     index: int  # position in the inputs
     item: AudioInput
-    audio: Optional[np.ndarray]  # float32 16 kHz mono, None when `error`
+    audio: Optional[Windowed]  # 16 kHz mono samples, in memory or spooled to disk; None when `error`
     error: Optional[str] = None
     speech: Optional[list[tuple[int, int]]] = None  # voice-activity regions (samples), when asked for
     error_kind: Optional[str] = None  # INPUT_ERROR or RUN_ERROR with `error`
@@ -59,7 +60,17 @@ class LoadedInput:
     @property
     def duration(self) -> float:
         """Seconds of the decoded file (before voice activity keeps only its speech)."""
-        return 0.0 if self.audio is None else self.audio.shape[0] / SAMPLE_RATE
+        return 0.0 if self.audio is None else self.audio.n_samples / SAMPLE_RATE
+
+    @property
+    def seconds_in_memory(self) -> float:
+        """Seconds of its samples held in memory (a spooled file holds none)."""
+        return self.duration if isinstance(self.audio, ArrayAudio) else 0.0
+
+    def close(self) -> None:
+        """Release a spooled file's disk space (nothing to do for samples in memory)."""
+        if isinstance(self.audio, SpooledAudio):
+            self.audio.close()
 
 
 def error_record(loaded: LoadedInput, reason: str, kind: str = RUN_ERROR) -> dict:
@@ -69,13 +80,16 @@ def error_record(loaded: LoadedInput, reason: str, kind: str = RUN_ERROR) -> dic
 class AudioPrefetcher:
     """Decodes inputs on `workers` threads ahead of the consumer, yielding them in input
     order. At most `max_ahead` files are in flight and decoding pauses while more than
-    `max_seconds` of decoded audio wait to be `release`d (one file may exceed it)."""
+    `max_seconds` of decoded audio wait in memory to be `release`d. A file longer than
+    `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
+    from there, so no file holds more than that much audio in memory, whatever its length."""
 
     def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
-                 max_seconds: float = 4 * 3600.0,
-                 find_speech: Optional[Callable[[np.ndarray], list[tuple[int, int]]]] = None):
+                 max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
+                 find_speech: Optional[Callable[[Windowed], list[tuple[int, int]]]] = None):
         """`find_speech` (voice-activity detection) runs on the same threads, after decoding."""
         self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
+        self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir
         self.find_speech = find_speech
         self._buffered = 0.0
         self._lock = threading.Lock()
@@ -87,20 +101,30 @@ class AudioPrefetcher:
 
     def _load(self, index: int) -> LoadedInput:
         item = self.items[index]
+        loaded = LoadedInput(index, item, None)
         try:
-            audio = np.asarray(item, np.float32) if isinstance(item, np.ndarray) else load_audio(item)
-            if audio.ndim != 1 or audio.shape[0] == 0:
-                raise ValueError(f"{_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
-            if not np.isfinite(audio).all():
-                raise ValueError(f"{_name(item)}: samples contain NaN or infinity")
-            speech = self.find_speech(audio) if self.find_speech is not None else None
+            loaded.audio = self._decode(item)
+            if self.find_speech is not None:
+                loaded.speech = self.find_speech(loaded.audio)
         except ValueError as err:  # the input's own fault (AudioDecodeError is one): final
+            loaded.close()
             return LoadedInput(index, item, None, one_line(err), error_kind=INPUT_ERROR)
-        except Exception as err:  # noqa: BLE001 - out of memory and the like: retried by --resume
+        except Exception as err:  # noqa: BLE001 - out of memory, a full spool disk: retried by --resume
+            loaded.close()
             return LoadedInput(index, item, None, f"{_name(item)}: {one_line(err)}", error_kind=RUN_ERROR)
         with self._lock:
-            self._buffered += audio.shape[0] / SAMPLE_RATE
-        return LoadedInput(index, item, audio, speech=speech)
+            self._buffered += loaded.seconds_in_memory
+        return loaded
+
+    def _decode(self, item: AudioInput) -> Windowed:
+        if not isinstance(item, np.ndarray):
+            return decode_bounded(item, self.spool_after, self.spool_dir)
+        audio = np.asarray(item, np.float32)
+        if audio.ndim != 1 or audio.shape[0] == 0:
+            raise ValueError(f"{_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
+        if not np.isfinite(audio).all():
+            raise ValueError(f"{_name(item)}: samples contain NaN or infinity")
+        return ArrayAudio(audio)
 
     def __iter__(self) -> Iterator[LoadedInput]:
         pending: collections.deque = collections.deque()
@@ -143,11 +167,13 @@ class WindowScheduler:
     """Packs window requests of many files into batches of `batch_size`."""
 
     def __init__(self, make_jobs: JobFactory, decode: WindowDecodeFn, batch_size: int,
-                 windows_per_file: Callable[[np.ndarray], int], lookahead: int = 4):
+                 windows_per_file: Callable[[Windowed], int], lookahead: int = 4,
+                 max_admitted_s: float = 3600.0):
         """`lookahead` batches' worth of windows are kept ready, so that each batch can be
         picked from windows of similar length."""
         self.make_jobs, self.decode, self.batch_size = make_jobs, decode, batch_size
         self.windows_per_file, self.lookahead = windows_per_file, lookahead
+        self.max_admitted_s = max_admitted_s  # audio in memory held by admitted files (spooled: none)
 
     def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish. A failure that
@@ -162,7 +188,9 @@ class WindowScheduler:
             # Admit files until the queue can fill a batch; new files are prepared together.
             arrivals: list[LoadedInput] = []
             expected = len(queue)
-            while not exhausted and expected < self.lookahead * self.batch_size:
+            held = sum(f.loaded.seconds_in_memory for f in active.values())
+            while not exhausted and expected < self.lookahead * self.batch_size \
+                    and (held < self.max_admitted_s or not (active or arrivals)):
                 loaded = next(source, None)
                 if loaded is None:
                     exhausted = True
@@ -171,9 +199,11 @@ class WindowScheduler:
                 else:
                     arrivals.append(loaded)
                     expected += self.windows_per_file(loaded.audio)
+                    held += loaded.seconds_in_memory
             for loaded, prepared in zip(arrivals, self._prepare(arrivals)):
                 if isinstance(prepared, BaseException):
-                    files.release(loaded.duration)
+                    files.release(loaded.seconds_in_memory)
+                    loaded.close()
                     yield loaded.index, error_record(loaded, f"preparing the file failed: {one_line(prepared)}")
                     continue
                 job, language, probs = prepared
@@ -226,7 +256,8 @@ class WindowScheduler:
     def _fail(active: dict, files: "AudioPrefetcher", job: FileJob, reason: str) -> Iterator[tuple[int, dict]]:
         file = active.pop(id(job), None)
         if file is not None:
-            files.release(file.loaded.duration)
+            files.release(file.loaded.seconds_in_memory)
+            file.loaded.close()
             yield file.loaded.index, error_record(file.loaded, reason)
 
     def _decode_isolated(self, batch: list[WindowRequest]) -> list[tuple[WindowRequest, object]]:
@@ -268,7 +299,8 @@ class WindowScheduler:
         (with voice activity, the job decodes only the speech)."""
         for key in [k for k, f in active.items() if f.job.done]:
             file = active.pop(key)
-            files.release(file.loaded.duration)
+            files.release(file.loaded.seconds_in_memory)
+            file.loaded.close()
             try:
                 transcript = file.job.result()
             except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
@@ -282,11 +314,11 @@ class WindowScheduler:
             yield file.loaded.index, record
 
 
-def expected_windows(mode: str, stride_s: float) -> Callable[[np.ndarray], int]:
+def expected_windows(mode: str, stride_s: float) -> Callable[[Windowed], int]:
     """How many windows a file will put in the queue when admitted (for batch filling)."""
-    def count(audio: np.ndarray) -> int:
+    def count(audio: Windowed) -> int:
         if mode == "sequential":
             return 1
-        return len(chunk_starts(total_frames(audio.shape[0]) - N_FRAMES, stride_s))
+        return len(chunk_starts(total_frames(audio.n_samples) - N_FRAMES, stride_s))
 
     return count

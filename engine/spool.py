@@ -268,3 +268,40 @@ def floor_spans(audio) -> list[tuple[int, int]]:
     every 3000 frames across content_frames + 3000 (the mel of the file and its 30 s of zeros)."""
     total = audio.content_frames + N_FRAMES
     return [(start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
+
+
+def decode_bounded(path: str | os.PathLike, max_in_memory: int,
+                   directory: str | os.PathLike | None = None) -> ArrayAudio | SpooledAudio:
+    """Decode `path` (exactly `load_audio(path)`) into memory while it has at most
+    `max_in_memory` samples, else into a spool on disk: a file of any length costs at most
+    `max_in_memory` samples of memory (plus one decoded piece), whatever it decodes to.
+
+    The decision is made while decoding (headers can lie about durations); the pieces decoded
+    so far move to the spool when the limit is passed.
+    """
+    pieces: list[np.ndarray] = []
+    held = 0
+    file: BinaryIO | None = None
+    try:
+        for piece in iter_decoded(path):
+            if not piece.size:
+                continue
+            piece = np.ascontiguousarray(piece, dtype=np.float32)
+            if file is None and held + piece.size > max_in_memory:
+                file = tempfile.TemporaryFile(mode="w+b", dir=directory, prefix="whisper-nnx-spool-")
+                for earlier in pieces:
+                    file.write(memoryview(earlier).cast("B"))
+                pieces = []
+            if file is None:
+                pieces.append(piece)
+            else:
+                file.write(memoryview(piece).cast("B"))
+            held += piece.size
+        if file is None:
+            return ArrayAudio(np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
+        file.flush()
+    except BaseException:
+        if file is not None:
+            file.close()
+        raise
+    return SpooledAudio(file, held)

@@ -28,7 +28,6 @@ from .features import WINDOW_SAMPLES, log_mel_spectrogram_jit, window_log_max, w
 from .generate import Generator
 from .longform import (
     ChunkedFile,
-    FileAudio,
     FileJob,
     LongFormOptions,
     SequentialFile,
@@ -39,8 +38,9 @@ from .longform import (
 from .model_hub import DEFAULT_MODEL, resolve_model
 from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_windows
 from .segments import split_segments
+from .spool import SpeechView
 from .tokenizer import LANGUAGES, Tokenizer
-from .vad import SpeechMap, VadOptions, speech_regions
+from .vad import SpeechMap, VadOptions, speech_regions_streaming
 from .vad import check_available as check_vad_available
 from .weights import load_model, read_checkpoint
 
@@ -63,6 +63,11 @@ class TranscribeOptions(DecodeOptions):
     vad: bool = False  # voice-activity detection (Silero): decode speech only (pip install 'whisper-nnx[vad]')
     vad_threshold: float = 0.5  # speech probability above which a frame is speech
     vad_min_silence_ms: int = 2000  # pauses shorter than this stay inside a speech region
+    # Memory: a file longer than this is decoded to a spool on disk and framed from there, and
+    # the files held in memory (read ahead, or being decoded) hold at most this much audio.
+    spool_after_s: float = 600.0
+    spool_dir: Optional[str] = None  # None: the system's temp folder (put it on a disk, not tmpfs)
+    max_audio_in_memory_s: float = 7200.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,15 +168,17 @@ class Transcriber:
             vad = VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
                              # chunked: regions of at most one window, split at their longest pause
                              max_speech_duration_s=29.0 if options.long_form == "chunked" else float("inf"))
-            find_speech = lambda audio: speech_regions(audio, vad)
+            find_speech = lambda audio: speech_regions_streaming(audio.pieces(), vad)
         files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size),
-                                find_speech=find_speech)
+                                max_seconds=options.max_audio_in_memory_s / 2, spool_after_s=options.spool_after_s,
+                                spool_dir=options.spool_dir, find_speech=find_speech)
         scheduler = WindowScheduler(
             make_jobs=lambda arrivals: self._make_jobs(arrivals, options),
             decode=lambda samples, content, top, prompts, seeds: self._decode_windows(samples, content, top,
                                                                                         prompts, seeds, options),
             batch_size=options.batch_size,
-            windows_per_file=expected_windows(options.long_form, options.chunk_stride_s))
+            windows_per_file=expected_windows(options.long_form, options.chunk_stride_s),
+            max_admitted_s=options.max_audio_in_memory_s / 2)
         for index, record in scheduler.run(files):
             yield index, {**_record(inputs[index]), **record}
 
@@ -186,7 +193,8 @@ class Transcriber:
         audios, plans, maps = [], [], []
         for loaded in arrivals:
             speech = SpeechMap(loaded.speech) if loaded.speech is not None and not chunked else None
-            audio = FileAudio.of(speech.collect(loaded.audio) if speech is not None else loaded.audio)
+            # The speech of a sequential job is a view over the file's samples (no copy).
+            audio = SpeechView(loaded.audio, loaded.speech) if speech is not None else loaded.audio
             audios.append(audio)
             maps.append(speech)
             if not chunked:
@@ -201,7 +209,7 @@ class Transcriber:
             total = audio.content_frames + N_FRAMES
             spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
             spans += [(f, start, frames) for start, frames in plans[f] or ()]
-        maxima = self._window_maxima([audios[f].window(start) for f, start, _ in spans], [n for *_, n in spans])
+        maxima = self._window_maxima(spans, audios)
         tops, chunk_tops, at = [], [], 0
         for f, audio in enumerate(audios):
             n_whole = -(-(audio.content_frames + N_FRAMES) // N_FRAMES)
@@ -222,19 +230,20 @@ class Transcriber:
             jobs.append((job, language, probs))
         return jobs
 
-    def _window_maxima(self, windows: list[np.ndarray], valid: list[int], group: int = 16) -> np.ndarray:
-        """Max log10 mel power of each window's first `valid` frames, `group` windows per call."""
+    def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
+        """Max log10 mel power of each span (file, first frame, valid frames): [len(spans)].
+        Windows are cut `group` at a time, so a long file never has all its windows in memory."""
         out = []
-        for i in range(0, len(windows), group):
-            part = windows[i:i + group]
-            samples = np.zeros((group, part[0].shape[0]), np.float32)
-            samples[:len(part)] = part
+        for i in range(0, len(spans), group):
+            part = spans[i:i + group]
+            samples = np.zeros((group, WINDOW_SAMPLES), np.float32)
             counts = np.zeros((group,), np.int32)
-            counts[:len(part)] = valid[i:i + group]
+            for row, (f, start, valid) in enumerate(part):
+                samples[row], counts[row] = audios[f].window(start), valid
             out.append(np.asarray(window_log_max(samples, counts, n_mels=self.dims.n_mels))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def _file_languages(self, audios: list[FileAudio], tops: list[float], options: TranscribeOptions
+    def _file_languages(self, audios: list, tops: list[float], options: TranscribeOptions
                         ) -> list[tuple[str, Optional[dict]]]:
         """Per file (language, probabilities or None): detected on the file's first 30 s as the
         reference does, unless the model is English-only or the options fix the language."""

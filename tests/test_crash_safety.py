@@ -49,7 +49,8 @@ def clean(tiny, clips):
 
 
 def _is_poison(audio_or_job, poison: np.ndarray) -> bool:
-    n = audio_or_job.audio.n_samples if hasattr(audio_or_job, "audio") else audio_or_job.shape[0]
+    audio = getattr(audio_or_job, "audio", audio_or_job)  # a job, or a file's samples
+    n = audio.n_samples if hasattr(audio, "n_samples") else audio.shape[0]
     return n == poison.shape[0]
 
 

@@ -123,7 +123,7 @@ def test_prefetcher_keeps_input_order_and_reports_bad_samples(tmp_path):
     items.append(str(tmp_path / "missing.wav"))
     got = list(AudioPrefetcher(items, workers=3, max_ahead=2))
     assert [g.index for g in got] == list(range(7))
-    assert [g.audio.shape[0] for g in got if g.error is None] == [1600, 3200, 4800, 8000, 9600]
+    assert [g.audio.n_samples for g in got if g.error is None] == [1600, 3200, 4800, 8000, 9600]
     assert "non-empty" in got[3].error and "not found" in got[6].error
 
 
