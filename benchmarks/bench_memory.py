@@ -78,7 +78,7 @@ def run_once(audio: Path, out: Path, in_memory: bool, env: dict) -> dict:
         raise RuntimeError(f"run failed ({code}): {stderr[-2000:]}")
     text = (next(out.glob("*.txt"))).read_text()
     return {"peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "wall_s": round(wall, 2),
-            "fox_found": text.count("fox")}
+            "fox_found": text.lower().count("fox")}
 
 
 def main() -> None:

@@ -393,3 +393,21 @@ def test_spooling_memory_does_not_grow_with_length(tmp_path):
     assert spooled["spool"] < decoded / 8
     assert spooled["spool"] - spooled_short["spool"] < 4 * 2**20  # 10x the audio, (almost) the same peak
     assert spooled["windows"] < decoded / 4
+
+
+@pytest.mark.slow
+def test_a_spooled_long_file_transcribes_exactly_as_in_memory(data_dir):
+    """The lecture (3.5 min) spooled to disk after 60 s against held in memory: the same
+    records in both long-form modes, and no spool left open afterwards."""
+    from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+
+    tiny = Transcriber("tiny.en")
+    lecture = data_dir / "longform" / "lecture.ogg"
+    fds = len(os.listdir("/proc/self/fd"))
+    for mode in ("sequential", "chunked"):
+        options = dict(language="en", beam_size=None, temperature=0.0, long_form=mode)
+        spooled = tiny.transcribe([lecture], TranscribeOptions(**options, spool_after_s=60.0))[0]
+        held = tiny.transcribe([lecture], TranscribeOptions(**options))[0]
+        assert spooled["error"] is None and spooled["windows"] >= 7
+        assert spooled == held, mode
+    assert len(os.listdir("/proc/self/fd")) <= fds
