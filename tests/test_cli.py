@@ -172,3 +172,22 @@ def test_bad_manifest_lines_and_unwritable_outputs_are_records(tmp_path, data_di
     redone = [r for r in lines if r["path"] == espeak]
     assert len(redone) == 1 and redone[0]["error"] is None
     assert _words(blocked.read_text()) == _words(redone[0]["text"]) and redone[0]["text"]
+
+
+@pytest.mark.slow
+def test_single_process_resume_merges_a_killed_multi_process_run(tmp_path, data_dir):
+    """A multi-process run killed before its merge leaves results.process-*.jsonl: a plain
+    --resume merges those records into results.jsonl (once) and does only what is left."""
+    joe, espeak = str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = {"path": joe, "text": "from process one", "language": "en", "duration_s": 4.11, "segments": [],
+            "error": None, "error_kind": None}
+    (out / "results.process-00001.jsonl").write_text(json.dumps(done) + "\n")
+    proc = _run("transcribe", joe, espeak, "--output-dir", str(out), "--beam-size", "0", "--quiet", "--resume",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in records] == [joe, espeak]
+    assert records[0]["text"] == "from process one" and records[1]["error"] is None
+    assert not list(out.glob("results.process-*"))
