@@ -225,6 +225,7 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
         for entry in manifest_errors:
             for repeat, _, first in plan.repeats_of(entry):
                 report({**results_io.duplicate_record(repeat, first), **run_info})
+    failed = _input_or_run_errors(results_io.read_records(own_file))  # before a merge removes the file
     summary = progress.summary(plan.skipped)
     if multi:
         write_summary(out, summary, f"summary.process-{jax.process_index():05d}.json")
@@ -235,13 +236,19 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
         multihost.barrier("whisper-nnx-results-merged")
     else:
         write_summary(out, summary)
-    mine = results_io.all_records(out) if jax.process_index() == 0 else results_io.read_records(own_file)
-    failed = sum(results_io.error_kind(r) in (results_io.INPUT, results_io.RUN) for r in mine)
+    if jax.process_index() == 0:  # earlier runs' records too
+        failed += _input_or_run_errors(results_io.all_records(out))
     if jax.process_index() == 0:
         print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
               f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
               f"results in {out / results_io.RESULTS}", file=sys.stderr)
     return EXIT_INPUT_ERRORS if failed else EXIT_OK
+
+
+def _input_or_run_errors(records) -> int:
+    from .results import INPUT, RUN, error_kind
+
+    return sum(error_kind(r) in (INPUT, RUN) for r in records)
 
 
 def _write_files(record: dict, out: Path, formats: tuple[str, ...], args: argparse.Namespace) -> None:
