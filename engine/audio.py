@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, Union
 
 import av
 import numpy as np
@@ -61,6 +62,33 @@ def _reason(exc: BaseException) -> str:
     """ffmpeg's own short description of a failure (no errno, no path), else its first line."""
     text = getattr(exc, "strerror", None) or str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_stream(stream: BinaryIO, name: str) -> av.container.InputContainer:
+    """A binary file object (a dataset row's bytes, a download, an open file) as a container."""
+    try:
+        return av.open(stream, mode="r")
+    except EOFError as e:
+        raise AudioDecodeError(name, "file ends before any audio (truncated)") from e
+    except av.error.FFmpegError as e:
+        reason = "file is empty (0 bytes)" if _stream_is_empty(stream) else \
+            f"not a readable audio/video file ({_reason(e)})"
+        raise AudioDecodeError(name, reason) from e
+
+
+def _stream_is_empty(stream: BinaryIO) -> bool:
+    try:
+        stream.seek(0)
+        return not stream.read(1)
+    except (OSError, ValueError):
+        return False
+
+
+def source_name(source: "AudioSource") -> str:
+    """How an input is named in errors and records: its path, or a file object's `name`."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "name", "<stream>"))
 
 
 def _open_container(path: Path) -> av.container.InputContainer:
@@ -160,7 +188,16 @@ def _decode_mono(
     return np.concatenate(list(_decoded_pieces(container, path, sample_rate)))
 
 
-def iter_decoded(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+AudioSource = Union[str, os.PathLike, BinaryIO]  # a path, or a binary file object (read from its start)
+AudioInput = Union[AudioSource, np.ndarray]  # what the engine transcribes: a source, or 16 kHz samples [N]
+
+
+def input_name(item: AudioInput) -> str:
+    """How an input is named in records and errors: its path, a file object's name, or <array>."""
+    return "<array>" if isinstance(item, np.ndarray) else source_name(item)
+
+
+def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """The first audio stream of `path` as float32 mono pieces [n_i] at `sample_rate`, in order.
 
     Concatenated, the pieces are exactly `load_audio(path, sample_rate)`; memory stays at one
@@ -169,14 +206,19 @@ def iter_decoded(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Ite
     `next()`, and a truncation or an empty stream only after the last piece, so a consumer must
     drain the iterator before trusting what it received.
     """
-    path = Path(path)
-    container = _open_container(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        container = _open_container(path)
+    else:  # a binary file object
+        container = _open_stream(path, source_name(path))
+        path = Path(source_name(path))
     with container:
         yield from _decoded_pieces(container, path, sample_rate)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of `path` as float32 mono at `sample_rate`: [N].
+def load_audio(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of `path` (a path, or a binary file object such as a
+    dataset row's bytes in `io.BytesIO`) as float32 mono at `sample_rate`: [N].
 
     Raises AudioDecodeError (a ValueError) with a one-line reason when the file cannot be
     used; the underlying PyAV exception, if any, is chained as `__cause__`.

@@ -12,67 +12,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import math
-import os
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from absl import flags, logging
 
-MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
-                  ".mp4", ".mkv", ".mov", ".avi", ".aiff", ".aif", ".amr", ".3gp"}
-
-
-class ManifestError(str):
-    """An entry of a manifest that names no file (a `.jsonl` line without a `path`, or not
-    JSON): it stands for itself, as `MANIFEST:LINE`, and becomes that entry's error record."""
-
-    reason: str
-
-    def __new__(cls, manifest: Path, number: int, reason: str) -> "ManifestError":
-        entry = super().__new__(cls, f"{manifest}:{number}")
-        entry.reason = f"{entry}: {reason}"
-        return entry
-
-
-def _jsonl_entry(manifest: Path, number: int, line: str) -> str:
-    try:
-        item = json.loads(line)
-    except ValueError as err:
-        return ManifestError(manifest, number, f"manifest line is not JSON ({err})")
-    if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"].strip():
-        return ManifestError(manifest, number, 'manifest line has no "path" string')
-    return item["path"]
-
-
-def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
-    """Files as given, directories searched recursively (sorted), manifests read line by line
-    (`.jsonl`: a `path` per line, a bad line yields a ManifestError; `.txt`: one path per line,
-    `#` comments)."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            yield from (str(p) for p in sorted(path.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
-        elif path.suffix == ".jsonl" and path.is_file():
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    yield _jsonl_entry(path, number, line)
-        elif path.suffix == ".txt" and path.is_file():
-            yield from (line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and not line.strip().startswith("#"))
-        else:
-            yield item  # a missing or odd file becomes an error record, not a crash
-
-
-def output_stem(path: str) -> str:
-    """File stem plus a short hash of the full path, so equal names in two folders differ."""
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
-    return f"{Path(path).stem}-{digest}"
-
+from .inputs import expand_inputs
 
 def fallback_temperatures(start: float, increment: float | None) -> tuple[float, ...]:
     """start, start + increment, ... never above 1.0: the reference CLI's
@@ -96,15 +43,15 @@ class UsageError(ValueError):
 
 def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
     """Everything that can be checked before loading the model; returns the formats."""
-    from .writers import FORMATS
+    from .sink import check_formats
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise UsageError(f"unknown output format {', '.join(map(repr, unknown))} in --formats; "
-                         f"choose from {','.join(FORMATS)}")
-    if any([args.highlight_words, args.max_line_width, args.max_line_count, args.max_words_per_line]) \
-            and not args.word_timestamps:
+    try:
+        check_formats(formats)
+        layout = _layout(args)
+    except ValueError as err:
+        raise UsageError(f"--formats / subtitle layout: {err}") from None
+    if layout.used and not args.word_timestamps:
         raise UsageError("--highlight-words / --max-line-width / --max-line-count / --max-words-per-line "
                          "need --word-timestamps")
     if args.vad:
@@ -130,7 +77,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                                  auto=args.distributed)
     from .compile_cache import enable_compilation_cache
     enable_compilation_cache(args.compile_cache)
-    entries = list(expand_inputs(args.inputs))
+    entries = list(expand_inputs(args.inputs))  # inputs.Entry each
     if not entries:
         raise UsageError("no inputs found")
     out = Path(args.output_dir)
@@ -146,8 +93,10 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
 
     from whisper_nnx.sharding import multihost
 
+    from . import records
     from . import results as results_io
     from .progress import Progress, merge_summaries, write_summary
+    from .sink import ResultSink
     from .transcribe import TranscribeOptions, Transcriber
 
     own_file = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS)
@@ -203,29 +152,23 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
     ready = plan.ready if jax.process_index() == 0 else []
-    progress = Progress(len(inputs) + len(ready) + sum(len(plan.repeats.get(os.path.abspath(e), ()))
-                                                       for e in inputs), enabled=not args.no_progress)
-    manifest_errors = [e for e in inputs if isinstance(e, ManifestError)]
-    to_transcribe = [e for e in inputs if not isinstance(e, ManifestError)]
-    with open(own_file, "a", encoding="utf-8") as handle:
-        report = lambda record: _report(handle, progress, args, record)  # noqa: E731
-        for entry, _, first in ready:  # repeats of files done in an earlier run
-            report({**results_io.duplicate_record(entry, first), **run_info})
-        for entry in manifest_errors:
-            report({"path": str(entry), "text": "", "language": None, "duration_s": None, "segments": [],
-                    "error": entry.reason, "error_kind": results_io.INPUT, **run_info})
-        for _, record in transcriber.transcribe_iter(to_transcribe, options):
-            record.pop("tokens", None)
-            record.update(run_info)
-            if record["error"] is None:
-                _write_files(record, out, formats, args)
-            report(record)
-            for entry, _, first in plan.repeats_of(record["path"]):  # after the record they repeat
-                report({**results_io.duplicate_record(entry, first), **run_info})
-        for entry in manifest_errors:
-            for repeat, _, first in plan.repeats_of(entry):
-                report({**results_io.duplicate_record(repeat, first), **run_info})
-    failed = _input_or_run_errors(results_io.read_records(own_file))  # before a merge removes the file
+    progress = Progress(len(inputs) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in inputs),
+                        enabled=not args.no_progress)
+    echo = None if args.quiet else lambda r: print(f"{r['path']}: {r['error'] or r['text']}", flush=True)
+    with ResultSink(out, formats, _layout(args), file_name=own_file.name, extra=run_info, progress=progress,
+                    echo=echo) as sink:
+        for name, _, first in ready:  # repeats of files done in an earlier run
+            sink.write(records.duplicate(name, first))
+        for entry in inputs:
+            if entry.error is not None:  # a manifest line that names no file
+                sink.write(records.failure(entry.name, entry.error, records.INPUT))
+                for name, _, first in plan.repeats_of(entry.name):
+                    sink.write(records.duplicate(name, first))
+        for _, record in transcriber.transcribe_iter([e.name for e in inputs if e.error is None], options):
+            sink.write(record)
+            for name, _, first in plan.repeats_of(record["path"]):  # after the record they repeat
+                sink.write(records.duplicate(name, first))
+    failed = sink.failed
     summary = progress.summary(plan.skipped)
     if multi:
         write_summary(out, summary, f"summary.process-{jax.process_index():05d}.json")
@@ -236,48 +179,19 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
         multihost.barrier("whisper-nnx-results-merged")
     else:
         write_summary(out, summary)
-    if jax.process_index() == 0:  # earlier runs' records too
-        failed += _input_or_run_errors(results_io.all_records(out))
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # every process's records and earlier runs' too
+        failed = sum(records.error_kind(r) in (records.INPUT, records.RUN) for r in results_io.all_records(out))
         print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
               f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
               f"results in {out / results_io.RESULTS}", file=sys.stderr)
     return EXIT_INPUT_ERRORS if failed else EXIT_OK
 
 
-def _input_or_run_errors(records) -> int:
-    from .results import INPUT, RUN, error_kind
+def _layout(args: argparse.Namespace):
+    from .sink import SubtitleLayout
 
-    return sum(error_kind(r) in (INPUT, RUN) for r in records)
-
-
-def _write_files(record: dict, out: Path, formats: tuple[str, ...], args: argparse.Namespace) -> None:
-    """The per-format files of a transcript, before its record; a failure to write them turns
-    the record into a run error (retried by --resume), and the run goes on."""
-    from .results import RUN
-    from .scheduler import one_line
-    from .writers import write_outputs
-
-    try:
-        write_outputs(record, out, output_stem(record["path"]), formats,
-                      highlight_words=args.highlight_words, max_line_width=args.max_line_width,
-                      max_line_count=args.max_line_count, max_words_per_line=args.max_words_per_line)
-    except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
-        record.update(text="", segments=[], error=f"{record['path']}: writing outputs failed: {one_line(err)}",
-                      error_kind=RUN)
-
-
-def _report(handle, progress, args: argparse.Namespace, record: dict) -> None:
-    """Append one record (on disk before this returns), count it, and show it."""
-    from .results import DUPLICATE, append_record, error_kind
-
-    record.setdefault("error_kind", None)
-    append_record(handle, record)
-    progress.update(record.get("duration_s"), record["error"] is not None)
-    if record["error"] is not None and error_kind(record) != DUPLICATE:
-        logging.warning("%s", record["error"])
-    if not args.quiet:
-        print(f"{record['path']}: {record['error'] or record['text']}", flush=True)
+    return SubtitleLayout(args.highlight_words, args.max_line_width or None, args.max_line_count or None,
+                          args.max_words_per_line or None)
 
 
 def _convert(args: argparse.Namespace) -> int:

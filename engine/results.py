@@ -28,14 +28,15 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, Iterable, Optional
+from typing import IO, Iterable, Optional, Sequence
 
+from .inputs import Entry, entry_key
+from .records import DUPLICATE, INPUT, RUN, error_kind
 from .writers import atomic_write_text, fsync_directory
 
 RESULTS = "results.jsonl"
 MERGE_MARK = ".results-merge.json"  # a merge in progress: sizes before and after, and its parts
 
-INPUT, RUN, DUPLICATE = "input", "run", "duplicate"  # the error kinds
 
 
 def process_files(out: Path) -> list[Path]:
@@ -74,17 +75,6 @@ def read_records(path: Path) -> Iterable[dict]:
             continue  # only a torn line can fail, and repair removes those
         if isinstance(record, dict) and "path" in record:
             yield record
-
-
-def error_kind(record: dict) -> Optional[str]:
-    """None for a transcript, else "input", "run" or "duplicate" (records from before error
-    kinds existed: duplicates by their message, other errors count as input errors)."""
-    if record.get("error") is None:
-        return None
-    kind = record.get("error_kind")
-    if kind in (INPUT, RUN, DUPLICATE):
-        return kind
-    return DUPLICATE if "duplicate entry" in str(record["error"]) else INPUT
 
 
 def all_records(out: Path) -> list[dict]:
@@ -126,28 +116,29 @@ def _retried_line(line: str, retry_errors: bool) -> bool:
 class RunPlan:
     """What a run (or a resumed run) still has to write, from its entries and old records."""
 
-    todo: list[str]  # entries to transcribe: the first listing of each file without a record
-    # file (absolute path) -> its repeats still without a record: (entry as given, entry index,
-    # index of the first listing); written right after the first listing's record
+    todo: list[Entry]  # entries to transcribe: the first listing of each file without a record
+    # file key -> its repeats still without a record: (entry name, entry index, index of the
+    # first listing); written right after the first listing's record
     repeats: dict[str, list[tuple[str, int, int]]]
     ready: list[tuple[str, int, int]]  # repeats whose first listing already has its record
     skipped: int  # entries that already have their record
 
-    def repeats_of(self, entry: str) -> list[tuple[str, int, int]]:
-        return self.repeats.pop(os.path.abspath(entry), [])
+    def repeats_of(self, name: str) -> list[tuple[str, int, int]]:
+        """The repeats to record after the record of entry `name` (each handed out once)."""
+        return self.repeats.pop(entry_key(name), [])
 
 
-def plan_run(entries: list[str], records: Iterable[dict]) -> RunPlan:
+def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
     """Entries still to do, given the records already written.
 
-    A file listed again (however written) is transcribed once, at its first listing; each
-    later listing gets a duplicate record. Transcripts and duplicate records are counted
-    apart, so a kill between the two kinds never counts a file as transcribed.
+    A file listed again (however written: entries with one `key`) is transcribed once, at its
+    first listing; each later listing gets a duplicate record. Transcripts and duplicate
+    records are counted apart, so a kill between the two kinds never counts a file as done.
     """
     finished: set[str] = set()
     repeats_done: collections.Counter = collections.Counter()
     for record in records:
-        key = os.path.abspath(record["path"])
+        key = entry_key(record["path"])
         if error_kind(record) == DUPLICATE:
             repeats_done[key] += 1
         else:
@@ -156,7 +147,7 @@ def plan_run(entries: list[str], records: Iterable[dict]) -> RunPlan:
     repeats_seen: collections.Counter = collections.Counter()
     plan = RunPlan([], {}, [], 0)
     for index, entry in enumerate(entries):
-        key = os.path.abspath(entry)
+        key = entry.key
         if key not in first:
             first[key] = index
             if key in finished:
@@ -168,17 +159,10 @@ def plan_run(entries: list[str], records: Iterable[dict]) -> RunPlan:
         if repeats_seen[key] <= repeats_done[key]:
             plan.skipped += 1
         elif key in finished:
-            plan.ready.append((entry, index, first[key]))
+            plan.ready.append((entry.name, index, first[key]))
         else:
-            plan.repeats.setdefault(key, []).append((entry, index, first[key]))
+            plan.repeats.setdefault(key, []).append((entry.name, index, first[key]))
     return plan
-
-
-def duplicate_record(entry: str, first_index: int) -> dict:
-    return {"path": entry, "text": "", "language": None, "duration_s": None, "segments": [],
-            "error": f"{entry}: duplicate entry: the same file is listed as entry {first_index + 1}, "
-                     "transcribed once there",
-            "error_kind": DUPLICATE, "duplicate_of": first_index + 1}
 
 
 def append_record(handle: IO[str], record: dict) -> None:

@@ -21,31 +21,21 @@ import concurrent.futures
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
 
 from whisper_nnx.sharding import multihost
 
-from .audio import N_FRAMES, SAMPLE_RATE
+from . import records
+from .audio import N_FRAMES, SAMPLE_RATE, AudioInput, input_name
 from .decoding import DecodedWindow, bucket
 from .features import WINDOW_SAMPLES, total_frames
 from .longform import FileJob, WindowRequest, chunk_starts
+from .records import INPUT, RUN, one_line
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
 
-AudioInput = Union[str, "np.ndarray"]
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as a one-line reason for a results record."""
-    text = str(err) or type(err).__name__
-    if not isinstance(err, ValueError):
-        text = f"{type(err).__name__}: {text}"
-    return " ".join(text.split())
-
-
-INPUT_ERROR, RUN_ERROR = "input", "run"  # error kinds (results.py): the file's fault, or the run's
 
 
 @dataclass
@@ -55,7 +45,7 @@ class LoadedInput:
     audio: Optional[Windowed]  # 16 kHz mono samples, in memory or spooled to disk; None when `error`
     error: Optional[str] = None
     speech: Optional[list[tuple[int, int]]] = None  # voice-activity regions (samples), when asked for
-    error_kind: Optional[str] = None  # INPUT_ERROR or RUN_ERROR with `error`
+    error_kind: Optional[str] = None  # INPUT or RUN with `error`
 
     @property
     def duration(self) -> float:
@@ -73,8 +63,9 @@ class LoadedInput:
             self.audio.close()
 
 
-def error_record(loaded: LoadedInput, reason: str, kind: str = RUN_ERROR) -> dict:
-    return {"error": f"{_name(loaded.item)}: {reason}", "error_kind": kind}
+def error_record(loaded: LoadedInput, reason: str, kind: str = RUN) -> dict:
+    name = input_name(loaded.item)
+    return records.failure(name, f"{name}: {reason}", kind)
 
 
 class AudioPrefetcher:
@@ -108,10 +99,10 @@ class AudioPrefetcher:
                 loaded.speech = self.find_speech(loaded.audio)
         except ValueError as err:  # the input's own fault (AudioDecodeError is one): final
             loaded.close()
-            return LoadedInput(index, item, None, one_line(err), error_kind=INPUT_ERROR)
+            return LoadedInput(index, item, None, one_line(err), error_kind=INPUT)
         except Exception as err:  # noqa: BLE001 - out of memory, a full spool disk: retried by --resume
             loaded.close()
-            return LoadedInput(index, item, None, f"{_name(item)}: {one_line(err)}", error_kind=RUN_ERROR)
+            return LoadedInput(index, item, None, f"{input_name(item)}: {one_line(err)}", error_kind=RUN)
         with self._lock:
             self._buffered += loaded.seconds_in_memory
         return loaded
@@ -121,9 +112,9 @@ class AudioPrefetcher:
             return decode_bounded(item, self.spool_after, self.spool_dir)
         audio = np.asarray(item, np.float32)
         if audio.ndim != 1 or audio.shape[0] == 0:
-            raise ValueError(f"{_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
+            raise ValueError(f"{input_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
         if not np.isfinite(audio).all():
-            raise ValueError(f"{_name(item)}: samples contain NaN or infinity")
+            raise ValueError(f"{input_name(item)}: samples contain NaN or infinity")
         return ArrayAudio(audio)
 
     def __iter__(self) -> Iterator[LoadedInput]:
@@ -136,10 +127,6 @@ class AudioPrefetcher:
                     pending.append(pool.submit(self._load, submitted))
                     submitted += 1
                 yield pending.popleft().result()
-
-
-def _name(item: AudioInput) -> str:
-    return "<array>" if isinstance(item, np.ndarray) else str(item)
 
 
 @dataclass
@@ -195,7 +182,7 @@ class WindowScheduler:
                 if loaded is None:
                     exhausted = True
                 elif loaded.error is not None:
-                    yield loaded.index, {"error": loaded.error, "error_kind": loaded.error_kind}
+                    yield loaded.index, records.failure(input_name(loaded.item), loaded.error, loaded.error_kind)
                 else:
                     arrivals.append(loaded)
                     expected += self.windows_per_file(loaded.audio)
@@ -307,11 +294,10 @@ class WindowScheduler:
                 yield file.loaded.index, error_record(file.loaded, f"assembling the transcript failed: "
                                                                    f"{one_line(err)}")
                 continue
-            record = {"duration_s": round(file.loaded.duration, 3), "language": file.language,
-                      **transcript, "error": None, "error_kind": None}
-            if file.language_probs is not None:
-                record["language_probs"] = file.language_probs
-            yield file.loaded.index, record
+            extra = {} if file.language_probs is None else {"language_probs": file.language_probs}
+            yield file.loaded.index, records.transcript(input_name(file.loaded.item), language=file.language,
+                                                        duration_s=round(file.loaded.duration, 3),
+                                                        **transcript, **extra)
 
 
 def expected_windows(mode: str, stride_s: float) -> Callable[[Windowed], int]:

@@ -10,8 +10,7 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,18 @@ from jax.sharding import Mesh
 from whisper_nnx.sharding import multihost, rules_for
 
 from .alignment import default_alignment_heads
-from .audio import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioDecodeError, load_audio, pad_or_trim
+from . import records
+from .audio import (
+    CHUNK_LENGTH,
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    AudioDecodeError,
+    AudioInput,
+    input_name,
+    load_audio,
+    pad_or_trim,
+)
 from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence, lockstep_rows, pad_rows
 from .features import WINDOW_SAMPLES, log_mel_spectrogram_jit, window_log_max, window_log_mel
 from .generate import Generator
@@ -84,7 +94,6 @@ class TranscribeOptions(DecodeOptions):
                                self.carry_initial_prompt, self.chunk_stride_s, self.word_timestamps)
 
 
-AudioInput = Union[str, Path, np.ndarray]
 
 
 class Transcriber:
@@ -180,7 +189,7 @@ class Transcriber:
             windows_per_file=expected_windows(options.long_form, options.chunk_stride_s),
             max_admitted_s=options.max_audio_in_memory_s / 2)
         for index, record in scheduler.run(files):
-            yield index, {**_record(inputs[index]), **record}
+            yield index, record
 
     def _make_jobs(self, arrivals: list[LoadedInput], options: TranscribeOptions
                    ) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
@@ -322,17 +331,18 @@ class Transcriber:
             try:
                 audio = load_audio(item) if not isinstance(item, np.ndarray) else np.asarray(item, np.float32)
                 if audio.shape[0] > N_SAMPLES:
-                    raise AudioDecodeError(_name(item), f"{audio.shape[0] / SAMPLE_RATE:.1f} s is longer "
+                    raise AudioDecodeError(input_name(item), f"{audio.shape[0] / SAMPLE_RATE:.1f} s is longer "
                                            f"than one {CHUNK_LENGTH} s window: use transcribe")
                 good.append((i, audio))
             except AudioDecodeError as err:
-                results[i] = _record(item, error=str(err))
+                results[i] = records.failure(input_name(item), str(err), records.INPUT)
         # With several processes every one runs the same number of batches (some may be empty).
         n_batches = multihost.global_max(-(-len(good) // options.batch_size))
         for b in range(n_batches):
             chunk = good[b * options.batch_size:(b + 1) * options.batch_size]
             for (i, audio), record in zip(chunk, self._transcribe_batch([a for _, a in chunk], options)):
-                results[i] = {**_record(inputs[i], duration_s=audio.shape[0] / SAMPLE_RATE), **record}
+                results[i] = records.transcript(input_name(inputs[i]), duration_s=audio.shape[0] / SAMPLE_RATE,
+                                                windows=1, **record)
         return results  # type: ignore[return-value]
 
     def _transcribe_batch(self, clips: list[np.ndarray], options: TranscribeOptions) -> list[dict]:
@@ -348,7 +358,7 @@ class Transcriber:
         # Rows that share a language share a prompt and decode together; every process walks
         # the union of languages so their calls stay in lockstep.
         codes = self.tokenizer.all_language_codes if self.tokenizer.multilingual else ("en",)
-        records: list[Optional[dict]] = [None] * n
+        out: list[Optional[dict]] = [None] * n
         for language in (codes[i] for i in multihost.global_union([codes.index(c) for c in languages])):
             rows = [r for r in range(n) if languages[r] == language]
             tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
@@ -358,23 +368,14 @@ class Transcriber:
             for r, window in zip(rows, windows):
                 duration = clips[r].shape[0] / SAMPLE_RATE
                 silent = is_silence(window, options)
-                records[r] = {
+                out[r] = {
                     "text": "" if silent else window.text, "language": language,
                     "segments": [] if silent else
                     [s.to_json() for s in split_segments(window.tokens, tokenizer, 0.0, duration)],
                     "avg_logprob": window.avg_logprob, "no_speech_prob": window.no_speech_prob,
                     "compression_ratio": window.compression_ratio, "temperature": window.temperature,
                     "tokens": window.tokens}
-        return records  # type: ignore[return-value]
-
-
-def _name(item: AudioInput) -> str:
-    return "<array>" if isinstance(item, np.ndarray) else str(item)
-
-
-def _record(item: AudioInput, *, duration_s: Optional[float] = None, error: Optional[str] = None) -> dict:
-    return {"path": _name(item), "text": "", "language": None, "duration_s": duration_s,
-            "segments": [], "error": error, "error_kind": "input" if error is not None else None}
+        return out  # type: ignore[return-value]
 
 
 def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **options) -> list[dict]:

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from fixtures.make_bad_inputs import build_mixed_corpus
 
-from whisper_nnx.engine.cli import output_stem
+from whisper_nnx.engine.sink import output_stem
 
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 RECORD_KEYS = {"path", "text", "language", "duration_s", "segments", "error"}

@@ -145,7 +145,7 @@ def test_a_second_run_in_the_same_output_dir_is_refused(tmp_path, data_dir):
 def test_bad_manifest_lines_and_unwritable_outputs_are_records(tmp_path, data_dir, transcripts):
     """A .jsonl line without "path" (or not JSON) is that entry's input error; a transcript
     whose files cannot be written is a run error that --resume redoes; the run goes on."""
-    from whisper_nnx.engine.cli import output_stem
+    from whisper_nnx.engine.sink import output_stem
 
     joe, espeak = str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac")
     manifest = tmp_path / "list.jsonl"

@@ -11,23 +11,28 @@ import sys
 
 import pytest
 
-from whisper_nnx.engine import results
-from whisper_nnx.engine.results import RUN, plan_run
+from whisper_nnx.engine import records, results
+from whisper_nnx.engine.inputs import Entry
+from whisper_nnx.engine.records import RUN
+from whisper_nnx.engine.results import plan_run
+
+
+def _entries(names: list[str]) -> list[Entry]:
+    return [Entry(name) for name in names]
 
 
 def _transcript(path: str) -> dict:
-    return {"path": path, "text": "hello", "language": "en", "duration_s": 1.0, "segments": [], "error": None,
-            "error_kind": None}
+    return records.transcript(path, text="hello", language="en", duration_s=1.0, segments=[], windows=1)
 
 
-def _simulate(entries: list[str], records: list[dict]) -> list[dict]:
+def _simulate(entries: list[str], written: list[dict]) -> list[dict]:
     """What the CLI writes for `entries` given `records` already written: the ready repeats
     first, then each transcribed entry followed by its repeats (a successful run)."""
-    plan = plan_run(entries, records)
-    out = [results.duplicate_record(entry, first) for entry, _, first in plan.ready]
+    plan = plan_run(_entries(entries), written)
+    out = [records.duplicate(entry, first) for entry, _, first in plan.ready]
     for entry in plan.todo:
-        out.append(_transcript(entry))
-        out += [results.duplicate_record(e, first) for e, _, first in plan.repeats_of(entry)]
+        out.append(_transcript(entry.name))
+        out += [records.duplicate(e, first) for e, _, first in plan.repeats_of(entry.name)]
     assert not plan.repeats, "a repeat whose first listing is neither done nor to do"
     return out
 
@@ -46,7 +51,7 @@ def test_a_kill_after_any_record_then_resume_gives_one_record_per_listing(entrie
         written = full[:kill_after]
         final = written + _simulate(entries, written)
         transcripts = [os.path.abspath(r["path"]) for r in final if r["error"] is None]
-        duplicates = [r for r in final if results.error_kind(r) == results.DUPLICATE]
+        duplicates = [r for r in final if records.error_kind(r) == records.DUPLICATE]
         assert sorted(transcripts) == sorted(unique), (kill_after, final)
         assert len(duplicates) == len(entries) - len(unique), (kill_after, final)
         assert len(final) == len(entries)
@@ -56,12 +61,12 @@ def test_the_old_order_loses_a_transcript_no_more():
     """The defect: a duplicate record written before the first listing's transcript used to
     count that listing as done, so a kill in between lost the transcript for good."""
     entries = ["a.wav", "b.wav", "a.wav"]
-    written = [results.duplicate_record("a.wav", 0)]
-    assert plan_run(entries, written).todo == ["a.wav", "b.wav"]
+    written = [records.duplicate("a.wav", 0)]
+    assert [e.name for e in plan_run(_entries(entries), written).todo] == ["a.wav", "b.wav"]
     # Records from before error kinds existed are read by their message.
     legacy = {"path": "a.wav", "error": "a.wav: duplicate entry: the same file is listed as entry 1, "
                                          "transcribed once there"}
-    assert plan_run(entries, [legacy]).todo == ["a.wav", "b.wav"]
+    assert [e.name for e in plan_run(_entries(entries), [legacy]).todo] == ["a.wav", "b.wav"]
 
 
 def test_run_errors_are_retried_input_errors_only_when_asked(tmp_path):
@@ -69,15 +74,15 @@ def test_run_errors_are_retried_input_errors_only_when_asked(tmp_path):
     lines = [_transcript("a.wav"),
              {"path": "b.wav", "error": "b.wav: out of memory", "error_kind": RUN},
              {"path": "c.wav", "error": "c.wav: file not found", "error_kind": "input"},
-             results.duplicate_record("a.wav", 0)]
+             records.duplicate("a.wav", 0)]
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert results.drop_retried(out, retry_errors=False) == 1
     kept = list(results.read_records(out / "results.jsonl"))
     assert [r["path"] for r in kept] == ["a.wav", "c.wav", "a.wav"]
-    assert plan_run(["a.wav", "b.wav", "c.wav", "a.wav"], kept).todo == ["b.wav"]
+    assert [e.name for e in plan_run(_entries(["a.wav", "b.wav", "c.wav", "a.wav"]), kept).todo] == ["b.wav"]
     assert results.drop_retried(out, retry_errors=True) == 1
-    assert plan_run(["a.wav", "b.wav", "c.wav", "a.wav"],
-                    results.read_records(out / "results.jsonl")).todo == ["b.wav", "c.wav"]
+    again = plan_run(_entries(["a.wav", "b.wav", "c.wav", "a.wav"]), results.read_records(out / "results.jsonl"))
+    assert [e.name for e in again.todo] == ["b.wav", "c.wav"]
 
 
 def _process_files(out, n: int = 2) -> list[str]:

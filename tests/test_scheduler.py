@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import collections
 import io
 import json
 
 import numpy as np
 import pytest
 
-from whisper_nnx.engine import results
+from whisper_nnx.engine import records, results
 from whisper_nnx.engine.decoding import DecodedWindow
+from whisper_nnx.engine.inputs import Entry
 from whisper_nnx.engine.longform import WindowRequest
 from whisper_nnx.engine.progress import Progress
 from whisper_nnx.engine.scheduler import AudioPrefetcher, WindowScheduler
@@ -138,17 +138,22 @@ def test_repair_cuts_only_a_torn_last_line(tmp_path):
     assert path.read_text() == '{"path": "a"}\n'
 
 
+def _entries(names: list[str]) -> list[Entry]:
+    return [Entry(name) for name in names]
+
+
 def test_plan_run_counts_repeats_and_duplicates(tmp_path):
     entries = ["a.wav", "b.wav", "a.wav", "./c.wav", "c.wav", "d.wav"]
-    plan = results.plan_run(entries, [])
-    assert plan.todo == ["a.wav", "b.wav", "./c.wav", "d.wav"] and plan.ready == [] and plan.skipped == 0
+    plan = results.plan_run(_entries(entries), [])
+    assert [e.name for e in plan.todo] == ["a.wav", "b.wav", "./c.wav", "d.wav"]
+    assert plan.ready == [] and plan.skipped == 0
     assert plan.repeats_of("a.wav") == [("a.wav", 2, 0)]
     assert plan.repeats_of("c.wav") == [("c.wav", 4, 3)]  # ./c.wav and c.wav are the same file
     # After a kill: a, b and the duplicate of a have records; c and d do not.
     done = [{"path": "a.wav", "error": None}, {"path": "b.wav", "error": None},
-            results.duplicate_record("a.wav", 0)]
-    plan = results.plan_run(entries, done)
-    assert plan.todo == ["./c.wav", "d.wav"] and plan.skipped == 3 and plan.ready == []
+            records.duplicate("a.wav", 0)]
+    plan = results.plan_run(_entries(entries), done)
+    assert [e.name for e in plan.todo] == ["./c.wav", "d.wav"] and plan.skipped == 3 and plan.ready == []
     assert plan.repeats_of("./c.wav") == [("c.wav", 4, 3)]
 
 

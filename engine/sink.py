@@ -1,0 +1,116 @@
+"""Where records go: `results.jsonl`, the per-format files of each transcript, and progress.
+
+    with ResultSink("out", formats=("json", "srt")) as sink:      # the CLI's output side,
+        for _, record in transcriber.transcribe_iter(paths):       # usable from Python as is
+            sink.write(record)
+
+A transcript's files (`<stem>-<hash8>.<format>`, `output_stem`) are written atomically *before*
+its record, so a record never points at missing files; a failure to write them turns the record
+into a run error (redone by `--resume`) and the run goes on. Records are appended one line at a
+time, flushed and fsynced (results.py has the file's rules: repair, resume, merge, lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import IO, Callable, Optional
+
+from absl import logging
+
+from . import records
+from .progress import Progress
+from .results import RESULTS, append_record, repair
+from .writers import FORMATS, write_outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class SubtitleLayout:
+    """How srt/vtt cues are laid out when segments carry words (the reference's options)."""
+
+    highlight_words: bool = False  # underline each word as it is spoken
+    max_line_width: Optional[int] = None  # characters per line before a break
+    max_line_count: Optional[int] = None  # lines per cue
+    max_words_per_line: Optional[int] = None  # words per cue (without max_line_width)
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_width", "max_line_count", "max_words_per_line"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+    @property
+    def used(self) -> bool:
+        return self != SubtitleLayout()
+
+
+def output_stem(path: str) -> str:
+    """File stem plus a short hash of the full path, so equal names in two folders differ."""
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}"
+
+
+def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown output format {', '.join(map(repr, unknown))}; choose from {','.join(FORMATS)}")
+    return formats
+
+
+class ResultSink:
+    """Writes records to `out_dir/file_name` and each transcript's files beside it."""
+
+    def __init__(self, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("json", "txt"),
+                 layout: SubtitleLayout = SubtitleLayout(), *, file_name: str = RESULTS,
+                 extra: Optional[dict] = None, progress: Optional[Progress] = None,
+                 echo: Optional[Callable[[dict], None]] = None):
+        """`extra`: keys added to every record (the CLI's model and run settings); `progress`
+        counts records; `echo` is called with each record once it is on disk."""
+        self.out, self.formats, self.layout = Path(out_dir), check_formats(tuple(formats)), layout
+        self.path = self.out / file_name
+        self.extra, self.progress, self.echo = dict(extra or {}), progress, echo
+        self.failed = 0  # input and run errors written
+        self._handle: Optional[IO[str]] = None
+
+    def __enter__(self) -> "ResultSink":
+        self.out.mkdir(parents=True, exist_ok=True)
+        if repair(self.path):
+            logging.warning("%s: removed a record cut short by an earlier kill", self.path)
+        self._handle = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def write(self, record: dict) -> dict:
+        """Write a transcript's files, then append its record; returns the record as written."""
+        if self._handle is None:
+            raise RuntimeError("ResultSink.write outside its `with` block")
+        record = {key: value for key, value in record.items() if key != "tokens"}
+        record.update(self.extra)
+        if record["error"] is None:
+            record = self._write_files(record)
+        append_record(self._handle, record)
+        kind = records.error_kind(record)
+        self.failed += kind in (records.INPUT, records.RUN)
+        if self.progress is not None:
+            self.progress.update(record.get("duration_s"), kind is not None)
+        if kind in (records.INPUT, records.RUN):
+            logging.warning("%s", record["error"])
+        if self.echo is not None:
+            self.echo(record)
+        return record
+
+    def _write_files(self, record: dict) -> dict:
+        try:
+            write_outputs(record, self.out, output_stem(record["path"]), self.formats,
+                          **dataclasses.asdict(self.layout))
+        except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
+            return {**records.failure(record["path"], f"{record['path']}: writing outputs failed: "
+                                                      f"{records.one_line(err)}", records.RUN),
+                    **self.extra}
+        return record
