@@ -236,7 +236,7 @@ def beam_search_from_features(model: Whisper, config: BeamConfig, features: jax.
     no_speech_prob = _no_speech_prob(logits, rows.sot, config.no_speech)
     # All beams start from the same prefix: prefill once per example, then repeat the self
     # cache. Cross K/V stay one per example: the beams of an example attend to them together
-    # (layers.attend groups their queries), so each step reads them once, not once per beam.
+    # (attention_kernels.attend groups their queries), so each step reads them once, not once per beam.
     cache, cross = cache.without_cross()
     cache = jax.tree.map(lambda a: jnp.repeat(a, beams, axis=0), cache)
     tokens = jnp.full((batch, beams, total), config.rules.eot, jnp.int32)

@@ -17,10 +17,9 @@ from flax import nnx
 
 from whisper_nnx.sharding import constrain, out_sharding, param_metadata
 
-from .attention_kernels import long_attention
+from .attention_kernels import attend, check_kernel, long_attention
 
 _F32 = jnp.float32
-_MASKED = jnp.finfo(jnp.float32).min
 
 
 def make_param(rngs: Optional[nnx.Rngs], shape: tuple[int, ...], names: tuple, dtype,
@@ -100,41 +99,16 @@ class MLP(nnx.Module):
         return y + self.fc2_bias[...].astype(self.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
-           scores_out: Optional[list] = None) -> jax.Array:
-    """Scaled dot-product attention.
-
-    q [B, T, H, K], k/v [B, H, S, K] (heads-major, so the long S axis is never transposed per
-    call), mask broadcastable to [B, H, T, S] (True = visible) -> [B, T, H, K]. Scores and
-    softmax in float32. `scores_out`, when given, receives the scaled, masked scores
-    [B, H, T, S] before the softmax (word alignment reads cross-attention this way).
-
-    Keys shared by groups of query rows (beam search: k/v [B, H, S, K] for q [B G, T, H, K],
-    rows example-major) are attended by each group's G T queries at once.
-    """
-    if k.shape[0] != q.shape[0]:
-        groups, rows = k.shape[0], q.shape[0]
-        if rows % groups or mask is not None:
-            raise ValueError(f"{rows} query rows cannot share keys of {groups} rows (mask: {mask is not None})")
-        grouped = q.reshape(groups, rows // groups * q.shape[1], *q.shape[2:])
-        return attend(grouped, k, v, None, scores_out).reshape(q.shape)
-    scores = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=_F32)
-    scores = scores * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = jnp.where(mask, scores, _MASKED)
-    if scores_out is not None:
-        scores_out.append(scores)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bhsk->bthk", probs, v, preferred_element_type=_F32).astype(v.dtype)
-
-
 class Attention(nnx.Module):
     """Multi-head attention; self-attention, or cross-attention over given keys/values.
 
-    The key projection has no bias, as in every Whisper checkpoint.
+    The key projection has no bias, as in every Whisper checkpoint. `attention_kernel` (one of
+    `attention_kernels.KERNELS`) is the kernel of unmasked self-attention (the encoder's); it is
+    a static attribute, so it is part of the graph every jitted program is traced from.
     """
 
-    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
+    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: Optional[nnx.Rngs],
+                 attention_kernel: str = "auto"):
         head_dim = width // heads
         w_names, b_names = ("embed", "heads", "head_dim"), ("heads", "head_dim")
         self.query_kernel = make_param(rngs, (width, heads, head_dim), w_names, param_dtype)
@@ -146,6 +120,7 @@ class Attention(nnx.Module):
                                      param_dtype)
         self.out_bias = make_param(rngs, (width,), ("embed",), param_dtype)
         self.dtype = dtype
+        self.attention_kernel = check_kernel(attention_kernel)
 
     def queries(self, x: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, H, K]."""
@@ -168,22 +143,24 @@ class Attention(nnx.Module):
                  mask: Optional[jax.Array] = None, scores_out: Optional[list] = None) -> jax.Array:
         """Attention of x [B, T, D] over itself, or over `kv` (each [B, H, S, K]) -> [B, T, D].
 
-        Unmasked self-attention (the encoder's) goes through `attention_kernels.long_attention`.
+        Unmasked self-attention (the encoder's) goes through `attention_kernels.long_attention`
+        with this layer's `attention_kernel`.
         """
         if kv is None and mask is None and scores_out is None:
-            return self.output(long_attention(self.queries(x), *self.keys_values(x)))
+            return self.output(long_attention(self.queries(x), *self.keys_values(x), self.attention_kernel))
         k, v = self.keys_values(x) if kv is None else kv
         return self.output(attend(self.queries(x), k, v, mask, scores_out))
 
 
 class Block(nnx.Module):
-    """Pre-LayerNorm residual block: self-attention, cross-attention if `has_cross`, MLP."""
+    """Pre-LayerNorm residual block: self-attention (unmasked self-attention with the
+    `attention_kernel` setting), cross-attention if `has_cross`, MLP."""
 
     def __init__(self, width: int, heads: int, has_cross: bool, *, dtype, param_dtype,
-                 rngs: Optional[nnx.Rngs]):
+                 rngs: Optional[nnx.Rngs], attention_kernel: str = "auto"):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_ln = LayerNorm(width, **kw)
-        self.attn = Attention(width, heads, **kw)
+        self.attn = Attention(width, heads, **kw, attention_kernel=attention_kernel)
         self.cross_attn_ln = LayerNorm(width, **kw) if has_cross else None
         self.cross_attn = Attention(width, heads, **kw) if has_cross else None
         self.mlp_ln = LayerNorm(width, **kw)

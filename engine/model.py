@@ -25,6 +25,7 @@ from flax import nnx
 
 from whisper_nnx.sharding import constrain
 
+from .attention_kernels import check_kernel, default_kernel
 from .config import ModelDims
 from .kv_cache import KVCache
 from .layers import Block, LayerNorm, make_param, matmul
@@ -50,9 +51,11 @@ def _conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> ja
 
 
 class AudioEncoder(nnx.Module):
-    """Two convolutions (the second with stride 2), sinusoidal positions, pre-LN blocks."""
+    """Two convolutions (the second with stride 2), sinusoidal positions, pre-LN blocks whose
+    self-attention uses the `attention_kernel` setting."""
 
-    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: Optional[nnx.Rngs]):
+    def __init__(self, dims: ModelDims, *, dtype, param_dtype, rngs: Optional[nnx.Rngs],
+                 attention_kernel: str = "auto"):
         d, m = dims.n_audio_state, dims.n_mels
         self.conv1_kernel = make_param(rngs, (3, m, d), ("conv_width", "mel", "embed"), param_dtype)
         self.conv1_bias = make_param(rngs, (d,), ("embed",), param_dtype)
@@ -60,8 +63,8 @@ class AudioEncoder(nnx.Module):
         self.conv2_bias = make_param(rngs, (d,), ("embed",), param_dtype)
         self.positions = make_param(rngs, (dims.n_audio_ctx, d), ("audio_pos", "embed"), param_dtype,
                                     init=sinusoids(dims.n_audio_ctx, d))
-        self.blocks = nnx.List([Block(d, dims.n_audio_head, False, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs)
+        self.blocks = nnx.List([Block(d, dims.n_audio_head, False, dtype=dtype, param_dtype=param_dtype,
+                                      rngs=rngs, attention_kernel=attention_kernel)
                                 for _ in range(dims.n_audio_layer)])
         self.ln_post = LayerNorm(d, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
@@ -150,12 +153,21 @@ class TextDecoder(nnx.Module):
 
 class Whisper(nnx.Module):
     """The full model. Build with `build_model` (random) or `weights.load_model` (checkpoint);
-    `rngs=None` gives an abstract model (shapes and logical names only)."""
+    `rngs=None` gives an abstract model (shapes and logical names only).
+
+    `attention_kernel` (one of `attention_kernels.KERNELS`) chooses the encoder's
+    self-attention kernel; None takes `attention_kernels.default_kernel()` (the
+    `WHISPER_NNX_ATTENTION` environment variable, else "auto"), read here, once. The setting
+    is a static attribute of the model, so it travels in its graph (`nnx.split`) to every
+    program traced from it, `Generator`'s included.
+    """
 
     def __init__(self, dims: ModelDims, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: Optional[nnx.Rngs]):
+                 rngs: Optional[nnx.Rngs], attention_kernel: Optional[str] = None):
         self.dims = dims
-        self.encoder = AudioEncoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attention_kernel = default_kernel() if attention_kernel is None else check_kernel(attention_kernel)
+        self.encoder = AudioEncoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                    attention_kernel=self.attention_kernel)
         self.decoder = TextDecoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def encode(self, mel: jax.Array) -> jax.Array:
@@ -179,8 +191,10 @@ class Whisper(nnx.Module):
         return self.decoder(tokens, self.encoder(mel))
 
 
-def build_model(dims: ModelDims, *, seed: int = 0, dtype=jnp.float32,
-                param_dtype=jnp.float32) -> Whisper:
-    """A randomly initialised, unsharded model (tests, benchmarks of random large dims)."""
+def build_model(dims: ModelDims, *, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32,
+                attention_kernel: Optional[str] = None) -> Whisper:
+    """A randomly initialised, unsharded model (tests, benchmarks of random large dims);
+    `attention_kernel` as in `Whisper`."""
     with nnx.use_eager_sharding(False):
-        return Whisper(dims, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+        return Whisper(dims, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed),
+                       attention_kernel=attention_kernel)

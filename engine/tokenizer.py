@@ -24,6 +24,9 @@ from pathlib import Path
 
 import tokenizers
 
+from .audio import CHUNK_LENGTH, TIME_PRECISION, TOKENS_PER_SECOND
+from .config import count_languages, is_multilingual_vocab
+
 # Language codes in token order: the i-th code is token sot + 1 + i. large-v3 added "yue".
 LANGUAGES: dict[str, str] = {
     "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
@@ -57,11 +60,9 @@ TO_LANGUAGE_CODE: dict[str, str] = {
     "moldovan": "ro", "sinhalese": "si", "castilian": "es", "mandarin": "zh",
 }  # fmt: skip
 
-N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
-TIME_PRECISION = 0.02  # seconds per timestamp token
+N_TIMESTAMPS = CHUNK_LENGTH * TOKENS_PER_SECOND + 1  # 1501: <|0.00|> ... <|30.00|>, TIME_PRECISION apart
 TASKS = ("transcribe", "translate")
 _ENGLISH_EOT = 50256  # GPT-2's <|endoftext|>; the multilingual vocabulary has one more token
-_BASE_VOCAB_WITHOUT_LANGUAGES = 51765  # n_vocab - this - multilingual = number of languages
 _SPECIAL_TEXT = re.compile(r"<\|[^|<>]*\|>")
 # Languages written without spaces between words: split into words at character boundaries.
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
@@ -124,14 +125,14 @@ class Tokenizer:
         n_vocab: int | None = None,
     ) -> Tokenizer:
         """Load `tokenizer.json`. Pass the model's `n_vocab` when known: it fixes whether the
-        model is multilingual (n_vocab >= 51865) and its number of languages; without it both
-        are read off the file."""
+        model is multilingual (`config.is_multilingual_vocab`) and its number of languages;
+        without it both are read off the file."""
         hf = _load_hf(Path(path))
         eot = _required_id(hf, "<|endoftext|>", path)
         if multilingual is None:
-            multilingual = n_vocab >= 51865 if n_vocab else eot != _ENGLISH_EOT
+            multilingual = is_multilingual_vocab(n_vocab) if n_vocab else eot != _ENGLISH_EOT
         if n_vocab:
-            num_languages = n_vocab - _BASE_VOCAB_WITHOUT_LANGUAGES - int(multilingual)
+            num_languages = count_languages(n_vocab, multilingual)
         elif (translate := hf.token_to_id("<|translate|>")) is not None:
             num_languages = translate - (eot + 2)  # the language tokens sit between the two
         else:

@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from simulated_devices import run_on_8_devices
 
 from whisper_nnx.engine import attention_kernels
-from whisper_nnx.engine.attention_kernels import resolve_implementation, set_implementation, tiled_attention
-from whisper_nnx.engine.layers import attend
+from whisper_nnx.engine.attention_kernels import attend, check_kernel, resolve_kernel, tiled_attention
+from whisper_nnx.engine.config import ModelDims
+from whisper_nnx.engine.model import build_model
 
 
 def _qkv(b: int, t: int, h: int, d: int, seed: int = 0):
@@ -55,39 +57,67 @@ def test_tiled_handles_large_scores_and_bfloat16():
 
 
 def test_auto_choice_per_backend_and_override():
-    assert resolve_implementation(jnp.float32, "cpu") == "tiled"
-    assert resolve_implementation(jnp.bfloat16, "gpu") == "cudnn"
-    assert resolve_implementation(jnp.float32, "gpu") == "dense"
-    assert resolve_implementation(jnp.bfloat16, "tpu") == "dense"
-    try:
-        set_implementation("dense")
-        assert resolve_implementation(jnp.float32, "cpu") == "dense"
-        with pytest.raises(ValueError, match="unknown attention implementation"):
-            set_implementation("flash3")
-    finally:
-        set_implementation("auto")
+    assert resolve_kernel(jnp.float32, "cpu") == "tiled"
+    assert resolve_kernel(jnp.bfloat16, "gpu") == "cudnn"
+    assert resolve_kernel(jnp.float32, "gpu") == "dense"
+    assert resolve_kernel(jnp.bfloat16, "tpu") == "dense"
+    assert resolve_kernel(jnp.float32, "cpu", "dense") == "dense"
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        check_kernel("flash3")
+
+
+_DIMS = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
+                  n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
 
 
 def test_encoder_is_the_same_with_either_kernel():
-    from flax import nnx
-
-    from whisper_nnx.engine.config import ModelDims
-    from whisper_nnx.engine.model import Whisper
-
-    dims = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
-                     n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
-    with nnx.use_eager_sharding(False):
-        model = Whisper(dims, rngs=nnx.Rngs(0))
+    models = {name: build_model(_DIMS, attention_kernel=name) for name in ("dense", "tiled")}
     mel = np.random.default_rng(2).standard_normal((2, 80, 3000)).astype(np.float32)
-    outputs = {}
-    try:
-        for name in ("dense", "tiled"):
-            set_implementation(name)
-            outputs[name] = np.asarray(nnx.jit(lambda m, x: m.encoder(x))(model, mel))
-    finally:
-        set_implementation("auto")
+    outputs = {name: np.asarray(nnx.jit(lambda m, x: m.encoder(x))(model, mel)) for name, model in models.items()}
     np.testing.assert_allclose(outputs["tiled"], outputs["dense"], atol=1e-4, rtol=1e-4)
-    assert attention_kernels._state["implementation"] == "auto"
+    assert not hasattr(attention_kernels, "_state")  # no process-wide choice left to leak
+
+
+def _encoder_primitives(model) -> set[str]:
+    """Names of the primitives in the jaxpr of `model`'s encoder on one window."""
+    graphdef, state = nnx.split(model)
+    mel = jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda st, x: nnx.merge(graphdef, st).encode(x))(state, mel)
+    names: set[str] = set()
+
+    def walk(jaxpr):  # into the bodies of jit, scan, shard_map, cond branches
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for param in eqn.params.values():
+                for inner in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(inner, "jaxpr", inner)  # ClosedJaxpr -> Jaxpr
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jaxpr.jaxpr)
+    return names
+
+
+def test_each_model_traces_its_own_kernel(monkeypatch):
+    """The kernel is a setting of the model, not of the process: two models built with different
+    settings keep them, whatever the environment says when their programs are traced. The tiled
+    kernel is a `lax.map` (a scan) over rows, heads and query blocks; the dense one has none."""
+    monkeypatch.setenv("WHISPER_NNX_ATTENTION", "dense")
+    from_env = build_model(_DIMS)  # the environment variable is the default, read at build time
+    tiled = build_model(_DIMS, attention_kernel="tiled")
+    monkeypatch.setenv("WHISPER_NNX_ATTENTION", "tiled")  # too late for `from_env`
+    dense = build_model(_DIMS, attention_kernel="dense")
+    assert (from_env.attention_kernel, tiled.attention_kernel, dense.attention_kernel) == ("dense", "tiled", "dense")
+    assert {block.attn.attention_kernel for block in tiled.encoder.blocks} == {"tiled"}
+    assert "scan" in _encoder_primitives(tiled)
+    assert "scan" not in _encoder_primitives(dense)
+    assert "scan" not in _encoder_primitives(from_env)
+    assert build_model(_DIMS).attention_kernel == "tiled"
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        build_model(_DIMS, attention_kernel="flash3")
+    monkeypatch.setenv("WHISPER_NNX_ATTENTION", "flash3")
+    with pytest.raises(ValueError, match="WHISPER_NNX_ATTENTION='flash3'"):
+        build_model(_DIMS)
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ model (2 FLOPs per weight per position), and against XLA's cost analysis of the 
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -129,20 +127,12 @@ def _xla_flops(fn, *args) -> float:
 
 
 @pytest.fixture
-def dense_attention():
-    """The plain attention for the encoder. XLA's cost analysis counts a loop body once, not once
-    per trip, so the CPU's tiled kernel (a `lax.map` over rows, heads and query blocks) would
-    hide all but one block's attention FLOPs from it."""
-    try:
-        from whisper_nnx.engine import attention_kernels
-    except ImportError:  # before that module every attention was dense
-        yield
-        return
-    attention_kernels.set_implementation("dense")
-    try:
-        yield
-    finally:
-        attention_kernels.set_implementation(os.environ.get("WHISPER_NNX_ATTENTION", "auto"))
+def dense_attention(monkeypatch):
+    """The plain attention for the encoder of models built in the test (the environment variable
+    is the default of a model's `attention_kernel`). XLA's cost analysis counts a loop body once,
+    not once per trip, so the CPU's tiled kernel (a `lax.map` over rows, heads and query blocks)
+    would hide all but one block's attention FLOPs from it."""
+    monkeypatch.setenv("WHISPER_NNX_ATTENTION", "dense")
 
 
 @pytest.mark.usefixtures("dense_attention")

@@ -1,0 +1,74 @@
+"""whisper-nnx's engine: OpenAI Whisper in JAX + Flax NNX, for batched, sharded transcription.
+
+    import whisper_nnx.engine as engine
+    records = engine.transcribe(["talk.mp3"], model="tiny.en")      # one shot, or load once:
+    records = engine.Transcriber("tiny.en").transcribe(paths, engine.TranscribeOptions(word_timestamps=True))
+
+The names below are the public surface; they are imported on first use, so importing this
+package stays cheap (no JAX until a name is touched). Where the work happens:
+
+- A file becomes windows in `longform.py` (per-file jobs: which 30 s windows, which prompts) and
+  `scheduler.py` (audio read ahead, windows of many files packed into device batches).
+- A window is decoded in `decoding.py` (prompts, temperature fallback, ranking) and
+  `generate.py` (the jitted encode / prefill / `lax.while_loop` programs over `model.py`).
+- A record is written by `results.py` (`results.jsonl`: append, repair, resume) and `cli.py`
+  (each record's per-format files first, through `writers.py`).
+- A new output format is a formatter in `writers.py` and its name in `FORMATS`; a new decoding
+  strategy a config and its jitted program in `generate.py`, chosen per window in
+  `decoding.py`; a new input source a way to list entries (`cli.py`'s inputs) that opens to a
+  path or binary file object, which `audio.load_audio` decodes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+# exported name -> the module (of this package) that defines it
+_HOMES = {
+    "Transcriber": "transcribe",
+    "TranscribeOptions": "transcribe",
+    "DecodeOptions": "decoding",
+    "transcribe": "transcribe",
+    "load_audio": "audio",
+    "write_outputs": "writers",
+    "FORMATS": "writers",
+}
+__all__ = sorted(_HOMES)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
+    from .audio import load_audio
+    from .decoding import DecodeOptions
+    from .transcribe import TranscribeOptions, Transcriber, transcribe
+    from .writers import FORMATS, write_outputs
+
+
+def __getattr__(name: str):
+    """Import an exported name's module on first use and keep the name here."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """This package's module type. Importing a submodule binds it as an attribute of its
+    package; the submodule `transcribe` would so replace the exported function `transcribe`
+    (whichever was imported first). Exported names are kept: the module stays reachable as
+    `sys.modules["whisper_nnx.engine.transcribe"]` and by `from whisper_nnx.engine.transcribe
+    import ...`, as in openai-whisper, whose `whisper.transcribe` is the function too."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
