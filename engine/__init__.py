@@ -11,11 +11,12 @@ package stays cheap (no JAX until a name is touched). Where the work happens:
   `scheduler.py` (audio read ahead, windows of many files packed into device batches).
 - A window is decoded in `decoding.py` (prompts, temperature fallback, ranking) and
   `generate.py` (the jitted encode / prefill / `lax.while_loop` programs over `model.py`).
-- A record is written by `results.py` (`results.jsonl`: append, repair, resume) and `cli.py`
-  (each record's per-format files first, through `writers.py`).
+- A record is built in `records.py` and written by `sink.py` (`ResultSink`: each record's
+  per-format files through `writers.py`, then its line of `results.jsonl`, whose rules of
+  repair, resume and merge are `results.py`'s); `cli.py` maps flags onto all of this.
 - A new output format is a formatter in `writers.py` and its name in `FORMATS`; a new decoding
   strategy a config and its jitted program in `generate.py`, chosen per window in
-  `decoding.py`; a new input source a way to list entries (`cli.py`'s inputs) that opens to a
+  `decoding.py`; a new input source a new kind of entry in `inputs.py` whose `open` gives a
   path or binary file object, which `audio.load_audio` decodes.
 """
 
