@@ -2,10 +2,14 @@
 files packed into full batches.
 
     inputs -> AudioPrefetcher (threads, bounded)  -> files, in input order
-           -> WindowScheduler: per-file jobs (longform.py) hand out window requests
+           -> WindowScheduler: WindowWork.prepare makes each file's job (longform.py), which
+              hands out window requests
               -> batches of `batch_size` windows from any files, similar lengths together
-              -> log-mel -> WindowDecoder
+              -> WindowWork.decode (windows.py: log-mel, WindowDecoder)
               -> each result back to its job; finished files leave as records
+
+The scheduler only packs batches: everything on the model side comes through the small
+`WindowWork` protocol it is given (a fake in tests/test_scheduler.py).
 
 Sequential files each have one window out at a time, so a batch holds `batch_size` files side
 by side and a finished file's place is taken by the next one at once. Chunked files hand out
@@ -19,9 +23,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
-import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -30,8 +33,8 @@ from whisper_nnx.sharding import multihost
 
 from . import records
 from .audio import N_FRAMES, SAMPLE_RATE, AudioInput, input_name
-from .decoding import DecodedWindow, bucket
-from .features import WINDOW_SAMPLES, total_frames
+from .decoding import DecodedWindow
+from .features import total_frames
 from .longform import FileJob, WindowRequest, chunk_starts
 from .records import INPUT, RUN, one_line
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
@@ -137,28 +140,25 @@ class _Active:
     language_probs: Optional[dict]
 
 
-# (files) -> per file (job, language, probabilities); runs the device calls new files need
-JobFactory = Callable[[list[LoadedInput]], list[tuple[FileJob, Optional[str], Optional[dict]]]]
-# (samples [B, WINDOW_SAMPLES], content [B], top [B], prompts, seeds) -> decoded windows
-WindowDecodeFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list[list[int]], list[int]], list[DecodedWindow]]
+class WindowWork(Protocol):
+    """What the scheduler asks of the model side (windows.WindowPipeline; a fake in tests)."""
 
+    def prepare(self, files: list[LoadedInput]) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
+        """Per new file: (its long-form job, its language, the language probabilities or None)."""
 
-def window_seed(request: WindowRequest) -> int:
-    """A window's own sampling seed, from what identifies it (its file's length, its start and
-    its prompt): a retried window draws the same samples whatever batch it lands in."""
-    key = np.asarray([request.job.audio.n_samples, request.frame, *request.prompt], np.int64)
-    return zlib.crc32(key.tobytes())
+    def decode(self, requests: list[WindowRequest]) -> list[DecodedWindow]:
+        """One decoded window per request, in order."""
 
 
 class WindowScheduler:
     """Packs window requests of many files into batches of `batch_size`."""
 
-    def __init__(self, make_jobs: JobFactory, decode: WindowDecodeFn, batch_size: int,
+    def __init__(self, work: WindowWork, batch_size: int,
                  windows_per_file: Callable[[Windowed], int], lookahead: int = 4,
                  max_admitted_s: float = 3600.0):
         """`lookahead` batches' worth of windows are kept ready, so that each batch can be
         picked from windows of similar length."""
-        self.make_jobs, self.decode, self.batch_size = make_jobs, decode, batch_size
+        self.work, self.batch_size = work, batch_size
         self.windows_per_file, self.lookahead = windows_per_file, lookahead
         self.max_admitted_s = max_admitted_s  # audio in memory held by admitted files (spooled: none)
 
@@ -218,14 +218,14 @@ class WindowScheduler:
         if not arrivals:
             return []
         try:
-            return list(self.make_jobs(arrivals))
+            return list(self.work.prepare(arrivals))
         except Exception as err:  # noqa: BLE001 - isolate the file at fault below
             if len(arrivals) == 1 or jax.process_count() > 1:  # processes must make the same calls
                 return [err] * len(arrivals)
         out = []
         for loaded in arrivals:
             try:
-                out.append(self.make_jobs([loaded])[0])
+                out.append(self.work.prepare([loaded])[0])
             except Exception as err:  # noqa: BLE001
                 out.append(err)
         return out
@@ -253,7 +253,7 @@ class WindowScheduler:
         windows, so only the windows that fail alone are lost (one process: several must
         keep making the same device calls, so there the whole batch fails)."""
         try:
-            return list(zip(batch, self._decode_batch(batch)))
+            return list(zip(batch, self.work.decode(batch)))
         except Exception as err:  # noqa: BLE001 - retried smaller below
             if len(batch) <= 1 or jax.process_count() > 1:
                 return [(request, err) for request in batch]
@@ -270,15 +270,6 @@ class WindowScheduler:
         chosen = set(sorted(range(len(queue)), key=lambda i: (abs(queue[i].content - oldest), i))[:self.batch_size])
         return ([r for i, r in enumerate(queue) if i in chosen],
                 collections.deque(r for i, r in enumerate(queue) if i not in chosen))
-
-    def _decode_batch(self, batch: list[WindowRequest]) -> list[DecodedWindow]:
-        rows = bucket(max(len(batch), 1))
-        samples = np.zeros((rows, WINDOW_SAMPLES), np.float32)
-        content = np.full((rows,), N_FRAMES, np.int32)
-        top = np.zeros((rows,), np.float32)
-        for row, request in enumerate(batch):
-            samples[row], content[row], top[row] = request.job.audio.window(request.frame), request.content, request.top
-        return self.decode(samples, content, top, [r.prompt for r in batch], [window_seed(r) for r in batch])
 
     @staticmethod
     def _finished(active: dict[int, _Active], files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:

@@ -9,7 +9,6 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterable, Iterator, Optional, Sequence
 
 import jax
@@ -20,11 +19,10 @@ from jax.sharding import Mesh
 
 from whisper_nnx.sharding import multihost, rules_for
 
-from .alignment import default_alignment_heads
 from . import records
+from .alignment import default_alignment_heads
 from .audio import (
     CHUNK_LENGTH,
-    N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
     AudioDecodeError,
@@ -33,67 +31,20 @@ from .audio import (
     load_audio,
     pad_or_trim,
 )
-from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence, lockstep_rows, pad_rows
-from .features import WINDOW_SAMPLES, log_mel_spectrogram_jit, window_log_max, window_log_mel
+from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence
+from .features import log_mel_spectrogram_jit
 from .generate import Generator
-from .longform import (
-    ChunkedFile,
-    FileJob,
-    LongFormOptions,
-    SequentialFile,
-    aligned_tokens,
-    speech_chunks,
-    stride_chunks,
-)
 from .model_hub import DEFAULT_MODEL, resolve_model
-from .scheduler import AudioPrefetcher, LoadedInput, WindowScheduler, expected_windows
+from .options import TranscribeOptions
+from .scheduler import AudioPrefetcher, WindowScheduler, expected_windows
 from .segments import split_segments
-from .spool import SpeechView
 from .tokenizer import LANGUAGES, Tokenizer
-from .vad import SpeechMap, VadOptions, speech_regions_streaming
+from .vad import VadOptions, speech_regions_streaming
 from .vad import check_available as check_vad_available
 from .weights import load_model, read_checkpoint
+from .windows import WindowPipeline, detect_languages
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class TranscribeOptions(DecodeOptions):
-    """DecodeOptions plus what applies to whole inputs."""
-
-    language: Optional[str] = None  # None: detect per input (multilingual models)
-    batch_size: int = 8  # windows decoded together (from one file or many)
-    long_form: str = "sequential"  # "sequential" (the reference's seek loop) or "chunked"
-    condition_on_previous_text: bool = True  # sequential: prompt each window with the text so far
-    initial_prompt: Optional[str] = None  # sequential: before each file's first window; chunked: every chunk
-    carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
-    chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
-    audio_workers: int = 2  # threads decoding audio ahead of the device
-    word_timestamps: bool = False  # per-word start/end/probability in each segment
-    vad: bool = False  # voice-activity detection (Silero): decode speech only (pip install 'whisper-nnx[vad]')
-    vad_threshold: float = 0.5  # speech probability above which a frame is speech
-    vad_min_silence_ms: int = 2000  # pauses shorter than this stay inside a speech region
-    # Memory: a file longer than this is decoded to a spool on disk and framed from there, and
-    # the files held in memory (read ahead, or being decoded) hold at most this much audio.
-    spool_after_s: float = 600.0
-    spool_dir: Optional[str] = None  # None: the system's temp folder (put it on a disk, not tmpfs)
-    max_audio_in_memory_s: float = 7200.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        _ = self.long_form_options  # validates the long-form fields
-        if self.long_form == "chunked" and self.without_timestamps:
-            logging.warning("chunked long-form without timestamps cannot continue a chunk whose window stops "
-                            "early: that chunk's remaining speech is lost (see README, 'Long files')")
-
-    @property
-    def long_form_options(self) -> LongFormOptions:
-        return LongFormOptions(self.long_form, self.condition_on_previous_text, self.initial_prompt,
-                               self.carry_initial_prompt, self.chunk_stride_s, self.word_timestamps)
-
-
 
 
 class Transcriber:
@@ -136,13 +87,7 @@ class Transcriber:
 
     def detect_languages(self, mel: jax.Array) -> list[tuple[str, dict[str, float]]]:
         """Per row of mel [B, M, N]: (best language code, probabilities of every language)."""
-        tok = self.tokenizer
-        n = mel.shape[0]
-        padded = pad_rows(mel, lockstep_rows(n, self.generator.batch_multiple))
-        probs = self.generator.fetch(self.generator.language_probs(padded, tok.sot, tuple(tok.all_language_tokens)),
-                                     padded.shape[0])[:n]
-        codes = tok.all_language_codes
-        return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
+        return detect_languages(self.generator, self.tokenizer, mel)
 
     # --- long-form transcription of files of any length -------------------------------------
 
@@ -181,142 +126,13 @@ class Transcriber:
         files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size),
                                 max_seconds=options.max_audio_in_memory_s / 2, spool_after_s=options.spool_after_s,
                                 spool_dir=options.spool_dir, find_speech=find_speech)
+        work = WindowPipeline(self.generator, self.decoder, self.tokenizer, self.alignment_heads, options)
         scheduler = WindowScheduler(
-            make_jobs=lambda arrivals: self._make_jobs(arrivals, options),
-            decode=lambda samples, content, top, prompts, seeds: self._decode_windows(samples, content, top,
-                                                                                        prompts, seeds, options),
-            batch_size=options.batch_size,
+            work, batch_size=options.batch_size,
             windows_per_file=expected_windows(options.long_form, options.chunk_stride_s),
             max_admitted_s=options.max_audio_in_memory_s / 2)
         for index, record in scheduler.run(files):
             yield index, record
-
-    def _make_jobs(self, arrivals: list[LoadedInput], options: TranscribeOptions
-                   ) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
-        """Frames each new file, finds its loudness maximum (the log-mel floor) and its
-        language, and builds its long-form job. With voice activity, a sequential job decodes
-        the speech put back to back (times mapped back at the end) and a chunked job gets
-        chunks cut at pauses."""
-        long_form = options.long_form_options
-        chunked = long_form.mode == "chunked"
-        audios, plans, maps = [], [], []
-        for loaded in arrivals:
-            speech = SpeechMap(loaded.speech) if loaded.speech is not None and not chunked else None
-            # The speech of a sequential job is a view over the file's samples (no copy).
-            audio = SpeechView(loaded.audio, loaded.speech) if speech is not None else loaded.audio
-            audios.append(audio)
-            maps.append(speech)
-            if not chunked:
-                plans.append(None)
-            elif loaded.speech is not None:
-                plans.append(speech_chunks(loaded.speech, audio.content_frames))
-            else:
-                plans.append(stride_chunks(audio.content_frames, long_form.chunk_stride_s))
-        # Windows whose maxima are needed: the whole file (floor) and, chunked, each chunk.
-        spans = []  # (file, first frame, frames)
-        for f, audio in enumerate(audios):
-            total = audio.content_frames + N_FRAMES
-            spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
-            spans += [(f, start, frames) for start, frames in plans[f] or ()]
-        maxima = self._window_maxima(spans, audios)
-        tops, chunk_tops, at = [], [], 0
-        for f, audio in enumerate(audios):
-            n_whole = -(-(audio.content_frames + N_FRAMES) // N_FRAMES)
-            tops.append(float(maxima[at:at + n_whole].max()))
-            n_chunks = len(plans[f] or ())
-            chunk_tops.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
-            at += n_whole + n_chunks
-        languages = self._file_languages(audios, tops, options)
-        jobs = []
-        for f, audio in enumerate(audios):
-            language, probs = languages[f]
-            tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
-                else self.tokenizer
-            args = (audio, tops[f], tokenizer, options, long_form, self.dims.n_text_ctx)
-            job = ChunkedFile(*args, chunk_tops=chunk_tops[f], chunks=plans[f]) if chunked else SequentialFile(*args)
-            if maps[f] is not None:
-                job.restore = maps[f].restore
-            jobs.append((job, language, probs))
-        return jobs
-
-    def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
-        """Max log10 mel power of each span (file, first frame, valid frames): [len(spans)].
-        Windows are cut `group` at a time, so a long file never has all its windows in memory."""
-        out = []
-        for i in range(0, len(spans), group):
-            part = spans[i:i + group]
-            samples = np.zeros((group, WINDOW_SAMPLES), np.float32)
-            counts = np.zeros((group,), np.int32)
-            for row, (f, start, valid) in enumerate(part):
-                samples[row], counts[row] = audios[f].window(start), valid
-            out.append(np.asarray(window_log_max(samples, counts, n_mels=self.dims.n_mels))[:len(part)])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-    def _file_languages(self, audios: list, tops: list[float], options: TranscribeOptions
-                        ) -> list[tuple[str, Optional[dict]]]:
-        """Per file (language, probabilities or None): detected on the file's first 30 s as the
-        reference does, unless the model is English-only or the options fix the language."""
-        if not self.tokenizer.multilingual:
-            return [("en", None)] * len(audios)
-        if options.language is not None:
-            return [(options.language, None)] * len(audios)
-        # Every process makes the same detection calls (some with no rows).
-        if multihost.global_max(len(audios)) == 0:
-            return []
-        samples = np.stack([a.window(0) for a in audios]) if audios else np.zeros((0, WINDOW_SAMPLES), np.float32)
-        mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(tops, np.float32))
-        found = self.detect_languages(mel)
-        top5 = lambda probs: dict(sorted(probs.items(), key=lambda kv: -kv[1])[:5])
-        return [(code, {k: round(v, 4) for k, v in top5(probs).items()}) for code, probs in found]
-
-    def _window_mel(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray) -> jax.Array:
-        """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B, M, 3000] (B bucketed)."""
-        n = samples.shape[0]
-        rows = bucket(max(n, 1))
-        grown = np.zeros((rows, WINDOW_SAMPLES), np.float32)
-        grown[:n] = samples
-        counts, tops = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
-        counts[:n], tops[:n] = content, top
-        return window_log_mel(grown, counts, tops, n_mels=self.dims.n_mels)[:n]
-
-    def _decode_windows(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray, prompts: list[list[int]],
-                        seeds: list[int], options: TranscribeOptions) -> list:
-        mel = self._window_mel(samples, content, top)[:len(prompts)]
-        tokenizer = self.tokenizer.with_language(options.language or "en", options.task) \
-            if self.tokenizer.multilingual else self.tokenizer
-        windows = self.decoder.decode(mel, tokenizer, prompts, options, seeds=seeds)
-        if options.word_timestamps:
-            self._align_words(mel, windows, content[:len(prompts)], prompts, options)
-        return windows
-
-    def _align_words(self, mel: jax.Array, windows: list, frames: np.ndarray, prompts: list[list[int]],
-                     options: TranscribeOptions) -> None:
-        """Attach to each window the alignment matrix and token probabilities of the text the
-        reference would align (the tokens of its segments), in one batched device call."""
-        tok = self.tokenizer
-        n_start = len(tok.sot_sequence)
-        rows, sequences = [], []
-        for row, (window, prompt) in enumerate(zip(windows, prompts)):
-            text = [t for t in aligned_tokens(window.tokens, tok.timestamp_begin) if t < tok.eot]
-            if text and not is_silence(window, options):
-                start = prompt.index(tok.sot)
-                rows.append(row)
-                sequences.append([*prompt[start:start + n_start], tok.no_timestamps, *text, tok.eot])
-        n = lockstep_rows(len(rows), self.generator.batch_multiple)
-        if n == len(rows) == 0:
-            return
-        width = multihost.global_max(-(-max((len(s) for s in sequences), default=1) // 32) * 32)
-        tokens = np.full((n, width), tok.eot, np.int32)
-        lengths, counts = np.ones((n,), np.int32), np.full((n,), N_FRAMES, np.int32)
-        for i, (row, seq) in enumerate(zip(rows, sequences)):
-            tokens[i, :len(seq)], lengths[i], counts[i] = seq, len(seq), frames[row]
-        picked = pad_rows(mel[np.asarray(rows, np.int32)], n)
-        aligned = self.generator.alignment(picked, tokens, lengths, counts, self.alignment_heads, tok.eot)
-        matrix, probs = self.generator.fetch(aligned, n)
-        for i, (row, seq) in enumerate(zip(rows, sequences)):
-            n_text = len(seq) - n_start - 2
-            windows[row].alignment = (np.asarray(matrix[i, n_start:len(seq) - 1, :max(counts[i] // 2, 1)]),
-                                      [float(p) for p in probs[i, n_start:n_start + n_text]])
 
     # --- single windows (clips of up to 30 s, as whisper.decode) ---------------------------
 
@@ -383,4 +199,4 @@ def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **optio
     return Transcriber(model).transcribe(list(inputs), TranscribeOptions(**options))
 
 
-__all__ = ["LANGUAGES", "TranscribeOptions", "Transcriber", "transcribe"]
+__all__ = ["LANGUAGES", "DecodeOptions", "TranscribeOptions", "Transcriber", "transcribe"]

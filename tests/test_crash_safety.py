@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from whisper_nnx.engine.audio import load_audio
-from whisper_nnx.engine.longform import FileAudio, SequentialFile
+from whisper_nnx.engine.longform import SequentialFile
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.windows import WindowPipeline
 
 GREEDY = dict(language="en", beam_size=None, temperature=0.0, batch_size=4)
 
@@ -89,14 +90,14 @@ def test_a_failing_transcript_assembly_fails_only_its_file(tiny, clips, clean, m
 
 @pytest.mark.slow
 def test_a_failing_preparation_fails_only_its_file(tiny, clips, clean, monkeypatch):
-    make_jobs = tiny._make_jobs
+    prepare = WindowPipeline.prepare
 
-    def failing_make_jobs(arrivals, options):
+    def failing_prepare(self, arrivals):
         if any(_is_poison(a.audio, clips[2]) for a in arrivals):
             raise RuntimeError("framing exploded")
-        return make_jobs(arrivals, options)
+        return prepare(self, arrivals)
 
-    monkeypatch.setattr(tiny, "_make_jobs", failing_make_jobs)
+    monkeypatch.setattr(WindowPipeline, "prepare", failing_prepare)
     _check_isolated(tiny.transcribe(clips, TranscribeOptions(**GREEDY)), clean, "preparing the file failed")
 
 
@@ -104,17 +105,16 @@ def test_a_failing_preparation_fails_only_its_file(tiny, clips, clean, monkeypat
 def test_a_failing_device_batch_is_retried_smaller(tiny, clips, clean, monkeypatch):
     """Every batch holding the poisoned window raises (as an out-of-memory batch would): its
     batchmates are decoded again in smaller batches, and only the poisoned file fails."""
-    decode = tiny._decode_windows
-    poison_window = FileAudio.of(clips[2]).window(0)
+    decode = WindowPipeline.decode
     calls = []
 
-    def failing_decode(samples, content, top, prompts, seeds, options):
-        calls.append(len(prompts))
-        if any(np.array_equal(row, poison_window) for row in samples[:len(prompts)]):
+    def failing_decode(self, requests):
+        calls.append(len(requests))
+        if any(_is_poison(r.job, clips[2]) for r in requests):
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
-        return decode(samples, content, top, prompts, seeds, options)
+        return decode(self, requests)
 
-    monkeypatch.setattr(tiny, "_decode_windows", failing_decode)
+    monkeypatch.setattr(WindowPipeline, "decode", failing_decode)
     records = tiny.transcribe(clips, TranscribeOptions(**GREEDY))
     _check_isolated(records, clean, "decoding failed")
     assert "out of memory" in records[2]["error"]

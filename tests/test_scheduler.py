@@ -60,25 +60,18 @@ def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str
     names = list(files)
     batches = []
 
-    def make_jobs(arrivals):
-        return [(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None) for a in arrivals]
+    class FakeWork:  # the model side, as scheduler.WindowWork
+        def prepare(self, arrivals):
+            return [(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None) for a in arrivals]
 
-    def decode(samples, content, top, prompts, seeds):
-        batches.append(list(content[:len(prompts)]))
-        if fail_on is not None and fail_on in {r.job.name for r in current}:
-            raise RuntimeError("device fell over")
-        return [DecodedWindow([], "", 0.0, 0.0, 0.0, 0.0, 0.0) for _ in prompts]
+        def decode(self, requests):
+            batches.append([r.content for r in requests])
+            if fail_on is not None and fail_on in {r.job.name for r in requests}:
+                raise RuntimeError("device fell over")
+            return [DecodedWindow([], "", 0.0, 0.0, 0.0, 0.0, 0.0) for _ in requests]
 
-    scheduler = WindowScheduler(make_jobs, decode, batch, windows_per_file=lambda a: 1 if sequential else per_file,
+    scheduler = WindowScheduler(FakeWork(), batch, windows_per_file=lambda a: 1 if sequential else per_file,
                                 lookahead=2)
-    original = scheduler._decode_batch
-    current: list = []
-
-    def spy(requests):
-        current[:] = requests
-        return original(requests)
-
-    scheduler._decode_batch = spy
     with np.errstate(invalid="ignore"):
         out = dict(scheduler.run(AudioPrefetcher(arrays, workers=2)))
     return {names[i]: r for i, r in out.items()}, batches

@@ -1,0 +1,204 @@
+"""Files become window requests, and batches of requests become decoded windows.
+
+`WindowPipeline` is everything the scheduler needs from the model side, and all it gets
+(`scheduler.WindowWork`):
+
+- `prepare(files)`: frames each new file, finds its log-mel floor (the whole file's maximum,
+  cut a group of windows at a time), its language and, for chunked files, the chunk plan (cut at
+  pauses with voice activity), and builds its long-form job (`longform.py`);
+- `decode(requests)`: cuts each request's samples, makes the batch's log-mel, decodes it with
+  temperature fallback (`decoding.WindowDecoder`) and, with word timestamps, aligns the words,
+  padding the batch and agreeing its shape with the other processes.
+
+Shapes: B windows, M mels, N frames (3000), W = WINDOW_SAMPLES.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Optional
+
+import jax
+import numpy as np
+
+from whisper_nnx.sharding import multihost
+
+from .audio import N_FRAMES
+from .decoding import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
+from .features import WINDOW_SAMPLES, window_log_max, window_log_mel
+from .generate import Generator
+from .longform import (
+    ChunkedFile,
+    FileJob,
+    SequentialFile,
+    WindowRequest,
+    aligned_tokens,
+    speech_chunks,
+    stride_chunks,
+)
+from .options import TranscribeOptions
+from .scheduler import LoadedInput
+from .spool import SpeechView
+from .tokenizer import Tokenizer
+from .vad import SpeechMap
+
+
+def detect_languages(generator: Generator, tokenizer: Tokenizer, mel: jax.Array
+                     ) -> list[tuple[str, dict[str, float]]]:
+    """Per row of mel [B, M, N]: (best language code, probabilities of every language)."""
+    n = mel.shape[0]
+    padded = pad_rows(mel, lockstep_rows(n, generator.batch_multiple))
+    probs = generator.fetch(generator.language_probs(padded, tokenizer.sot, tuple(tokenizer.all_language_tokens)),
+                            padded.shape[0])[:n]
+    codes = tokenizer.all_language_codes
+    return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
+
+
+def window_seed(request: WindowRequest) -> int:
+    """A window's own sampling seed, from what identifies it (its file's length, its start and
+    its prompt): a retried window draws the same samples whatever batch it lands in."""
+    key = np.asarray([request.job.audio.n_samples, request.frame, *request.prompt], np.int64)
+    return zlib.crc32(key.tobytes())
+
+
+class WindowPipeline:
+    """The model side of long-form transcription for one run's options."""
+
+    def __init__(self, generator: Generator, decoder: WindowDecoder, tokenizer: Tokenizer,
+                 alignment_heads: tuple, options: TranscribeOptions):
+        self.generator, self.decoder, self.tokenizer = generator, decoder, tokenizer
+        self.dims, self.alignment_heads, self.options = decoder.dims, alignment_heads, options
+
+    def prepare(self, arrivals: list[LoadedInput]) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
+        """Frames each new file, finds its loudness maximum (the log-mel floor) and its
+        language, and builds its long-form job. With voice activity, a sequential job decodes
+        the speech put back to back (times mapped back at the end) and a chunked job gets
+        chunks cut at pauses."""
+        options = self.options
+        long_form = options.long_form_options
+        chunked = long_form.mode == "chunked"
+        audios, plans, maps = [], [], []
+        for loaded in arrivals:
+            speech = SpeechMap(loaded.speech) if loaded.speech is not None and not chunked else None
+            # The speech of a sequential job is a view over the file's samples (no copy).
+            audio = SpeechView(loaded.audio, loaded.speech) if speech is not None else loaded.audio
+            audios.append(audio)
+            maps.append(speech)
+            if not chunked:
+                plans.append(None)
+            elif loaded.speech is not None:
+                plans.append(speech_chunks(loaded.speech, audio.content_frames))
+            else:
+                plans.append(stride_chunks(audio.content_frames, long_form.chunk_stride_s))
+        # Windows whose maxima are needed: the whole file (floor) and, chunked, each chunk.
+        spans = []  # (file, first frame, frames)
+        for f, audio in enumerate(audios):
+            total = audio.content_frames + N_FRAMES
+            spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
+            spans += [(f, start, frames) for start, frames in plans[f] or ()]
+        maxima = self._window_maxima(spans, audios)
+        tops, chunk_tops, at = [], [], 0
+        for f, audio in enumerate(audios):
+            n_whole = -(-(audio.content_frames + N_FRAMES) // N_FRAMES)
+            tops.append(float(maxima[at:at + n_whole].max()))
+            n_chunks = len(plans[f] or ())
+            chunk_tops.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
+            at += n_whole + n_chunks
+        languages = self._file_languages(audios, tops)
+        jobs = []
+        for f, audio in enumerate(audios):
+            language, probs = languages[f]
+            tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
+                else self.tokenizer
+            args = (audio, tops[f], tokenizer, options, long_form, self.dims.n_text_ctx)
+            job = ChunkedFile(*args, chunk_tops=chunk_tops[f], chunks=plans[f]) if chunked else SequentialFile(*args)
+            if maps[f] is not None:
+                job.restore = maps[f].restore
+            jobs.append((job, language, probs))
+        return jobs
+
+    def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
+        """Max log10 mel power of each span (file, first frame, valid frames): [len(spans)].
+        Windows are cut `group` at a time, so a long file never has all its windows in memory."""
+        out = []
+        for i in range(0, len(spans), group):
+            part = spans[i:i + group]
+            samples = np.zeros((group, WINDOW_SAMPLES), np.float32)
+            counts = np.zeros((group,), np.int32)
+            for row, (f, start, valid) in enumerate(part):
+                samples[row], counts[row] = audios[f].window(start), valid
+            out.append(np.asarray(window_log_max(samples, counts, n_mels=self.dims.n_mels))[:len(part)])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def _file_languages(self, audios: list, tops: list[float]) -> list[tuple[str, Optional[dict]]]:
+        """Per file (language, probabilities or None): detected on the file's first 30 s as the
+        reference does, unless the model is English-only or the options fix the language."""
+        options = self.options
+        if not self.tokenizer.multilingual:
+            return [("en", None)] * len(audios)
+        if options.language is not None:
+            return [(options.language, None)] * len(audios)
+        # Every process makes the same detection calls (some with no rows).
+        if multihost.global_max(len(audios)) == 0:
+            return []
+        samples = np.stack([a.window(0) for a in audios]) if audios else np.zeros((0, WINDOW_SAMPLES), np.float32)
+        mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(tops, np.float32))
+        found = detect_languages(self.generator, self.tokenizer, mel)
+        top5 = lambda probs: dict(sorted(probs.items(), key=lambda kv: -kv[1])[:5])
+        return [(code, {k: round(v, 4) for k, v in top5(probs).items()}) for code, probs in found]
+
+    def _window_mel(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray) -> jax.Array:
+        """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B, M, 3000] (B bucketed)."""
+        n = samples.shape[0]
+        rows = bucket(max(n, 1))
+        grown = np.zeros((rows, WINDOW_SAMPLES), np.float32)
+        grown[:n] = samples
+        counts, tops = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
+        counts[:n], tops[:n] = content, top
+        return window_log_mel(grown, counts, tops, n_mels=self.dims.n_mels)[:n]
+
+    def decode(self, requests: list[WindowRequest]) -> list[DecodedWindow]:
+        """One decoded window per request, in order (the batch is padded to a bucketed size)."""
+        rows = bucket(max(len(requests), 1))
+        samples = np.zeros((rows, WINDOW_SAMPLES), np.float32)
+        content = np.full((rows,), N_FRAMES, np.int32)
+        top = np.zeros((rows,), np.float32)
+        for row, request in enumerate(requests):
+            samples[row], content[row], top[row] = request.job.audio.window(request.frame), request.content, request.top
+        prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
+        options = self.options
+        mel = self._window_mel(samples, content, top)[:len(prompts)]
+        tokenizer = self.tokenizer.with_language(options.language or "en", options.task) \
+            if self.tokenizer.multilingual else self.tokenizer
+        windows = self.decoder.decode(mel, tokenizer, prompts, options, seeds=seeds)
+        if options.word_timestamps:
+            self._align_words(mel, windows, content[:len(prompts)], prompts)
+        return windows
+
+    def _align_words(self, mel: jax.Array, windows: list, frames: np.ndarray, prompts: list[list[int]]) -> None:
+        """Attach to each window the alignment matrix and token probabilities of the text the
+        reference would align (the tokens of its segments), in one batched device call."""
+        tok = self.tokenizer
+        n_start = len(tok.sot_sequence)
+        rows, sequences = [], []
+        for row, (window, prompt) in enumerate(zip(windows, prompts)):
+            text = [t for t in aligned_tokens(window.tokens, tok.timestamp_begin) if t < tok.eot]
+            if text and not is_silence(window, self.options):
+                start = prompt.index(tok.sot)
+                rows.append(row)
+                sequences.append([*prompt[start:start + n_start], tok.no_timestamps, *text, tok.eot])
+        n = lockstep_rows(len(rows), self.generator.batch_multiple)
+        if n == len(rows) == 0:
+            return
+        width = multihost.global_max(-(-max((len(s) for s in sequences), default=1) // 32) * 32)
+        tokens = np.full((n, width), tok.eot, np.int32)
+        lengths, counts = np.ones((n,), np.int32), np.full((n,), N_FRAMES, np.int32)
+        for i, (row, seq) in enumerate(zip(rows, sequences)):
+            tokens[i, :len(seq)], lengths[i], counts[i] = seq, len(seq), frames[row]
+        picked = pad_rows(mel[np.asarray(rows, np.int32)], n)
+        aligned = self.generator.alignment(picked, tokens, lengths, counts, self.alignment_heads, tok.eot)
+        matrix, probs = self.generator.fetch(aligned, n)
+        for i, (row, seq) in enumerate(zip(rows, sequences)):
+            n_text = len(seq) - n_start - 2
+            windows[row].alignment = (np.asarray(matrix[i, n_start:len(seq) - 1, :max(counts[i] // 2, 1)]),
+                                      [float(p) for p in probs[i, n_start:n_start + n_text]])
