@@ -41,8 +41,8 @@ class UsageError(ValueError):
     """Options or setup that cannot work: reported before the model loads."""
 
 
-def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
-    """Everything that can be checked before loading the model; returns the formats."""
+def _check_options(args: argparse.Namespace):
+    """Everything that can be checked before loading the model: (formats, TranscribeOptions)."""
     from .sink import check_formats
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
@@ -61,11 +61,15 @@ def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
             check_available()
         except VadUnavailable as err:
             raise UsageError(f"--vad: {err}") from None
-    return formats
+    try:
+        options = transcribe_options(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return formats, options
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    formats = _check_options(args)
+    formats, options = _check_options(args)
     import jax
 
     from whisper_nnx.sharding import multihost
@@ -84,10 +88,10 @@ def _transcribe(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lock = results_io.RunLock(out) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _run_locked(args, formats, entries, out, multi)
+        return _run_locked(args, formats, options, entries, out, multi)
 
 
-def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: list[str], out: Path,
+def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, entries: list, out: Path,
                 multi: bool) -> int:
     import jax
 
@@ -97,7 +101,7 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
     from . import results as results_io
     from .progress import Progress, merge_summaries, write_summary
     from .sink import ResultSink
-    from .transcribe import TranscribeOptions, Transcriber
+    from .transcribe import Transcriber
 
     own_file = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS)
     multihost.barrier("whisper-nnx-start")  # every process has read the old results before any writes
@@ -120,24 +124,6 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
     if plan.skipped:
         logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
     inputs = multihost.process_share(plan.todo)  # contiguous block per process, in order
-    options = TranscribeOptions(language=None if args.language == "auto" else args.language,
-                                task=args.task, batch_size=args.batch_size,
-                                temperature=fallback_temperatures(args.temperature,
-                                                                  args.temperature_increment_on_fallback),
-                                beam_size=args.beam_size or None, best_of=args.best_of,
-                                patience=args.patience, length_penalty=args.length_penalty,
-                                compression_ratio_threshold=args.compression_ratio_threshold,
-                                logprob_threshold=args.logprob_threshold,
-                                no_speech_threshold=args.no_speech_threshold,
-                                without_timestamps=args.without_timestamps, long_form=args.long_form,
-                                condition_on_previous_text=args.condition_on_previous_text,
-                                initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
-                                audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
-                                prefix=args.prefix, hotwords=args.hotwords,
-                                carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
-                                vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms,
-                                spool_after_s=args.spool_after, spool_dir=args.spool_dir,
-                                max_audio_in_memory_s=args.max_audio_in_memory)
     mesh = None
     if args.mesh:
         from whisper_nnx.sharding import rules_for
@@ -185,6 +171,30 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], entries: lis
               f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
               f"results in {out / results_io.RESULTS}", file=sys.stderr)
     return EXIT_INPUT_ERRORS if failed else EXIT_OK
+
+
+def transcribe_options(args: argparse.Namespace):
+    """The run's TranscribeOptions from the command line's flags (the one place they meet)."""
+    from .options import TranscribeOptions
+
+    return TranscribeOptions(language=None if args.language == "auto" else args.language,
+                             task=args.task, batch_size=args.batch_size,
+                             temperature=fallback_temperatures(args.temperature,
+                                                               args.temperature_increment_on_fallback),
+                             beam_size=args.beam_size or None, best_of=args.best_of,
+                             patience=args.patience, length_penalty=args.length_penalty,
+                             compression_ratio_threshold=args.compression_ratio_threshold,
+                             logprob_threshold=args.logprob_threshold,
+                             no_speech_threshold=args.no_speech_threshold,
+                             without_timestamps=args.without_timestamps, long_form=args.long_form,
+                             condition_on_previous_text=args.condition_on_previous_text,
+                             initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
+                             audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
+                             prefix=args.prefix, hotwords=args.hotwords,
+                             carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
+                             vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms,
+                             spool_after_s=args.spool_after, spool_dir=args.spool_dir,
+                             max_audio_in_memory_s=args.max_audio_in_memory)
 
 
 def _layout(args: argparse.Namespace):

@@ -113,22 +113,29 @@ def suppressed_ids(tokenizer: Tokenizer, spec: str, n_vocab: int) -> tuple[int, 
     return tuple(sorted(i for i in ids if 0 <= i < n_vocab))
 
 
-def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int) -> list[int]:
+_FROM_OPTIONS = object()  # initial_tokens: take the prompt / prefix from the options
+
+
+def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int, *,
+                   prompt=_FROM_OPTIONS, prefix=_FROM_OPTIONS) -> list[int]:
     """[<|startofprev|> [hotwords] prompt] + start sequence [+ <|notimestamps|>] [+ prefix], as
-    the reference."""
+    the reference. A window's own `prompt` (previous text) and `prefix` are arguments (text,
+    token ids or None); left out, they are the options' (one window, as whisper.decode)."""
+    prompt = options.prompt if prompt is _FROM_OPTIONS else prompt
+    prefix = options.prefix if prefix is _FROM_OPTIONS else prefix
     tokens = list(tokenizer.sot_sequence_including_notimestamps if options.without_timestamps
                   else tokenizer.sot_sequence)
 
     def encoded(text_or_ids) -> list[int]:
         return tokenizer.encode(" " + text_or_ids.strip()) if isinstance(text_or_ids, str) else list(text_or_ids)
 
-    if options.prefix:
-        tokens += encoded(options.prefix)
+    if prefix:
+        tokens += encoded(prefix)
     # Hotwords (faster-whisper's option) lead the prompt when there is no prefix; the previous
     # text fills what is left of the half context the prompt may take.
-    hot = encoded(options.hotwords)[:n_text_ctx // 2 - 1] if options.hotwords and not options.prefix else []
+    hot = encoded(options.hotwords)[:n_text_ctx // 2 - 1] if options.hotwords and not prefix else []
     room = n_text_ctx // 2 - 1 - len(hot)
-    previous = encoded(options.prompt)[-room:] if options.prompt and room > 0 else []
+    previous = encoded(prompt)[-room:] if prompt and room > 0 else []
     if hot or previous:
         tokens = [tokenizer.sot_prev] + hot + previous + tokens
     return tokens

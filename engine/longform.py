@@ -136,9 +136,8 @@ class FileJob:
     def start_prompt(self, previous: list[int], first: bool) -> list[int]:
         """The prompt of a window; a prefix applies to the file's first window only (as in
         faster-whisper: the reference's transcribe would force it onto every window)."""
-        options = dataclasses.replace(self.options, prompt=previous or None,
-                                      prefix=self.options.prefix if first else None)
-        return initial_tokens(self.tokenizer, options, self.n_text_ctx)
+        return initial_tokens(self.tokenizer, self.options, self.n_text_ctx, prompt=previous or None,
+                              prefix=self.options.prefix if first else None)
 
     def requests(self) -> list[WindowRequest]:
         raise NotImplementedError

@@ -92,3 +92,21 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "`--initial-prompt TEXT` prompts the first window of every file in sequential mode and every chunk" \
         in readme
+
+
+def test_per_window_prompts_do_not_revalidate_the_run_options(tiny, caplog):
+    """Prompts are arguments of each window, not copies of the run's options: the warning about
+    chunked mode without timestamps is given once, when the options are made, not per chunk."""
+    import logging
+
+    from whisper_nnx.engine.longform import ChunkedFile, stride_chunks
+
+    with caplog.at_level(logging.WARNING):
+        options = TranscribeOptions(long_form="chunked", without_timestamps=True, initial_prompt="Stella")
+        audio = FileAudio.of(np.full(16000 * 90, 0.01, np.float32))
+        chunks = stride_chunks(audio.content_frames, 5.0)
+        job = ChunkedFile(audio, -2.0, tiny.tokenizer, options, options.long_form_options, 448, chunks=chunks,
+                          chunk_tops=[-2.0] * len(chunks))
+        assert len(job.requests()) == len(chunks) >= 4
+    warned = [r for r in caplog.records if "without timestamps" in r.getMessage()]
+    assert len(warned) == 1
