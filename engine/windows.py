@@ -15,8 +15,9 @@ Shapes: B windows, M mels, N frames (3000), W = WINDOW_SAMPLES.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -54,6 +55,23 @@ def detect_languages(generator: Generator, tokenizer: Tokenizer, mel: jax.Array
     return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
 
 
+@dataclasses.dataclass
+class _Framed:
+    """A file as its job will see it."""
+
+    audio: object  # Windowed: the samples the job decodes
+    plan: Optional[list[tuple[int, int]]]  # chunked: (first frame, frames) of each chunk
+    restore: Optional[Callable]  # voice activity, sequential: decoded time -> the file's time
+
+
+def _attempt(step: Callable, *args):
+    """`step(*args)`, or the exception it raised (one file's failure is that file's)."""
+    try:
+        return step(*args)
+    except Exception as err:  # noqa: BLE001 - becomes that file's error record
+        return err
+
+
 def window_seed(request: WindowRequest) -> int:
     """A window's own sampling seed, from what identifies it (its file's length, its start and
     its prompt): a retried window draws the same samples whatever batch it lands in."""
@@ -69,53 +87,61 @@ class WindowPipeline:
         self.generator, self.decoder, self.tokenizer = generator, decoder, tokenizer
         self.dims, self.alignment_heads, self.options = decoder.dims, alignment_heads, options
 
-    def prepare(self, arrivals: list[LoadedInput]) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
-        """Frames each new file, finds its loudness maximum (the log-mel floor) and its
-        language, and builds its long-form job. With voice activity, a sequential job decodes
-        the speech put back to back (times mapped back at the end) and a chunked job gets
-        chunks cut at pauses."""
-        options = self.options
-        long_form = options.long_form_options
-        chunked = long_form.mode == "chunked"
-        audios, plans, maps = [], [], []
-        for loaded in arrivals:
-            speech = SpeechMap(loaded.speech) if loaded.speech is not None and not chunked else None
-            # The speech of a sequential job is a view over the file's samples (no copy).
-            audio = SpeechView(loaded.audio, loaded.speech) if speech is not None else loaded.audio
-            audios.append(audio)
-            maps.append(speech)
-            if not chunked:
-                plans.append(None)
-            elif loaded.speech is not None:
-                plans.append(speech_chunks(loaded.speech, audio.content_frames))
-            else:
-                plans.append(stride_chunks(audio.content_frames, long_form.chunk_stride_s))
-        # Windows whose maxima are needed: the whole file (floor) and, chunked, each chunk.
-        spans = []  # (file, first frame, frames)
-        for f, audio in enumerate(audios):
-            total = audio.content_frames + N_FRAMES
+    def prepare(self, arrivals: list[LoadedInput]) -> list:
+        """Per new file: (its long-form job, language, language probabilities), or the exception
+        that file raised. Frames each file, finds its loudness maximum (the log-mel floor) and
+        its language, and builds its job. With voice activity, a sequential job decodes the
+        speech put back to back (times mapped back at the end) and a chunked job gets chunks
+        cut at pauses. A file that fails on the host fails alone, and the batched device calls
+        (the same on every process) go on for the others."""
+        framed = [_attempt(self._frame, loaded) for loaded in arrivals]
+        good = [f for f in framed if not isinstance(f, BaseException)]
+        tops, chunk_tops = self._maxima(good)
+        languages = self._file_languages([f.audio for f in good], tops)
+        jobs = iter([_attempt(self._job, f, top, chunk_top, language)
+                     for f, top, chunk_top, language in zip(good, tops, chunk_tops, languages)])
+        return [f if isinstance(f, BaseException) else next(jobs) for f in framed]
+
+    def _frame(self, loaded: LoadedInput) -> "_Framed":
+        """The audio a file's job decodes (a view of its speech, sequential with voice activity)
+        and, chunked, its chunk plan."""
+        chunked = self.options.long_form == "chunked"
+        if loaded.speech is not None and not chunked:  # the speech is a view over the file (no copy)
+            return _Framed(SpeechView(loaded.audio, loaded.speech), None, SpeechMap(loaded.speech).restore)
+        if not chunked:
+            return _Framed(loaded.audio, None, None)
+        plan = speech_chunks(loaded.speech, loaded.audio.content_frames) if loaded.speech is not None else \
+            stride_chunks(loaded.audio.content_frames, self.options.chunk_stride_s)
+        return _Framed(loaded.audio, plan, None)
+
+    def _maxima(self, files: list["_Framed"]) -> tuple[list[float], list[list[float]]]:
+        """Each file's whole-file maximum log10 mel power (its -8 floor) and, chunked, each of
+        its chunks' maxima, from the windows of all `files` in groups."""
+        spans = []  # (file, first frame, frames): the whole file's windows, then its chunks
+        for f, framed in enumerate(files):
+            total = framed.audio.content_frames + N_FRAMES
             spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
-            spans += [(f, start, frames) for start, frames in plans[f] or ()]
-        maxima = self._window_maxima(spans, audios)
+            spans += [(f, start, frames) for start, frames in framed.plan or ()]
+        maxima = self._window_maxima(spans, [f.audio for f in files])
         tops, chunk_tops, at = [], [], 0
-        for f, audio in enumerate(audios):
-            n_whole = -(-(audio.content_frames + N_FRAMES) // N_FRAMES)
+        for framed in files:
+            n_whole = -(-(framed.audio.content_frames + N_FRAMES) // N_FRAMES)
+            n_chunks = len(framed.plan or ())
             tops.append(float(maxima[at:at + n_whole].max()))
-            n_chunks = len(plans[f] or ())
             chunk_tops.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
             at += n_whole + n_chunks
-        languages = self._file_languages(audios, tops)
-        jobs = []
-        for f, audio in enumerate(audios):
-            language, probs = languages[f]
-            tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
-                else self.tokenizer
-            args = (audio, tops[f], tokenizer, options, long_form, self.dims.n_text_ctx)
-            job = ChunkedFile(*args, chunk_tops=chunk_tops[f], chunks=plans[f]) if chunked else SequentialFile(*args)
-            if maps[f] is not None:
-                job.restore = maps[f].restore
-            jobs.append((job, language, probs))
-        return jobs
+        return tops, chunk_tops
+
+    def _job(self, framed: "_Framed", top: float, chunk_tops: list[float],
+             language: tuple[str, Optional[dict]]) -> tuple[FileJob, Optional[str], Optional[dict]]:
+        code, probs = language
+        tokenizer = self.tokenizer.with_language(code, self.options.task) if self.tokenizer.multilingual \
+            else self.tokenizer
+        args = (framed.audio, top, tokenizer, self.options, self.options.long_form_options, self.dims.n_text_ctx)
+        job = ChunkedFile(*args, chunk_tops=chunk_tops, chunks=framed.plan) if framed.plan is not None \
+            else SequentialFile(*args)
+        job.restore = framed.restore
+        return job, code, probs
 
     def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
         """Max log10 mel power of each span (file, first frame, valid frames): [len(spans)].

@@ -102,6 +102,28 @@ def test_a_failing_preparation_fails_only_its_file(tiny, clips, clean, monkeypat
 
 
 @pytest.mark.slow
+def test_a_file_failing_on_the_host_leaves_its_batchmates_prepared_together(tiny, clips, clean, monkeypatch):
+    """Framing one file raises: that file fails, and the others are prepared in the same single
+    call (its batched device calls, the same on every process of a multi-host run, go on)."""
+    frame, prepare = WindowPipeline._frame, WindowPipeline.prepare
+    calls = []
+
+    def failing_frame(self, loaded):
+        if _is_poison(loaded.audio, clips[2]):
+            raise RuntimeError("framing exploded")
+        return frame(self, loaded)
+
+    def counted_prepare(self, arrivals):
+        calls.append(len(arrivals))
+        return prepare(self, arrivals)
+
+    monkeypatch.setattr(WindowPipeline, "_frame", failing_frame)
+    monkeypatch.setattr(WindowPipeline, "prepare", counted_prepare)
+    _check_isolated(tiny.transcribe(clips, TranscribeOptions(**GREEDY)), clean, "preparing the file failed")
+    assert calls == [3]
+
+
+@pytest.mark.slow
 def test_a_failing_device_batch_is_retried_smaller(tiny, clips, clean, monkeypatch):
     """Every batch holding the poisoned window raises (as an out-of-memory batch would): its
     batchmates are decoded again in smaller batches, and only the poisoned file fails."""
