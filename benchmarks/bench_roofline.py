@@ -173,7 +173,8 @@ def bench_batch(model, batch: int, prompt: int, steps: int, repeats: int) -> lis
     from flax import nnx
 
     from whisper_nnx.engine import flops
-    from whisper_nnx.engine.generate import RowLayout, SamplingConfig, sample_from_features
+    from whisper_nnx.engine.programs import DecodeConfig, RowLayout, sample_from_features
+    from whisper_nnx.engine.strategies import Greedy
     from whisper_nnx.engine.logit_rules import LogitRules
 
     dims = model.dims
@@ -206,12 +207,12 @@ def bench_batch(model, batch: int, prompt: int, steps: int, repeats: int) -> lis
     # every row's limit is `steps` and no token counts as end-of-text. The timestamp rules are on,
     # as in transcription (every vocabulary ends in 1501 timestamp tokens).
     timestamp_begin = dims.n_vocab - 1501
-    config = SamplingConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,
-                                             timestamp_begin=timestamp_begin), sample_len=steps)
+    config = DecodeConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,
+                                           timestamp_begin=timestamp_begin), sample_len=steps)
     rows = RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), steps, jnp.int32),
                      jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32))
     window_c, _, _ = _compile(jax.jit(lambda st, feats, toks, r: sample_from_features(
-        nnx.merge(graphdef, st), config, feats, toks, jax.random.key(0), jnp.float32(1.0), r).tokens),
+        nnx.merge(graphdef, st), config, Greedy(), feats, toks, jax.random.key(0), jnp.float32(1.0), r).tokens),
         state, features, tokens, rows)
 
     def window():

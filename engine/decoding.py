@@ -18,10 +18,11 @@ import numpy as np
 from whisper_nnx.sharding import multihost
 
 from .config import ModelDims
-from .generate import BeamConfig, Generator, RowLayout, SamplingConfig
+from .generate import DecodeConfig, Generator, RowLayout
 from .logit_rules import LogitRules
-from .search import finalize_beams, pick_best, sampled_tokens
+from .search import pick_best
 from .segments import compression_ratio
+from .strategies import BeamSearch, Greedy, Sampling, Strategy
 from .tokenizer import Tokenizer
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -259,33 +260,24 @@ class WindowDecoder:
             pending = retry
         return results  # type: ignore[return-value]
 
+    def config(self, tokenizer: Tokenizer, prompt_len: int, options: DecodeOptions) -> DecodeConfig:
+        """The static settings of decoding prompts of `prompt_len` tokens with `options`."""
+        return DecodeConfig(rules=self.rules(tokenizer, prompt_len, options), sample_len=options.sample_len,
+                            no_speech=tokenizer.no_speech)
+
     def _decode_once(self, mel: jax.Array, prompts: PromptBatch, tokenizer: Tokenizer,
                      options: DecodeOptions, temperature: float, seed: int) -> list[DecodedWindow]:
         n, prompt_len = mel.shape[0], prompts.tokens.shape[1]
-        rules = self.rules(tokenizer, prompt_len, options)
-        common = dict(rules=rules, sample_len=options.sample_len, no_speech=tokenizer.no_speech)
-        if temperature == 0 and options.beam_size is not None:
-            config = BeamConfig(beam_size=options.beam_size, patience=options.patience or 1.0, **common)
-            padded = pad_rows(mel, lockstep_rows(n, self.generator.batch_multiple))
-            rows = prompts.padded(padded.shape[0], sample_len=options.sample_len)
-            result = self.generator.fetch(self.generator.beam_search(padded, rows.tokens, config, rows.rows),
-                                          padded.shape[0])
-            candidates = [finalize_beams(result.finished_tokens[i], result.finished_scores[i],
-                                         result.finished_count[i], result.beam_tokens[i],
-                                         result.beam_scores[i], options.beam_size, prompt_len, rules.eot)
-                          for i in range(n)]
-            no_speech = result.no_speech_prob
-        else:
-            group = options.best_of if temperature > 0 and options.best_of else 1
-            config = SamplingConfig(sample=temperature > 0, **common)
-            padded = pad_rows(jnp.repeat(mel, group, axis=0), lockstep_rows(n * group, self.generator.batch_multiple))
-            rows = prompts.padded(padded.shape[0], repeat=group, sample_len=options.sample_len)
-            result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows)
-            result = self.generator.fetch(result, padded.shape[0])
-            candidates = [[(sampled_tokens(result.tokens[i * group + g], prompt_len, rules.eot),
-                            float(result.sum_logprobs[i * group + g])) for g in range(group)]
-                          for i in range(n)]
-            no_speech = result.no_speech_prob[::group]
+        config = self.config(tokenizer, prompt_len, options)
+        strategy = strategy_for(options, temperature)
+        copies = strategy.copies
+        padded = pad_rows(jnp.repeat(mel, copies, axis=0) if copies > 1 else mel,
+                          lockstep_rows(n * copies, self.generator.batch_multiple))
+        rows = prompts.padded(padded.shape[0], repeat=copies, sample_len=options.sample_len)
+        result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows, strategy=strategy)
+        result = self.generator.fetch(result, padded.shape[0])
+        candidates = strategy.candidates(result, n, prompt_len, config.rules.eot)
+        no_speech = np.asarray(result.no_speech_prob)[::copies]
         windows = []
         for i in range(n):
             tokens, sum_logprob = pick_best(candidates[i], options.length_penalty)
@@ -293,3 +285,14 @@ class WindowDecoder:
             windows.append(DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1),
                                          float(no_speech[i]), compression_ratio(text), temperature))
         return windows
+
+
+def strategy_for(options: DecodeOptions, temperature: float) -> Strategy:
+    """The strategy that decodes at `temperature` under `options`, as the reference picks its
+    decoder: beam search at temperature 0 when a beam size is set, best-of sampling above 0,
+    else greedy."""
+    if temperature == 0 and options.beam_size is not None:
+        return BeamSearch(beam_size=options.beam_size, patience=options.patience or 1.0)
+    if temperature > 0:
+        return Sampling(best_of=options.best_of or 1)
+    return Greedy()

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import whisper
+from flax import nnx
 
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
 from whisper_nnx.engine.config import ModelDims
-from whisper_nnx.engine.generate import Generator, RowLayout, SamplingConfig, shrunk_width
+from whisper_nnx.engine.features import log_mel_spectrogram
+from whisper_nnx.engine.generate import DecodeConfig, Generator, RowLayout, shrunk_width
 from whisper_nnx.engine.logit_rules import LogitRules
 from whisper_nnx.engine.model import build_model
+from whisper_nnx.engine.programs import default_rows
+from whisper_nnx.engine.strategies import Greedy, Sampling, TokenStrategy
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 from whisper_nnx.engine.weights import read_checkpoint
 
@@ -28,8 +35,8 @@ def test_greedy_equals_argmax_rollout_of_uncached_forward():
     prompt = np.array([[50257, 11, 12]] * 3, np.int32)
     prompt[1, 1] = 99
     eot = 50256
-    config = SamplingConfig(rules=LogitRules(sample_begin=3, eot=eot, no_timestamps=50362,
-                                             timestamp_begin=None), sample_len=12)
+    config = DecodeConfig(rules=LogitRules(sample_begin=3, eot=eot, no_timestamps=50362,
+                                           timestamp_begin=None), sample_len=12)
     result = Generator(model).generate(mel, jnp.asarray(prompt), config)
     # Reference rollout: the full uncached forward pass re-run for every new token.
     tokens = prompt.copy()
@@ -60,23 +67,94 @@ def test_dropping_finished_rows_changes_no_row(sample):
     batch = 8
     mel = jnp.asarray(rng.standard_normal((batch, 80, 100)).astype(np.float32))
     prompt = np.tile(np.array([[50257, 11, 12]], np.int32), (batch, 1))
-    config = SamplingConfig(rules=LogitRules(sample_begin=3, eot=50256, no_timestamps=50362,
-                                             timestamp_begin=None), sample_len=24, sample=sample)
+    config = DecodeConfig(rules=LogitRules(sample_begin=3, eot=50256, no_timestamps=50362,
+                                           timestamp_begin=None), sample_len=24)
+    strategy = Sampling() if sample else Greedy()
     limits = np.array([2, 24, 4, 5, 3, 7, 1, 4], np.int32)  # one long row among short ones
     seeds = np.arange(batch, dtype=np.int32) * 11
     rows = RowLayout(np.zeros(batch, np.int32), limits, np.zeros(batch, np.int32), seeds)
-    whole = Generator(model, shrink_every=0).generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows)
+    whole = Generator(model, shrink_every=0).generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows,
+                                                      strategy=strategy)
     stretches = Generator(model, shrink_every=3)
     widths = []
     take = stretches._take
     stretches._take = lambda decode, cross, r, index: (widths.append(len(index)), take(decode, cross, r, index))[1]
-    got = stretches.generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows)
+    got = stretches.generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows, strategy=strategy)
     assert widths == [2, 1], widths  # after 6 steps 2 rows remain (limits 7, 24), after 9 one
     np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(whole.tokens))
     np.testing.assert_allclose(np.asarray(got.sum_logprobs), np.asarray(whole.sum_logprobs), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(got.no_speech_prob), np.asarray(whole.no_speech_prob), atol=1e-6)
     sampled = (np.asarray(got.tokens)[:, 3:] != 50256).sum(1)
     np.testing.assert_array_equal(sampled, limits)  # random weights never say EOT: each row ran to its limit
+
+
+@dataclasses.dataclass(frozen=True)
+class _TopOne(TokenStrategy):
+    """A strategy written outside the engine: top-k sampling with k = 1, i.e. greedy."""
+
+    k: int = 1
+
+    def choose(self, logits, temperature, key, seeds):
+        top_logits, top_ids = jax.lax.top_k(logits, self.k)
+        keys = jax.vmap(lambda seed: jax.random.fold_in(key, seed))(seeds)
+        picked = jax.vmap(jax.random.categorical)(keys, top_logits / temperature)
+        return jnp.take_along_axis(top_ids, picked[:, None], axis=1)[:, 0]
+
+
+def test_a_new_strategy_plugs_in_through_the_seam(tiny_en_model, data_dir):
+    """A token strategy defined here runs in the engine's loop (shrinking included) on tiny.en;
+    top-1 sampling at any temperature gives greedy's tokens and log-probabilities."""
+    model, tokenizer = tiny_en_model
+    mel = jnp.asarray(_mels(model, data_dir, ["sample_joe.flac", "sample_espeak.flac", "sample_joe.flac"]))
+    prompt = jnp.asarray([list(tokenizer.sot_sequence_including_notimestamps)] * 3, jnp.int32)
+    config = _tiny_config(tokenizer, prompt.shape[1])
+    generator = Generator(model, shrink_every=4)
+    greedy = generator.generate(mel, prompt, config)
+    top_one = generator.generate(mel, prompt, config, seed=3, temperature=0.7, strategy=_TopOne())
+    np.testing.assert_array_equal(np.asarray(top_one.tokens), np.asarray(greedy.tokens))
+    np.testing.assert_allclose(np.asarray(top_one.sum_logprobs), np.asarray(greedy.sum_logprobs), rtol=1e-5)
+    assert (np.asarray(greedy.tokens)[:, prompt.shape[1]:] != tokenizer.eot).sum() >= 3  # it did decode text
+    assert hash(_TopOne()) == hash(_TopOne()) and _TopOne() != _TopOne(k=2)  # a static jit argument
+
+
+def test_runner_phases_compose_to_generate(tiny_en_model, data_dir):
+    """encode, prefill, one step and the rest of the loop, called one by one through
+    `Generator.programs`, give `Generator.generate`'s tokens for a short decode."""
+    model, tokenizer = tiny_en_model
+    mel = jnp.asarray(_mels(model, data_dir, ["sample_joe.flac", "sample_espeak.flac"]))
+    prompt = jnp.asarray([list(tokenizer.sot_sequence_including_notimestamps)] * 2, jnp.int32)
+    config = _tiny_config(tokenizer, prompt.shape[1], sample_len=8)
+    generator = Generator(model, shrink_every=0)
+    expected = generator.generate(mel, prompt, config)
+    programs, state, static = generator.programs, generator.state, dict(config=config, strategy=Greedy())
+    rows = default_rows(None, 2, config)
+    rng, temperature = jax.random.PRNGKey(0), jnp.float32(1.0)
+    features = programs.encode(state, mel)
+    decode, cross, no_speech = programs.prefill(state, features, prompt, rows, rng, temperature, **static)
+    assert int(decode.length) == prompt.shape[1]
+    decode = programs.steps(state, decode, cross, rows, temperature, decode.length + 1, **static)
+    assert int(decode.length) == prompt.shape[1] + 1
+    decode = programs.steps(state, decode, cross, rows, temperature, jnp.int32(prompt.shape[1] + 8), **static)
+    np.testing.assert_array_equal(np.asarray(decode.tokens), np.asarray(expected.tokens))
+    np.testing.assert_allclose(np.asarray(decode.sum_logprobs), np.asarray(expected.sum_logprobs), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(no_speech), np.asarray(expected.no_speech_prob), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_en_model():
+    transcriber = Transcriber("tiny.en")
+    return nnx.merge(transcriber.generator.graphdef, transcriber.generator.state), transcriber.tokenizer
+
+
+def _mels(model, data_dir, names: list[str]) -> np.ndarray:
+    audio = np.stack([pad_or_trim(load_audio(data_dir / name)) for name in names])
+    return np.asarray(log_mel_spectrogram(audio, n_mels=model.dims.n_mels))
+
+
+def _tiny_config(tokenizer, prompt_len: int, sample_len: int = 12) -> DecodeConfig:
+    return DecodeConfig(rules=LogitRules(sample_begin=prompt_len, eot=tokenizer.eot,
+                                         no_timestamps=tokenizer.no_timestamps, timestamp_begin=None),
+                        sample_len=sample_len, no_speech=tokenizer.no_speech)
 
 
 def _with_reference(name: str):
