@@ -3,10 +3,12 @@ openai-whisper (CPU PyTorch, float32, the same weights) measured in the same run
 
     .venv/bin/python benchmarks/bench_decode.py --model tiny.en --batch-sizes 1,8,32 --beam-sizes 1,5
 
-Phases (each jitted on its own over the split NNX state, compiled ahead of time so compile and
-run times are separate, timed after warm-up with `block_until_ready`):
-  log-mel [B, 480000] -> [B, M, 3000]; encode -> [B, 1500, D]; prefill(features, prompt, C);
-  one decode step (tokens [B, 1] at an int32 offset against the cache, the cache donated).
+Phases: the engine's own compiled programs (`features.log_mel_spectrogram_jit` and the
+Transcriber's `Generator.programs`, greedy), compiled ahead of time so compile and run times are
+separate, timed after warm-up with `block_until_ready`:
+  log-mel [B, 480000] -> [B, M, 3000]; encode -> [B, 1500, D]; prefill (cross K/V and the prompt,
+  the cache sized for the prompt + sample_len); one step of the decode loop (logit rules, token
+  choice, decoder step; the loop state donated) at B rows, and at B x beam rows for each beam size.
 End to end: `Transcriber.decode_clips(arrays, TranscribeOptions(language="en", batch_size=B))`
 (host padding, log-mel, the jitted generate loop, token -> text) against the peer's per-clip
 log-mel plus `whisper.decode(model, mel_batch, DecodingOptions(...))`, alternating ours and
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -32,10 +33,11 @@ from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (  # the script's own folder is on sys.path
     REPO,
+    Compiled,
     Timing,
+    aot_compile,
     commit_label,
     git_info,
     machine_info,
@@ -93,77 +95,70 @@ def tile(clips: list[tuple[str, np.ndarray]], n: int) -> list[np.ndarray]:
 
 # --- per-phase timings --------------------------------------------------------------------------
 
-def _compile(fn, *args) -> tuple[object, float, Optional[int]]:
-    """AOT-compile `fn` for `args`: (compiled, seconds to lower + compile, temp bytes or None)."""
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    seconds = time.perf_counter() - start
-    try:
-        temp = int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:  # memory_analysis is backend-dependent
-        temp = None
-    return compiled, seconds, temp
-
-
-def _phase(name: str, rows: int, compile_s: Optional[float], temp: Optional[int], timing: Timing) -> dict:
+def _phase(name: str, rows: int, compiled: Optional[Compiled], timing: Timing) -> dict:
+    compile_s, temp = (None, None) if compiled is None else (compiled.seconds, compiled.temp_bytes)
     return {"phase": name, "rows": rows, "compile_s": compile_s, "temp_bytes": temp, **timing.to_json()}
 
 
-def bench_phases(model, n_mels: int, prompt: list[int], sample_len: int, batch: int,
-                 beam_sizes: list[int], repeats: int) -> list[dict]:
-    """mel, encode, prefill at `batch` rows; one decode step at batch x beam rows per beam size."""
+def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, beam_sizes: list[int],
+                 repeats: int) -> list[dict]:
+    """mel, encode, prefill at `batch` rows; one decode step at batch x beam rows per beam size:
+    the engine's own programs (`Generator.programs`, greedy), compiled ahead of time."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
+    from whisper_nnx.engine.decoding import DecodeOptions
     from whisper_nnx.engine.features import log_mel_spectrogram_jit
+    from whisper_nnx.engine.programs import default_rows
+    from whisper_nnx.engine.strategies import Greedy
 
-    graphdef, state = nnx.split(model)
-    cache_len = len(prompt) + sample_len
-    rng = np.random.default_rng(0)
-    audio = jnp.asarray(rng.standard_normal((batch, 480_000), np.float32) * 0.1)
-
-    mel_fn = jax.jit(lambda a: log_mel_spectrogram_jit(a, n_mels=n_mels))
-    encode_fn = jax.jit(lambda st, mel: nnx.merge(graphdef, st).encode(mel))
-    prefill_fn = jax.jit(lambda st, feats, toks: nnx.merge(graphdef, st).prefill(feats, toks, cache_len))
-    step_fn = jax.jit(lambda st, toks, offset, cache: nnx.merge(graphdef, st).decode_step(toks, offset, cache),
-                      donate_argnums=(3,))
+    generator = transcriber.generator
+    programs, state = generator.programs, generator.state
+    config = transcriber.decoder.config(transcriber.tokenizer, len(prompt), DecodeOptions(sample_len=sample_len))
+    # EOT suppressed as well: on random audio every row could finish, and the loop stop early.
+    rules = config.rules
+    config = dataclasses.replace(config, rules=dataclasses.replace(rules, suppress_ids=rules.suppress_ids + (rules.eot,)))
+    static = dict(config=config, strategy=Greedy())
+    rng, temperature = jax.random.PRNGKey(0), jnp.float32(0.0)
+    audio = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 480_000), np.float32) * 0.1)
 
     out = []
-    mel_c, s, temp = _compile(mel_fn, audio)
-    out.append(_phase("log-mel", batch, s, temp, time_calls(lambda: mel_c(audio), repeats)))
-    mel = mel_c(audio)
-    enc_c, s, temp = _compile(encode_fn, state, mel)
-    out.append(_phase("encode", batch, s, temp, time_calls(lambda: enc_c(state, mel), repeats)))
-    features = jax.block_until_ready(enc_c(state, mel))
+    mel_c = aot_compile(log_mel_spectrogram_jit, audio, n_mels=transcriber.dims.n_mels)
+    out.append(_phase("log-mel", batch, mel_c, time_calls(lambda: mel_c.call(audio), repeats)))
+    mel = mel_c.call(audio)
+    encode_c = aot_compile(programs.encode, state, mel)
+    out.append(_phase("encode", batch, encode_c, time_calls(lambda: encode_c.call(state, mel), repeats)))
+    features = jax.block_until_ready(encode_c.call(state, mel))
     for beam in beam_sizes:
         rows = batch * beam
         feats = jnp.repeat(features, beam, axis=0) if beam > 1 else features
         toks = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (rows, 1)))
-        pre_c, s, temp = _compile(prefill_fn, state, feats, toks)
+        layout = default_rows(None, rows, config)
+        args = (state, feats, toks, layout, rng, temperature)
+        prefill_c = aot_compile(programs.prefill, *args, **static)
         if beam == beam_sizes[0]:
-            timing = time_calls(functools.partial(pre_c, state, feats, toks), repeats)
-            out.append(_phase("prefill", rows, s, temp, timing))
-        _, cache = jax.block_until_ready(pre_c(state, feats, toks))
-        out.append(_time_step(step_fn, state, cache, prompt, rows, repeats))
+            out.append(_phase("prefill", rows, prefill_c, time_calls(lambda: prefill_c.call(*args), repeats)))
+        decode, cross, _ = jax.block_until_ready(prefill_c.call(*args))
+        out.append(_time_step(programs.steps, state, decode, cross, layout, temperature, static, rows, repeats))
     return out
 
 
-def _time_step(step_fn, state, cache, prompt: list[int], rows: int, repeats: int) -> dict:
-    """One decode step of [rows, 1] tokens, feeding the donated cache back in on every call."""
+def _time_step(steps_fn, state, decode, cross, layout, temperature, static: dict, rows: int, repeats: int) -> dict:
+    """One step of the engine's decode loop (logit rules, token choice, decoder step) at `rows`
+    rows, the loop state donated and fed back in on every call. Rows never finish meanwhile:
+    their limit is the whole buffer and a finished row would still cost its step."""
     import jax.numpy as jnp
 
-    toks = jnp.zeros((rows, 1), jnp.int32) + prompt[0]
-    offset = jnp.int32(len(prompt))
-    step_c, seconds, temp = _compile(step_fn, state, toks, offset, cache)
-    holder = [cache]
+    decode = decode._replace(finished=jnp.zeros_like(decode.finished))
+    steps_c = aot_compile(steps_fn, state, decode, cross, layout, temperature, decode.length + 1, **static)
+    holder = [decode]
 
     def one_step():
-        logits, holder[0] = step_c(state, toks, offset, holder[0])
-        return logits
+        holder[0] = steps_c.call(state, holder[0], cross, layout, temperature, holder[0].length + 1)
+        return holder[0].logits
 
     steps = 3 * repeats  # a step is short: more repeats for the same noise
-    return _phase("decode step", rows, seconds, temp, time_calls(one_step, steps, warmup=min(3, repeats)))
+    return _phase("decode step", rows, steps_c, time_calls(one_step, steps, warmup=min(3, repeats)))
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -216,7 +211,7 @@ class Peer:
         mel = self.torch.randn(batch, self.n_mels, 3000)
         with self.torch.inference_mode():
             timing = time_calls(lambda: self.model.encoder(mel), repeats)
-        return _phase("encode (peer)", batch, None, None, timing)
+        return _phase("encode (peer)", batch, None, timing)
 
     def run(self, clips: list[np.ndarray], beam: int) -> list:
         import whisper
@@ -352,7 +347,7 @@ def main(argv=None) -> None:
     batch_sizes, beam_sizes = _ints(args.batch_sizes), _ints(args.beam_sizes)
 
     from whisper_nnx.engine.model_hub import resolve_model
-    from whisper_nnx.engine.weights import load_model, read_checkpoint
+    from whisper_nnx.engine.weights import read_checkpoint
 
     t0 = time.perf_counter()
     git = git_info()  # the code this process runs: others may commit while it measures
@@ -377,10 +372,7 @@ def main(argv=None) -> None:
         repeats = args.large_repeats if batch >= args.large_batch else args.repeats
         if not args.no_phases:
             print(f"[{time.perf_counter() - t0:.0f} s] phases, batch {batch}", flush=True)
-            model = load_model(checkpoint)
-            phases[batch] = bench_phases(model, checkpoint.dims.n_mels, prompt, sample_len, batch,
-                                         beam_sizes, repeats)
-            del model
+            phases[batch] = bench_phases(ours.transcriber, prompt, sample_len, batch, beam_sizes, repeats)
             if peer and batch < args.large_batch:
                 phases[batch].insert(2, peer.encode_phase(batch, repeats))
             print(phase_table({batch: phases[batch]}), flush=True)
@@ -439,7 +431,7 @@ def _section_body(rec: dict, path: Path) -> str:
              f"{max(spreads):.0%} of their median; absolute times are therefore pessimistic and only good to "
              "tens of percent. The ours/peer ratios are steadier because each repeat runs ours and then the "
              "peer back to back.")
-    parts = [head, "Per phase (each jitted alone over the split NNX state, compiled ahead of time, medians "
+    parts = [head, "Per phase (the engine's own compiled programs, compiled ahead of time, medians "
              "after warm-up; `encode (peer)` is openai-whisper's encoder on the same shape):",
              phase_table(phases),
              "End to end (ours: `Transcriber.transcribe` on arrays, "

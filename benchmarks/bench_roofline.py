@@ -10,13 +10,13 @@ this machine's matmul ceiling measured in the same run, for the encoder and the 
                  a dtype's ceiling is its best size.
       bandwidth  jitted float32 matrix-vector product over a --matvec-mib MiB matrix: matrix bytes /
                  seconds (the ceiling that a batch-1 decode step, 0.5 FLOP per weight byte, meets).
-(b) Phases, each jitted over the split NNX state and compiled ahead of time (compile time apart),
-    timed with `block_until_ready` after a warm-up call:
-      encoder   model.encode(mel [B, M, 3000]) -> [B, 1500, D]
-      prefill   model.prefill: cross K/V of every block + the P prompt tokens (cache C = P + steps)
-      steps     --steps greedy single-token steps in the engine's own decode loop
-                (generate.sample_from_features: lax.while_loop, logit rules, argmax); the decoder
-                window's time minus the prefill's
+(b) Phases: the engine's own compiled programs (`Generator.programs`, greedy, the logit rules of
+    transcription with no end-of-text), compiled ahead of time (compile time apart), timed with
+    `block_until_ready` after a warm-up call:
+      encoder   programs.encode(mel [B, M, 3000]) -> [B, 1500, D]
+      prefill   programs.prefill: cross K/V of every block + the P prompt tokens (cache C = P + steps)
+      steps     --steps greedy single-token steps of the engine's decode loop (programs.steps:
+                lax.while_loop, logit rules, argmax); the decoder window's time minus the prefill's
       decoder   prefill + steps: one window's decoding
     FLOPs: `flops.py`'s useful count times B (self-attention over the positions a token can see;
     the engine's step attends over all C under a mask: the record has that count too).
@@ -44,10 +44,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (  # the script's own folder is on sys.path
     REPO,
     Timing,
+    aot_compile,
     commit_label,
     git_info,
     machine_info,
@@ -126,38 +126,50 @@ def ceilings(args, dtypes: list[str]) -> dict:
 
 # --- (b) the model's phases ---------------------------------------------------------------------
 
-def build(args) -> tuple[object, str]:
-    """The model and where its weights came from."""
+def build(args) -> tuple[object, str, Optional[object]]:
+    """The model, where its weights came from, and the checkpoint's tokenizer (None for random weights)."""
     import jax.numpy as jnp
 
     from whisper_nnx.engine.config import DIMS
     from whisper_nnx.engine.model import build_model
     from whisper_nnx.engine.model_hub import resolve_model
     from whisper_nnx.engine.tensor_files import CheckpointError
+    from whisper_nnx.engine.tokenizer import Tokenizer
     from whisper_nnx.engine.weights import load_model, read_checkpoint
 
     dtype = jnp.dtype(args.model_dtype)
     if args.weights != "random":
         try:
             checkpoint = read_checkpoint(resolve_model(args.model))
-            return load_model(checkpoint, dtype=dtype, param_dtype=dtype), "checkpoint"
+            tokenizer = Tokenizer.from_dir(checkpoint.directory)
+            return load_model(checkpoint, dtype=dtype, param_dtype=dtype), "checkpoint", tokenizer
         except CheckpointError as err:
             if args.weights == "real" or args.model not in DIMS:
                 raise
             print(f"no checkpoint for {args.model} ({err}); random weights", flush=True)
     if args.model not in DIMS:
         raise SystemExit(f"--weights random needs a preset name, one of {', '.join(sorted(DIMS))}")
-    return build_model(DIMS[args.model], dtype=dtype, param_dtype=dtype), "random"
+    return build_model(DIMS[args.model], dtype=dtype, param_dtype=dtype), "random", None
 
 
-def _compile(fn, *args) -> tuple[object, float, dict]:
-    """AOT-compile: (compiled, seconds, XLA's cost analysis {"flops", "bytes accessed"})."""
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    seconds = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # older jax: a list
-    return compiled, seconds, {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed")}
+def decode_config(generator, tokenizer, prompt: int, steps: int):
+    """The engine's decoding settings for a P-token prompt (timestamp rules on, as in
+    transcription), except that no token counts as end-of-text: every row runs `steps` steps.
+    Random weights have no tokenizer file: their rules take the timestamp tokens that end every
+    Whisper vocabulary (`tokenizer.N_TIMESTAMPS`) and no suppressed tokens."""
+    import dataclasses
+
+    from whisper_nnx.engine.decoding import DecodeOptions, WindowDecoder
+    from whisper_nnx.engine.logit_rules import LogitRules
+    from whisper_nnx.engine.programs import DecodeConfig
+    from whisper_nnx.engine.tokenizer import N_TIMESTAMPS
+
+    if tokenizer is not None:
+        config = WindowDecoder(generator, generator.dims).config(tokenizer, prompt, DecodeOptions(sample_len=steps))
+        return dataclasses.replace(config, rules=dataclasses.replace(config.rules, eot=-1))
+    timestamp_begin = generator.dims.n_vocab - N_TIMESTAMPS
+    return DecodeConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,
+                                         timestamp_begin=timestamp_begin), sample_len=steps)
 
 
 def _phase(name: str, batch: int, flops: int, timing: Timing, compile_s: Optional[float], xla: dict,
@@ -166,71 +178,51 @@ def _phase(name: str, batch: int, flops: int, timing: Timing, compile_s: Optiona
             "xla_bytes": xla["bytes accessed"], **timing.to_json(), **extra}
 
 
-def bench_batch(model, batch: int, prompt: int, steps: int, repeats: int) -> list[dict]:
-    """Encoder, prefill, steps and decoder window at `batch` rows."""
+def bench_batch(generator, config, batch: int, prompt: int, steps: int, repeats: int) -> list[dict]:
+    """Encoder, prefill, steps and decoder window at `batch` rows, through the engine's own
+    compiled programs (`Generator.programs`, greedy)."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from whisper_nnx.engine import flops
-    from whisper_nnx.engine.programs import DecodeConfig, RowLayout, sample_from_features
+    from whisper_nnx.engine.programs import RowLayout
     from whisper_nnx.engine.strategies import Greedy
-    from whisper_nnx.engine.logit_rules import LogitRules
 
-    dims = model.dims
-    graphdef, state = nnx.split(model)
-    cache_length = prompt + steps
+    dims, programs, state = generator.dims, generator.programs, generator.state
+    static = dict(config=config, strategy=Greedy())
     mel = jax.random.normal(jax.random.key(0), (batch, dims.n_mels, 2 * dims.n_audio_ctx), jnp.float32)
     tokens = jnp.zeros((batch, prompt), jnp.int32)
-    offsets = [jnp.int32(prompt + j) for j in range(steps)]
-
-    def greedy(logits):
-        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)[:, None]
-
-    def prefill(st, feats, toks):
-        logits, cache = nnx.merge(graphdef, st).prefill(feats, toks, cache_length)
-        return greedy(logits), cache
-
-    def step(st, toks, offset, cache):
-        logits, cache = nnx.merge(graphdef, st).decode_step(toks, offset, cache)
-        return greedy(logits), cache
-
-    encode_c, encode_s, encode_x = _compile(jax.jit(lambda st, m: nnx.merge(graphdef, st).encode(m)), state, mel)
-    features = jax.block_until_ready(encode_c(state, mel))
-    prefill_c, prefill_s, prefill_x = _compile(jax.jit(prefill), state, features, tokens)
-    first, cache = prefill_c(state, features, tokens)
-    step_c, step_s, step_x = _compile(jax.jit(step, donate_argnums=(3,)), state, first, offsets[0], cache)
-    del cache
-
-    # The decoder window runs the engine's own loop (generate.sample_from_features: prefill, then
-    # a lax.while_loop of steps with the cross K/V as loop constants), for exactly `steps` steps:
-    # every row's limit is `steps` and no token counts as end-of-text. The timestamp rules are on,
-    # as in transcription (every vocabulary ends in 1501 timestamp tokens).
-    timestamp_begin = dims.n_vocab - 1501
-    config = DecodeConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,
-                                           timestamp_begin=timestamp_begin), sample_len=steps)
     rows = RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), steps, jnp.int32),
                      jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32))
-    window_c, _, _ = _compile(jax.jit(lambda st, feats, toks, r: sample_from_features(
-        nnx.merge(graphdef, st), config, Greedy(), feats, toks, jax.random.key(0), jnp.float32(1.0), r).tokens),
-        state, features, tokens, rows)
+    rng, temperature, stop = jax.random.PRNGKey(0), jnp.float32(1.0), jnp.int32(prompt + steps)
+
+    encode_c = aot_compile(programs.encode, state, mel)
+    features = jax.block_until_ready(encode_c.call(state, mel))
+    prefill_args = (state, features, tokens, rows, rng, temperature)
+    prefill_c = aot_compile(programs.prefill, *prefill_args, **static)
+    decode, cross, _ = prefill_c.call(*prefill_args)
+    steps_c = aot_compile(programs.steps, state, decode, cross, rows, temperature, stop, **static)
+    del decode
 
     def window():
-        return window_c(state, features, tokens, rows)
+        """The decoder window: the prefill, then the engine's loop (logit rules, argmax, decoder
+        step; cross K/V as loop constants) for exactly `steps` steps."""
+        decode, cross, _ = prefill_c.call(*prefill_args)
+        return steps_c.call(state, decode, cross, rows, temperature, stop).tokens
 
-    enc = time_calls(lambda: encode_c(state, mel), repeats)
-    pre = time_calls(lambda: prefill_c(state, features, tokens), repeats)
+    enc = time_calls(lambda: encode_c.call(state, mel), repeats)
+    pre = time_calls(lambda: prefill_c.call(*prefill_args), repeats)
     dec = time_calls(window, repeats)
     steps_timing = Timing([max(d - p, 1e-9) for d, p in zip(sorted(dec.times), sorted(pre.times))])
-    steps_x = {k: steps * v for k, v in step_x.items()}
-    window_x = {k: prefill_x[k] + steps_x[k] for k in step_x}
-    cross = flops.cross_kv_flops(dims)
-    pre_flops = cross + flops.prefill_flops(dims, prompt)
-    dec_flops = cross + flops.decoder_flops(dims, steps, prompt)
-    executed = cross + flops.decoder_flops(dims, steps, prompt, cache_length=cache_length)
-    return [_phase("encoder", batch, batch * flops.encoder_flops(dims), enc, encode_s, encode_x),
-            _phase("prefill", batch, batch * pre_flops, pre, prefill_s, prefill_x),
-            _phase(f"{steps} steps", batch, batch * (dec_flops - pre_flops), steps_timing, step_s, steps_x,
+    steps_x = {k: steps * v for k, v in steps_c.xla.items()}  # XLA counts the loop body once
+    window_x = {k: prefill_c.xla[k] + steps_x[k] for k in steps_x}
+    cross_flops = flops.cross_kv_flops(dims)
+    pre_flops = cross_flops + flops.prefill_flops(dims, prompt)
+    dec_flops = cross_flops + flops.decoder_flops(dims, steps, prompt)
+    executed = cross_flops + flops.decoder_flops(dims, steps, prompt, cache_length=prompt + steps)
+    return [_phase("encoder", batch, batch * flops.encoder_flops(dims), enc, encode_c.seconds, encode_c.xla),
+            _phase("prefill", batch, batch * pre_flops, pre, prefill_c.seconds, prefill_c.xla),
+            _phase(f"{steps} steps", batch, batch * (dec_flops - pre_flops), steps_timing, steps_c.seconds, steps_x,
                    derived="decoder window - prefill, sorted repeats paired"),
             _phase("decoder", batch, batch * dec_flops, dec, None, window_x, flops_executed=batch * executed)]
 
@@ -284,11 +276,15 @@ def main(argv=None) -> None:
     print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()[0].device_kind}", flush=True)
     before = ceilings(args, dtypes)
     print(ceiling_table(before), flush=True)
-    model, weights = build(args)
+    from whisper_nnx.engine.generate import Generator
+
+    model, weights, tokenizer = build(args)
+    generator = Generator(model)
+    config = decode_config(generator, tokenizer, args.prompt, args.steps)
     phases = []
     for batch in args.batch_sizes:
         print(f"[{time.perf_counter() - t0:.0f} s] batch {batch}", flush=True)
-        phases += bench_batch(model, batch, args.prompt, args.steps, args.repeats)
+        phases += bench_batch(generator, config, batch, args.prompt, args.steps, args.repeats)
     after = ceilings(args, dtypes)
     rows = before["matmul"] + after["matmul"]
     best = {d: max(r["gflops"] for r in rows if r["dtype"] == d) for d in dtypes}

@@ -69,6 +69,31 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
     return Timing(times)
 
 
+@dataclasses.dataclass
+class Compiled:
+    """A program compiled ahead of time, so that compile and run times are measured apart."""
+
+    call: Callable  # the executable: the traced arguments only (static ones were fixed at lowering)
+    seconds: float  # lowering + compiling
+    temp_bytes: Optional[int]  # XLA's scratch memory, None where the backend does not say
+    xla: dict  # XLA's cost analysis: {"flops", "bytes accessed"} (a loop body counted once)
+
+
+def aot_compile(fn, *args, **static) -> Compiled:
+    """Lower and compile the jitted `fn` (one of the engine's `Generator.programs`, say) for
+    `args` and its static keyword arguments."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    seconds = time.perf_counter() - start
+    try:
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # memory_analysis is backend-dependent
+        temp = None
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # older jax: a list
+    return Compiled(compiled, seconds, temp, {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed")})
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
