@@ -34,11 +34,9 @@ Writes a JSON record and, with matplotlib installed, a PNG of audio s/s against 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,17 +45,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (  # the script's own folder is on sys.path
     REPO,
     Timing,
     commit_label,
+    die_with_parent,
     git_info,
     machine_info,
     machine_title,
     record,
     update_results_md,
     versions,
+    wer,
     write_record,
 )
 
@@ -163,14 +162,6 @@ def long_audio(name: str) -> tuple[Path, dict]:
                          "10-minute recording, or use --long-audio lecture") from err
 
 
-def wer(reference: list[str], texts: list[str]) -> float:
-    import jiwer
-    from whisper.normalizers import EnglishTextNormalizer
-
-    norm = EnglishTextNormalizer()
-    return jiwer.wer(norm(" ".join(reference)), norm(" ".join(texts)))
-
-
 # --- one setting in its own process --------------------------------------------------------------
 
 def _ours(job: dict, arrays: list[np.ndarray]):
@@ -254,19 +245,11 @@ def worker(job: dict) -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM when this process dies (killed, timed out), instead of running on."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def run_worker(job: dict, timeout: int, env: dict) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")]

@@ -36,17 +36,17 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import _die_with_parent, wer  # noqa: E402
-from common import (  # noqa: E402
+from common import (  # the script's own folder is on sys.path
     REPO,
     commit_label,
+    die_with_parent,
     git_info,
     machine_info,
     machine_title,
     record,
     update_results_md,
     versions,
+    wer,
     write_record,
 )
 
@@ -87,7 +87,7 @@ def timed_process(cmd: list[str], env: dict, prefix: str, timeout: int) -> dict:
     with tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         first_s, text = None, None

@@ -94,6 +94,28 @@ def aot_compile(fn, *args, **static) -> Compiled:
     return Compiled(compiled, seconds, temp, {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed")})
 
 
+def wer(reference: list[str], texts: list[str]) -> float:
+    """Word error rate of `texts` against `reference`, both joined and normalized as the
+    reference implementation's English normalizer does."""
+    import jiwer
+    from whisper.normalizers import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    return jiwer.wer(norm(" ".join(reference)), norm(" ".join(texts)))
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` of a peer or worker process: on Linux it gets SIGTERM when this process dies
+    (killed, timed out), instead of running on."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
