@@ -116,8 +116,8 @@ def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, be
     programs, state = generator.programs, generator.state
     config = transcriber.decoder.config(transcriber.tokenizer, len(prompt), DecodeOptions(sample_len=sample_len))
     # EOT suppressed as well: on random audio every row could finish, and the loop stop early.
-    rules = config.rules
-    config = dataclasses.replace(config, rules=dataclasses.replace(rules, suppress_ids=rules.suppress_ids + (rules.eot,)))
+    rules = dataclasses.replace(config.rules, suppress_ids=config.rules.suppress_ids + (config.rules.eot,))
+    config = dataclasses.replace(config, rules=rules)
     static = dict(config=config, strategy=Greedy())
     rng, temperature = jax.random.PRNGKey(0), jnp.float32(0.0)
     audio = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 480_000), np.float32) * 0.1)

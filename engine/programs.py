@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,12 @@ from .logit_rules import LogitRules, apply_rules
 from .model import Whisper
 from .search import beam_step
 
-if TYPE_CHECKING:  # annotations only: strategies.py imports this module
-    from .strategies import BeamSearch, TokenStrategy
+
+class TokenChooser(Protocol):
+    """What the greedy/sampling loop asks of its strategy (`strategies.TokenStrategy`)."""
+
+    def choose(self, logits: jax.Array, temperature: jax.Array, key: jax.Array, seeds: jax.Array) -> jax.Array:
+        """Filtered logits [B, V] -> next tokens [B]; `key` is this step's, `seeds` [B] each row's stream."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ class RowLayout(NamedTuple):
     # same tokens whatever batch, batch position or process it is decoded in
 
 
-def _step(model: Whisper, config: DecodeConfig, strategy: TokenStrategy, cross: tuple, temperature: jax.Array,
+def _step(model: Whisper, config: DecodeConfig, strategy: TokenChooser, cross: tuple, temperature: jax.Array,
           rows: RowLayout, state: DecodeState) -> DecodeState:
     rules = config.rules
     logits = apply_rules(state.logits, state.tokens, state.length, rules)
@@ -118,7 +122,7 @@ def default_rows(rows: Optional[RowLayout], batch: int, config: DecodeConfig) ->
                      jnp.full((batch,), config.sot_index, jnp.int32), jnp.arange(batch, dtype=jnp.int32))
 
 
-def start_from_features(model: Whisper, config: DecodeConfig, strategy: TokenStrategy, features: jax.Array,
+def start_from_features(model: Whisper, config: DecodeConfig, strategy: TokenChooser, features: jax.Array,
                         prompt: jax.Array, rng: jax.Array, temperature: jax.Array, rows: RowLayout,
                         stop: jax.Array) -> tuple[DecodeState, tuple, jax.Array]:
     """Prefill prompt [B, P] against features [B, S, D], then steps while the buffer holds fewer
@@ -135,7 +139,7 @@ def start_from_features(model: Whisper, config: DecodeConfig, strategy: TokenStr
     return run_steps(model, config, strategy, cross, temperature, rows, state, stop), cross, no_speech_prob
 
 
-def run_steps(model: Whisper, config: DecodeConfig, strategy: TokenStrategy, cross: tuple,
+def run_steps(model: Whisper, config: DecodeConfig, strategy: TokenChooser, cross: tuple,
               temperature: jax.Array, rows: RowLayout, state: DecodeState, stop: jax.Array) -> DecodeState:
     """Decode steps until the buffer holds `stop` tokens or every row has finished (traceable)."""
     stop = jnp.minimum(stop, state.tokens.shape[1])
@@ -143,7 +147,7 @@ def run_steps(model: Whisper, config: DecodeConfig, strategy: TokenStrategy, cro
                               functools.partial(_step, model, config, strategy, cross, temperature, rows), state)
 
 
-def sample_from_features(model: Whisper, config: DecodeConfig, strategy: TokenStrategy, features: jax.Array,
+def sample_from_features(model: Whisper, config: DecodeConfig, strategy: TokenChooser, features: jax.Array,
                          prompt: jax.Array, rng: jax.Array, temperature: jax.Array = 1.0,
                          rows: Optional[RowLayout] = None) -> DecodeResult:
     """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> the continuation whose tokens
@@ -189,14 +193,14 @@ def _beam_loop_step(model: Whisper, config: DecodeConfig, cross: tuple, pad: jax
                      step.finished_scores, step.finished_count, cache.without_cross()[0])
 
 
-def beam_search_from_features(model: Whisper, config: DecodeConfig, strategy: BeamSearch, features: jax.Array,
+def beam_search_from_features(model: Whisper, config: DecodeConfig, beams: int, slots: int, features: jax.Array,
                               prompt: jax.Array, rows: Optional[RowLayout] = None) -> BeamResult:
-    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> beam-search hypotheses
-    (traceable). Every row stops at the smallest of the rows' limits (beams of a row cannot
-    be frozen one row at a time cheaply; rows only differ when a prompt leaves < sample_len
-    tokens of context, i.e. after a window of > 220 tokens)."""
+    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> beam-search hypotheses of
+    `beams` beams, `slots` finished ones collected per row (traceable). Every row stops at the
+    smallest of the rows' limits (beams of a row cannot be frozen one row at a time cheaply; rows
+    only differ when a prompt leaves < sample_len tokens of context, i.e. after a window of > 220
+    tokens)."""
     batch, prompt_len = prompt.shape
-    beams = strategy.beam_size
     rows = default_rows(rows, batch, config)
     total = prompt_len + config.sample_len
     stop = prompt_len + jnp.minimum(jnp.min(rows.limit), config.sample_len)
@@ -210,7 +214,6 @@ def beam_search_from_features(model: Whisper, config: DecodeConfig, strategy: Be
     tokens = jnp.full((batch, beams, total), config.rules.eot, jnp.int32)
     tokens = jax.lax.dynamic_update_slice_in_dim(
         tokens, jnp.broadcast_to(prompt.astype(jnp.int32)[:, None], (batch, beams, prompt_len)), 0, axis=2)
-    slots = strategy.max_candidates
     state = BeamState(
         length=jnp.int32(prompt_len), tokens=tokens, logits=jnp.repeat(logits[:, -1], beams, axis=0),
         sum_logprobs=jnp.zeros((batch, beams), jnp.float32),

@@ -110,7 +110,7 @@ class BeamSearch:
 
     def run(self, model: Whisper, config: DecodeConfig, features: jax.Array, prompt: jax.Array, rng: jax.Array,
             temperature: jax.Array, rows: Optional[RowLayout]) -> BeamResult:
-        return beam_search_from_features(model, config, self, features, prompt, rows)
+        return beam_search_from_features(model, config, self.beam_size, self.max_candidates, features, prompt, rows)
 
     def candidates(self, result: BeamResult, n: int, sample_begin: int, eot: int) -> list[Candidates]:
         return [finalize_beams(result.finished_tokens[i], result.finished_scores[i], result.finished_count[i],
