@@ -7,16 +7,19 @@
 The names below are the public surface; they are imported on first use, so importing this
 package stays cheap (no JAX until a name is touched). Where the work happens:
 
-- A file becomes windows in `longform.py` (per-file jobs: which 30 s windows, which prompts) and
-  `scheduler.py` (audio read ahead, windows of many files packed into device batches).
-- A window is decoded in `decoding.py` (prompts, temperature fallback, ranking) and
-  `generate.py` (the jitted encode / prefill / `lax.while_loop` programs over `model.py`).
+- A file becomes windows in `windows.py` (`WindowPipeline`: framing, floor, language, VAD, chunk
+  plans), `longform.py` (per-file jobs: which 30 s windows, which prompts) and `scheduler.py`
+  (audio read ahead, windows of many files packed into device batches).
+- A window is decoded in `windows.py` (a batch of requests: mel, words), `decoding.py` (prompts,
+  temperature fallback, ranking), `strategies.py` (greedy, sampling, beam search),
+  `programs.py` (the pure jitted encode / prefill / `lax.while_loop` programs over `model.py`)
+  and `generate.py` (the host runner: placement, fetch, shrinking; `Generator.programs`).
 - A record is built in `records.py` and written by `sink.py` (`ResultSink`: each record's
   per-format files through `writers.py`, then its line of `results.jsonl`, whose rules of
   repair, resume and merge are `results.py`'s); `cli.py` maps flags onto all of this.
 - A new output format is a formatter in `writers.py` and its name in `FORMATS`; a new decoding
-  strategy a config and its jitted program in `generate.py`, chosen per window in
-  `decoding.py`; a new input source a new kind of entry in `inputs.py` whose `open` gives a
+  strategy one class in `strategies.py` (a token strategy only writes `choose`), chosen per
+  window in `decoding.strategy_for`; a new input source a new kind of entry in `inputs.py` whose `open` gives a
   path or binary file object, which `audio.load_audio` decodes.
 """
 

@@ -70,7 +70,7 @@ def test_one_program_per_prompt_bucket_in_a_sequential_run(transcriber, data_dir
 
     def listen(event: str, duration: float, **kwargs) -> None:
         if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") in (
-                "_generate", "_start", "_resume", "_beam"):
+                "_generate", "_start", "_resume"):
             traces.append(kwargs["fun_name"])
 
     lengths: list[int] = []
