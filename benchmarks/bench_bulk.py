@@ -33,8 +33,7 @@ import av
 import numpy as np
 import soxr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (  # the script's own folder is on sys.path
     REPO,
     commit_label,
     git_info,
@@ -251,7 +250,9 @@ def main(argv=None) -> int:
             print(f"corpus, output and CLI log kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if rc:
+    if rc == 3:  # the CLI finished; some inputs have error records (res["check"] counts them)
+        print(f"CLI finished with error records (exit 3); see {res['check']['error_examples']}", file=sys.stderr)
+    elif rc:
         print(f"CLI failed, exit code {rc}:", *log_tail, sep="\n", file=sys.stderr)
     settings = {"model": args.model, "files": args.files, "interval_s": args.interval, "cli_extra": extra,
                 "cli_command": " ".join(["python", *cli_command("MANIFEST", "OUT", args.model, extra)[1:]]),

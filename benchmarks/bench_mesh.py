@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import git_info, machine_info, peak_rss_bytes, record, time_calls, update_results_md, write_record  # noqa: E402
+from common import git_info, machine_info, peak_rss_bytes, record, time_calls, update_results_md, write_record  # the script's own folder is on sys.path
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
