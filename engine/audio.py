@@ -181,13 +181,6 @@ def _decoded_pieces(
     yield last
 
 
-def _decode_mono(
-    container: av.container.InputContainer, path: Path, sample_rate: int
-) -> np.ndarray:
-    """Decode the first audio stream to float32 mono at `sample_rate`: [N]."""
-    return np.concatenate(list(_decoded_pieces(container, path, sample_rate)))
-
-
 AudioSource = Union[str, os.PathLike, BinaryIO]  # a path, or a binary file object (read from its start)
 AudioInput = Union[AudioSource, np.ndarray]  # what the engine transcribes: a source, or 16 kHz samples [N]
 

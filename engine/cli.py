@@ -43,7 +43,7 @@ class UsageError(ValueError):
 
 def _check_options(args: argparse.Namespace):
     """Everything that can be checked before loading the model: (formats, TranscribeOptions)."""
-    from .sink import check_formats
+    from .writers import check_formats
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     try:
@@ -166,7 +166,7 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, ent
     else:
         write_summary(out, summary)
     if jax.process_index() == 0:  # every process's records and earlier runs' too
-        failed = sum(records.error_kind(r) in (records.INPUT, records.RUN) for r in results_io.all_records(out))
+        failed = sum(map(records.is_failure, results_io.all_records(out)))
         print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
               f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
               f"results in {out / results_io.RESULTS}", file=sys.stderr)
@@ -321,19 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .audio import AudioDecodeError
-    from .tensor_files import CheckpointError
-
     from .results import RunLocked
+    from .tensor_files import CheckpointError
 
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
     try:
         return args.run(args)
-    except (UsageError, RunLocked, CheckpointError) as err:
-        print(f"whisper-nnx: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except (AudioDecodeError, ValueError) as err:  # ShardingError is a ValueError: setup, before any work
+    # UsageError, AudioDecodeError and ShardingError are ValueErrors: setup, before any work
+    except (ValueError, RunLocked, CheckpointError) as err:
         print(f"whisper-nnx: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - the run failed: say so, with the traceback in the log
@@ -349,11 +345,10 @@ def _configure_logging(verbose: bool) -> None:
 
     flags.FLAGS.mark_as_parsed()  # absl logging without absl's flag parsing (argparse owns argv)
     logging.use_absl_handler()
-    level = logging.INFO if verbose else logging.WARNING
-    logging.set_verbosity(level)
-    std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.WARNING)
-    for name in ("jax", "jax._src.xla_bridge", "huggingface_hub"):
-        std_logging.getLogger(name).setLevel(std_logging.INFO if verbose else std_logging.WARNING)
+    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    level = std_logging.INFO if verbose else std_logging.WARNING
+    for name in ("", "jax", "jax._src.xla_bridge", "huggingface_hub"):  # "": the root logger
+        std_logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def is_failure(record: dict) -> bool:
+    """Whether the entry has no transcript because of an input or run error (a duplicate
+    listing is not a failure: its file is transcribed at its first listing)."""
+    return error_kind(record) in (INPUT, RUN)
+
+
 def error_kind(record: dict) -> Optional[str]:
     """None for a transcript, else INPUT, RUN or DUPLICATE (records from before error kinds
     existed: duplicates by their message, other errors count as input errors)."""

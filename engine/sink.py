@@ -23,7 +23,7 @@ from absl import logging
 from . import records
 from .progress import Progress
 from .results import RESULTS, append_record, repair
-from .writers import FORMATS, write_outputs
+from .writers import check_formats, write_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +50,6 @@ def output_stem(path: str) -> str:
     """File stem plus a short hash of the full path, so equal names in two folders differ."""
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
     return f"{Path(path).stem}-{digest}"
-
-
-def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown output format {', '.join(map(repr, unknown))}; choose from {','.join(FORMATS)}")
-    return formats
 
 
 class ResultSink:
@@ -95,11 +88,11 @@ class ResultSink:
         if record["error"] is None:
             record = self._write_files(record)
         append_record(self._handle, record)
-        kind = records.error_kind(record)
-        self.failed += kind in (records.INPUT, records.RUN)
+        failed = records.is_failure(record)
+        self.failed += failed
         if self.progress is not None:
-            self.progress.update(record.get("duration_s"), kind is not None)
-        if kind in (records.INPUT, records.RUN):
+            self.progress.update(record.get("duration_s"), record["error"] is not None)
+        if failed:
             logging.warning("%s", record["error"])
         if self.echo is not None:
             self.echo(record)

@@ -197,18 +197,7 @@ def spool_audio(path: str | os.PathLike, directory: str | os.PathLike | None = N
     Raises load_audio's AudioDecodeErrors (the temporary file is released first); a full disk
     raises OSError, which is the machine's problem, not the input's.
     """
-    file = tempfile.TemporaryFile(mode="w+b", dir=directory, prefix="whisper-nnx-spool-")
-    try:
-        n_samples = 0
-        for piece in iter_decoded(path):
-            if piece.size:
-                file.write(memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B"))
-                n_samples += piece.size
-        file.flush()
-    except BaseException:
-        file.close()
-        raise
-    return SpooledAudio(file, n_samples)
+    return decode_bounded(path, -1, directory)  # nothing held in memory: spooled from the first piece
 
 
 class SpeechView(Windowed):
@@ -274,7 +263,8 @@ def decode_bounded(path: str | os.PathLike, max_in_memory: int,
                    directory: str | os.PathLike | None = None) -> ArrayAudio | SpooledAudio:
     """Decode `path` (exactly `load_audio(path)`) into memory while it has at most
     `max_in_memory` samples, else into a spool on disk: a file of any length costs at most
-    `max_in_memory` samples of memory (plus one decoded piece), whatever it decodes to.
+    `max_in_memory` samples of memory (plus one decoded piece), whatever it decodes to
+    (-1: always spooled).
 
     The decision is made while decoding (headers can lie about durations); the pieces decoded
     so far move to the spool when the limit is passed.
@@ -284,8 +274,6 @@ def decode_bounded(path: str | os.PathLike, max_in_memory: int,
     file: BinaryIO | None = None
     try:
         for piece in iter_decoded(path):
-            if not piece.size:
-                continue
             piece = np.ascontiguousarray(piece, dtype=np.float32)
             if file is None and held + piece.size > max_in_memory:
                 file = tempfile.TemporaryFile(mode="w+b", dir=directory, prefix="whisper-nnx-spool-")

@@ -68,17 +68,6 @@ def _session(threads: int):
     return onnxruntime.InferenceSession(str(_weights_path()), options, providers=["CPUExecutionProvider"])
 
 
-def _framed(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[N] audio -> frames [F, FRAME] and each frame's context [F, CONTEXT], F = N // FRAME + 1.
-
-    The tail is zero-padded to a whole frame (a whole frame of zeros when N divides evenly, as the
-    reference does); the first frame's context is zeros, every other one ends the frame before.
-    """
-    frames = np.pad(audio, (0, FRAME - len(audio) % FRAME)).reshape(-1, FRAME)
-    context = np.pad(frames[:-1, -CONTEXT:], ((1, 0), (0, 0)))
-    return frames, context
-
-
 def speech_probabilities(audio: np.ndarray, *, threads: int = 1, batch_frames: int = 4096) -> np.ndarray:
     """Silero's speech probability for each 512-sample frame of 16 kHz audio: [N] -> [N // 512 + 1].
 
@@ -90,15 +79,7 @@ def speech_probabilities(audio: np.ndarray, *, threads: int = 1, batch_frames: i
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio of shape [N], got {audio.shape}")
-    session = _session(threads)
-    frames, context = _framed(audio)
-    h = c = np.zeros(STATE, np.float32)
-    out = []
-    for start in range(0, len(frames), batch_frames):
-        batch = np.concatenate([context[start : start + batch_frames], frames[start : start + batch_frames]], 1)
-        probs, h, c = session.run(None, {"input": batch, "h": h, "c": c})
-        out.append(probs.reshape(-1))
-    return np.concatenate(out)
+    return speech_probabilities_streaming([audio], threads=threads, batch_frames=batch_frames)
 
 
 def _blocks(pieces: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -126,10 +107,10 @@ def _streamed_probabilities(
 ) -> tuple[np.ndarray, int]:
     """Probabilities [N // 512 + 1] of the pieces' concatenation [N], and N, holding one batch.
 
-    Each batch is the same [frames, CONTEXT + FRAME] array `speech_probabilities` builds for the
-    whole signal (blocks of `batch_frames` frames, the first frame's context carried over from the
-    previous block's last frame, the remainder zero-padded to whole frames plus one), so the
-    results are bit-identical, not merely close.
+    The signal is framed as the reference frames it: blocks of `batch_frames` frames, each frame
+    seeing the last CONTEXT samples of the frame before (zeros for the first), the remainder
+    zero-padded to whole frames plus one. The batches depend only on the concatenation, so pieces
+    of any lengths give the same probabilities bit for bit.
     """
     session = _session(threads)
     h = c = np.zeros(STATE, np.float32)
@@ -137,7 +118,8 @@ def _streamed_probabilities(
     out, n_samples = [], 0
     for block in _blocks(pieces, batch_frames * FRAME):
         n_samples += block.size
-        if block.size < batch_frames * FRAME:  # the remainder, padded as `_framed` pads the tail
+        if block.size < batch_frames * FRAME:  # the remainder: zero-padded to whole frames, and a whole
+            # frame of zeros when it divides evenly (the reference's padding)
             block = np.pad(block, (0, FRAME - block.size % FRAME))
         frames = block.reshape(-1, FRAME)
         context = np.concatenate([previous[None], frames[:-1, -CONTEXT:]])

@@ -39,7 +39,7 @@ from .longform import (
 )
 from .options import TranscribeOptions
 from .scheduler import LoadedInput
-from .spool import SpeechView
+from .spool import SpeechView, floor_spans
 from .tokenizer import Tokenizer
 from .vad import SpeechMap
 
@@ -119,13 +119,11 @@ class WindowPipeline:
         its chunks' maxima, from the windows of all `files` in groups."""
         spans = []  # (file, first frame, frames): the whole file's windows, then its chunks
         for f, framed in enumerate(files):
-            total = framed.audio.content_frames + N_FRAMES
-            spans += [(f, start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
-            spans += [(f, start, frames) for start, frames in framed.plan or ()]
+            spans += [(f, start, frames) for start, frames in [*floor_spans(framed.audio), *(framed.plan or ())]]
         maxima = self._window_maxima(spans, [f.audio for f in files])
         tops, chunk_tops, at = [], [], 0
         for framed in files:
-            n_whole = -(-(framed.audio.content_frames + N_FRAMES) // N_FRAMES)
+            n_whole = len(floor_spans(framed.audio))
             n_chunks = len(framed.plan or ())
             tops.append(float(maxima[at:at + n_whole].max()))
             chunk_tops.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])

@@ -193,6 +193,14 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """`formats` if every one is known, else ValueError naming the unknown ones."""
+    unknown = [f for f in formats if f not in _RENDERERS]
+    if unknown:
+        raise ValueError(f"unknown output format {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
 def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str, ...], *,
                   highlight_words: bool = False, max_line_width: int | None = None,
                   max_line_count: int | None = None, max_words_per_line: int | None = None) -> list[Path]:
@@ -202,9 +210,7 @@ def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str,
     --highlight_words, --max_line_width, --max_line_count, --max_words_per_line); 0 or None
     means unset, and without words they have no effect.
     """
-    for fmt in formats:
-        if fmt not in _RENDERERS:
-            raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
+    check_formats(formats)
     options = {"highlight_words": bool(highlight_words), "max_line_width": max_line_width or None,
                "max_line_count": max_line_count or None, "max_words_per_line": max_words_per_line or None}
     written = []

@@ -31,13 +31,13 @@ import ctypes
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_runs import cli_environment, complete_records, kill_after_records
 from fixtures.make_bad_inputs import build_mixed_corpus
 
 from whisper_nnx.engine.sink import output_stem
@@ -75,9 +75,7 @@ def _modes_apply(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory) -> dict[str, str]:
     """The subprocesses' environment: offline, and one JAX compilation cache for the module."""
-    cache = tmp_path_factory.mktemp("jax-cache")
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return cli_environment(tmp_path_factory.mktemp("jax-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +120,6 @@ def _records(results: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             pytest.fail(f"{results.name} line {number} of {len(lines)} is not JSON ({err}): {line[:120]!r}")
     return records
-
-
-def _complete_records(results: Path) -> list[dict]:
-    """The records of the lines a running process has finished (ended by a newline)."""
-    if not results.exists():
-        return []
-    out = []
-    for line in results.read_bytes().split(b"\n")[:-1]:
-        try:
-            out.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
-    return out
 
 
 # --- 1. a corpus of good and bad inputs ---------------------------------------------------------
@@ -306,25 +291,13 @@ def resumed_run(tmp_path_factory, tiny_model, cli_env, data_dir):
     out = root / "out"
     args = _args(tiny_model, out, "--batch-size", "2", str(manifest))
 
-    log = open(root / "first.log", "w")
-    proc = subprocess.Popen(args, cwd=root, env=cli_env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=_preexec())
-    deadline = time.monotonic() + 300
-    try:
-        while len(_complete_records(out / "results.jsonl")) < 3:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        finished_early = proc.poll() is not None
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        log.close()
+    with open(root / "first.log", "w") as log:
+        proc = subprocess.Popen(args, cwd=root, env=cli_env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_preexec())
+        running = kill_after_records(proc, out / "results.jsonl", 3, timeout=300)
     first_log = (root / "first.log").read_text(errors="replace")
-    assert not finished_early, f"the first run ended (rc {proc.returncode}) before it was killed:\n{first_log[-3000:]}"
-    before = _complete_records(out / "results.jsonl")
+    assert running, f"the first run ended (rc {proc.returncode}) before it was killed:\n{first_log[-3000:]}"
+    before = complete_records(out / "results.jsonl")
     assert len(before) >= 3, f"no 3 records within 300 s:\n{first_log[-3000:]}"
     with open(out / "results.jsonl", "a", encoding="utf-8") as f:
         f.write('{"path": "x')  # what a kill in the middle of a write leaves

@@ -13,14 +13,12 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import cli_environment, complete_records, kill_after_records
 
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.longform import SequentialFile
@@ -159,23 +157,9 @@ def test_duration_is_the_files_own_under_vad(tiny, clips):
 # --- killed at several points, resumed --------------------------------------------------------
 
 
-def _complete_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().split(b"\n")[:-1]:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax-cache")
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return cli_environment(tmp_path_factory.mktemp("jax-cache"))
 
 
 @pytest.mark.slow
@@ -195,15 +179,9 @@ def test_kill_at_any_point_then_resume_gives_one_record_per_listing(tmp_path, da
             "--no-progress"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    deadline = time.monotonic() + 400
-    while len(_complete_records(out / "results.jsonl")) < kill_after and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    running = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    running = kill_after_records(proc, out / "results.jsonl", kill_after, timeout=400)
     assert running, f"the run ended (rc {proc.returncode}) before its kill: {proc.stderr.read()[-2000:]}"
-    before = _complete_records(out / "results.jsonl")
+    before = complete_records(out / "results.jsonl")
     assert len(before) >= kill_after
     resume = subprocess.run([*args, "--resume"], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
                             timeout=600)
