@@ -107,10 +107,10 @@ def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, be
     import jax
     import jax.numpy as jnp
 
-    from whisper_nnx.engine.decoding import DecodeOptions
+    from whisper_nnx.engine.decode.window_decoder import DecodeOptions
     from whisper_nnx.engine.features import log_mel_spectrogram_jit
-    from whisper_nnx.engine.programs import default_rows
-    from whisper_nnx.engine.strategies import Greedy
+    from whisper_nnx.engine.decode.programs import default_rows
+    from whisper_nnx.engine.decode.strategies import Greedy
 
     generator = transcriber.generator
     programs, state = generator.programs, generator.state
@@ -346,8 +346,8 @@ def main(argv=None) -> None:
     threads = args.threads or len(os.sched_getaffinity(0))
     batch_sizes, beam_sizes = _ints(args.batch_sizes), _ints(args.beam_sizes)
 
-    from whisper_nnx.engine.model_hub import resolve_model
-    from whisper_nnx.engine.weights import read_checkpoint
+    from whisper_nnx.engine.checkpoints.hub import resolve_model
+    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
     t0 = time.perf_counter()
     git = git_info()  # the code this process runs: others may commit while it measures

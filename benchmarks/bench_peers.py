@@ -192,7 +192,7 @@ def _theirs(job: dict, arrays: list[np.ndarray]):
     import ctranslate2
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    from whisper_nnx.engine.model_hub import resolve_model
+    from whisper_nnx.engine.checkpoints.hub import resolve_model
 
     device = {"cpu": "cpu", "gpu": "cuda"}.get(job["device"]) or \
         ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")

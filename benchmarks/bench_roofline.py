@@ -1,4 +1,4 @@
-"""Roofline benchmark: the FLOPs of a window (engine/flops.py) over measured time, as a fraction of
+"""Roofline benchmark: the FLOPs of a window (engine/model/flops.py) over measured time, as a fraction of
 this machine's matmul ceiling measured in the same run, for the encoder and the decoder.
 
     .venv/bin/python benchmarks/bench_roofline.py --model tiny.en --batch-sizes 1,4 [--results-md]
@@ -130,12 +130,13 @@ def build(args) -> tuple[object, str, Optional[object]]:
     """The model, where its weights came from, and the checkpoint's tokenizer (None for random weights)."""
     import jax.numpy as jnp
 
-    from whisper_nnx.engine.config import DIMS
-    from whisper_nnx.engine.model import build_model
-    from whisper_nnx.engine.model_hub import resolve_model
-    from whisper_nnx.engine.tensor_files import CheckpointError
-    from whisper_nnx.engine.tokenizer import Tokenizer
-    from whisper_nnx.engine.weights import load_model, read_checkpoint
+    from whisper_nnx.engine.model.config import DIMS
+    from whisper_nnx.engine.model.whisper import build_model
+    from whisper_nnx.engine.checkpoints.hub import resolve_model
+    from whisper_nnx.engine.checkpoints.tensor_files import CheckpointError
+    from whisper_nnx.engine.decode.tokenizer import Tokenizer
+    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+    from whisper_nnx.engine.checkpoints.weights import load_model
 
     dtype = jnp.dtype(args.model_dtype)
     if args.weights != "random":
@@ -159,10 +160,10 @@ def decode_config(generator, tokenizer, prompt: int, steps: int):
     Whisper vocabulary (`tokenizer.N_TIMESTAMPS`) and no suppressed tokens."""
     import dataclasses
 
-    from whisper_nnx.engine.decoding import DecodeOptions, WindowDecoder
-    from whisper_nnx.engine.logit_rules import LogitRules
-    from whisper_nnx.engine.programs import DecodeConfig
-    from whisper_nnx.engine.tokenizer import N_TIMESTAMPS
+    from whisper_nnx.engine.decode.window_decoder import DecodeOptions, WindowDecoder
+    from whisper_nnx.engine.decode.logit_rules import LogitRules
+    from whisper_nnx.engine.decode.programs import DecodeConfig
+    from whisper_nnx.engine.decode.tokenizer import N_TIMESTAMPS
 
     if tokenizer is not None:
         config = WindowDecoder(generator, generator.dims).config(tokenizer, prompt, DecodeOptions(sample_len=steps))
@@ -184,9 +185,9 @@ def bench_batch(generator, config, batch: int, prompt: int, steps: int, repeats:
     import jax
     import jax.numpy as jnp
 
-    from whisper_nnx.engine import flops
-    from whisper_nnx.engine.programs import RowLayout
-    from whisper_nnx.engine.strategies import Greedy
+    from whisper_nnx.engine.model import flops
+    from whisper_nnx.engine.decode.programs import RowLayout
+    from whisper_nnx.engine.decode.strategies import Greedy
 
     dims, programs, state = generator.dims, generator.programs, generator.state
     static = dict(config=config, strategy=Greedy())
@@ -276,7 +277,7 @@ def main(argv=None) -> None:
     print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()[0].device_kind}", flush=True)
     before = ceilings(args, dtypes)
     print(ceiling_table(before), flush=True)
-    from whisper_nnx.engine.generate import Generator
+    from whisper_nnx.engine.decode.generate import Generator
 
     model, weights, tokenizer = build(args)
     generator = Generator(model)
@@ -326,7 +327,7 @@ def _section(rec: dict, path: Path) -> tuple[str, str, str]:
         f"{m['load_avg_at_start'][0]:.1f} at the start. Record: `{path.relative_to(REPO)}`.",
         _ceiling_line(res), "Before the model:", ceiling_table(res["ceilings_before"]),
         "After:", ceiling_table(res["ceilings_after"]),
-        "FLOPs from `whisper_nnx.engine.flops` (matmuls only, useful work: self-attention over visible "
+        "FLOPs from `whisper_nnx.engine.model.flops` (matmuls only, useful work: self-attention over visible "
         "positions); GFLOP/s = FLOPs / best time, over the matmul ceiling of the model's dtype; GB/s = XLA's "
         "bytes accessed / best time, over the matvec ceiling (`-` where XLA's cost analysis misses loop trips); "
         "`steps` = decoder window minus prefill.", phase_table(res["phases"])]

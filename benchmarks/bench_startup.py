@@ -127,7 +127,7 @@ def peer_cmd(args, checkpoint: Path, compute_type: str) -> list[str]:
 
 def measure(args) -> dict:
     """{setting: [result per repeat]}, settings interleaved within each repeat."""
-    from whisper_nnx.engine.model_hub import resolve_model
+    from whisper_nnx.engine.checkpoints.hub import resolve_model
 
     checkpoint = resolve_model(args.model)
     env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV} | {"HF_HUB_OFFLINE": "1"}

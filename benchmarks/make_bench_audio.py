@@ -185,7 +185,7 @@ def _version(package: str):
 
 
 def bench_dir() -> Path:
-    from whisper_nnx.engine.model_hub import cache_root
+    from whisper_nnx.engine.checkpoints.hub import cache_root
 
     return cache_root() / "bench"
 

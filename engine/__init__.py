@@ -5,22 +5,24 @@
     records = engine.Transcriber("tiny.en").transcribe(paths, engine.TranscribeOptions(word_timestamps=True))
 
 The names below are the public surface; they are imported on first use, so importing this
-package stays cheap (no JAX until a name is touched). Where the work happens:
+package stays cheap (no JAX until a name is touched). The pipeline stages sit here in flow
+order; the network is `model/`, weights come from `checkpoints/`, a window is decoded by `decode/`:
 
 - A file becomes windows in `windows.py` (`WindowPipeline`: framing, floor, language, VAD, chunk
   plans), `longform.py` (per-file jobs: which 30 s windows, which prompts) and `scheduler.py`
   (audio read ahead, windows of many files packed into device batches).
-- A window is decoded in `windows.py` (a batch of requests: mel, words), `decoding.py` (prompts,
-  temperature fallback, ranking), `strategies.py` (greedy, sampling, beam search),
-  `programs.py` (the pure jitted encode / prefill / `lax.while_loop` programs over `model.py`)
-  and `generate.py` (the host runner: placement, fetch, shrinking; `Generator.programs`).
+- A window is decoded in `windows.py` (a batch of requests: mel, words), `decode/window_decoder.py`
+  (prompts, temperature fallback, ranking), `decode/strategies.py` (greedy, sampling, beam
+  search), `decode/programs.py` (the pure jitted encode / prefill / `lax.while_loop` programs over
+  `model/whisper.py`) and `decode/generate.py` (the host runner: placement, fetch, shrinking;
+  `Generator.programs`).
 - A record is built in `records.py` and written by `sink.py` (`ResultSink`: each record's
   per-format files through `writers.py`, then its line of `results.jsonl`, whose rules of
   repair, resume and merge are `results.py`'s); `cli.py` maps flags onto all of this.
 - A new output format is a formatter in `writers.py` and its name in `FORMATS`; a new decoding
-  strategy one class in `strategies.py` (a token strategy only writes `choose`), chosen per
-  window in `decoding.strategy_for`; a new input source a new kind of entry in `inputs.py` whose `open` gives a
-  path or binary file object, which `audio.load_audio` decodes.
+  strategy one class in `decode/strategies.py` (a token strategy only writes `choose`), chosen per
+  window in `window_decoder.strategy_for`; a new input source a new kind of entry in `inputs.py`
+  whose `open` gives a path or binary file object, which `audio.load_audio` decodes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING
 _HOMES = {
     "Transcriber": "transcribe",
     "TranscribeOptions": "transcribe",
-    "DecodeOptions": "decoding",
+    "DecodeOptions": "decode.window_decoder",
     "transcribe": "transcribe",
     "load_audio": "audio",
     "write_outputs": "writers",
@@ -44,7 +46,7 @@ __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
     from .audio import load_audio
-    from .decoding import DecodeOptions
+    from .decode.window_decoder import DecodeOptions
     from .transcribe import TranscribeOptions, Transcriber, transcribe
     from .writers import FORMATS, write_outputs
 

@@ -205,8 +205,8 @@ def _layout(args: argparse.Namespace):
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .model_hub import resolve_model
-    from .weights import read_checkpoint, save_converted
+    from .checkpoints.hub import resolve_model
+    from .checkpoints.formats import read_checkpoint, save_converted
 
     checkpoint = read_checkpoint(resolve_model(args.model))
     out = save_converted(checkpoint, args.out_dir, None if args.dtype == "keep" else args.dtype)
@@ -215,7 +215,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .model_hub import DEFAULT_MODEL
+    from .checkpoints.hub import DEFAULT_MODEL
     from .writers import FORMATS
 
     parser = argparse.ArgumentParser(prog="whisper-nnx", description=__doc__.split("\n\n")[0])
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .results import RunLocked
-    from .tensor_files import CheckpointError
+    from .checkpoints.tensor_files import CheckpointError
 
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))

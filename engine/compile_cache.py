@@ -30,7 +30,7 @@ def cache_directory() -> Optional[Path]:
     value = os.environ.get(ENV_DIRECTORY)
     if value is not None:
         return None if value.strip().lower() in DISABLED else Path(value).expanduser()
-    from .model_hub import cache_root
+    from .checkpoints.hub import cache_root
     return cache_root() / "jax-compile"
 
 

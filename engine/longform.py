@@ -23,11 +23,11 @@ from typing import Optional
 import numpy as np
 
 from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
-from .decoding import DecodedWindow, DecodeOptions, initial_tokens, is_silence
+from .decode.window_decoder import DecodedWindow, DecodeOptions, initial_tokens, is_silence
 from .features import centred_signal, total_frames, window_samples
 from .segments import Segment, split_segments
 from .stitching import stitch_chunks
-from .tokenizer import Tokenizer
+from .decode.tokenizer import Tokenizer
 from .words import assign_words, word_timings
 
 INPUT_STRIDE = N_FRAMES // 1500  # mel frames per timestamp step (2)

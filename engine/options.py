@@ -9,7 +9,7 @@ from typing import Optional
 
 from absl import logging
 
-from .decoding import DecodeOptions
+from .decode.window_decoder import DecodeOptions
 from .longform import LongFormOptions
 
 

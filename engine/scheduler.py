@@ -33,7 +33,7 @@ from whisper_nnx.sharding import multihost
 
 from . import records
 from .audio import N_FRAMES, SAMPLE_RATE, AudioInput, input_name
-from .decoding import DecodedWindow
+from .decode.window_decoder import DecodedWindow
 from .features import total_frames
 from .longform import FileJob, WindowRequest, chunk_starts
 from .records import INPUT, RUN, one_line

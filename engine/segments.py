@@ -7,9 +7,9 @@ timestamp (no closing pair) still ends its last segment there.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
-from .tokenizer import TIME_PRECISION, Tokenizer
+from .audio import TIME_PRECISION
+from .decode.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
@@ -27,13 +27,6 @@ class Segment:
         if self.words:
             out["words"] = [{**w, "probability": round(w["probability"], 4)} for w in self.words]
         return out
-
-
-def compression_ratio(text: str) -> float:
-    """len(utf-8 bytes) / len(zlib of them), as the reference (whisper.utils) and faster-whisper:
-    high values mean repetitive (looping) output."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,

@@ -19,7 +19,7 @@ import re
 from typing import Optional
 
 from .segments import Segment
-from .tokenizer import Tokenizer
+from .decode.tokenizer import Tokenizer
 
 _NOT_WORD = re.compile(r"[^\w]+")
 

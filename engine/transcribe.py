@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from whisper_nnx.sharding import multihost, rules_for
 
 from . import records
-from .alignment import default_alignment_heads
+from .decode.alignment import default_alignment_heads
 from .audio import (
     CHUNK_LENGTH,
     N_SAMPLES,
@@ -31,17 +31,19 @@ from .audio import (
     load_audio,
     pad_or_trim,
 )
-from .decoding import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence
+from .decode.window_decoder import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence
 from .features import log_mel_spectrogram_jit
-from .generate import Generator
-from .model_hub import DEFAULT_MODEL, resolve_model
+from .decode.generate import Generator
+from .checkpoints.hub import DEFAULT_MODEL, resolve_model
 from .options import TranscribeOptions
 from .scheduler import AudioPrefetcher, WindowScheduler, expected_windows
 from .segments import split_segments
-from .tokenizer import LANGUAGES, Tokenizer
+from .decode.languages import LANGUAGES
+from .decode.tokenizer import Tokenizer
 from .vad import VadOptions, speech_regions_streaming
 from .vad import check_available as check_vad_available
-from .weights import load_model, read_checkpoint
+from .checkpoints.formats import read_checkpoint
+from .checkpoints.weights import load_model
 from .windows import WindowPipeline, detect_languages
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -72,7 +74,7 @@ class Transcriber:
         model_ = load_model(checkpoint, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], mesh=mesh,
                             rules=rules, allow_replicated=allow_replicated)
         if quantize:
-            from .quantize import quantize_weights
+            from .model.quantize import quantize_weights
             model_ = quantize_weights(model_, quantize)
         self.generator = Generator(model_, mesh=mesh, rules=rules)
         self.alignment_heads = tuple(tuple(h) for h in checkpoint.alignment_heads or ()) or \

@@ -25,9 +25,9 @@ import numpy as np
 from whisper_nnx.sharding import multihost
 
 from .audio import N_FRAMES
-from .decoding import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
+from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
 from .features import WINDOW_SAMPLES, window_log_max, window_log_mel
-from .generate import Generator
+from .decode.generate import Generator
 from .longform import (
     ChunkedFile,
     FileJob,
@@ -40,7 +40,7 @@ from .longform import (
 from .options import TranscribeOptions
 from .scheduler import LoadedInput
 from .spool import SpeechView, floor_spans
-from .tokenizer import Tokenizer
+from .decode.tokenizer import Tokenizer
 from .vad import SpeechMap
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .audio import TOKENS_PER_SECOND
 from .segments import Segment
-from .tokenizer import Tokenizer
+from .decode.tokenizer import Tokenizer
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # joined onto the word after them
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # joined onto the word before them

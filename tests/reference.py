@@ -7,8 +7,8 @@ import torch
 import whisper
 from whisper.model import ModelDimensions
 
-from whisper_nnx.engine.config import ModelDims
-from whisper_nnx.engine.weights import reference_table
+from whisper_nnx.engine.model.config import ModelDims
+from whisper_nnx.engine.checkpoints.names import reference_table
 
 
 def reference_model(dims: ModelDims, params: dict[str, np.ndarray],

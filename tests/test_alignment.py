@@ -11,10 +11,10 @@ from whisper.model import disable_sdpa
 from whisper.timing import median_filter
 
 from reference import reference_model
-from whisper_nnx.engine.alignment import default_alignment_heads
+from whisper_nnx.engine.decode.alignment import default_alignment_heads
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
-from whisper_nnx.engine.weights import read_checkpoint
+from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 from flax import nnx
 from simulated_devices import run_on_8_devices
 
-from whisper_nnx.engine import attention_kernels
-from whisper_nnx.engine.attention_kernels import attend, check_kernel, resolve_kernel, tiled_attention
-from whisper_nnx.engine.config import ModelDims
-from whisper_nnx.engine.model import build_model
+from whisper_nnx.engine.model import attention_kernels
+from whisper_nnx.engine.model.attention_kernels import attend, check_kernel, resolve_kernel, tiled_attention
+from whisper_nnx.engine.model.config import ModelDims
+from whisper_nnx.engine.model.whisper import build_model
 
 
 def _qkv(b: int, t: int, h: int, d: int, seed: int = 0):
@@ -128,7 +128,7 @@ def test_sharded_tiled_attention_equals_unsharded(explicit):
         import json, jax, numpy as np
         from flax import nnx
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from whisper_nnx.engine.attention_kernels import long_attention, tiled_attention
+        from whisper_nnx.engine.model.attention_kernels import long_attention, tiled_attention
         from whisper_nnx.sharding import rules_for
         from whisper_nnx.sharding.mesh import make_mesh
         rng = np.random.default_rng(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisper_nnx.engine.decoding import DecodedWindow, DecodeOptions, is_silence, needs_fallback
-from whisper_nnx.engine.search import pick_best
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow, DecodeOptions, is_silence, needs_fallback
+from whisper_nnx.engine.decode.search import pick_best
 
 
 def _window(avg_logprob: float, compression: float, no_speech: float) -> DecodedWindow:

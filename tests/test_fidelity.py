@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from whisper_nnx.engine.cli import fallback_temperatures
-from whisper_nnx.engine.segments import compression_ratio
+from whisper_nnx.engine.decode.window_decoder import compression_ratio
 
 
 def _strings() -> list[str]:
@@ -63,7 +63,7 @@ def test_one_program_per_prompt_bucket_in_a_sequential_run(transcriber, data_dir
     that program, so a per-length program recompiles everything)."""
     import jax
 
-    from whisper_nnx.engine.decoding import _PROMPT_BUCKETS
+    from whisper_nnx.engine.decode.window_decoder import _PROMPT_BUCKETS
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     traces: list[str] = []
@@ -105,7 +105,7 @@ def test_a_looping_window_falls_back_as_in_the_reference(transcriber, data_dir):
 
     from whisper_nnx.engine.audio import load_audio
     from whisper_nnx.engine.transcribe import TranscribeOptions
-    from whisper_nnx.engine.weights import read_checkpoint
+    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
     audio = load_audio(data_dir / "sample_thanks.flac")
     temperatures = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from whisper_nnx.engine import flops
-from whisper_nnx.engine.config import DIMS, ModelDims
-from whisper_nnx.engine.model import Whisper
+from whisper_nnx.engine.model import flops
+from whisper_nnx.engine.model.config import DIMS, ModelDims
+from whisper_nnx.engine.model.whisper import Whisper
 
 TINY = DIMS["tiny.en"]  # D 384, 6 heads, 4 + 4 blocks, 80 mels, V 51864
 

@@ -9,7 +9,7 @@ import torch
 from whisper.decoding import ApplyTimestampRules, SuppressBlank, SuppressTokens
 from whisper.tokenizer import get_tokenizer
 
-from whisper_nnx.engine.logit_rules import (
+from whisper_nnx.engine.decode.logit_rules import (
     LogitRules,
     apply_rules,
     apply_timestamp_rules,

@@ -17,12 +17,12 @@ from whisper.normalizers import EnglishTextNormalizer
 from reference import reference_model
 from whisper_nnx.engine import features
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
-from whisper_nnx.engine.decoding import DecodeOptions, initial_tokens
+from whisper_nnx.engine.decode.window_decoder import DecodeOptions, initial_tokens
 from whisper_nnx.engine.longform import chunk_starts
 from whisper_nnx.engine.segments import Segment
 from whisper_nnx.engine.stitching import stitch_chunks
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
-from whisper_nnx.engine.weights import read_checkpoint
+from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
 LECTURE = Path(__file__).parent / "data" / "longform"
 _normalize = EnglishTextNormalizer()

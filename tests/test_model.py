@@ -12,10 +12,10 @@ from flax import nnx
 from simulated_devices import run_on_8_devices
 
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
-from whisper_nnx.engine.config import DIMS, ModelDims
+from whisper_nnx.engine.model.config import DIMS, ModelDims
 from whisper_nnx.engine.features import log_mel_spectrogram_jit
-from whisper_nnx.engine.model import Whisper
-from whisper_nnx.engine.weights import load_model
+from whisper_nnx.engine.model.whisper import Whisper
+from whisper_nnx.engine.checkpoints.weights import load_model
 from whisper_nnx.sharding import AXES, PRESETS
 
 
@@ -35,7 +35,7 @@ def test_every_parameter_has_logical_names_from_the_vocabulary():
 
 
 def test_parameter_counts_match_the_published_sizes():
-    from whisper_nnx.engine.weights import expected_shapes
+    from whisper_nnx.engine.checkpoints.names import expected_shapes
 
     def count(dims: ModelDims) -> int:
         return sum(int(np.prod(s)) for s in expected_shapes(dims).values())
@@ -75,8 +75,9 @@ def test_bfloat16_compute_stays_close_to_float32(real_checkpoint, data_dir):
 _SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType
-    from whisper_nnx.engine.model_hub import offline_package_checkpoint
-    from whisper_nnx.engine.weights import load_model, read_checkpoint
+    from whisper_nnx.engine.checkpoints.hub import offline_package_checkpoint
+    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+    from whisper_nnx.engine.checkpoints.weights import load_model
     from whisper_nnx.sharding import rules_for, logical_spec
     from flax import nnx
 

@@ -14,7 +14,7 @@ from flax import nnx
 from whisper.normalizers import EnglishTextNormalizer
 
 from whisper_nnx.engine.audio import load_audio
-from whisper_nnx.engine.layers import matmul
+from whisper_nnx.engine.model.layers import matmul
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
 CORPUS = Path(__file__).parent / "data" / "corpus"

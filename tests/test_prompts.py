@@ -9,10 +9,10 @@ import whisper
 
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio
-from whisper_nnx.engine.decoding import DecodedWindow, DecodeOptions, initial_tokens
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow, DecodeOptions, initial_tokens
 from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
-from whisper_nnx.engine.weights import read_checkpoint
+from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
 
 @pytest.fixture(scope="module")

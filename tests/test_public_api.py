@@ -13,7 +13,7 @@ import whisper_nnx.engine as engine
 
 PUBLIC = {
     "Transcriber": "transcribe", "TranscribeOptions": "transcribe", "transcribe": "transcribe",
-    "DecodeOptions": "decoding", "load_audio": "audio", "write_outputs": "writers", "FORMATS": "writers",
+    "DecodeOptions": "decode.window_decoder", "load_audio": "audio", "write_outputs": "writers", "FORMATS": "writers",
 }
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"engine": "whisper_nnx.engine", "sharding": "whisper_nnx.sharding"}
@@ -59,11 +59,14 @@ def test_transcribe_stays_the_function_whichever_is_imported_first():
 
 def _imports(package_dir: str, package: str) -> dict[str, set[str]]:
     """Module -> the modules of this project it imports (anywhere in it, functions included)."""
-    modules = {(package if f.stem == "__init__" else f"{package}.{f.stem}"): f
-               for f in sorted((ROOT / package_dir).glob("*.py"))}
+    def dotted(f: Path) -> str:
+        parts = f.relative_to(ROOT / package_dir).with_suffix("").parts
+        return ".".join((package, *parts[:-1], *([] if parts[-1] == "__init__" else parts[-1:])))
+
+    modules = {dotted(f): f for f in sorted((ROOT / package_dir).rglob("*.py"))}
     graph = {}
     for name, path in modules.items():
-        here = package if path.stem == "__init__" else name.rsplit(".", 1)[0]
+        here = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -14,10 +14,10 @@ from flax import nnx
 from whisper.normalizers import EnglishTextNormalizer
 
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
-from whisper_nnx.engine.decoding import WindowDecoder
+from whisper_nnx.engine.decode.window_decoder import WindowDecoder
 from whisper_nnx.engine.features import log_mel_spectrogram
-from whisper_nnx.engine.generate import Generator
-from whisper_nnx.engine.quantize import (
+from whisper_nnx.engine.decode.generate import Generator
+from whisper_nnx.engine.model.quantize import (
     CONTRACTED_AXES,
     Int8Weight,
     quantize_array,

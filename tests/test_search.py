@@ -9,7 +9,7 @@ import pytest
 import torch
 from whisper.decoding import BeamSearchDecoder, MaximumLikelihoodRanker
 
-from whisper_nnx.engine.search import beam_step, finalize_beams, pick_best
+from whisper_nnx.engine.decode.search import beam_step, finalize_beams, pick_best
 
 V, EOT, PROMPT = 10, 9, 2
 

@@ -84,16 +84,17 @@ def test_partition_specs_per_preset_match_golden(data_dir):
     out = run_on_8_devices("""
         import json
         from flax import nnx
-        from whisper_nnx.engine.config import DIMS
-        from whisper_nnx.engine.model import Whisper
-        from whisper_nnx.engine.weights import _flatten, param_shardings
+        from whisper_nnx.engine.model.config import DIMS
+        from whisper_nnx.engine.model.whisper import Whisper
+        from whisper_nnx.engine.checkpoints.names import flatten_tree
+        from whisper_nnx.engine.checkpoints.weights import param_shardings
         from whisper_nnx.sharding import PRESETS
         from whisper_nnx.sharding.mesh import make_mesh
         with nnx.use_eager_sharding(False):
             _, state = nnx.split(Whisper(DIMS["tiny.en"], rngs=None))
         mesh = make_mesh("4x2")
         specs = {name: {path: [a if a is None or isinstance(a, str) else list(a) for a in sh.spec]
-                        for path, sh in _flatten(param_shardings(state, mesh, rules)[0])}
+                        for path, sh in flatten_tree(param_shardings(state, mesh, rules)[0])}
                  for name, rules in PRESETS.items()}
         print("SPECS", json.dumps(specs, sort_keys=True))
     """)
@@ -132,19 +133,20 @@ def test_big_weights_are_sufficiently_sharded_or_rejected():
     out = run_on_8_devices("""
         import json
         from flax import nnx
-        from whisper_nnx.engine.config import DIMS
-        from whisper_nnx.engine.model import Whisper
-        from whisper_nnx.engine.weights import _flatten, param_shardings
+        from whisper_nnx.engine.model.config import DIMS
+        from whisper_nnx.engine.model.whisper import Whisper
+        from whisper_nnx.engine.checkpoints.names import flatten_tree
+        from whisper_nnx.engine.checkpoints.weights import param_shardings
         from whisper_nnx.sharding import rules_for
         from whisper_nnx.sharding.checks import ShardingError, check_sufficiently_sharded
         from whisper_nnx.sharding.mesh import make_mesh
         with nnx.use_eager_sharding(False):
             _, state = nnx.split(Whisper(DIMS["large-v3"], rngs=None))
-        leaves = dict(_flatten(nnx.to_pure_dict(state)))
+        leaves = dict(flatten_tree(nnx.to_pure_dict(state)))
         shardings, replicated = param_shardings(state, make_mesh("data=2,model=4"), rules_for("tp"))
         check_sufficiently_sharded(replicated)
         worst, per_device, total = 0.0, 0, 0
-        for path, sharding in _flatten(shardings):
+        for path, sharding in flatten_tree(shardings):
             shape = leaves[path].shape
             full = leaves[path].size * 4
             part = 4

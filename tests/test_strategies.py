@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whisper_nnx.engine.decoding import DecodeOptions, strategy_for
-from whisper_nnx.engine.programs import DecodeResult
-from whisper_nnx.engine.strategies import BeamSearch, Greedy, Sampling
+from whisper_nnx.engine.decode.window_decoder import DecodeOptions, strategy_for
+from whisper_nnx.engine.decode.programs import DecodeResult
+from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling
 
 
 @pytest.mark.parametrize("options,temperature,expected", [

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_nnx.engine.tokenizer import LANGUAGES, Tokenizer
+from whisper_nnx.engine.decode.languages import LANGUAGES
+from whisper_nnx.engine.decode.tokenizer import Tokenizer
 
 
 def _package_dir(package: str, *parts: str) -> Path:

@@ -21,9 +21,9 @@ from typing import NamedTuple, Optional, Protocol
 import jax
 import jax.numpy as jnp
 
-from .kv_cache import KVCache
+from ..model.kv_cache import KVCache
 from .logit_rules import LogitRules, apply_rules
-from .model import Whisper
+from ..model.whisper import Whisper
 from .search import beam_step
 
 

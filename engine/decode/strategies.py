@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Optional, Protocol
 import jax
 import jax.numpy as jnp
 
-from .model import Whisper
+from ..model.whisper import Whisper
 from .programs import (BeamResult, DecodeConfig, DecodeResult, RowLayout, beam_search_from_features,
                        sample_from_features)
 from .search import finalize_beams, sampled_tokens

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .model import Whisper
+from .whisper import Whisper
 
 _F32 = jnp.float32
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from typing import Optional, Sequence, Union
 
 import jax
@@ -17,11 +18,10 @@ import numpy as np
 
 from whisper_nnx.sharding import multihost
 
-from .config import ModelDims
+from ..model.config import ModelDims
 from .generate import DecodeConfig, Generator, RowLayout
 from .logit_rules import LogitRules
 from .search import pick_best
-from .segments import compression_ratio
 from .strategies import BeamSearch, Greedy, Sampling, Strategy
 from .tokenizer import Tokenizer
 
@@ -140,6 +140,13 @@ def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int
     if hot or previous:
         tokens = [tokenizer.sot_prev] + hot + previous + tokens
     return tokens
+
+
+def compression_ratio(text: str) -> float:
+    """len(utf-8 bytes) / len(zlib of them), as the reference (whisper.utils) and faster-whisper:
+    high values mean repetitive (looping) output."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def needs_fallback(window: DecodedWindow, options: DecodeOptions) -> bool:

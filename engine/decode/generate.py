@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from whisper_nnx.sharding import logical_spec, multihost
 
 from .alignment import alignment_matrix
-from .model import Whisper
+from ..model.whisper import Whisper
 from .programs import (BeamResult, DecodeConfig, DecodeResult, DecodeState, RowLayout,
                        detect_language_from_features, run_steps, start_from_features, take_rows)
 from .strategies import BeamSearch, Greedy, Strategy

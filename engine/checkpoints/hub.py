@@ -18,7 +18,7 @@ from typing import Optional
 
 from absl import logging
 
-from .config import DIMS
+from ..model.config import DIMS
 from .tensor_files import CheckpointError
 
 DEFAULT_MODEL = "tiny.en"

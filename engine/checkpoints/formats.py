@@ -1,8 +1,4 @@
-"""Checkpoint formats -> one canonical parameter dict -> a (sharded) NNX Whisper.
-
-Every format is first expressed with the reference implementation's state-dict names and
-PyTorch layouts ("reference names": `encoder.blocks.0.attn.query.weight` [out, in] ...); one
-table then maps those to this package's parameter paths and layouts. Formats read:
+"""Checkpoint formats -> one `Checkpoint` (our parameter paths, via `names.py`'s table).
 
 - `hf`: Hugging Face transformers (`config.json` + `model.safetensors` or a sharded index);
 - `ct2`: CTranslate2 `model.bin` (float32/float16/bfloat16, int8 with per-row scales); fused
@@ -13,161 +9,20 @@ table then maps those to this package's parameter paths and layouts. Formats rea
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
-from flax import nnx
 
-from whisper_nnx.sharding import fit_spec
-from whisper_nnx.sharding.checks import Replicated, check_sufficiently_sharded, nbytes
-
-from .config import ModelDims
-from .model import Whisper, sinusoids
+from ..model.config import ModelDims
+from .names import Checkpoint, check_params, from_reference_names
 from .tensor_files import CheckpointError, read_ctranslate2, read_safetensors, write_safetensors
 
 NNX_CONFIG = "whisper_nnx.json"
 NNX_FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    """A checkpoint read into host memory (arrays may be memory-mapped views)."""
-
-    dims: ModelDims
-    params: dict[str, np.ndarray]  # our parameter paths ("encoder/blocks/0/attn/query_kernel")
-    directory: Path  # holds tokenizer.json where the checkpoint has one
-    source_format: str  # "hf", "ct2" or "nnx"
-    alignment_heads: Optional[list[tuple[int, int]]] = None  # (decoder layer, head) pairs
-
-
-# --- reference names -> our paths --------------------------------------------------------------
-
-def _attention_table(ref: str, ours: str) -> dict[str, tuple[str, str]]:
-    table = {}
-    for ref_proj, our_proj in (("query", "query"), ("key", "key"), ("value", "value"), ("out", "out")):
-        table[f"{ours}/{our_proj}_kernel"] = (f"{ref}.{ref_proj}.weight", "linear")
-        if ref_proj != "key":
-            table[f"{ours}/{our_proj}_bias"] = (f"{ref}.{ref_proj}.bias", "reshape")
-    return table
-
-
-def _norm_table(ref: str, ours: str) -> dict[str, tuple[str, str]]:
-    return {f"{ours}/scale": (f"{ref}.weight", "reshape"), f"{ours}/bias": (f"{ref}.bias", "reshape")}
-
-
-def reference_table(dims: ModelDims) -> dict[str, tuple[str, str]]:
-    """Our path -> (reference name, layout transform) for every parameter of `dims`."""
-    table = {
-        "encoder/conv1_kernel": ("encoder.conv1.weight", "conv"),
-        "encoder/conv1_bias": ("encoder.conv1.bias", "reshape"),
-        "encoder/conv2_kernel": ("encoder.conv2.weight", "conv"),
-        "encoder/conv2_bias": ("encoder.conv2.bias", "reshape"),
-        "encoder/positions": ("encoder.positional_embedding", "reshape"),
-        "decoder/token_embedding": ("decoder.token_embedding.weight", "reshape"),
-        "decoder/positions": ("decoder.positional_embedding", "reshape"),
-        **_norm_table("encoder.ln_post", "encoder/ln_post"),
-        **_norm_table("decoder.ln", "decoder/ln"),
-    }
-    stacks = (("encoder", dims.n_audio_layer, False), ("decoder", dims.n_text_layer, True))
-    for stack, layers, has_cross in stacks:
-        for i in range(layers):
-            ref, ours = f"{stack}.blocks.{i}", f"{stack}/blocks/{i}"
-            parts = [("attn", "attn"), ("attn_ln", "attn_ln"), ("mlp_ln", "mlp_ln")]
-            if has_cross:
-                parts += [("cross_attn", "cross_attn"), ("cross_attn_ln", "cross_attn_ln")]
-            for ref_part, our_part in parts:
-                make = _norm_table if ref_part.endswith("_ln") else _attention_table
-                table.update(make(f"{ref}.{ref_part}", f"{ours}/{our_part}"))
-            for ref_fc, our_fc in (("mlp.0", "fc1"), ("mlp.2", "fc2")):
-                table[f"{ours}/mlp/{our_fc}_kernel"] = (f"{ref}.{ref_fc}.weight", "linear")
-                table[f"{ours}/mlp/{our_fc}_bias"] = (f"{ref}.{ref_fc}.bias", "reshape")
-    return table
-
-
-_EMBEDDING = "decoder/token_embedding"
-
-
-def _pad_vocab(path: str, array: np.ndarray, dims: ModelDims) -> np.ndarray:
-    """The embedding table grown with zero rows to the model's padded vocabulary."""
-    if path != _EMBEDDING or array.shape[0] == dims.n_vocab_padded:
-        return array
-    return np.concatenate([np.asarray(array), np.zeros((dims.n_vocab_padded - array.shape[0], array.shape[1]),
-                                                       array.dtype)])
-
-
-@functools.lru_cache(maxsize=16)
-def expected_shapes(dims: ModelDims) -> dict[str, tuple[int, ...]]:
-    """Our path -> parameter shape for `dims`, from the model definition (no memory used).
-
-    Cached: tracing the model abstractly takes seconds for the large checkpoints. Callers
-    must not mutate the returned dict.
-    """
-    with nnx.use_eager_sharding(False):
-        abstract = Whisper(dims, rngs=None)
-    shapes = {path: tuple(leaf.shape) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(abstract)))}
-    shapes[_EMBEDDING] = (dims.n_vocab, dims.n_text_state)  # checkpoints hold the unpadded table
-    return shapes
-
-
-def _reference_shape(path: str, transform: str, ours: tuple[int, ...]) -> tuple[int, ...]:
-    """The PyTorch-layout shape a tensor must have to become our `path` of shape `ours`."""
-    if transform == "conv":
-        return ours[::-1]
-    if transform == "linear":  # torch [out, in]; our out-projection folds H, K into "in"
-        if path.endswith("out_kernel"):
-            return (ours[-1], int(np.prod(ours[:-1])))
-        return (int(np.prod(ours[1:])), ours[0])
-    return (int(np.prod(ours)),) if path.endswith("_bias") else ours
-
-
-def from_reference_names(dims: ModelDims, tensors: Mapping[str, np.ndarray],
-                         file_names: Optional[Mapping[str, str]] = None) -> dict[str, np.ndarray]:
-    """Reference-named PyTorch-layout tensors -> our paths and layouts, checked against `dims`.
-
-    `file_names` maps reference names back to the names in the source file, for messages.
-    """
-    shapes = expected_shapes(dims)
-    table = reference_table(dims)
-    def named(ref: str) -> str:
-        original = (file_names or {}).get(ref, ref)
-        return original if original == ref else f"{original} ({ref})"
-
-    missing = [named(ref) for path, (ref, _) in table.items()
-               if ref not in tensors and path != "encoder/positions"]
-    if missing:
-        raise CheckpointError(f"lacks {len(missing)} tensors the {dims_label(dims)} model needs, "
-                              f"e.g. {missing[:3]}")
-    params = {}
-    for path, (ref, transform) in table.items():
-        if ref not in tensors:  # fixed table, absent from some exports
-            params[path] = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
-            continue
-        source = tensors[ref]
-        expected = _reference_shape(path, transform, shapes[path])
-        if tuple(source.shape) != expected:
-            raise CheckpointError(f"tensor {named(ref)} has shape {tuple(source.shape)}, expected "
-                                  f"{expected} (our {path}) for the {dims_label(dims)} model")
-        if transform == "linear":  # torch Linear [out, in] -> ours [in, ...out]
-            array = np.asarray(source).T
-        elif transform == "conv":  # torch Conv1d [out, in, width] -> ours [width, in, out]
-            array = np.asarray(source).transpose(2, 1, 0)
-        else:
-            array = np.asarray(source)
-        params[path] = array.reshape(shapes[path])
-    return params
-
-
-def dims_label(dims: ModelDims) -> str:
-    return (f"{dims.n_audio_layer}+{dims.n_text_layer}-layer D={dims.n_text_state} "
-            f"V={dims.n_vocab}")
 
 
 # --- Hugging Face transformers layout ----------------------------------------------------------
@@ -370,79 +225,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                           "model.bin, or config.json with model.safetensors)")
 
 
-def check_params(dims: ModelDims, params: Mapping[str, np.ndarray]) -> None:
-    """Raise CheckpointError unless `params` has exactly the model's paths and shapes."""
-    shapes = expected_shapes(dims)
-    missing = sorted(set(shapes) - set(params))
-    unexpected = sorted(set(params) - set(shapes))
-    wrong = [f"{k} {tuple(params[k].shape)} != {shapes[k]}" for k in sorted(set(shapes) & set(params))
-             if tuple(params[k].shape) != shapes[k]]
-    problems = ([f"missing {missing[:3]} ({len(missing)})"] if missing else []) + \
-        ([f"unexpected {unexpected[:3]} ({len(unexpected)})"] if unexpected else []) + \
-        ([f"wrong shapes {wrong[:3]} ({len(wrong)})"] if wrong else [])
-    if problems:
-        raise CheckpointError(f"parameters do not fit the {dims_label(dims)} model: " + "; ".join(problems))
-
-
-def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               mesh: Optional[jax.sharding.Mesh] = None, rules=None,
-               allow_replicated: bool = False, attention_kernel: Optional[str] = None) -> Whisper:
-    """Place the checkpoint's weights straight into their shardings and return the model.
-
-    Without a mesh, every weight goes to the default device. With one, each process builds
-    only the shards its devices own (`make_array_from_callback` over memory-mapped arrays), so
-    no device ever holds a full copy of a weight that the rules split. A weight of 1 MiB or
-    more that the mesh cannot split raises `ShardingError` unless `allow_replicated`.
-    `attention_kernel`: the encoder's attention kernel, as in `Whisper` (None: the default).
-    """
-    with nnx.use_eager_sharding(False):
-        graphdef, abstract = nnx.split(Whisper(checkpoint.dims, dtype=dtype, param_dtype=param_dtype,
-                                               rngs=None, attention_kernel=attention_kernel))
-    check_params(checkpoint.dims, checkpoint.params)
-    shardings: dict = {}
-    if mesh is not None:
-        nested_shardings, replicated = param_shardings(abstract, mesh, rules)
-        if not allow_replicated:
-            check_sufficiently_sharded(replicated)
-        shardings = dict(_flatten(nested_shardings))
-
-    def place(path: str, array: np.ndarray) -> jax.Array:
-        array = _pad_vocab(path, array, checkpoint.dims)
-        if mesh is None:
-            return jnp.asarray(np.asarray(array).astype(param_dtype))
-        return jax.make_array_from_callback(
-            array.shape, shardings[path], lambda index: np.asarray(array[index]).astype(param_dtype))
-
-    arrays = _unflatten({path: place(path, array) for path, array in checkpoint.params.items()})
-    nnx.replace_by_pure_dict(abstract, arrays)
-    return nnx.merge(graphdef, abstract)
-
-
-def param_shardings(abstract_state, mesh: jax.sharding.Mesh, rules) -> tuple[dict, list[Replicated]]:
-    """Nested dict of NamedShardings for the parameters under `rules` on `mesh`, and the
-    weights that had to be replicated on some dim the rules split (6 heads over a 4-way
-    `model` axis): those dims are replicated instead, and reported."""
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules or ()):
-        specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
-    leaves = dict(_flatten(nnx.to_pure_dict(abstract_state)))
-    fitted, replicated = {}, []
-    for path, spec in _flatten(specs):
-        shape = tuple(leaves[path].shape)
-        spec, dropped = fit_spec(spec, shape, mesh)
-        if dropped:
-            logging.warning("%s %s: dims %s not divisible by their mesh axes; replicated", path, shape, dropped)
-            replicated.append(Replicated(path, shape, nbytes(shape, leaves[path].dtype.itemsize), tuple(dropped)))
-        fitted[path] = jax.sharding.NamedSharding(mesh, spec)
-    return _unflatten(fitted), replicated
-
-
-def model_params(model: Whisper) -> dict[str, np.ndarray]:
-    """Our path -> host array of every parameter of a live model, in checkpoint shapes."""
-    params = {path: np.asarray(leaf) for path, leaf in _flatten(nnx.to_pure_dict(nnx.state(model)))}
-    params[_EMBEDDING] = params[_EMBEDDING][:model.dims.n_vocab]
-    return params
-
-
 # --- helpers -----------------------------------------------------------------------------------
 
 def _in_file(path: Path, work: Callable):
@@ -466,23 +248,3 @@ def _read_json(path: Path) -> dict:
 
 def _pairs(heads) -> Optional[list[tuple[int, int]]]:
     return None if heads is None else [(int(layer), int(head)) for layer, head in heads]
-
-
-def _flatten(tree: Mapping, prefix: str = ""):
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, path + "/")
-        else:
-            yield path, value
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = [int(p) if p.isdigit() else p for p in path.split("/")]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
