@@ -107,14 +107,14 @@ def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, be
     import jax
     import jax.numpy as jnp
 
-    from whisper_nnx.engine.decode.window_decoder import DecodeOptions
+    from whisper_nnx.engine.decode.options import DecodeOptions
     from whisper_nnx.engine.features import log_mel_spectrogram_jit
     from whisper_nnx.engine.decode.programs import default_rows
     from whisper_nnx.engine.decode.strategies import Greedy
 
     generator = transcriber.generator
     programs, state = generator.programs, generator.state
-    config = transcriber.decoder.config(transcriber.tokenizer, len(prompt), DecodeOptions(sample_len=sample_len))
+    config = transcriber.decoder.config(transcriber.tokenizer, len(prompt), DecodeOptions.from_kwargs(sample_len=sample_len))
     # EOT suppressed as well: on random audio every row could finish, and the loop stop early.
     rules = dataclasses.replace(config.rules, suppress_ids=config.rules.suppress_ids + (config.rules.eot,))
     config = dataclasses.replace(config, rules=rules)

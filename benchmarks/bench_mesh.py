@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     from whisper_nnx.sharding.mesh import make_mesh
 
     clips, audio_s = _clips(args.batch)
-    options = TranscribeOptions(language="en", temperature=0.0, batch_size=args.batch)
+    options = TranscribeOptions.from_kwargs(language="en", temperature=0.0, batch_size=args.batch)
     rows, baseline, expected = [], None, None
     for spec in ["none"] + args.meshes.split(","):
         mesh = None if spec == "none" else make_mesh(spec)

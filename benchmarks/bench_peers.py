@@ -172,7 +172,7 @@ def _ours(job: dict, arrays: list[np.ndarray]):
     # "int8": float32 compute over int8-stored weights (Transcriber(quantize="int8"))
     transcriber = Transcriber(job["model"], dtype="float32" if job["dtype"] == "int8" else job["dtype"],
                               quantize="int8" if job["dtype"] == "int8" else None)
-    options = TranscribeOptions(language="en", beam_size=job["beam"] if job["beam"] > 1 else None,
+    options = TranscribeOptions.from_kwargs(language="en", beam_size=job["beam"] if job["beam"] > 1 else None,
                                 temperature=tuple(job["temperature"]), batch_size=job["batch"],
                                 long_form=job["mode"] if job["mode"] != "batch" else "sequential",
                                 vad=job["mode"] == "chunked" and job["vad"])

@@ -160,13 +160,15 @@ def decode_config(generator, tokenizer, prompt: int, steps: int):
     Whisper vocabulary (`tokenizer.N_TIMESTAMPS`) and no suppressed tokens."""
     import dataclasses
 
-    from whisper_nnx.engine.decode.window_decoder import DecodeOptions, WindowDecoder
+    from whisper_nnx.engine.decode.options import DecodeOptions
+
+    from whisper_nnx.engine.decode.window_decoder import WindowDecoder
     from whisper_nnx.engine.decode.logit_rules import LogitRules
     from whisper_nnx.engine.decode.programs import DecodeConfig
     from whisper_nnx.engine.decode.tokenizer import N_TIMESTAMPS
 
     if tokenizer is not None:
-        config = WindowDecoder(generator, generator.dims).config(tokenizer, prompt, DecodeOptions(sample_len=steps))
+        config = WindowDecoder(generator, generator.dims).config(tokenizer, prompt, DecodeOptions.from_kwargs(sample_len=steps))
         return dataclasses.replace(config, rules=dataclasses.replace(config.rules, eot=-1))
     timestamp_begin = generator.dims.n_vocab - N_TIMESTAMPS
     return DecodeConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 _HOMES = {
     "Transcriber": "transcribe",
     "TranscribeOptions": "transcribe",
-    "DecodeOptions": "decode.window_decoder",
+    "DecodeOptions": "decode.options",
     "transcribe": "transcribe",
     "load_audio": "audio",
     "write_outputs": "writers",
@@ -46,7 +46,7 @@ __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
     from .audio import load_audio
-    from .decode.window_decoder import DecodeOptions
+    from .decode.options import DecodeOptions
     from .transcribe import TranscribeOptions, Transcriber, transcribe
     from .writers import FORMATS, write_outputs
 

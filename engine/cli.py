@@ -177,24 +177,18 @@ def transcribe_options(args: argparse.Namespace):
     """The run's TranscribeOptions from the command line's flags (the one place they meet)."""
     from .options import TranscribeOptions
 
-    return TranscribeOptions(language=None if args.language == "auto" else args.language,
-                             task=args.task, batch_size=args.batch_size,
-                             temperature=fallback_temperatures(args.temperature,
-                                                               args.temperature_increment_on_fallback),
-                             beam_size=args.beam_size or None, best_of=args.best_of,
-                             patience=args.patience, length_penalty=args.length_penalty,
-                             compression_ratio_threshold=args.compression_ratio_threshold,
-                             logprob_threshold=args.logprob_threshold,
-                             no_speech_threshold=args.no_speech_threshold,
-                             without_timestamps=args.without_timestamps, long_form=args.long_form,
-                             condition_on_previous_text=args.condition_on_previous_text,
-                             initial_prompt=args.initial_prompt, chunk_stride_s=args.chunk_stride,
-                             audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
-                             prefix=args.prefix, hotwords=args.hotwords,
-                             carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
-                             vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms,
-                             spool_after_s=args.spool_after, spool_dir=args.spool_dir,
-                             max_audio_in_memory_s=args.max_audio_in_memory)
+    return TranscribeOptions.from_kwargs(
+        language=None if args.language == "auto" else args.language, task=args.task, batch_size=args.batch_size,
+        temperature=fallback_temperatures(args.temperature, args.temperature_increment_on_fallback),
+        beam_size=args.beam_size or None, best_of=args.best_of, patience=args.patience,
+        length_penalty=args.length_penalty, compression_ratio_threshold=args.compression_ratio_threshold,
+        logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
+        without_timestamps=args.without_timestamps, long_form=args.long_form,
+        condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
+        chunk_stride_s=args.chunk_stride, audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
+        prefix=args.prefix, hotwords=args.hotwords, carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
+        vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms,
+        spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory)
 
 
 def _layout(args: argparse.Namespace):

@@ -23,7 +23,8 @@ from typing import Optional
 import numpy as np
 
 from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
-from .decode.window_decoder import DecodedWindow, DecodeOptions, initial_tokens, is_silence
+from .decode.options import DecodeOptions
+from .decode.window_decoder import DecodedWindow, initial_tokens, is_silence
 from .features import centred_signal, total_frames, window_samples
 from .segments import Segment, split_segments
 from .stitching import stitch_chunks
@@ -137,7 +138,7 @@ class FileJob:
         """The prompt of a window; a prefix applies to the file's first window only (as in
         faster-whisper: the reference's transcribe would force it onto every window)."""
         return initial_tokens(self.tokenizer, self.options, self.n_text_ctx, prompt=previous or None,
-                              prefix=self.options.prefix if first else None)
+                              prefix=self.options.prompts.prefix if first else None)
 
     def requests(self) -> list[WindowRequest]:
         raise NotImplementedError

@@ -1,50 +1,93 @@
-"""Run-level options: how a whole input is transcribed (`TranscribeOptions`), composed of the
-per-window decoding options (`decoding.DecodeOptions`) and what applies to whole files: long
-form, voice activity, memory and threads."""
+"""Run-level options: how a whole input is transcribed (`TranscribeOptions`), composed of one
+small frozen dataclass per concern, each checking its own fields:
+
+- `decode`: how a window decodes (`decode.options.DecodeOptions`: search, fallback, rules,
+  prompts);
+- `long_form`: how files longer than a window are cut and prompted (`longform.LongFormOptions`);
+- `vad`: voice activity (`vad.VadOptions`), None when off;
+- `reading`: how audio is read (`ReadOptions`: threads, spooling, memory bound);
+- and the run's own: language, batch size.
+
+`TranscribeOptions.from_kwargs` takes the flat names of openai-whisper's `transcribe(**options)`
+and of this package's CLI flags (`beam_size=5, long_form="chunked", vad=True, ...`) and routes
+each to its concern; `transcribe(paths, model, **options)` and the CLI build options that way.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 from absl import logging
 
-from .decode.window_decoder import DecodeOptions
+from .decode.options import DECODE_CONCERNS, DecodeOptions, route
 from .longform import LongFormOptions
+from .vad import VadOptions
+
+# Flat names whose field in the concern is spelled otherwise (the CLI's and the reference's).
+_RENAMED = {"long_form": ("long_form", "mode"), "vad_threshold": ("vad", "threshold"),
+            "vad_min_silence_ms": ("vad", "min_silence_duration_ms")}
 
 
 @dataclasses.dataclass(frozen=True)
-class TranscribeOptions(DecodeOptions):
-    """DecodeOptions plus what applies to whole inputs."""
+class ReadOptions:
+    """How input audio is read: threads decoding ahead of the device, and the memory bound."""
 
-    language: Optional[str] = None  # None: detect per input (multilingual models)
-    batch_size: int = 8  # windows decoded together (from one file or many)
-    long_form: str = "sequential"  # "sequential" (the reference's seek loop) or "chunked"
-    condition_on_previous_text: bool = True  # sequential: prompt each window with the text so far
-    initial_prompt: Optional[str] = None  # sequential: before each file's first window; chunked: every chunk
-    carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
-    chunk_stride_s: float = 5.0  # chunked: overlap on each side of a chunk
     audio_workers: int = 2  # threads decoding audio ahead of the device
-    word_timestamps: bool = False  # per-word start/end/probability in each segment
-    vad: bool = False  # voice-activity detection (Silero): decode speech only (pip install 'whisper-nnx[vad]')
-    vad_threshold: float = 0.5  # speech probability above which a frame is speech
-    vad_min_silence_ms: int = 2000  # pauses shorter than this stay inside a speech region
-    # Memory: a file longer than this is decoded to a spool on disk and framed from there, and
-    # the files held in memory (read ahead, or being decoded) hold at most this much audio.
+    # A file longer than this is decoded to a spool on disk and framed from there, and the
+    # files held in memory (read ahead, or being decoded) hold at most this much audio.
     spool_after_s: float = 600.0
     spool_dir: Optional[str] = None  # None: the system's temp folder (put it on a disk, not tmpfs)
     max_audio_in_memory_s: float = 7200.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.audio_workers < 1:
+            raise ValueError(f"audio_workers must be >= 1, got {self.audio_workers}")
+        if self.spool_after_s <= 0 or self.max_audio_in_memory_s <= 0:
+            raise ValueError("spool_after_s and max_audio_in_memory_s must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscribeOptions:
+    """How a whole run transcribes its inputs: the run's own fields plus one of each concern."""
+
+    language: Optional[str] = None  # None: detect per input (multilingual models)
+    batch_size: int = 8  # windows decoded together (from one file or many)
+    decode: DecodeOptions = DecodeOptions()
+    long_form: LongFormOptions = LongFormOptions()
+    vad: Optional[VadOptions] = None  # voice-activity detection (Silero): decode speech only
+    reading: ReadOptions = ReadOptions()
+
+    def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        _ = self.long_form_options  # validates the long-form fields
-        if self.long_form == "chunked" and self.without_timestamps:
+        if self.long_form.mode == "chunked" and self.decode.rules.without_timestamps:
             logging.warning("chunked long-form without timestamps cannot continue a chunk whose window stops "
                             "early: that chunk's remaining speech is lost (see README, 'Long files')")
 
     @property
-    def long_form_options(self) -> LongFormOptions:
-        return LongFormOptions(self.long_form, self.condition_on_previous_text, self.initial_prompt,
-                               self.carry_initial_prompt, self.chunk_stride_s, self.word_timestamps)
+    def chunked(self) -> bool:
+        return self.long_form.mode == "chunked"
+
+    @classmethod
+    def from_kwargs(cls, **flat: Any) -> "TranscribeOptions":
+        """From flat names: the run's own (`language`, `batch_size`), any `DecodeOptions` name
+        (`beam_size`, `temperature`, `prompt`, ...), any `LongFormOptions` one (`long_form` for
+        its mode), `vad` (a bool), `vad_threshold`, `vad_min_silence_ms`, and any `ReadOptions`
+        one. An unknown name raises TypeError."""
+        flat = dict(flat)
+        vad_on = flat.pop("vad", False)
+        renamed: dict[str, dict[str, Any]] = {}
+        for name, (field, inner) in _RENAMED.items():
+            if name in flat:
+                renamed.setdefault(field, {})[inner] = flat.pop(name)
+        concerns = {"long_form": LongFormOptions, "reading": ReadOptions}
+        decode_names = {f.name for kind in DECODE_CONCERNS.values() for f in dataclasses.fields(kind)} | {"task"}
+        decode = {name: flat.pop(name) for name in list(flat) if name in decode_names}
+        own = ("language", "batch_size")
+        kwargs = route(flat, own=own, concerns=concerns, where="TranscribeOptions")
+        kwargs["decode"] = DecodeOptions.from_kwargs(**decode)
+        kwargs["long_form"] = dataclasses.replace(kwargs.get("long_form", LongFormOptions()),
+                                                  **renamed.get("long_form", {}))
+        kwargs["vad"] = VadOptions(**renamed.get("vad", {})) if vad_on else None
+        return cls(**kwargs)

@@ -9,6 +9,7 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Iterator, Optional, Sequence
 
 import jax
@@ -31,7 +32,8 @@ from .audio import (
     load_audio,
     pad_or_trim,
 )
-from .decode.window_decoder import DecodeOptions, WindowDecoder, bucket, initial_tokens, is_silence
+from .decode.options import DecodeOptions
+from .decode.window_decoder import WindowDecoder, bucket, initial_tokens, is_silence
 from .features import log_mel_spectrogram_jit
 from .decode.generate import Generator
 from .checkpoints.hub import DEFAULT_MODEL, resolve_model
@@ -40,7 +42,7 @@ from .scheduler import AudioPrefetcher, WindowScheduler, expected_windows
 from .segments import split_segments
 from .decode.languages import LANGUAGES
 from .decode.tokenizer import Tokenizer
-from .vad import VadOptions, speech_regions_streaming
+from .vad import speech_regions_streaming
 from .vad import check_available as check_vad_available
 from .checkpoints.formats import read_checkpoint
 from .checkpoints.weights import load_model
@@ -109,7 +111,7 @@ class Transcriber:
         if options.language is not None and options.language.lower() not in ("en", "english"):
             logging.warning("%s is an English-only model but was given language %r; using English instead",
                             self.model_name, options.language)
-        if options.task == "translate":
+        if options.decode.task == "translate":
             logging.warning("%s: an English-only model cannot translate; transcribing in English instead",
                             self.model_name)
 
@@ -119,20 +121,20 @@ class Transcriber:
         on `options.audio_workers` threads while the device works."""
         self.warn_ignored_options(options)
         find_speech = None
-        if options.vad:
+        if options.vad is not None:
             check_vad_available()  # once, before any record: not one error per file
-            vad = VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.vad_min_silence_ms,
-                             # chunked: regions of at most one window, split at their longest pause
-                             max_speech_duration_s=29.0 if options.long_form == "chunked" else float("inf"))
+            # chunked: regions of at most one window, split at their longest pause
+            vad = dataclasses.replace(options.vad, max_speech_duration_s=29.0) if options.chunked else options.vad
             find_speech = lambda audio: speech_regions_streaming(audio.pieces(), vad)
-        files = AudioPrefetcher(inputs, workers=options.audio_workers, max_ahead=max(8, 2 * options.batch_size),
-                                max_seconds=options.max_audio_in_memory_s / 2, spool_after_s=options.spool_after_s,
-                                spool_dir=options.spool_dir, find_speech=find_speech)
+        reading = options.reading
+        files = AudioPrefetcher(inputs, workers=reading.audio_workers, max_ahead=max(8, 2 * options.batch_size),
+                                max_seconds=reading.max_audio_in_memory_s / 2, spool_after_s=reading.spool_after_s,
+                                spool_dir=reading.spool_dir, find_speech=find_speech)
         work = WindowPipeline(self.generator, self.decoder, self.tokenizer, self.alignment_heads, options)
         scheduler = WindowScheduler(
             work, batch_size=options.batch_size,
-            windows_per_file=expected_windows(options.long_form, options.chunk_stride_s),
-            max_admitted_s=options.max_audio_in_memory_s / 2)
+            windows_per_file=expected_windows(options.long_form.mode, options.long_form.chunk_stride_s),
+            max_admitted_s=reading.max_audio_in_memory_s / 2)
         for index, record in scheduler.run(files):
             yield index, record
 
@@ -179,13 +181,13 @@ class Transcriber:
         out: list[Optional[dict]] = [None] * n
         for language in (codes[i] for i in multihost.global_union([codes.index(c) for c in languages])):
             rows = [r for r in range(n) if languages[r] == language]
-            tokenizer = self.tokenizer.with_language(language, options.task) if self.tokenizer.multilingual \
+            tokenizer = self.tokenizer.with_language(language, options.decode.task) if self.tokenizer.multilingual \
                 else self.tokenizer
-            prompt = initial_tokens(tokenizer, options, self.dims.n_text_ctx)
-            windows = self.decoder.decode(mel[np.asarray(rows, dtype=np.int32)], tokenizer, prompt, options)
+            prompt = initial_tokens(tokenizer, options.decode, self.dims.n_text_ctx)
+            windows = self.decoder.decode(mel[np.asarray(rows, dtype=np.int32)], tokenizer, prompt, options.decode)
             for r, window in zip(rows, windows):
                 duration = clips[r].shape[0] / SAMPLE_RATE
-                silent = is_silence(window, options)
+                silent = is_silence(window, options.decode)
                 out[r] = {
                     "text": "" if silent else window.text, "language": language,
                     "segments": [] if silent else
@@ -198,7 +200,7 @@ class Transcriber:
 
 def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **options) -> list[dict]:
     """One-shot convenience: load `model`, transcribe `inputs`, return the records."""
-    return Transcriber(model).transcribe(list(inputs), TranscribeOptions(**options))
+    return Transcriber(model).transcribe(list(inputs), TranscribeOptions.from_kwargs(**options))
 
 
 __all__ = ["LANGUAGES", "DecodeOptions", "TranscribeOptions", "Transcriber", "transcribe"]

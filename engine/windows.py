@@ -105,13 +105,13 @@ class WindowPipeline:
     def _frame(self, loaded: LoadedInput) -> "_Framed":
         """The audio a file's job decodes (a view of its speech, sequential with voice activity)
         and, chunked, its chunk plan."""
-        chunked = self.options.long_form == "chunked"
+        chunked = self.options.chunked
         if loaded.speech is not None and not chunked:  # the speech is a view over the file (no copy)
             return _Framed(SpeechView(loaded.audio, loaded.speech), None, SpeechMap(loaded.speech).restore)
         if not chunked:
             return _Framed(loaded.audio, None, None)
         plan = speech_chunks(loaded.speech, loaded.audio.content_frames) if loaded.speech is not None else \
-            stride_chunks(loaded.audio.content_frames, self.options.chunk_stride_s)
+            stride_chunks(loaded.audio.content_frames, self.options.long_form.chunk_stride_s)
         return _Framed(loaded.audio, plan, None)
 
     def _maxima(self, files: list["_Framed"]) -> tuple[list[float], list[list[float]]]:
@@ -133,9 +133,9 @@ class WindowPipeline:
     def _job(self, framed: "_Framed", top: float, chunk_tops: list[float],
              language: tuple[str, Optional[dict]]) -> tuple[FileJob, Optional[str], Optional[dict]]:
         code, probs = language
-        tokenizer = self.tokenizer.with_language(code, self.options.task) if self.tokenizer.multilingual \
+        tokenizer = self.tokenizer.with_language(code, self.options.decode.task) if self.tokenizer.multilingual \
             else self.tokenizer
-        args = (framed.audio, top, tokenizer, self.options, self.options.long_form_options, self.dims.n_text_ctx)
+        args = (framed.audio, top, tokenizer, self.options.decode, self.options.long_form, self.dims.n_text_ctx)
         job = ChunkedFile(*args, chunk_tops=chunk_tops, chunks=framed.plan) if framed.plan is not None \
             else SequentialFile(*args)
         job.restore = framed.restore
@@ -192,10 +192,10 @@ class WindowPipeline:
         prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
         options = self.options
         mel = self._window_mel(samples, content, top)[:len(prompts)]
-        tokenizer = self.tokenizer.with_language(options.language or "en", options.task) \
+        tokenizer = self.tokenizer.with_language(options.language or "en", options.decode.task) \
             if self.tokenizer.multilingual else self.tokenizer
-        windows = self.decoder.decode(mel, tokenizer, prompts, options, seeds=seeds)
-        if options.word_timestamps:
+        windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
+        if options.long_form.word_timestamps:
             self._align_words(mel, windows, content[:len(prompts)], prompts)
         return windows
 
@@ -207,7 +207,7 @@ class WindowPipeline:
         rows, sequences = [], []
         for row, (window, prompt) in enumerate(zip(windows, prompts)):
             text = [t for t in aligned_tokens(window.tokens, tok.timestamp_begin) if t < tok.eot]
-            if text and not is_silence(window, self.options):
+            if text and not is_silence(window, self.options.decode):
                 start = prompt.index(tok.sot)
                 rows.append(row)
                 sequences.append([*prompt[start:start + n_start], tok.no_timestamps, *text, tok.eot])

@@ -48,7 +48,7 @@ def test_alignment_matrix_equals_the_reference(setup, data_dir):
     clips, sequences, frames = [], [], [411, 3000]  # a short window and a full one, in one batch
     for name in ("sample_joe.flac", "sample_espeak.flac"):
         audio = load_audio(data_dir / name)
-        text = [t for t in ours.decode_clips([audio], TranscribeOptions(temperature=0.0))[0]["tokens"] if t < tok.eot]
+        text = [t for t in ours.decode_clips([audio], TranscribeOptions.from_kwargs(temperature=0.0))[0]["tokens"] if t < tok.eot]
         clips.append(np.pad(audio, (0, N_SAMPLES))[:N_SAMPLES])
         sequences.append([*tok.sot_sequence, tok.no_timestamps, *text, tok.eot])
     tokens = np.full((2, 64), tok.eot, np.int32)
@@ -77,7 +77,7 @@ def test_word_timestamps_match_the_reference(setup, data_dir):
     them within 0.1 s at both ends (the issue's bar; measured: all within 0.005 s)."""
     ours, ref, _ = setup
     audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
-    got = ours.transcribe([audio], TranscribeOptions(temperature=0.0, word_timestamps=True))[0]
+    got = ours.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, word_timestamps=True))[0]
     expected = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, word_timestamps=True)
     got_words = [w for s in got["segments"] for w in s["words"]]
     expected_words = [w for s in expected["segments"] for w in s["words"]]
@@ -98,7 +98,7 @@ def test_chunked_word_timestamps_agree_with_sequential(setup, data_dir):
 
     ours, _, _ = setup
     audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
-    seq, chunked = (ours.transcribe([audio], TranscribeOptions(temperature=0.0, word_timestamps=True, long_form=m))[0]
+    seq, chunked = (ours.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, word_timestamps=True, long_form=m))[0]
                     for m in ("sequential", "chunked"))
     seq_words = [w for s in seq["segments"] for w in s["words"]]
     chunked_words = [w for s in chunked["segments"] for w in s["words"]]

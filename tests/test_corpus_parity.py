@@ -188,7 +188,7 @@ def _compare(ours: Transcriber, ref: torch.nn.Module, model: str, setting: str, 
              features: torch.Tensor) -> Comparison:
     """Decode `clips` with both implementations; the reference starts from its `features`."""
     our_fields, ref_fields, _ = SETTINGS[setting]
-    options = TranscribeOptions(language="en", batch_size=BATCH, **our_fields)
+    options = TranscribeOptions.from_kwargs(language="en", batch_size=BATCH, **our_fields)
     start, cpu = time.perf_counter(), time.process_time()
     records = ours.decode_clips([audio for _, _, audio in clips], options)
     seconds = {"ours_s": time.perf_counter() - start, "ours_cpu_s": time.process_time() - cpu}

@@ -44,7 +44,7 @@ def clips(data_dir):
 
 @pytest.fixture(scope="module")
 def clean(tiny, clips):
-    return tiny.transcribe(clips[:2], TranscribeOptions(**GREEDY))
+    return tiny.transcribe(clips[:2], TranscribeOptions.from_kwargs(**GREEDY))
 
 
 def _is_poison(audio_or_job, poison: np.ndarray) -> bool:
@@ -70,7 +70,7 @@ def test_a_failing_long_form_step_fails_only_its_file(tiny, clips, clean, monkey
         return accept(self, request, window)
 
     monkeypatch.setattr(SequentialFile, "accept", failing_accept)
-    _check_isolated(tiny.transcribe(clips, TranscribeOptions(**GREEDY)), clean, "long-form step failed")
+    _check_isolated(tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY)), clean, "long-form step failed")
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_a_failing_transcript_assembly_fails_only_its_file(tiny, clips, clean, m
         return result(self)
 
     monkeypatch.setattr(SequentialFile, "result", failing_result)
-    _check_isolated(tiny.transcribe(clips, TranscribeOptions(**GREEDY)), clean, "assembling the transcript failed")
+    _check_isolated(tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY)), clean, "assembling the transcript failed")
 
 
 @pytest.mark.slow
@@ -96,7 +96,7 @@ def test_a_failing_preparation_fails_only_its_file(tiny, clips, clean, monkeypat
         return prepare(self, arrivals)
 
     monkeypatch.setattr(WindowPipeline, "prepare", failing_prepare)
-    _check_isolated(tiny.transcribe(clips, TranscribeOptions(**GREEDY)), clean, "preparing the file failed")
+    _check_isolated(tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY)), clean, "preparing the file failed")
 
 
 @pytest.mark.slow
@@ -117,7 +117,7 @@ def test_a_file_failing_on_the_host_leaves_its_batchmates_prepared_together(tiny
 
     monkeypatch.setattr(WindowPipeline, "_frame", failing_frame)
     monkeypatch.setattr(WindowPipeline, "prepare", counted_prepare)
-    _check_isolated(tiny.transcribe(clips, TranscribeOptions(**GREEDY)), clean, "preparing the file failed")
+    _check_isolated(tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY)), clean, "preparing the file failed")
     assert calls == [3]
 
 
@@ -135,7 +135,7 @@ def test_a_failing_device_batch_is_retried_smaller(tiny, clips, clean, monkeypat
         return decode(self, requests)
 
     monkeypatch.setattr(WindowPipeline, "decode", failing_decode)
-    records = tiny.transcribe(clips, TranscribeOptions(**GREEDY))
+    records = tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY))
     _check_isolated(records, clean, "decoding failed")
     assert "out of memory" in records[2]["error"]
     assert calls[0] == 3 and 1 in calls  # the whole batch first, down to the poisoned window alone
@@ -147,7 +147,7 @@ def test_duration_is_the_files_own_under_vad(tiny, clips):
     the run's audio hours and speed) is still the file's."""
     silence = np.zeros(16000 * 10, np.float32)
     padded = np.concatenate([silence, clips[0], silence])
-    records = tiny.transcribe([padded, np.zeros(16000 * 5, np.float32)], TranscribeOptions(**GREEDY, vad=True))
+    records = tiny.transcribe([padded, np.zeros(16000 * 5, np.float32)], TranscribeOptions.from_kwargs(**GREEDY, vad=True))
     assert records[0]["error"] is None and "fox" in records[0]["text"]
     assert records[0]["duration_s"] == pytest.approx(padded.shape[0] / 16000, abs=1e-3)
     assert records[1]["error"] is None and records[1]["text"] == ""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisper_nnx.engine.decode.window_decoder import DecodedWindow, DecodeOptions, is_silence, needs_fallback
+from whisper_nnx.engine.decode.options import DecodeOptions
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow, is_silence, needs_fallback
 from whisper_nnx.engine.decode.search import pick_best
 
 
@@ -29,7 +30,7 @@ def test_fallback_and_silence_rules_follow_the_reference(avg, ratio, no_speech, 
 
 
 def test_thresholds_can_be_switched_off():
-    off = DecodeOptions(compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None)
+    off = DecodeOptions.from_kwargs(compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None)
     assert not needs_fallback(_window(-5.0, 9.0, 0.99), off)
     assert not is_silence(_window(-5.0, 9.0, 0.99), off)
 
@@ -53,10 +54,10 @@ def test_fallback_walks_the_temperatures(transcriber, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     files = [data_dir / "sample_joe.flac", data_dir / "sample_espeak.flac"]
-    easy = transcriber.decode_clips(files, TranscribeOptions(language="en", temperature=(0.0, 0.5, 1.0)))
+    easy = transcriber.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=(0.0, 0.5, 1.0)))
     assert [r["temperature"] for r in easy] == [0.0, 0.0]
     # An unreachable log-probability threshold: every window is retried up to the last temperature.
-    hard = TranscribeOptions(language="en", temperature=(0.0, 0.5, 1.0), best_of=3, logprob_threshold=0.0)
+    hard = TranscribeOptions.from_kwargs(language="en", temperature=(0.0, 0.5, 1.0), best_of=3, logprob_threshold=0.0)
     records = transcriber.decode_clips(files, hard)
     assert [r["temperature"] for r in records] == [1.0, 1.0]
     assert all(r["text"] for r in records)
@@ -69,13 +70,13 @@ def test_sampling_best_of_picks_the_most_likely_sample(transcriber, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     path = [data_dir / "sample_espeak.flac"]
-    one = transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=1.0, best_of=1, seed=4))[0]
-    many = transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=1.0, best_of=8, seed=4))[0]
-    greedy = transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=0.0))[0]
+    one = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=1, seed=4))[0]
+    many = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=8, seed=4))[0]
+    greedy = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=0.0))[0]
     # The best of 8 is at least as likely (per token) as a single sample, and sampling at T=1 is
     # really sampling: some draw differs from the greedy tokens.
     assert many["avg_logprob"] >= one["avg_logprob"] - 1e-6
-    samples = [transcriber.decode_clips(path, TranscribeOptions(language="en", temperature=1.0, best_of=1,
+    samples = [transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=1,
                                                               seed=s))[0]["tokens"] for s in range(3)]
     assert any(s != greedy["tokens"] for s in samples + [one["tokens"]])
 
@@ -90,7 +91,7 @@ def test_silence_rule_on_silent_audio(transcriber):
     silence = np.zeros(16000 * 5, np.float32)
     noise = np.random.default_rng(0).normal(0, 1e-4, 16000 * 5).astype(np.float32)
     default = transcriber.decode_clips([silence, noise], TranscribeOptions(language="en"))
-    strict = transcriber.decode_clips([silence, noise], TranscribeOptions(language="en", logprob_threshold=-0.5))
+    strict = transcriber.decode_clips([silence, noise], TranscribeOptions.from_kwargs(language="en", logprob_threshold=-0.5))
     for kept, skipped in zip(default, strict):
         assert kept["no_speech_prob"] > 0.6 and -1.0 < kept["avg_logprob"] <= -0.5
         assert kept["text"] != "" and kept["segments"]

@@ -83,7 +83,7 @@ def test_one_program_per_prompt_bucket_in_a_sequential_run(transcriber, data_dir
     transcriber.decoder.decode = recording_decode
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        options = TranscribeOptions(language="en", temperature=0.0, beam_size=None, batch_size=1)
+        options = TranscribeOptions.from_kwargs(language="en", temperature=0.0, beam_size=None, batch_size=1)
         record = transcriber.transcribe([data_dir / "longform" / "lecture.ogg"], options)[0]
     finally:
         transcriber.decoder.decode = decode
@@ -109,8 +109,8 @@ def test_a_looping_window_falls_back_as_in_the_reference(transcriber, data_dir):
 
     audio = load_audio(data_dir / "sample_thanks.flac")
     temperatures = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    first = transcriber.transcribe([audio], TranscribeOptions(language="en", beam_size=None, temperature=0.0))[0]
-    ours = transcriber.transcribe([audio], TranscribeOptions(language="en", beam_size=None,
+    first = transcriber.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None, temperature=0.0))[0]
+    ours = transcriber.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None,
                                                              temperature=temperatures))[0]
     checkpoint = read_checkpoint(transcriber.checkpoint_path)
     torch.set_num_threads(2)
@@ -139,7 +139,7 @@ def test_english_only_model_warns_about_ignored_options(transcriber, data_dir, c
 
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
-    options = TranscribeOptions(beam_size=None, temperature=0.0, **settings)
+    options = TranscribeOptions.from_kwargs(beam_size=None, temperature=0.0, **settings)
     with caplog.at_level(logging.WARNING):
         record = transcriber.transcribe([data_dir / "sample_joe.flac"], options)[0]
     assert record["error"] is None and record["language"] == "en"
@@ -148,5 +148,5 @@ def test_english_only_model_warns_about_ignored_options(transcriber, data_dir, c
     assert any(expected in message for message in warned), warned
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        transcriber.transcribe([data_dir / "sample_joe.flac"], TranscribeOptions(beam_size=None, temperature=0.0))
+        transcriber.transcribe([data_dir / "sample_joe.flac"], TranscribeOptions.from_kwargs(beam_size=None, temperature=0.0))
     assert not any("English-only" in r.getMessage() for r in caplog.records)

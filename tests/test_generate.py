@@ -175,7 +175,7 @@ def test_greedy_tokens_match_reference(both, data_dir, without_timestamps):
     ours, ref = both
     files = ["sample_joe.flac", "sample_espeak.flac"]
     records = ours.decode_clips([data_dir / f for f in files],
-                              TranscribeOptions(language="en", temperature=0.0,
+                              TranscribeOptions.from_kwargs(language="en", temperature=0.0,
                                                                without_timestamps=without_timestamps))
     for name, record in zip(files, records):
         audio = torch.from_numpy(pad_or_trim(load_audio(data_dir / name)))
@@ -207,7 +207,7 @@ def test_prompt_and_prefix_match_reference(both, data_dir, prompt, prefix, beam_
     ours, ref = both
     files = ["sample_espeak.flac", "sample_joe.flac"]
     records = ours.decode_clips([data_dir / f for f in files],
-                              TranscribeOptions(language="en", temperature=0.0, prompt=prompt, prefix=prefix,
+                              TranscribeOptions.from_kwargs(language="en", temperature=0.0, prompt=prompt, prefix=prefix,
                                                 beam_size=beam_size))
     for name, record in zip(files, records):
         mel = whisper.log_mel_spectrogram(torch.from_numpy(pad_or_trim(load_audio(data_dir / name))),
@@ -227,7 +227,7 @@ def test_german_detection_transcription_and_translation_match_reference(data_dir
     _, ref_probs = ref.detect_language(mel[None])
     assert code == "de" == max(ref_probs[0], key=ref_probs[0].get)
     assert abs(probs["de"] - ref_probs[0]["de"]) < 1e-4
-    auto, translated = (ours.decode_clips([path], TranscribeOptions(task=task, temperature=0.0))[0]
+    auto, translated = (ours.decode_clips([path], TranscribeOptions.from_kwargs(task=task, temperature=0.0))[0]
                         for task in ("transcribe", "translate"))
     assert auto["language"] == "de"
     for record, task in ((auto, "transcribe"), (translated, "translate")):

@@ -22,7 +22,7 @@ def test_detected_languages_and_probabilities_match_the_reference(data_dir, tran
     german, joe = load_audio(data_dir / "sample_german.flac"), load_audio(data_dir / "sample_joe.flac")
     # A German file of two windows (the language comes from its first 30 s) and an English one.
     files = [np.concatenate([german, np.zeros(16000, np.float32)] * 6), joe]
-    records = ours.transcribe(files, TranscribeOptions(temperature=0.0, batch_size=4))
+    records = ours.transcribe(files, TranscribeOptions.from_kwargs(temperature=0.0, batch_size=4))
     assert [r["language"] for r in records] == ["de", "en"]
     assert records[0]["windows"] >= 2 and records[0]["text"].count("Guten Morgen") >= 5  # espeak German: rough
     for audio, record in zip(files, records):

@@ -17,7 +17,8 @@ from whisper.normalizers import EnglishTextNormalizer
 from reference import reference_model
 from whisper_nnx.engine import features
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
-from whisper_nnx.engine.decode.window_decoder import DecodeOptions, initial_tokens
+from whisper_nnx.engine.decode.options import DecodeOptions
+from whisper_nnx.engine.decode.window_decoder import initial_tokens
 from whisper_nnx.engine.longform import chunk_starts
 from whisper_nnx.engine.segments import Segment
 from whisper_nnx.engine.stitching import stitch_chunks
@@ -104,11 +105,11 @@ def test_mixed_prompt_lengths_in_one_batch_decode_as_alone(tiny, data_dir):
     audio = np.stack([np.pad(load_audio(data_dir / n), (0, N_SAMPLES))[:N_SAMPLES]
                       for n in ("sample_joe.flac", "sample_espeak.flac", "sample_joe.flac")])
     mel = tiny.mel(audio)
-    prompts = [initial_tokens(tok, DecodeOptions(prompt=p), 448)
+    prompts = [initial_tokens(tok, DecodeOptions.from_kwargs(prompt=p), 448)
                for p in (None, "A short prompt.", "A much longer prompt about foxes, dogs, tickets and Stella, "
                                                   "who is asked to bring them along to the station today.")]
     assert len({len(p) for p in prompts}) == 3
-    for options in (DecodeOptions(temperature=0.0), DecodeOptions(temperature=0.0, beam_size=3)):
+    for options in (DecodeOptions.from_kwargs(temperature=0.0), DecodeOptions.from_kwargs(temperature=0.0, beam_size=3)):
         together = tiny.decoder.decode(mel, tok, prompts, options)
         for row in range(3):
             alone = tiny.decoder.decode(mel[row:row + 1], tok, [prompts[row]], options)[0]
@@ -125,7 +126,7 @@ def test_sampled_rows_draw_the_same_tokens_in_any_batch(tiny, data_dir):
     audio = np.stack([np.pad(load_audio(data_dir / n), (0, N_SAMPLES))[:N_SAMPLES]
                       for n in ("sample_joe.flac", "sample_espeak.flac", "sample_joe.flac")])
     mel = tiny.mel(audio)
-    options = DecodeOptions(temperature=1.0, best_of=2)
+    options = DecodeOptions.from_kwargs(temperature=1.0, best_of=2)
     prompt = list(tok.sot_sequence)
     together = tiny.decoder.decode(mel, tok, [prompt] * 3, options, seeds=[11, 22, 33])
     alone = tiny.decoder.decode(mel[1:2], tok, [prompt], options, seeds=[22])[0]
@@ -144,7 +145,7 @@ def test_files_batched_together_equal_files_alone(tiny, data_dir):
                                 gap(0.5), joe])  # about 40 s
     files = [long_file, joe, np.concatenate([espeak, gap(3.0), joe]), espeak]
     for mode in ("sequential", "chunked"):
-        options = TranscribeOptions(temperature=0.0, long_form=mode, batch_size=4)
+        options = TranscribeOptions.from_kwargs(temperature=0.0, long_form=mode, batch_size=4)
         together = tiny.transcribe(files, options)
         alone = [tiny.transcribe([f], options)[0] for f in files]
         assert [r["segments"] for r in together] == [r["segments"] for r in alone], mode
@@ -160,7 +161,7 @@ def lecture_runs(tiny):
     torch.set_num_threads(2)
     ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
                              temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), fp16=False)
-    ours = {mode: tiny.transcribe([audio], TranscribeOptions(long_form=mode, batch_size=8))[0]
+    ours = {mode: tiny.transcribe([audio], TranscribeOptions.from_kwargs(long_form=mode, batch_size=8))[0]
             for mode in ("sequential", "chunked")}
     return truth, ref, ours
 
@@ -198,8 +199,8 @@ def test_chunked_without_timestamps_warns(caplog):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     with caplog.at_level("WARNING"):
-        TranscribeOptions(long_form="chunked")
-        TranscribeOptions(long_form="sequential", without_timestamps=True)
+        TranscribeOptions.from_kwargs(long_form="chunked")
+        TranscribeOptions.from_kwargs(long_form="sequential", without_timestamps=True)
         assert not [r for r in caplog.records if "without timestamps" in r.getMessage()]
-        TranscribeOptions(long_form="chunked", without_timestamps=True)
+        TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True)
     assert [r for r in caplog.records if "chunked long-form without timestamps" in r.getMessage()]

@@ -69,7 +69,7 @@ def test_bfloat16_transcripts_keep_the_word_error_rate(pair):
     paths = sorted(CORPUS.glob("*.flac"))[:12]
     norm = EnglishTextNormalizer()
     truth = [norm(known[p.name]) for p in paths]
-    options = TranscribeOptions(language="en", temperature=0.0, batch_size=4)
+    options = TranscribeOptions.from_kwargs(language="en", temperature=0.0, batch_size=4)
     wers = [jiwer.wer(truth, [norm(r["text"]) for r in t.transcribe([str(p) for p in paths], options)])
             for t in pair]
     assert wers[0] < 0.25  # the float32 baseline is sane (these first clips are espeak-ng: robotic)

@@ -9,7 +9,8 @@ import whisper
 
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio
-from whisper_nnx.engine.decode.window_decoder import DecodedWindow, DecodeOptions, initial_tokens
+from whisper_nnx.engine.decode.options import DecodeOptions
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow, initial_tokens
 from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
@@ -23,20 +24,20 @@ def tiny():
 def test_hotwords_lead_the_prompt_and_previous_text_fills_the_rest(tiny):
     tok = tiny.tokenizer
     hot, previous = tok.encode(" Stella tickets"), tok.encode(" word") * 300
-    got = initial_tokens(tok, DecodeOptions(hotwords="Stella tickets", prompt=previous), 448)
+    got = initial_tokens(tok, DecodeOptions.from_kwargs(hotwords="Stella tickets", prompt=previous), 448)
     room = 448 // 2 - 1 - len(hot)
     assert got == [tok.sot_prev, *hot, *previous[-room:], *tok.sot_sequence]
     # A prefix takes precedence over hotwords (faster-whisper's rule).
-    got = initial_tokens(tok, DecodeOptions(hotwords="Stella", prefix="Hello"), 448)
+    got = initial_tokens(tok, DecodeOptions.from_kwargs(hotwords="Stella", prefix="Hello"), 448)
     assert got == [*tok.sot_sequence, *tok.encode(" Hello")]
-    assert initial_tokens(tok, DecodeOptions(hotwords="Stella"), 448) == \
+    assert initial_tokens(tok, DecodeOptions.from_kwargs(hotwords="Stella"), 448) == \
         [tok.sot_prev, *tok.encode(" Stella"), *tok.sot_sequence]
 
 
 def test_prefix_applies_to_the_first_window_only(tiny):
     tok = tiny.tokenizer
-    options = TranscribeOptions(prefix="Once upon")
-    job = SequentialFile(FileAudio.of(np.full(16000 * 45, 0.01, np.float32)), -2.0, tok, options,
+    options = TranscribeOptions.from_kwargs(prefix="Once upon")
+    job = SequentialFile(FileAudio.of(np.full(16000 * 45, 0.01, np.float32)), -2.0, tok, options.decode,
                          LongFormOptions(), 448)
     first = job.requests()[0]
     assert first.prompt == [*tok.sot_sequence, *tok.encode(" Once upon")]
@@ -56,7 +57,7 @@ def test_initial_prompt_matches_the_reference(tiny, data_dir, carry):
     checkpoint = read_checkpoint(tiny.checkpoint_path)
     audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
     prompt = "A travel diary, read aloud slowly."
-    ours = tiny.transcribe([audio], TranscribeOptions(temperature=0.0, initial_prompt=prompt,
+    ours = tiny.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, initial_prompt=prompt,
                                                       carry_initial_prompt=carry))[0]
     ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
                              temperature=0.0, fp16=False, initial_prompt=prompt, carry_initial_prompt=carry)
@@ -78,8 +79,8 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
     tok = tiny.tokenizer
     audio = FileAudio.of(np.full(16000 * 70, 0.01, np.float32))
     chunks = stride_chunks(audio.content_frames, 5.0)
-    options = TranscribeOptions(long_form="chunked", initial_prompt="Stella's tickets")
-    job = ChunkedFile(audio, -2.0, tok, options, LongFormOptions(mode="chunked", initial_prompt="Stella's tickets"),
+    options = TranscribeOptions.from_kwargs(long_form="chunked", initial_prompt="Stella's tickets")
+    job = ChunkedFile(audio, -2.0, tok, options.decode, LongFormOptions(mode="chunked", initial_prompt="Stella's tickets"),
                       448, chunks=chunks, chunk_tops=[-2.0] * len(chunks))
     requests = job.requests()
     assert len(requests) == len(chunks) >= 3
@@ -102,10 +103,10 @@ def test_per_window_prompts_do_not_revalidate_the_run_options(tiny, caplog):
     from whisper_nnx.engine.longform import ChunkedFile, stride_chunks
 
     with caplog.at_level(logging.WARNING):
-        options = TranscribeOptions(long_form="chunked", without_timestamps=True, initial_prompt="Stella")
+        options = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, initial_prompt="Stella")
         audio = FileAudio.of(np.full(16000 * 90, 0.01, np.float32))
         chunks = stride_chunks(audio.content_frames, 5.0)
-        job = ChunkedFile(audio, -2.0, tiny.tokenizer, options, options.long_form_options, 448, chunks=chunks,
+        job = ChunkedFile(audio, -2.0, tiny.tokenizer, options.decode, options.long_form, 448, chunks=chunks,
                           chunk_tops=[-2.0] * len(chunks))
         assert len(job.requests()) == len(chunks) >= 4
     warned = [r for r in caplog.records if "without timestamps" in r.getMessage()]

@@ -13,7 +13,7 @@ import whisper_nnx.engine as engine
 
 PUBLIC = {
     "Transcriber": "transcribe", "TranscribeOptions": "transcribe", "transcribe": "transcribe",
-    "DecodeOptions": "decode.window_decoder", "load_audio": "audio", "write_outputs": "writers", "FORMATS": "writers",
+    "DecodeOptions": "decode.options", "load_audio": "audio", "write_outputs": "writers", "FORMATS": "writers",
 }
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"engine": "whisper_nnx.engine", "sharding": "whisper_nnx.sharding"}

@@ -113,7 +113,7 @@ def test_int8_greedy_transcripts_keep_the_words(tiny, data_dir, transcripts):
     int8.generator = Generator(qmodel)
     int8.decoder = WindowDecoder(int8.generator, int8.dims)
     files = ["sample_joe.flac", "sample_espeak.flac"]
-    options = TranscribeOptions(language="en", temperature=0.0)
+    options = TranscribeOptions.from_kwargs(language="en", temperature=0.0)
     norm = EnglishTextNormalizer()
     truth = [norm(transcripts[f]) for f in files]
     wer = {}

@@ -406,8 +406,8 @@ def test_a_spooled_long_file_transcribes_exactly_as_in_memory(data_dir):
     fds = len(os.listdir("/proc/self/fd"))
     for mode in ("sequential", "chunked"):
         options = dict(language="en", beam_size=None, temperature=0.0, long_form=mode)
-        spooled = tiny.transcribe([lecture], TranscribeOptions(**options, spool_after_s=60.0))[0]
-        held = tiny.transcribe([lecture], TranscribeOptions(**options))[0]
+        spooled = tiny.transcribe([lecture], TranscribeOptions.from_kwargs(**options, spool_after_s=60.0))[0]
+        held = tiny.transcribe([lecture], TranscribeOptions.from_kwargs(**options))[0]
         assert spooled["error"] is None and spooled["windows"] >= 7
         assert spooled == held, mode
     assert len(os.listdir("/proc/self/fd")) <= fds

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whisper_nnx.engine.decode.window_decoder import DecodeOptions, strategy_for
+from whisper_nnx.engine.decode.options import DecodeOptions
+from whisper_nnx.engine.decode.window_decoder import strategy_for
 from whisper_nnx.engine.decode.programs import DecodeResult
 from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling
 
@@ -16,10 +17,10 @@ from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling
 @pytest.mark.parametrize("options,temperature,expected", [
     (DecodeOptions(), 0.0, Greedy()),
     (DecodeOptions(), 0.4, Sampling(best_of=5)),
-    (DecodeOptions(best_of=None), 0.4, Sampling(best_of=1)),
-    (DecodeOptions(beam_size=3, patience=2.0), 0.0, BeamSearch(beam_size=3, patience=2.0)),
-    (DecodeOptions(beam_size=3), 0.0, BeamSearch(beam_size=3, patience=1.0)),
-    (DecodeOptions(beam_size=3), 0.2, Sampling(best_of=5)),  # the reference samples above 0
+    (DecodeOptions.from_kwargs(best_of=None), 0.4, Sampling(best_of=1)),
+    (DecodeOptions.from_kwargs(beam_size=3, patience=2.0), 0.0, BeamSearch(beam_size=3, patience=2.0)),
+    (DecodeOptions.from_kwargs(beam_size=3), 0.0, BeamSearch(beam_size=3, patience=1.0)),
+    (DecodeOptions.from_kwargs(beam_size=3), 0.2, Sampling(best_of=5)),  # the reference samples above 0
 ])
 def test_strategy_for_picks_as_the_reference(options, temperature, expected):
     assert strategy_for(options, temperature) == expected

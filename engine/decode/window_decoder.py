@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,49 +21,10 @@ from whisper_nnx.sharding import multihost
 from ..model.config import ModelDims
 from .generate import DecodeConfig, Generator, RowLayout
 from .logit_rules import LogitRules
+from .options import DecodeOptions
 from .search import pick_best
 from .strategies import BeamSearch, Greedy, Sampling, Strategy
 from .tokenizer import Tokenizer
-
-FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode a window (the reference's DecodingOptions plus its fallback thresholds)."""
-
-    task: str = "transcribe"  # or "translate" (multilingual models)
-    temperature: Union[float, tuple[float, ...]] = FALLBACK_TEMPERATURES  # a tuple: fallback order
-    beam_size: Optional[int] = None  # beam search at temperature 0 (None: greedy)
-    patience: Optional[float] = None  # beam: collect round(beam_size * patience) hypotheses
-    length_penalty: Optional[float] = None  # None: divide by length; else ((5 + len) / 6) ** alpha
-    best_of: Optional[int] = 5  # independent samples per window at temperature > 0
-    sample_len: int = 224  # max sampled tokens per window
-    without_timestamps: bool = False
-    prompt: Optional[Union[str, Sequence[int]]] = None  # previous text, after <|startofprev|>
-    prefix: Optional[Union[str, Sequence[int]]] = None  # forced start of this window's text
-    hotwords: Optional[str] = None  # words to favour: put in the prompt before the previous text (no prefix)
-    suppress_blank: bool = True
-    suppress_tokens: str = "-1"  # comma-separated ids; "-1" = the non-speech set
-    compression_ratio_threshold: Optional[float] = 2.4  # retry when the text is more repetitive
-    logprob_threshold: Optional[float] = -1.0  # retry when the average log-probability is lower
-    no_speech_threshold: Optional[float] = 0.6  # ... unless this says the window is silence
-    seed: int = 0  # sampling randomness
-
-    def __post_init__(self) -> None:
-        if self.task not in ("transcribe", "translate"):
-            raise ValueError(f"task must be transcribe or translate, got {self.task!r}")
-        for name in ("beam_size", "best_of"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.patience is not None and self.beam_size is None:
-            raise ValueError("patience applies to beam search: set beam_size")
-
-    @property
-    def temperatures(self) -> tuple[float, ...]:
-        t = self.temperature
-        return tuple(t) if isinstance(t, (tuple, list)) else (float(t),)
 
 
 @dataclasses.dataclass
@@ -122,9 +83,9 @@ def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int
     """[<|startofprev|> [hotwords] prompt] + start sequence [+ <|notimestamps|>] [+ prefix], as
     the reference. A window's own `prompt` (previous text) and `prefix` are arguments (text,
     token ids or None); left out, they are the options' (one window, as whisper.decode)."""
-    prompt = options.prompt if prompt is _FROM_OPTIONS else prompt
-    prefix = options.prefix if prefix is _FROM_OPTIONS else prefix
-    tokens = list(tokenizer.sot_sequence_including_notimestamps if options.without_timestamps
+    prompt = options.prompts.prompt if prompt is _FROM_OPTIONS else prompt
+    prefix = options.prompts.prefix if prefix is _FROM_OPTIONS else prefix
+    tokens = list(tokenizer.sot_sequence_including_notimestamps if options.rules.without_timestamps
                   else tokenizer.sot_sequence)
 
     def encoded(text_or_ids) -> list[int]:
@@ -134,7 +95,8 @@ def initial_tokens(tokenizer: Tokenizer, options: DecodeOptions, n_text_ctx: int
         tokens += encoded(prefix)
     # Hotwords (faster-whisper's option) lead the prompt when there is no prefix; the previous
     # text fills what is left of the half context the prompt may take.
-    hot = encoded(options.hotwords)[:n_text_ctx // 2 - 1] if options.hotwords and not prefix else []
+    hotwords = options.prompts.hotwords
+    hot = encoded(hotwords)[:n_text_ctx // 2 - 1] if hotwords and not prefix else []
     room = n_text_ctx // 2 - 1 - len(hot)
     previous = encoded(prompt)[-room:] if prompt and room > 0 else []
     if hot or previous:
@@ -151,20 +113,22 @@ def compression_ratio(text: str) -> float:
 
 def needs_fallback(window: DecodedWindow, options: DecodeOptions) -> bool:
     """The reference's rule: too repetitive or too unlikely, unless it is silence."""
-    too_repetitive = (options.compression_ratio_threshold is not None
-                      and window.compression_ratio > options.compression_ratio_threshold)
-    too_unlikely = options.logprob_threshold is not None and window.avg_logprob < options.logprob_threshold
-    silence = (options.no_speech_threshold is not None and too_unlikely
-               and window.no_speech_prob > options.no_speech_threshold)
+    rules = options.fallback
+    too_repetitive = (rules.compression_ratio_threshold is not None
+                      and window.compression_ratio > rules.compression_ratio_threshold)
+    too_unlikely = rules.logprob_threshold is not None and window.avg_logprob < rules.logprob_threshold
+    silence = (rules.no_speech_threshold is not None and too_unlikely
+               and window.no_speech_prob > rules.no_speech_threshold)
     return (too_repetitive or too_unlikely) and not silence
 
 
 def is_silence(window: DecodedWindow, options: DecodeOptions) -> bool:
     """The reference transcribe's skip rule: no speech is likely, and the decode is not
     confident enough to overrule that. Such a window contributes no text."""
-    if options.no_speech_threshold is None or window.no_speech_prob <= options.no_speech_threshold:
+    rules = options.fallback
+    if rules.no_speech_threshold is None or window.no_speech_prob <= rules.no_speech_threshold:
         return False
-    return options.logprob_threshold is None or window.avg_logprob <= options.logprob_threshold
+    return rules.logprob_threshold is None or window.avg_logprob <= rules.logprob_threshold
 
 
 _PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256)
@@ -230,11 +194,11 @@ class WindowDecoder:
         self.generator, self.dims = generator, dims
 
     def rules(self, tokenizer: Tokenizer, prompt_len: int, options: DecodeOptions) -> LogitRules:
-        blank = tuple(tokenizer.encode(" ")) + (tokenizer.eot,) if options.suppress_blank else ()
+        blank = tuple(tokenizer.encode(" ")) + (tokenizer.eot,) if options.rules.suppress_blank else ()
         return LogitRules(
             sample_begin=prompt_len, eot=tokenizer.eot, no_timestamps=tokenizer.no_timestamps,
-            timestamp_begin=None if options.without_timestamps else tokenizer.timestamp_begin,
-            blank_ids=blank, suppress_ids=suppressed_ids(tokenizer, options.suppress_tokens, self.dims.n_vocab))
+            timestamp_begin=None if options.rules.without_timestamps else tokenizer.timestamp_begin,
+            blank_ids=blank, suppress_ids=suppressed_ids(tokenizer, options.rules.suppress_tokens, self.dims.n_vocab))
 
     def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
                options: DecodeOptions, seeds: Optional[Sequence[int]] = None) -> list[DecodedWindow]:
@@ -247,15 +211,15 @@ class WindowDecoder:
             prompts = [prompts] * n
         if any(tokenizer.sot not in p for p in prompts):
             raise ValueError("every prompt must hold <|startoftranscript|>")
-        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.sample_len, self.dims.n_text_ctx,
+        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.search.sample_len, self.dims.n_text_ctx,
                                   seeds=seeds)
         results: list[Optional[DecodedWindow]] = [None] * n
         pending = list(range(n))
-        temperatures = options.temperatures
+        temperatures = options.fallback.temperatures
         for attempt, temperature in enumerate(temperatures):
             index = np.asarray(pending, dtype=np.int32)
             decoded = self._decode_once(mel[index], batch.take(index), tokenizer, options, temperature,
-                                        seed=options.seed + attempt)
+                                        seed=options.search.seed + attempt)
             retry = []
             for row, window in zip(pending, decoded):
                 if attempt + 1 < len(temperatures) and needs_fallback(window, options):
@@ -269,7 +233,7 @@ class WindowDecoder:
 
     def config(self, tokenizer: Tokenizer, prompt_len: int, options: DecodeOptions) -> DecodeConfig:
         """The static settings of decoding prompts of `prompt_len` tokens with `options`."""
-        return DecodeConfig(rules=self.rules(tokenizer, prompt_len, options), sample_len=options.sample_len,
+        return DecodeConfig(rules=self.rules(tokenizer, prompt_len, options), sample_len=options.search.sample_len,
                             no_speech=tokenizer.no_speech)
 
     def _decode_once(self, mel: jax.Array, prompts: PromptBatch, tokenizer: Tokenizer,
@@ -280,14 +244,14 @@ class WindowDecoder:
         copies = strategy.copies
         padded = pad_rows(jnp.repeat(mel, copies, axis=0) if copies > 1 else mel,
                           lockstep_rows(n * copies, self.generator.batch_multiple))
-        rows = prompts.padded(padded.shape[0], repeat=copies, sample_len=options.sample_len)
+        rows = prompts.padded(padded.shape[0], repeat=copies, sample_len=options.search.sample_len)
         result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows, strategy=strategy)
         result = self.generator.fetch(result, padded.shape[0])
         candidates = strategy.candidates(result, n, prompt_len, config.rules.eot)
         no_speech = np.asarray(result.no_speech_prob)[::copies]
         windows = []
         for i in range(n):
-            tokens, sum_logprob = pick_best(candidates[i], options.length_penalty)
+            tokens, sum_logprob = pick_best(candidates[i], options.search.length_penalty)
             text = tokenizer.decode(tokens).strip()
             windows.append(DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1),
                                          float(no_speech[i]), compression_ratio(text), temperature))
@@ -298,8 +262,9 @@ def strategy_for(options: DecodeOptions, temperature: float) -> Strategy:
     """The strategy that decodes at `temperature` under `options`, as the reference picks its
     decoder: beam search at temperature 0 when a beam size is set, best-of sampling above 0,
     else greedy."""
-    if temperature == 0 and options.beam_size is not None:
-        return BeamSearch(beam_size=options.beam_size, patience=options.patience or 1.0)
+    search = options.search
+    if temperature == 0 and search.beam_size is not None:
+        return BeamSearch(beam_size=search.beam_size, patience=search.patience or 1.0)
     if temperature > 0:
-        return Sampling(best_of=options.best_of or 1)
+        return Sampling(best_of=search.best_of or 1)
     return Greedy()
