@@ -39,6 +39,7 @@ N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
 N_FRAMES = _exact_div(N_SAMPLES, HOP_LENGTH)  # 3000 mel frames per window
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the encoder's second conv has stride 2: 320 samples
 FRAMES_PER_SECOND = _exact_div(SAMPLE_RATE, HOP_LENGTH)  # 100 mel frames per second (10 ms)
+FRAMES_PER_TIMESTAMP = _exact_div(N_SAMPLES_PER_TOKEN, HOP_LENGTH)  # 2 mel frames per timestamp step (20 ms)
 TOKENS_PER_SECOND = _exact_div(SAMPLE_RATE, N_SAMPLES_PER_TOKEN)  # 50 positions/s (20 ms)
 N_AUDIO_CTX = _exact_div(N_FRAMES, 2)  # 1500 encoder positions per window
 TIME_PRECISION = 1 / TOKENS_PER_SECOND  # 0.02 s, one timestamp token step

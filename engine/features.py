@@ -133,7 +133,7 @@ log_mel_spectrogram_jit = jax.jit(log_mel_spectrogram, static_argnames=("n_mels"
 # cost twice the memory of the 16 kHz audio, so each window's frames are recomputed from the
 # samples they cover: frame f of the file spans samples [f * 160, f * 160 + 400) of the file's
 # centred signal (reflect padding on the left, 30 s + 200 zeros on the right). The -8 floor
-# needs the maximum of the whole file first: `window_log_max` gives it window by window.
+# needs the maximum of the whole file first: `window_log_mel_max` gives it window by window.
 
 # Centred samples read for 3000 frames: whole hop blocks, 480320 (the last 80 are unused).
 WINDOW_SAMPLES = (N_FRAMES + _BLOCKS_PER_WINDOW - 1) * HOP_LENGTH
@@ -162,21 +162,21 @@ def window_samples(signal: np.ndarray, frame: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("n_mels",))
-def window_log_max(samples: jax.Array, valid: jax.Array, n_mels: int) -> jax.Array:
-    """samples [B, WINDOW_SAMPLES], valid [B] frames to consider -> max log10 mel power [B]."""
+def window_log_mel_max(samples: jax.Array, audio_frames: jax.Array, n_mels: int) -> jax.Array:
+    """samples [B, WINDOW_SAMPLES], audio_frames [B] frames to consider -> max log10 mel power [B]."""
     log_spec = _log_spec(_frames_of_padded(samples, N_FRAMES), n_mels)
-    keep = jnp.arange(N_FRAMES)[None, None, :] < valid[:, None, None]
+    keep = jnp.arange(N_FRAMES)[None, None, :] < audio_frames[:, None, None]
     return jnp.max(jnp.where(keep, log_spec, -jnp.inf), axis=(1, 2))
 
 
 @functools.partial(jax.jit, static_argnames=("n_mels",))
-def window_log_mel(samples: jax.Array, content: jax.Array, top: jax.Array, n_mels: int) -> jax.Array:
+def window_log_mel(samples: jax.Array, audio_frames: jax.Array, log_mel_max: jax.Array, n_mels: int) -> jax.Array:
     """Normalised log-mel windows, as the reference feeds its encoder in long-form decoding.
 
-    samples [B, WINDOW_SAMPLES]; content [B]: frames of the window that hold the file (the
-    rest are zeros in mel space, the reference's pad_or_trim of a short last segment); top [B]:
+    samples [B, WINDOW_SAMPLES]; audio_frames [B]: frames of the window that hold the file (the
+    rest are zeros in mel space, the reference's pad_or_trim of a short last segment); log_mel_max [B]:
     the maximum log10 power the -8 floor is taken from (the whole file's) -> [B, M, 3000].
     """
     log_spec = _log_spec(_frames_of_padded(samples, N_FRAMES), n_mels)
-    mel = (jnp.maximum(log_spec, top[:, None, None] - 8.0) + 4.0) / 4.0
-    return jnp.where(jnp.arange(N_FRAMES)[None, None, :] < content[:, None, None], mel, 0.0)
+    mel = (jnp.maximum(log_spec, log_mel_max[:, None, None] - 8.0) + 4.0) / 4.0
+    return jnp.where(jnp.arange(N_FRAMES)[None, None, :] < audio_frames[:, None, None], mel, 0.0)

@@ -18,11 +18,11 @@ requests of which files share a device batch. Times are seconds from the start o
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, FRAMES_PER_TIMESTAMP, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decode.options import DecodeOptions
 from .decode.window_decoder import DecodedWindow, initial_tokens, is_silence
 from .features import centred_signal, total_frames, window_samples
@@ -31,7 +31,6 @@ from .stitching import stitch_chunks
 from .decode.tokenizer import Tokenizer
 from .words import assign_words, word_timings
 
-INPUT_STRIDE = N_FRAMES // 1500  # mel frames per timestamp step (2)
 # A file (or chunk) whose loudest mel bin is below this log10 power holds no signal at all
 # (digital silence, or noise around -100 dBFS): it is an empty transcript without decoding.
 SILENT_LOG_POWER = -9.0
@@ -62,10 +61,10 @@ class WindowRequest:
     hundreds of requests waiting)."""
 
     job: "FileJob"
-    key: int  # the job's own label (chunk number; the seek for sequential files)
+    chunk: Optional[int]  # the chunk's number in a chunked file (None in a sequential one)
     frame: int  # first mel frame of the window in the file
-    content: int  # frames of the window that hold the file (the rest decode as mel zeros)
-    top: float  # max log10 mel power the -8 floor is taken from
+    audio_frames: int  # frames of the window that hold the file (the rest decode as mel zeros)
+    log_mel_max: float  # the file's (or chunk's) max log10 mel power: the -8 floor is taken from it
     prompt: list[int]  # [<|startofprev|> ...] + start sequence (+ prefix)
 
 
@@ -81,7 +80,7 @@ class FileAudio:
         return cls(centred_signal(audio), int(audio.shape[0]))
 
     @property
-    def content_frames(self) -> int:
+    def audio_frames(self) -> int:
         return total_frames(self.n_samples) - N_FRAMES
 
     @property
@@ -125,14 +124,16 @@ def _attach_words(segments: list[Segment], window: DecodedWindow, tokenizer: Tok
 class FileJob:
     """What every long-form job shares: the file, its language, its decoded segments."""
 
-    def __init__(self, audio: FileAudio, top: float, tokenizer: Tokenizer, options: DecodeOptions,
-                 long_form: LongFormOptions, n_text_ctx: int):
-        self.audio, self.top, self.tokenizer = audio, top, tokenizer
+    def __init__(self, audio: FileAudio, log_mel_max: float, tokenizer: Tokenizer, options: DecodeOptions,
+                 long_form: LongFormOptions, n_text_ctx: int, file_time: Optional[Callable] = None):
+        """`file_time`: decoded time -> the file's time, where the job decodes a view of the file
+        (its speech, under voice activity); None: the job decodes the file itself."""
+        self.audio, self.log_mel_max, self.tokenizer = audio, log_mel_max, tokenizer
         self.options, self.long_form, self.n_text_ctx = options, long_form, n_text_ctx
         self.segments: list[Segment] = []
         self.windows_decoded = 0
-        self.silent = top < SILENT_LOG_POWER or audio.n_samples == 0
-        self.restore = None  # maps times of the audio decoded back to the file's (voice activity)
+        self.silent = log_mel_max < SILENT_LOG_POWER or audio.n_samples == 0
+        self.file_time = file_time
 
     def start_prompt(self, previous: list[int], first: bool) -> list[int]:
         """The prompt of a window; a prefix applies to the file's first window only (as in
@@ -154,13 +155,13 @@ class FileJob:
         """The file's transcript: text, segments (with the stats of the window each came from)."""
         segments = [s for s in self.segments if s.text.strip()]
         for s in segments:  # a last timestamp may point past the end of the audio
-            s.end = min(s.end, self.audio.duration) if self.restore is None else s.end
+            s.end = min(s.end, self.audio.duration) if self.file_time is None else s.end
             s.start = min(s.start, s.end)
-        if self.restore is not None:
+        if self.file_time is not None:
             for s in segments:
-                s.start, s.end = self.restore(s.start), self.restore(s.end, is_end=True)
+                s.start, s.end = self.file_time(s.start), self.file_time(s.end, is_end=True)
                 for w in s.words:
-                    w["start"], w["end"] = round(self.restore(w["start"]), 2), round(self.restore(w["end"], True), 2)
+                    w["start"], w["end"] = round(self.file_time(w["start"]), 2), round(self.file_time(w["end"], True), 2)
         return {"text": "".join(s.text for s in segments).strip(),
                 "segments": [s.to_json() for s in segments],
                 "tokens": [t for s in segments for t in s.tokens],
@@ -191,7 +192,7 @@ class SequentialFile(FileJob):
 
     @property
     def done(self) -> bool:
-        return self.silent or self.seek >= self.audio.content_frames
+        return self.silent or self.seek >= self.audio.audio_frames
 
     def _previous(self) -> list[int]:
         if self.long_form.carry_initial_prompt:
@@ -204,14 +205,14 @@ class SequentialFile(FileJob):
         if self.done or self.waiting:
             return []
         self.waiting = True
-        content = min(N_FRAMES, self.audio.content_frames - self.seek)
-        return [WindowRequest(self, self.seek, self.seek, content, self.top,
+        audio_frames = min(N_FRAMES, self.audio.audio_frames - self.seek)
+        return [WindowRequest(self, None, self.seek, audio_frames, self.log_mel_max,
                               self.start_prompt(self._previous(), first=self.seek == 0))]
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
         self.waiting = False
         self.windows_decoded += 1
-        segment_size = request.content
+        segment_size = request.audio_frames
         if is_silence(window, self.options):
             self.seek += segment_size
             return
@@ -221,7 +222,7 @@ class SequentialFile(FileJob):
         cut = _cut_at(tokens, ts_begin)
         if cut is not None:
             # Resume at the last complete timestamp pair: the text after it is decoded again.
-            self.seek += (tokens[cut - 1] - ts_begin) * INPUT_STRIDE
+            self.seek += (tokens[cut - 1] - ts_begin) * FRAMES_PER_TIMESTAMP
         else:
             self.seek += segment_size
         if self.long_form.word_timestamps and window.alignment is not None and segments:
@@ -253,22 +254,22 @@ class ChunkedFile(FileJob):
     the last chunk, in chunks cut at pauses, and where a gap before the next chunk is left.
     """
 
-    def __init__(self, *args, chunks: list[tuple[int, int]], chunk_tops: list[float], **kwargs):
+    def __init__(self, *args, chunks: list[tuple[int, int]], chunk_log_mel_max: list[float], **kwargs):
         """`chunks`: (first frame, frames) of each chunk (`stride_chunks`, or `speech_chunks`
-        when voice activity chose them); `chunk_tops`: each chunk's maximum log10 mel power."""
+        when voice activity chose them); `chunk_log_mel_max`: each chunk's maximum log10 mel power."""
         super().__init__(*args, **kwargs)
         self.starts, self.lengths = [c[0] for c in chunks], [c[1] for c in chunks]
-        self.chunk_tops = chunk_tops
+        self.chunk_log_mel_max = chunk_log_mel_max
         self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(self.starts))}
         self.open: set[int] = set(range(len(self.starts)))  # chunks with a window still to decode
         self.waiting: list[WindowRequest] = []
         previous = self.tokenizer.encode(" " + self.long_form.initial_prompt.strip()) \
             if self.long_form.initial_prompt else []
         for k, start in enumerate(self.starts):
-            if self.chunk_tops[k] < SILENT_LOG_POWER or self.silent:
+            if self.chunk_log_mel_max[k] < SILENT_LOG_POWER or self.silent:
                 self.open.discard(k)  # nothing to hear: no decode
             else:
-                self.waiting.append(WindowRequest(self, k, start, self.lengths[k], self.chunk_tops[k],
+                self.waiting.append(WindowRequest(self, k, start, self.lengths[k], self.chunk_log_mel_max[k],
                                                   self.start_prompt(previous, first=k == 0)))
         self._finish_if_done()
 
@@ -285,20 +286,20 @@ class ChunkedFile(FileJob):
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
         self.windows_decoded += 1
-        k, ts_begin = request.key, self.tokenizer.timestamp_begin
+        k, ts_begin = request.chunk, self.tokenizer.timestamp_begin
         if not is_silence(window, self.options):
             offset = request.frame / FRAMES_PER_SECOND
-            segments = _window_segments(window, self.tokenizer, offset, request.content / FRAMES_PER_SECOND)
+            segments = _window_segments(window, self.tokenizer, offset, request.audio_frames / FRAMES_PER_SECOND)
             if self.long_form.word_timestamps and window.alignment is not None and segments:
                 _attach_words(segments, window, self.tokenizer, offset, 0.0)
             self.decoded[k] += segments
             cut = _cut_at(window.tokens, ts_begin)
             if cut is not None:
-                resume = request.frame + (window.tokens[cut - 1] - ts_begin) * INPUT_STRIDE
+                resume = request.frame + (window.tokens[cut - 1] - ts_begin) * FRAMES_PER_TIMESTAMP
                 if request.frame < resume < self._covered_until(k):
                     chunk_end = self.starts[k] + self.lengths[k]
                     self.waiting.append(WindowRequest(self, k, resume, min(N_FRAMES, chunk_end - resume),
-                                                      self.chunk_tops[k], request.prompt))
+                                                      self.chunk_log_mel_max[k], request.prompt))
                     return
         self.open.discard(k)
         self._finish_if_done()
@@ -314,26 +315,26 @@ class ChunkedFile(FileJob):
         return not self.open
 
 
-def chunk_starts(content_frames: int, stride_s: float) -> list[int]:
+def chunk_starts(audio_frames: int, stride_s: float) -> list[int]:
     """First frame of each chunk: every 30 - 2 * stride seconds until a chunk reaches the end."""
     step = N_FRAMES - 2 * round(stride_s * FRAMES_PER_SECOND)
     starts = [0]
-    while starts[-1] + N_FRAMES < content_frames:
+    while starts[-1] + N_FRAMES < audio_frames:
         starts.append(starts[-1] + step)
     return starts
 
 
-def stride_chunks(content_frames: int, stride_s: float) -> list[tuple[int, int]]:
+def stride_chunks(audio_frames: int, stride_s: float) -> list[tuple[int, int]]:
     """(first frame, frames) of the 30 s chunks that overlap by `stride_s` on each side."""
-    return [(start, min(N_FRAMES, content_frames - start)) for start in chunk_starts(content_frames, stride_s)]
+    return [(start, min(N_FRAMES, audio_frames - start)) for start in chunk_starts(audio_frames, stride_s)]
 
 
-def speech_chunks(regions: list[tuple[int, int]], content_frames: int) -> list[tuple[int, int]]:
+def speech_chunks(regions: list[tuple[int, int]], audio_frames: int) -> list[tuple[int, int]]:
     """Voice-activity regions (samples) grouped into chunks of at most 30 s that start and end
     at pauses: (first frame, frames) each. A region longer than 30 s is cut into 30 s pieces."""
     chunks: list[list[int]] = []
     for start, end in regions:
-        first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), content_frames)
+        first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), audio_frames)
         while last - first > N_FRAMES:  # only when the detector allows regions over 30 s
             chunks.append([first, first + N_FRAMES])
             first += N_FRAMES

@@ -266,8 +266,8 @@ class WindowScheduler:
         wait, in order."""
         if len(queue) <= self.batch_size:
             return list(queue), collections.deque()
-        oldest = queue[0].content
-        chosen = set(sorted(range(len(queue)), key=lambda i: (abs(queue[i].content - oldest), i))[:self.batch_size])
+        oldest = queue[0].audio_frames
+        chosen = set(sorted(range(len(queue)), key=lambda i: (abs(queue[i].audio_frames - oldest), i))[:self.batch_size])
         return ([r for i, r in enumerate(queue) if i in chosen],
                 collections.deque(r for i, r in enumerate(queue) if i not in chosen))
 

@@ -7,7 +7,7 @@ float32 samples, and each window reads only the samples it covers, so memory sta
 piece while spooling and one window per `window()` call afterwards.
 
 Every source offers FileAudio's interface with the same numbers, bit for bit:
-`n_samples`, `duration` (s), `content_frames`, and `window(frame)`, equal to
+`n_samples`, `duration` (s), `audio_frames`, and `window(frame)`, equal to
 `features.window_samples(features.centred_signal(samples), frame)` for every frame >= 0.
 
 - `SpooledAudio` (from `spool_audio(path, directory)`): the file's samples on disk.
@@ -65,8 +65,8 @@ class Windowed:
         return self.n_samples / SAMPLE_RATE
 
     @property
-    def content_frames(self) -> int:
-        """Mel frames that hold the audio (as FileAudio.content_frames)."""
+    def audio_frames(self) -> int:
+        """Mel frames that hold the audio (as FileAudio.audio_frames)."""
         return total_frames(self.n_samples) - N_FRAMES
 
     def samples(self, start: int, stop: int) -> np.ndarray:
@@ -254,8 +254,8 @@ def iter_windows(audio, frames: Iterable[int], group: int = 16) -> Iterator[np.n
 
 def floor_spans(audio) -> list[tuple[int, int]]:
     """The whole-file windows the -8 log-mel floor is the maximum over: [(first frame, valid frames)],
-    every 3000 frames across content_frames + 3000 (the mel of the file and its 30 s of zeros)."""
-    total = audio.content_frames + N_FRAMES
+    every 3000 frames across audio_frames + 3000 (the mel of the file and its 30 s of zeros)."""
+    total = audio.audio_frames + N_FRAMES
     return [(start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
 
 

@@ -73,12 +73,12 @@ class Transcriber:
         self.mesh = mesh
         # Weights are stored in the compute dtype: a bfloat16 decode step then reads half the
         # bytes (it is bound by memory traffic: the 51k x D output table dominates).
-        model_ = load_model(checkpoint, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], mesh=mesh,
-                            rules=rules, allow_replicated=allow_replicated)
+        network = load_model(checkpoint, dtype=_DTYPES[dtype], param_dtype=_DTYPES[dtype], mesh=mesh,
+                             rules=rules, allow_replicated=allow_replicated)
         if quantize:
             from .model.quantize import quantize_weights
-            model_ = quantize_weights(model_, quantize)
-        self.generator = Generator(model_, mesh=mesh, rules=rules)
+            network = quantize_weights(network, quantize)
+        self.generator = Generator(network, mesh=mesh, rules=rules)
         self.alignment_heads = tuple(tuple(h) for h in checkpoint.alignment_heads or ()) or \
             default_alignment_heads(self.dims.n_text_layer, self.dims.n_text_head)
         self.decoder = WindowDecoder(self.generator, self.dims)

@@ -26,7 +26,7 @@ from whisper_nnx.sharding import multihost
 
 from .audio import N_FRAMES
 from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
-from .features import WINDOW_SAMPLES, window_log_max, window_log_mel
+from .features import WINDOW_SAMPLES, window_log_mel_max, window_log_mel
 from .decode.generate import Generator
 from .longform import (
     ChunkedFile,
@@ -61,7 +61,7 @@ class _Framed:
 
     audio: object  # Windowed: the samples the job decodes
     plan: Optional[list[tuple[int, int]]]  # chunked: (first frame, frames) of each chunk
-    restore: Optional[Callable]  # voice activity, sequential: decoded time -> the file's time
+    file_time: Optional[Callable]  # voice activity, sequential: decoded time -> the file's time
 
 
 def _attempt(step: Callable, *args):
@@ -96,10 +96,10 @@ class WindowPipeline:
         (the same on every process) go on for the others."""
         framed = [_attempt(self._frame, loaded) for loaded in arrivals]
         good = [f for f in framed if not isinstance(f, BaseException)]
-        tops, chunk_tops = self._maxima(good)
-        languages = self._file_languages([f.audio for f in good], tops)
-        jobs = iter([_attempt(self._job, f, top, chunk_top, language)
-                     for f, top, chunk_top, language in zip(good, tops, chunk_tops, languages)])
+        log_mel_maxes, chunk_log_mel_max = self._maxima(good)
+        languages = self._file_languages([f.audio for f in good], log_mel_maxes)
+        jobs = iter([_attempt(self._job, f, log_mel_max, chunk_max, language)
+                     for f, log_mel_max, chunk_max, language in zip(good, log_mel_maxes, chunk_log_mel_max, languages)])
         return [f if isinstance(f, BaseException) else next(jobs) for f in framed]
 
     def _frame(self, loaded: LoadedInput) -> "_Framed":
@@ -110,8 +110,8 @@ class WindowPipeline:
             return _Framed(SpeechView(loaded.audio, loaded.speech), None, SpeechMap(loaded.speech).restore)
         if not chunked:
             return _Framed(loaded.audio, None, None)
-        plan = speech_chunks(loaded.speech, loaded.audio.content_frames) if loaded.speech is not None else \
-            stride_chunks(loaded.audio.content_frames, self.options.long_form.chunk_stride_s)
+        plan = speech_chunks(loaded.speech, loaded.audio.audio_frames) if loaded.speech is not None else \
+            stride_chunks(loaded.audio.audio_frames, self.options.long_form.chunk_stride_s)
         return _Framed(loaded.audio, plan, None)
 
     def _maxima(self, files: list["_Framed"]) -> tuple[list[float], list[list[float]]]:
@@ -121,40 +121,41 @@ class WindowPipeline:
         for f, framed in enumerate(files):
             spans += [(f, start, frames) for start, frames in [*floor_spans(framed.audio), *(framed.plan or ())]]
         maxima = self._window_maxima(spans, [f.audio for f in files])
-        tops, chunk_tops, at = [], [], 0
+        log_mel_maxes, chunk_log_mel_max, at = [], [], 0
         for framed in files:
             n_whole = len(floor_spans(framed.audio))
             n_chunks = len(framed.plan or ())
-            tops.append(float(maxima[at:at + n_whole].max()))
-            chunk_tops.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
+            log_mel_maxes.append(float(maxima[at:at + n_whole].max()))
+            chunk_log_mel_max.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
             at += n_whole + n_chunks
-        return tops, chunk_tops
+        return log_mel_maxes, chunk_log_mel_max
 
-    def _job(self, framed: "_Framed", top: float, chunk_tops: list[float],
+    def _job(self, framed: "_Framed", log_mel_max: float, chunk_log_mel_max: list[float],
              language: tuple[str, Optional[dict]]) -> tuple[FileJob, Optional[str], Optional[dict]]:
         code, probs = language
         tokenizer = self.tokenizer.with_language(code, self.options.decode.task) if self.tokenizer.multilingual \
             else self.tokenizer
-        args = (framed.audio, top, tokenizer, self.options.decode, self.options.long_form, self.dims.n_text_ctx)
-        job = ChunkedFile(*args, chunk_tops=chunk_tops, chunks=framed.plan) if framed.plan is not None \
-            else SequentialFile(*args)
-        job.restore = framed.restore
+        args = (framed.audio, log_mel_max, tokenizer, self.options.decode, self.options.long_form, self.dims.n_text_ctx)
+        if framed.plan is not None:
+            job = ChunkedFile(*args, chunk_log_mel_max=chunk_log_mel_max, chunks=framed.plan)
+        else:
+            job = SequentialFile(*args, file_time=framed.file_time)
         return job, code, probs
 
     def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
-        """Max log10 mel power of each span (file, first frame, valid frames): [len(spans)].
+        """Max log10 mel power of each span (file, first frame, frames of audio): [len(spans)].
         Windows are cut `group` at a time, so a long file never has all its windows in memory."""
         out = []
         for i in range(0, len(spans), group):
             part = spans[i:i + group]
             samples = np.zeros((group, WINDOW_SAMPLES), np.float32)
-            counts = np.zeros((group,), np.int32)
-            for row, (f, start, valid) in enumerate(part):
-                samples[row], counts[row] = audios[f].window(start), valid
-            out.append(np.asarray(window_log_max(samples, counts, n_mels=self.dims.n_mels))[:len(part)])
+            audio_frames = np.zeros((group,), np.int32)
+            for row, (f, start, frames) in enumerate(part):
+                samples[row], audio_frames[row] = audios[f].window(start), frames
+            out.append(np.asarray(window_log_mel_max(samples, audio_frames, n_mels=self.dims.n_mels))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def _file_languages(self, audios: list, tops: list[float]) -> list[tuple[str, Optional[dict]]]:
+    def _file_languages(self, audios: list, log_mel_maxes: list[float]) -> list[tuple[str, Optional[dict]]]:
         """Per file (language, probabilities or None): detected on the file's first 30 s as the
         reference does, unless the model is English-only or the options fix the language."""
         options = self.options
@@ -166,40 +167,42 @@ class WindowPipeline:
         if multihost.global_max(len(audios)) == 0:
             return []
         samples = np.stack([a.window(0) for a in audios]) if audios else np.zeros((0, WINDOW_SAMPLES), np.float32)
-        mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(tops, np.float32))
+        mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(log_mel_maxes, np.float32))
         found = detect_languages(self.generator, self.tokenizer, mel)
         top5 = lambda probs: dict(sorted(probs.items(), key=lambda kv: -kv[1])[:5])
         return [(code, {k: round(v, 4) for k, v in top5(probs).items()}) for code, probs in found]
 
-    def _window_mel(self, samples: np.ndarray, content: np.ndarray, top: np.ndarray) -> jax.Array:
+    def _window_mel(self, samples: np.ndarray, audio_frames: np.ndarray, log_mel_max: np.ndarray) -> jax.Array:
         """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B, M, 3000] (B bucketed)."""
         n = samples.shape[0]
         rows = bucket(max(n, 1))
         grown = np.zeros((rows, WINDOW_SAMPLES), np.float32)
         grown[:n] = samples
-        counts, tops = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
-        counts[:n], tops[:n] = content, top
-        return window_log_mel(grown, counts, tops, n_mels=self.dims.n_mels)[:n]
+        frames, maxima = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
+        frames[:n], maxima[:n] = audio_frames, log_mel_max
+        return window_log_mel(grown, frames, maxima, n_mels=self.dims.n_mels)[:n]
 
     def decode(self, requests: list[WindowRequest]) -> list[DecodedWindow]:
         """One decoded window per request, in order (the batch is padded to a bucketed size)."""
         rows = bucket(max(len(requests), 1))
         samples = np.zeros((rows, WINDOW_SAMPLES), np.float32)
-        content = np.full((rows,), N_FRAMES, np.int32)
-        top = np.zeros((rows,), np.float32)
+        audio_frames = np.full((rows,), N_FRAMES, np.int32)
+        log_mel_max = np.zeros((rows,), np.float32)
         for row, request in enumerate(requests):
-            samples[row], content[row], top[row] = request.job.audio.window(request.frame), request.content, request.top
+            samples[row] = request.job.audio.window(request.frame)
+            audio_frames[row], log_mel_max[row] = request.audio_frames, request.log_mel_max
         prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
         options = self.options
-        mel = self._window_mel(samples, content, top)[:len(prompts)]
+        mel = self._window_mel(samples, audio_frames, log_mel_max)[:len(prompts)]
         tokenizer = self.tokenizer.with_language(options.language or "en", options.decode.task) \
             if self.tokenizer.multilingual else self.tokenizer
         windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
         if options.long_form.word_timestamps:
-            self._align_words(mel, windows, content[:len(prompts)], prompts)
+            self._align_words(mel, windows, audio_frames[:len(prompts)], prompts)
         return windows
 
-    def _align_words(self, mel: jax.Array, windows: list, frames: np.ndarray, prompts: list[list[int]]) -> None:
+    def _align_words(self, mel: jax.Array, windows: list, audio_frames: np.ndarray,
+                     prompts: list[list[int]]) -> None:
         """Attach to each window the alignment matrix and token probabilities of the text the
         reference would align (the tokens of its segments), in one batched device call."""
         tok = self.tokenizer
@@ -216,13 +219,13 @@ class WindowPipeline:
             return
         width = multihost.global_max(-(-max((len(s) for s in sequences), default=1) // 32) * 32)
         tokens = np.full((n, width), tok.eot, np.int32)
-        lengths, counts = np.ones((n,), np.int32), np.full((n,), N_FRAMES, np.int32)
+        lengths, frames = np.ones((n,), np.int32), np.full((n,), N_FRAMES, np.int32)
         for i, (row, seq) in enumerate(zip(rows, sequences)):
-            tokens[i, :len(seq)], lengths[i], counts[i] = seq, len(seq), frames[row]
+            tokens[i, :len(seq)], lengths[i], frames[i] = seq, len(seq), audio_frames[row]
         picked = pad_rows(mel[np.asarray(rows, np.int32)], n)
-        aligned = self.generator.alignment(picked, tokens, lengths, counts, self.alignment_heads, tok.eot)
+        aligned = self.generator.alignment(picked, tokens, lengths, frames, self.alignment_heads, tok.eot)
         matrix, probs = self.generator.fetch(aligned, n)
         for i, (row, seq) in enumerate(zip(rows, sequences)):
             n_text = len(seq) - n_start - 2
-            windows[row].alignment = (np.asarray(matrix[i, n_start:len(seq) - 1, :max(counts[i] // 2, 1)]),
+            windows[row].alignment = (np.asarray(matrix[i, n_start:len(seq) - 1, :max(frames[i] // 2, 1)]),
                                       [float(p) for p in probs[i, n_start:n_start + n_text]])

@@ -16,7 +16,7 @@ from reference import reference_model
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
 from whisper_nnx.engine.model.config import ModelDims
 from whisper_nnx.engine.features import log_mel_spectrogram
-from whisper_nnx.engine.decode.generate import DecodeConfig, Generator, RowLayout, shrunk_width
+from whisper_nnx.engine.decode.generate import DecodeConfig, Generator, RowSpec, shrunk_width
 from whisper_nnx.engine.decode.logit_rules import LogitRules
 from whisper_nnx.engine.model.whisper import build_model
 from whisper_nnx.engine.decode.programs import default_rows
@@ -72,7 +72,7 @@ def test_dropping_finished_rows_changes_no_row(sample):
     strategy = Sampling() if sample else Greedy()
     limits = np.array([2, 24, 4, 5, 3, 7, 1, 4], np.int32)  # one long row among short ones
     seeds = np.arange(batch, dtype=np.int32) * 11
-    rows = RowLayout(np.zeros(batch, np.int32), limits, np.zeros(batch, np.int32), seeds)
+    rows = RowSpec(np.zeros(batch, np.int32), limits, np.zeros(batch, np.int32), seeds)
     whole = Generator(model, shrink_every=0).generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows,
                                                       strategy=strategy)
     stretches = Generator(model, shrink_every=3)

@@ -42,7 +42,7 @@ def test_window_features_equal_slices_of_the_whole_file_mel(data_dir):
     signal = features.centred_signal(audio)
     frames = features.total_frames(audio.shape[0])
     assert frames == ref.shape[1]
-    maxima = [float(features.window_log_max(features.window_samples(signal, f)[None],
+    maxima = [float(features.window_log_mel_max(features.window_samples(signal, f)[None],
                                             np.array([min(3000, frames - f)]), n_mels=80)[0])
               for f in range(0, frames, 3000)]
     top = max(maxima)

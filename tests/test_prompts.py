@@ -78,10 +78,10 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
 
     tok = tiny.tokenizer
     audio = FileAudio.of(np.full(16000 * 70, 0.01, np.float32))
-    chunks = stride_chunks(audio.content_frames, 5.0)
+    chunks = stride_chunks(audio.audio_frames, 5.0)
     options = TranscribeOptions.from_kwargs(long_form="chunked", initial_prompt="Stella's tickets")
     job = ChunkedFile(audio, -2.0, tok, options.decode, LongFormOptions(mode="chunked", initial_prompt="Stella's tickets"),
-                      448, chunks=chunks, chunk_tops=[-2.0] * len(chunks))
+                      448, chunks=chunks, chunk_log_mel_max=[-2.0] * len(chunks))
     requests = job.requests()
     assert len(requests) == len(chunks) >= 3
     expected = [tok.sot_prev, *tok.encode(" Stella's tickets"), *tok.sot_sequence]
@@ -105,9 +105,9 @@ def test_per_window_prompts_do_not_revalidate_the_run_options(tiny, caplog):
     with caplog.at_level(logging.WARNING):
         options = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, initial_prompt="Stella")
         audio = FileAudio.of(np.full(16000 * 90, 0.01, np.float32))
-        chunks = stride_chunks(audio.content_frames, 5.0)
+        chunks = stride_chunks(audio.audio_frames, 5.0)
         job = ChunkedFile(audio, -2.0, tiny.tokenizer, options.decode, options.long_form, 448, chunks=chunks,
-                          chunk_tops=[-2.0] * len(chunks))
+                          chunk_log_mel_max=[-2.0] * len(chunks))
         assert len(job.requests()) == len(chunks) >= 4
     warned = [r for r in caplog.records if "without timestamps" in r.getMessage()]
     assert len(warned) == 1

@@ -45,7 +45,7 @@ class _FakeJob:
         return out
 
     def accept(self, request, window):
-        self.back.append(request.key)
+        self.back.append(request.chunk)
 
     @property
     def done(self):
@@ -66,7 +66,7 @@ def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str
             return [(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None) for a in arrivals]
 
         def decode(self, requests):
-            batches.append([r.content for r in requests])
+            batches.append([r.audio_frames for r in requests])
             if fail_on is not None and fail_on in {r.job.name for r in requests}:
                 raise RuntimeError("device fell over")
             return [DecodedWindow([], "", 0.0, 0.0, 0.0, 0.0, 0.0) for _ in requests]

@@ -126,8 +126,8 @@ def test_spooled_windows_equal_in_memory(files, tmp_path, name):
         assert np.array_equal(np.concatenate(list(spooled.pieces(size=40_000))), audio)
         assert_windows_equal(spooled, audio)
         reference = FileAudio.of(audio)
-        assert (spooled.n_samples, spooled.duration, spooled.content_frames) == (
-            reference.n_samples, reference.duration, reference.content_frames)
+        assert (spooled.n_samples, spooled.duration, spooled.audio_frames) == (
+            reference.n_samples, reference.duration, reference.audio_frames)
         assert np.array_equal(spooled.window(3000), reference.window(3000))
 
 
@@ -136,7 +136,7 @@ def test_every_window_of_a_short_file(files, tmp_path):
     audio = load_audio(files["mono.wav"])
     signal = centred_signal(audio)
     with spool_audio(files["mono.wav"], tmp_path) as spooled:
-        for frame in range(0, spooled.content_frames + 3001, 7):
+        for frame in range(0, spooled.audio_frames + 3001, 7):
             assert np.array_equal(spooled.window(frame), window_samples(signal, frame)), frame
 
 
@@ -175,7 +175,7 @@ def test_iter_windows_and_floor_spans(files, tmp_path):
     reference = FileAudio.of(audio)
     with spool_audio(files["stereo.flac"], tmp_path) as spooled:
         spans = floor_spans(spooled)
-        total = spooled.content_frames + 3000
+        total = spooled.audio_frames + 3000
         assert [f for f, _ in spans] == list(range(0, total, 3000))
         assert sum(valid for _, valid in spans) == total and spans[-1][1] == total - spans[-1][0]
         frames = [f for f, _ in spans] + [5, 17, 4321]
@@ -266,7 +266,7 @@ def test_speech_view_equals_collected_audio(files, tmp_path, name):
     with spool_audio(files["stereo.flac"], tmp_path) as spooled:
         view = SpeechView(spooled, regions)
         assert_windows_equal(view, collected)
-        assert view.content_frames == FileAudio.of(collected).content_frames
+        assert view.audio_frames == FileAudio.of(collected).audio_frames
         assert np.array_equal(np.concatenate([np.zeros(0, np.float32), *view.pieces(size=77_777)]), collected)
     assert_windows_equal(SpeechView(audio, regions), collected)  # over an in-memory array too
 

@@ -5,11 +5,11 @@ text tokens, <|endoftext|>] and reads the cross-attention of a few "alignment he
 window this module computes, batched and on device, what its dynamic time warping consumes:
 
     scores of the alignment heads [B, A, T, S] -> softmax over the window's first
-    frames // 2 audio positions -> standardised over the tokens -> median filter (width 7,
+    audio_frames // 2 positions -> standardised over the tokens -> median filter (width 7,
     reflect padding at the window's own end) along the audio -> mean over heads: [B, T, S]
 
 and the probability of each token under the same forward pass. Rows are padded: `lengths`
-[B] says how many tokens each row has and `frames` [B] how many mel frames of its window
+[B] says how many tokens each row has and `audio_frames` [B] how many mel frames of its window
 hold audio. The host crops each row and runs the DTW (`words.py`).
 
 Shapes: B windows, T tokens, S audio positions (1500), A alignment heads.
@@ -53,13 +53,13 @@ def _median_filter(weights: jax.Array, positions: jax.Array, width: int) -> jax.
 
 
 def alignment_matrix(scores: list[jax.Array], logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
-                     frames: jax.Array, heads: tuple[tuple[int, int], ...], eot: int,
+                     audio_frames: jax.Array, heads: tuple[tuple[int, int], ...], eot: int,
                      width: int = MEDIAN_FILTER_WIDTH) -> tuple[jax.Array, jax.Array]:
     """Per-layer cross-attention scores [B, H, T, S] and logits [B, T, V] of the forward pass
     over tokens [B, T] -> (matrix [B, T, S], probs [B, T]); probs[b, t] is the probability of
     tokens[b, t + 1] among the text tokens (ids below <|endoftext|>)."""
     weights = jnp.stack([scores[layer][:, head] for layer, head in heads], axis=1)  # [B, A, T, S]
-    positions = jnp.maximum(frames // 2, 1)
+    positions = jnp.maximum(audio_frames // 2, 1)
     audio_valid = jnp.arange(weights.shape[-1])[None, None, None, :] < positions[:, None, None, None]
     weights = jax.nn.softmax(jnp.where(audio_valid, weights, -jnp.inf), axis=-1)
     token_valid = (jnp.arange(weights.shape[-2]) < lengths[:, None])[:, None, :, None]

@@ -24,11 +24,11 @@ from whisper_nnx.sharding import logical_spec, multihost
 
 from .alignment import alignment_matrix
 from ..model.whisper import Whisper
-from .programs import (BeamResult, DecodeConfig, DecodeResult, DecodeState, RowLayout,
+from .programs import (BeamResult, DecodeConfig, DecodeResult, DecodeState, RowSpec,
                        detect_language_from_features, run_steps, start_from_features, take_rows)
 from .strategies import BeamSearch, Greedy, Strategy
 
-__all__ = ["BeamResult", "DecodeConfig", "DecodeResult", "DecodeState", "Generator", "Programs", "RowLayout",
+__all__ = ["BeamResult", "DecodeConfig", "DecodeResult", "DecodeState", "Generator", "Programs", "RowSpec",
            "shrunk_width"]
 
 
@@ -109,11 +109,11 @@ class Generator:
             return detect_language_from_features(m, m.encode(mel), sot, language_ids)
 
         @functools.partial(jax.jit, static_argnames=("heads", "eot"))
-        def _align(state, mel, tokens, lengths, frames, heads: tuple, eot: int):
+        def _align(state, mel, tokens, lengths, audio_frames, heads: tuple, eot: int):
             m = nnx.merge(graphdef, state)
             scores: list = []
             logits = m.decoder(tokens, m.encode(mel), cross_scores_out=scores)
-            return alignment_matrix(scores, logits, tokens, lengths, frames, heads, eot)
+            return alignment_matrix(scores, logits, tokens, lengths, audio_frames, heads, eot)
 
         self.programs = Programs(encode=_encode, prefill=_prefill, steps=_resume, window=_generate)
         self._generate, self._languages, self._align = _generate, _languages, _align
@@ -146,13 +146,13 @@ class Generator:
             rows = NamedSharding(self.mesh, logical_spec("batch"))
         return multihost.local_rows(result, multihost.local_row_range(rows, local_batch * jax.process_count()))
 
-    def _rows(self, rows: Optional[RowLayout], batch: int, config: DecodeConfig) -> RowLayout:
-        rows = rows or RowLayout(np.zeros((batch,), np.int32), np.full((batch,), config.sample_len, np.int32),
+    def _rows(self, rows: Optional[RowSpec], batch: int, config: DecodeConfig) -> RowSpec:
+        rows = rows or RowSpec(np.zeros((batch,), np.int32), np.full((batch,), config.sample_len, np.int32),
                                  np.full((batch,), config.sot_index, np.int32), np.arange(batch, dtype=np.int32))
-        return RowLayout(*(self._place(np.asarray(a, np.int32)) for a in rows))
+        return RowSpec(*(self._place(np.asarray(a, np.int32)) for a in rows))
 
     def generate(self, mel: jax.Array, prompt: jax.Array, config: DecodeConfig, seed: int = 0,
-                 temperature: float = 1.0, rows: Optional[RowLayout] = None, strategy: Strategy = Greedy()) -> Any:
+                 temperature: float = 1.0, rows: Optional[RowSpec] = None, strategy: Strategy = Greedy()) -> Any:
         """mel [B, M, N] and prompt [B, P] (left-padded as `rows` says; None: no padding) -> the
         strategy's result (`DecodeResult` for token strategies, `BeamResult` for beam search);
         `seed` and `temperature` feed the strategies that draw.
@@ -202,7 +202,7 @@ class Generator:
         return DecodeResult(tokens, sum_logprobs, np.asarray(jax.device_get(no_speech)))
 
     def beam_search(self, mel: jax.Array, prompt: jax.Array, config: DecodeConfig,
-                    rows: Optional[RowLayout] = None, strategy: BeamSearch = BeamSearch()) -> BeamResult:
+                    rows: Optional[RowSpec] = None, strategy: BeamSearch = BeamSearch()) -> BeamResult:
         """`generate` with a beam-search strategy: a BeamResult on device."""
         return self.generate(mel, prompt, config, rows=rows, strategy=strategy)
 
@@ -211,12 +211,12 @@ class Generator:
         with self.context():
             return self._languages(self.state, self._place(mel), sot=sot, language_ids=language_ids)
 
-    def alignment(self, mel: jax.Array, tokens: np.ndarray, lengths: np.ndarray, frames: np.ndarray,
+    def alignment(self, mel: jax.Array, tokens: np.ndarray, lengths: np.ndarray, audio_frames: np.ndarray,
                   heads: tuple[tuple[int, int], ...], eot: int) -> tuple[jax.Array, jax.Array]:
         """mel [B, M, N], teacher-forced tokens [B, T] (right-padded to `lengths` [B]) and
         audio frames [B] -> (alignment matrix [B, T, S], token probabilities [B, T]); see
         alignment.py."""
         with self.context():
             return self._align(self.state, self._place(mel), self._place(np.asarray(tokens, np.int32)),
-                               self._place(np.asarray(lengths, np.int32)), self._place(np.asarray(frames, np.int32)),
+                               self._place(np.asarray(lengths, np.int32)), self._place(np.asarray(audio_frames, np.int32)),
                                heads=tuple(heads), eot=eot)

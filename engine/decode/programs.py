@@ -84,7 +84,7 @@ class BeamResult(NamedTuple):
     no_speech_prob: jax.Array  # [B]
 
 
-class RowLayout(NamedTuple):
+class RowSpec(NamedTuple):
     """Per-row loop constants of a batch of left-padded prompts."""
 
     pad: jax.Array  # [B] int32: leading padding positions
@@ -95,7 +95,7 @@ class RowLayout(NamedTuple):
 
 
 def _step(model: Whisper, config: DecodeConfig, strategy: TokenChooser, cross: tuple, temperature: jax.Array,
-          rows: RowLayout, state: DecodeState) -> DecodeState:
+          rows: RowSpec, state: DecodeState) -> DecodeState:
     rules = config.rules
     logits = apply_rules(state.logits, state.tokens, state.length, rules)
     # The run's key; each step folds in its length, each row its seed (a greedy step drops it).
@@ -114,16 +114,16 @@ def _step(model: Whisper, config: DecodeConfig, strategy: TokenChooser, cross: t
                        cache.without_cross()[0], state.rng)
 
 
-def default_rows(rows: Optional[RowLayout], batch: int, config: DecodeConfig) -> RowLayout:
+def default_rows(rows: Optional[RowSpec], batch: int, config: DecodeConfig) -> RowSpec:
     """`rows`, or the layout of unpadded prompts that may each sample `config.sample_len` tokens."""
     if rows is not None:
         return rows
-    return RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), config.sample_len, jnp.int32),
+    return RowSpec(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), config.sample_len, jnp.int32),
                      jnp.full((batch,), config.sot_index, jnp.int32), jnp.arange(batch, dtype=jnp.int32))
 
 
 def start_from_features(model: Whisper, config: DecodeConfig, strategy: TokenChooser, features: jax.Array,
-                        prompt: jax.Array, rng: jax.Array, temperature: jax.Array, rows: RowLayout,
+                        prompt: jax.Array, rng: jax.Array, temperature: jax.Array, rows: RowSpec,
                         stop: jax.Array) -> tuple[DecodeState, tuple, jax.Array]:
     """Prefill prompt [B, P] against features [B, S, D], then steps while the buffer holds fewer
     than `stop` tokens -> (loop state, cross K/V, no-speech probability [B]) (traceable)."""
@@ -140,7 +140,7 @@ def start_from_features(model: Whisper, config: DecodeConfig, strategy: TokenCho
 
 
 def run_steps(model: Whisper, config: DecodeConfig, strategy: TokenChooser, cross: tuple,
-              temperature: jax.Array, rows: RowLayout, state: DecodeState, stop: jax.Array) -> DecodeState:
+              temperature: jax.Array, rows: RowSpec, state: DecodeState, stop: jax.Array) -> DecodeState:
     """Decode steps until the buffer holds `stop` tokens or every row has finished (traceable)."""
     stop = jnp.minimum(stop, state.tokens.shape[1])
     return jax.lax.while_loop(lambda s: (s.length < stop) & ~jnp.all(s.finished),
@@ -149,7 +149,7 @@ def run_steps(model: Whisper, config: DecodeConfig, strategy: TokenChooser, cros
 
 def sample_from_features(model: Whisper, config: DecodeConfig, strategy: TokenChooser, features: jax.Array,
                          prompt: jax.Array, rng: jax.Array, temperature: jax.Array = 1.0,
-                         rows: Optional[RowLayout] = None) -> DecodeResult:
+                         rows: Optional[RowSpec] = None) -> DecodeResult:
     """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> the continuation whose tokens
     `strategy.choose` picks (traceable)."""
     rows = default_rows(rows, prompt.shape[0], config)
@@ -158,14 +158,14 @@ def sample_from_features(model: Whisper, config: DecodeConfig, strategy: TokenCh
     return DecodeResult(state.tokens, state.sum_logprobs, no_speech_prob)
 
 
-def take_rows(state: DecodeState, cross: tuple, rows: RowLayout, index: jax.Array
-              ) -> tuple[DecodeState, tuple, RowLayout]:
+def take_rows(state: DecodeState, cross: tuple, rows: RowSpec, index: jax.Array
+              ) -> tuple[DecodeState, tuple, RowSpec]:
     """The loop state, cross K/V and row layout of batch rows `index` [B'] (traceable)."""
     take = functools.partial(jnp.take, indices=index, axis=0)
     state = state._replace(tokens=take(state.tokens), logits=take(state.logits),
                            sum_logprobs=take(state.sum_logprobs), finished=take(state.finished),
                            cache=state.cache.reorder(index))
-    return state, jax.tree.map(take, cross), RowLayout(*map(take, rows))
+    return state, jax.tree.map(take, cross), RowSpec(*map(take, rows))
 
 
 def _no_speech_prob(logits: jax.Array, sot: jax.Array, no_speech: int | None) -> jax.Array:
@@ -194,7 +194,7 @@ def _beam_loop_step(model: Whisper, config: DecodeConfig, cross: tuple, pad: jax
 
 
 def beam_search_from_features(model: Whisper, config: DecodeConfig, beams: int, slots: int, features: jax.Array,
-                              prompt: jax.Array, rows: Optional[RowLayout] = None) -> BeamResult:
+                              prompt: jax.Array, rows: Optional[RowSpec] = None) -> BeamResult:
     """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> beam-search hypotheses of
     `beams` beams, `slots` finished ones collected per row (traceable). Every row stops at the
     smallest of the rows' limits (beams of a row cannot be frozen one row at a time cheaply; rows

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ..model.whisper import Whisper
-from .programs import (BeamResult, DecodeConfig, DecodeResult, RowLayout, beam_search_from_features,
+from .programs import (BeamResult, DecodeConfig, DecodeResult, RowSpec, beam_search_from_features,
                        sample_from_features)
 from .search import finalize_beams, sampled_tokens
 
@@ -37,7 +37,7 @@ class Strategy(Protocol):
     shrinkable: ClassVar[bool]  # True: the runner may decode in stretches, dropping finished rows
 
     def run(self, model: Whisper, config: DecodeConfig, features: jax.Array, prompt: jax.Array, rng: jax.Array,
-            temperature: jax.Array, rows: Optional[RowLayout]) -> Any:
+            temperature: jax.Array, rows: Optional[RowSpec]) -> Any:
         """features [B, S, D], prompt [B, P] -> a device result with `no_speech_prob` [B] (traceable)."""
 
     def candidates(self, result: Any, n: int, sample_begin: int, eot: int) -> list[Candidates]:
@@ -59,7 +59,7 @@ class TokenStrategy:
         raise NotImplementedError
 
     def run(self, model: Whisper, config: DecodeConfig, features: jax.Array, prompt: jax.Array, rng: jax.Array,
-            temperature: jax.Array, rows: Optional[RowLayout]) -> DecodeResult:
+            temperature: jax.Array, rows: Optional[RowSpec]) -> DecodeResult:
         return sample_from_features(model, config, self, features, prompt, rng, temperature, rows)
 
     def candidates(self, result: DecodeResult, n: int, sample_begin: int, eot: int) -> list[Candidates]:
@@ -109,7 +109,7 @@ class BeamSearch:
         return max(1, round(self.beam_size * self.patience))
 
     def run(self, model: Whisper, config: DecodeConfig, features: jax.Array, prompt: jax.Array, rng: jax.Array,
-            temperature: jax.Array, rows: Optional[RowLayout]) -> BeamResult:
+            temperature: jax.Array, rows: Optional[RowSpec]) -> BeamResult:
         return beam_search_from_features(model, config, self.beam_size, self.max_candidates, features, prompt, rows)
 
     def candidates(self, result: BeamResult, n: int, sample_begin: int, eot: int) -> list[Candidates]:

@@ -19,7 +19,7 @@ import numpy as np
 from whisper_nnx.sharding import multihost
 
 from ..model.config import ModelDims
-from .generate import DecodeConfig, Generator, RowLayout
+from .generate import DecodeConfig, Generator, RowSpec
 from .logit_rules import LogitRules
 from .options import DecodeOptions
 from .search import pick_best
@@ -147,7 +147,7 @@ class PromptBatch:
     length bucket, not per length)."""
 
     tokens: np.ndarray  # [B, P] int32
-    rows: RowLayout  # pad [B], limit [B], sot [B], seed [B] (numpy)
+    rows: RowSpec  # pad [B], limit [B], sot [B], seed [B] (numpy)
 
     @classmethod
     def build(cls, prompts: Sequence[Sequence[int]], sot: int, filler: int, sample_len: int,
@@ -166,11 +166,11 @@ class PromptBatch:
         limit = np.asarray([min(sample_len, n_text_ctx + 1 - n) for n in lengths], np.int32)
         sot_at = np.asarray([width - n + list(p).index(sot) for n, p in zip(lengths, prompts)], np.int32)
         seed = np.asarray(seeds if seeds is not None else range(len(prompts)), np.int64) % (1 << 31)
-        return cls(tokens, RowLayout(pad, limit, sot_at, seed.astype(np.int32)))
+        return cls(tokens, RowSpec(pad, limit, sot_at, seed.astype(np.int32)))
 
     def take(self, rows: Sequence[int]) -> "PromptBatch":
         index = np.asarray(rows, np.int64)
-        return PromptBatch(self.tokens[index], RowLayout(*(a[index] for a in self.rows)))
+        return PromptBatch(self.tokens[index], RowSpec(*(a[index] for a in self.rows)))
 
     def padded(self, rows: int, repeat: int = 1, sample_len: int = 224) -> "PromptBatch":
         """Each row repeated `repeat` times, then grown to `rows` rows by repeating row 0 (or by
@@ -178,7 +178,7 @@ class PromptBatch:
         if not self.tokens.shape[0]:
             width = self.tokens.shape[1]
             return PromptBatch(np.zeros((rows, width), np.int32),
-                               RowLayout(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32),
+                               RowSpec(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32),
                                          np.zeros(rows, np.int32), np.zeros(rows, np.int32)))
         index = np.repeat(np.arange(self.tokens.shape[0]), repeat)
         copy = np.concatenate([np.tile(np.arange(repeat), self.tokens.shape[0]), np.zeros(rows - index.size, int)])
