@@ -192,13 +192,12 @@ class Ours:
 
 
 class Peer:
-    """openai-whisper on CPU PyTorch in float32 with exactly our weights (tests/reference.py)."""
+    """openai-whisper on CPU PyTorch in float32 with exactly our weights (checkpoints.reference)."""
 
     def __init__(self, checkpoint, threads: int):
         import torch
 
-        sys.path.insert(0, str(REPO / "tests"))
-        from reference import reference_model
+        from whisper_nnx.engine.checkpoints.reference import reference_model
 
         torch.set_num_threads(threads)
         _patch_beam_batch()

@@ -865,3 +865,20 @@ def test_check_params_messages(source):
     assert "decoder/positions (31, 64) != (32, 64)" in message
     with pytest.raises(CheckpointError, match="parameters do not fit"):
         load_model(Checkpoint(SMALL, params, Path("."), "nnx"))
+
+
+def test_reference_names_round_trip_in_the_reference_layouts():
+    """`to_reference_names` gives every tensor of openai-whisper's state dict in its shape, and
+    `from_reference_names` takes them back to exactly our parameters."""
+    from whisper_nnx.engine.checkpoints.names import from_reference_names, to_reference_names
+
+    params = model_params(build_model(SMALL, seed=3))
+    named = to_reference_names(SMALL, params)
+    reference_shapes = {k: tuple(v.shape) for k, v in
+                        whisper.model.Whisper(whisper.model.ModelDimensions(**SMALL.to_dict())).state_dict().items()
+                        if k != "alignment_heads"}
+    assert {k: tuple(v.shape) for k, v in named.items()} == reference_shapes
+    back = from_reference_names(SMALL, named)
+    assert set(back) == set(params)
+    for path, array in params.items():
+        np.testing.assert_array_equal(back[path], array, err_msg=path)

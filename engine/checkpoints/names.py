@@ -149,6 +149,25 @@ def from_reference_names(dims: ModelDims, tensors: Mapping[str, np.ndarray],
     return params
 
 
+def to_reference_names(dims: ModelDims, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our paths and layouts -> reference names and PyTorch layouts: `from_reference_names`'
+    inverse (an embedding table padded past the vocabulary is cut back to it)."""
+    shapes = expected_shapes(dims)
+    out = {}
+    for path, (ref, transform) in reference_table(dims).items():
+        ours = np.asarray(params[path])
+        if path == EMBEDDING:
+            ours = ours[:dims.n_vocab]
+        shape = _reference_shape(path, transform, shapes[path])
+        if transform == "linear":  # ours [in, ...out] -> torch Linear [out, in]
+            out[ref] = ours.reshape(shape[::-1]).T
+        elif transform == "conv":  # ours [width, in, out] -> torch Conv1d [out, in, width]
+            out[ref] = ours.transpose(2, 1, 0)
+        else:
+            out[ref] = ours.reshape(shape)
+    return out
+
+
 def dims_label(dims: ModelDims) -> str:
     return (f"{dims.n_audio_layer}+{dims.n_text_layer}-layer D={dims.n_text_state} "
             f"V={dims.n_vocab}")
