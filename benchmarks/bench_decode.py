@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
-    p.add_argument("--beam-sizes", default="1,5", help="1 = greedy; others need TranscribeOptions.beam_size")
+    p.add_argument("--beam-sizes", default="1,5", help="1 = greedy; others: beam search")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
     p.add_argument("--large-batch", type=int, default=32,
                    help="from this batch size on, use --large-repeats (keeps the run short)")
@@ -102,23 +102,24 @@ def _phase(name: str, rows: int, compiled: Optional[Compiled], timing: Timing) -
 
 def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, beam_sizes: list[int],
                  repeats: int) -> list[dict]:
-    """mel, encode, prefill at `batch` rows; one decode step at batch x beam rows per beam size:
-    the engine's own programs (`Generator.programs`, greedy), compiled ahead of time."""
+    """mel, encode, prefill at `batch` rows; one decode step per beam size: greedy's at `batch`
+    rows (beam 1), beam search's at `batch` examples x beam beams: the engine's own programs
+    (`Generator.programs`), compiled ahead of time."""
     import jax
     import jax.numpy as jnp
 
     from whisper_nnx.engine.decode.options import DecodeOptions
-    from whisper_nnx.engine.features import log_mel_spectrogram_jit
     from whisper_nnx.engine.decode.programs import default_rows
-    from whisper_nnx.engine.decode.strategies import Greedy
+    from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy
+    from whisper_nnx.engine.features import log_mel_spectrogram_jit
 
     generator = transcriber.generator
     programs, state = generator.programs, generator.state
-    config = transcriber.decoder.config(transcriber.tokenizer, len(prompt), DecodeOptions.from_kwargs(sample_len=sample_len))
+    config = transcriber.decoder.config(transcriber.tokenizer, len(prompt),
+                                        DecodeOptions.from_kwargs(sample_len=sample_len))
     # EOT suppressed as well: on random audio every row could finish, and the loop stop early.
     rules = dataclasses.replace(config.rules, suppress_ids=config.rules.suppress_ids + (config.rules.eot,))
     config = dataclasses.replace(config, rules=rules)
-    static = dict(config=config, strategy=Greedy())
     rng, temperature = jax.random.PRNGKey(0), jnp.float32(0.0)
     audio = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 480_000), np.float32) * 0.1)
 
@@ -129,36 +130,45 @@ def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, be
     encode_c = aot_compile(programs.encode, state, mel)
     out.append(_phase("encode", batch, encode_c, time_calls(lambda: encode_c.call(state, mel), repeats)))
     features = jax.block_until_ready(encode_c.call(state, mel))
+    toks = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (batch, 1)))
+    layout = default_rows(None, batch, config)
     for beam in beam_sizes:
-        rows = batch * beam
-        feats = jnp.repeat(features, beam, axis=0) if beam > 1 else features
-        toks = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (rows, 1)))
-        layout = default_rows(None, rows, config)
-        args = (state, feats, toks, layout, rng, temperature)
-        prefill_c = aot_compile(programs.prefill, *args, **static)
-        if beam == beam_sizes[0]:
-            out.append(_phase("prefill", rows, prefill_c, time_calls(lambda: prefill_c.call(*args), repeats)))
-        decode, cross, _ = jax.block_until_ready(prefill_c.call(*args))
-        out.append(_time_step(programs.steps, state, decode, cross, layout, temperature, static, rows, repeats))
+        if beam == 1:
+            static = dict(config=config, strategy=Greedy())
+            args = (state, features, toks, layout, rng, temperature)
+            prefill_c = aot_compile(programs.prefill, *args, **static)
+            out.append(_phase("prefill", batch, prefill_c, time_calls(lambda: prefill_c.call(*args), repeats)))
+            decode, cross, _ = jax.block_until_ready(prefill_c.call(*args))
+            decode = decode._replace(finished=jnp.zeros_like(decode.finished))
+            program, after = programs.steps, lambda s: (cross, layout, temperature, s.length + 1)
+        else:
+            static = dict(config=config, strategy=BeamSearch(beam_size=beam))
+            args = (state, features, toks, layout)
+            prefill_c = aot_compile(programs.beam_prefill, *args, **static)
+            out.append(_phase(f"prefill (beam {beam})", batch * beam, prefill_c,
+                              time_calls(lambda: prefill_c.call(*args), repeats)))
+            decode, cross, _, _ = jax.block_until_ready(prefill_c.call(*args))
+            program, after = programs.beam_steps, lambda s: (cross, layout, s.length + 1)
+        name = "decode step" if beam == 1 else f"beam step (beam {beam})"
+        out.append(_time_step(program, state, decode, after, static, batch * beam, repeats, name))
     return out
 
 
-def _time_step(steps_fn, state, decode, cross, layout, temperature, static: dict, rows: int, repeats: int) -> dict:
-    """One step of the engine's decode loop (logit rules, token choice, decoder step) at `rows`
-    rows, the loop state donated and fed back in on every call. Rows never finish meanwhile:
-    their limit is the whole buffer and a finished row would still cost its step."""
-    import jax.numpy as jnp
-
-    decode = decode._replace(finished=jnp.zeros_like(decode.finished))
-    steps_c = aot_compile(steps_fn, state, decode, cross, layout, temperature, decode.length + 1, **static)
+def _time_step(program, state, decode, after, static: dict, rows: int, repeats: int, name: str) -> dict:
+    """One step of the engine's decode loop (greedy: logit rules, token choice, decoder step;
+    beam: the same over every beam plus the beams' bookkeeping) at `rows` rows, the loop state
+    donated and fed back in on every call. Rows never finish meanwhile (EOT is suppressed), and
+    a finished row would still cost its step. `program(state, decode, *after(decode), **static)`
+    runs up to buffer length decode.length + 1."""
+    compiled = aot_compile(program, state, decode, *after(decode), **static)
     holder = [decode]
 
     def one_step():
-        holder[0] = steps_c.call(state, holder[0], cross, layout, temperature, holder[0].length + 1)
+        holder[0] = compiled.call(state, holder[0], *after(holder[0]))
         return holder[0].logits
 
     steps = 3 * repeats  # a step is short: more repeats for the same noise
-    return _phase("decode step", rows, steps_c, time_calls(one_step, steps, warmup=min(3, repeats)))
+    return _phase(name, rows, compiled, time_calls(one_step, steps, warmup=min(3, repeats)))
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -174,16 +184,14 @@ class Ours:
 
         self.transcriber = Transcriber(model_name)
         self.options_cls = TranscribeOptions
-        self.has_beam = "beam_size" in {f.name for f in dataclasses.fields(TranscribeOptions)}
         self.fallback = fallback
 
     def run(self, clips: list[np.ndarray], beam: int) -> list[dict]:
         # One pass at temperature 0, like the peer's `decode`; the engine's default retries
         # failing windows at higher temperatures (a different, larger workload).
         kw = {} if self.fallback else {"temperature": 0.0}
-        if self.has_beam:
-            kw["beam_size"] = beam if beam > 1 else None
-        options = self.options_cls(language="en", batch_size=len(clips), **kw)
+        options = self.options_cls.from_kwargs(language="en", batch_size=len(clips),
+                                               beam_size=beam if beam > 1 else None, **kw)
         records = self.transcriber.decode_clips(clips, options)
         bad = [r["error"] for r in records if r.get("error")]
         if bad:
@@ -354,10 +362,6 @@ def main(argv=None) -> None:
     checkpoint = read_checkpoint(resolve_model(args.model))
     ours = Ours(args.model, fallback=args.fallback)
     notes = list(args.note)
-    if not ours.has_beam and any(b > 1 for b in beam_sizes):
-        notes.append(f"TranscribeOptions has no beam_size yet: beam sizes {[b for b in beam_sizes if b > 1]} "
-                     "skipped, greedy only.")
-        beam_sizes = [b for b in beam_sizes if b == 1] or [1]
     tok = ours.transcriber.tokenizer
     prompt = list(tok.sot_sequence)
     sample_len = min(224, checkpoint.dims.n_text_ctx - len(prompt))

@@ -188,14 +188,14 @@ def bench_batch(generator, config, batch: int, prompt: int, steps: int, repeats:
     import jax.numpy as jnp
 
     from whisper_nnx.engine.model import flops
-    from whisper_nnx.engine.decode.programs import RowLayout
+    from whisper_nnx.engine.decode.programs import RowSpec
     from whisper_nnx.engine.decode.strategies import Greedy
 
     dims, programs, state = generator.dims, generator.programs, generator.state
     static = dict(config=config, strategy=Greedy())
     mel = jax.random.normal(jax.random.key(0), (batch, dims.n_mels, 2 * dims.n_audio_ctx), jnp.float32)
     tokens = jnp.zeros((batch, prompt), jnp.int32)
-    rows = RowLayout(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), steps, jnp.int32),
+    rows = RowSpec(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), steps, jnp.int32),
                      jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32))
     rng, temperature, stop = jax.random.PRNGKey(0), jnp.float32(1.0), jnp.int32(prompt + steps)
 

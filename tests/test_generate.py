@@ -20,7 +20,7 @@ from whisper_nnx.engine.decode.generate import DecodeConfig, Generator, RowSpec,
 from whisper_nnx.engine.decode.logit_rules import LogitRules
 from whisper_nnx.engine.model.whisper import build_model
 from whisper_nnx.engine.decode.programs import default_rows
-from whisper_nnx.engine.decode.strategies import Greedy, Sampling, TokenStrategy
+from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling, TokenStrategy
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
@@ -138,6 +138,34 @@ def test_runner_phases_compose_to_generate(tiny_en_model, data_dir):
     np.testing.assert_array_equal(np.asarray(decode.tokens), np.asarray(expected.tokens))
     np.testing.assert_allclose(np.asarray(decode.sum_logprobs), np.asarray(expected.sum_logprobs), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(no_speech), np.asarray(expected.no_speech_prob), atol=1e-6)
+
+
+def test_beam_phases_compose_to_the_beam_window(tiny_en_model, data_dir):
+    """encode, the beam prefill, one beam step and the rest of the loop, called one by one
+    through `Generator.programs`, give the whole beam-search program's hypotheses."""
+    model, tokenizer = tiny_en_model
+    mel = jnp.asarray(_mels(model, data_dir, ["sample_joe.flac", "sample_espeak.flac"]))
+    prompt = jnp.asarray([list(tokenizer.sot_sequence_including_notimestamps)] * 2, jnp.int32)
+    config = _tiny_config(tokenizer, prompt.shape[1], sample_len=10)
+    generator = Generator(model, shrink_every=0)
+    programs, state = generator.programs, generator.state
+    static = dict(config=config, strategy=BeamSearch(beam_size=3))
+    rows = default_rows(None, 2, config)
+    rng, temperature = jax.random.PRNGKey(0), jnp.float32(0.0)
+    expected = programs.window(state, mel, prompt, rows, rng, temperature, **static)
+    beams, cross, stop, no_speech = programs.beam_prefill(state, programs.encode(state, mel), prompt, rows, **static)
+    assert int(beams.length) == prompt.shape[1] and int(stop) == prompt.shape[1] + 10
+    assert beams.tokens.shape == (2, 3, prompt.shape[1] + 10)
+    beams = programs.beam_steps(state, beams, cross, rows, beams.length + 1, **static)
+    assert int(beams.length) == prompt.shape[1] + 1
+    beams = programs.beam_steps(state, beams, cross, rows, stop, **static)
+    np.testing.assert_array_equal(np.asarray(beams.finished_tokens), np.asarray(expected.finished_tokens))
+    np.testing.assert_array_equal(np.asarray(beams.finished_count), np.asarray(expected.finished_count))
+    np.testing.assert_allclose(np.asarray(beams.finished_scores), np.asarray(expected.finished_scores), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(no_speech), np.asarray(expected.no_speech_prob), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(beams.tokens), np.asarray(expected.beam_tokens))
+    np.testing.assert_allclose(np.asarray(beams.sum_logprobs), np.asarray(expected.beam_scores), rtol=1e-5)
+    assert (np.asarray(beams.tokens)[:, :, prompt.shape[1]:] != tokenizer.eot).all()  # ten tokens of text each
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ from jax.sharding import Mesh, NamedSharding
 
 from whisper_nnx.sharding import logical_spec, multihost
 
-from .alignment import alignment_matrix
 from ..model.whisper import Whisper
-from .programs import (BeamResult, DecodeConfig, DecodeResult, DecodeState, RowSpec,
-                       detect_language_from_features, run_steps, start_from_features, take_rows)
+from .alignment import alignment_matrix
+from .programs import (BeamResult, DecodeConfig, DecodeResult, DecodeState, RowSpec, beam_start_from_features,
+                       detect_language_from_features, run_beam_steps, run_steps, start_from_features, take_rows)
 from .strategies import BeamSearch, Greedy, Strategy
 
 __all__ = ["BeamResult", "DecodeConfig", "DecodeResult", "DecodeState", "Generator", "Programs", "RowSpec",
@@ -54,6 +54,10 @@ class Programs(NamedTuple):
     # after steps up to buffer length `stop` (the decode state is donated); token strategies only
     window: Callable  # (state, mel, prompt, rows, rng, temperature, *, config, strategy) -> the
     # strategy's result: encode and the whole decode in one program (what `generate` runs)
+    beam_prefill: Callable  # (state, features, prompt, rows, *, config, strategy: BeamSearch) ->
+    # (BeamState at length P, cross K/V, stop length, no-speech probability [B])
+    beam_steps: Callable  # (state, beams, cross, rows, stop, *, config, strategy) -> BeamState after
+    # beam steps up to buffer length `stop` (the beam state is donated)
 
 
 class Generator:
@@ -103,6 +107,15 @@ class Generator:
         def _resume(state, decode, cross, rows, temperature, stop, config: DecodeConfig, strategy: Strategy):
             return run_steps(nnx.merge(graphdef, state), config, strategy, cross, temperature, rows, decode, stop)
 
+        @functools.partial(jax.jit, static_argnames=static)
+        def _beam_prefill(state, features, prompt, rows, config: DecodeConfig, strategy: BeamSearch):
+            return beam_start_from_features(nnx.merge(graphdef, state), config, strategy.beam_size,
+                                            strategy.max_candidates, features, prompt, rows)
+
+        @functools.partial(jax.jit, static_argnames=static, donate_argnames=("beams",))
+        def _beam_steps(state, beams, cross, rows, stop, config: DecodeConfig, strategy: BeamSearch):
+            return run_beam_steps(nnx.merge(graphdef, state), config, cross, rows, beams, stop)
+
         @functools.partial(jax.jit, static_argnames=("sot", "language_ids"))
         def _languages(state, mel, sot: int, language_ids: tuple[int, ...]) -> jax.Array:
             m = nnx.merge(graphdef, state)
@@ -115,7 +128,8 @@ class Generator:
             logits = m.decoder(tokens, m.encode(mel), cross_scores_out=scores)
             return alignment_matrix(scores, logits, tokens, lengths, audio_frames, heads, eot)
 
-        self.programs = Programs(encode=_encode, prefill=_prefill, steps=_resume, window=_generate)
+        self.programs = Programs(encode=_encode, prefill=_prefill, steps=_resume, window=_generate,
+                                 beam_prefill=_beam_prefill, beam_steps=_beam_steps)
         self._generate, self._languages, self._align = _generate, _languages, _align
         self._start, self._resume, self._take = _start, _resume, jax.jit(take_rows)
 

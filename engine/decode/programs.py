@@ -193,13 +193,14 @@ def _beam_loop_step(model: Whisper, config: DecodeConfig, cross: tuple, pad: jax
                      step.finished_scores, step.finished_count, cache.without_cross()[0])
 
 
-def beam_search_from_features(model: Whisper, config: DecodeConfig, beams: int, slots: int, features: jax.Array,
-                              prompt: jax.Array, rows: Optional[RowSpec] = None) -> BeamResult:
-    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> beam-search hypotheses of
-    `beams` beams, `slots` finished ones collected per row (traceable). Every row stops at the
-    smallest of the rows' limits (beams of a row cannot be frozen one row at a time cheaply; rows
-    only differ when a prompt leaves < sample_len tokens of context, i.e. after a window of > 220
-    tokens)."""
+def beam_start_from_features(model: Whisper, config: DecodeConfig, beams: int, slots: int, features: jax.Array,
+                             prompt: jax.Array, rows: Optional[RowSpec] = None
+                             ) -> tuple[BeamState, tuple, jax.Array, jax.Array]:
+    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> (the beam loop's state at
+    length P, cross K/V, the length every row stops at, no-speech probability [B]) (traceable).
+    Every row stops at the smallest of the rows' limits (beams of a row cannot be frozen one row
+    at a time cheaply; rows only differ when a prompt leaves < sample_len tokens of context,
+    i.e. after a window of > 220 tokens)."""
     batch, prompt_len = prompt.shape
     rows = default_rows(rows, batch, config)
     total = prompt_len + config.sample_len
@@ -220,9 +221,28 @@ def beam_search_from_features(model: Whisper, config: DecodeConfig, beams: int, 
         finished_tokens=jnp.full((batch, slots, total), config.rules.eot, jnp.int32),
         finished_scores=jnp.full((batch, slots), -jnp.inf, jnp.float32),
         finished_count=jnp.zeros((batch,), jnp.int32), cache=cache)
-    state = jax.lax.while_loop(
+    return state, cross, stop, no_speech_prob
+
+
+def run_beam_steps(model: Whisper, config: DecodeConfig, cross: tuple, rows: RowSpec, state: BeamState,
+                   stop: jax.Array) -> BeamState:
+    """Beam-search steps until buffer length `stop` or every row has all its finished slots
+    filled (traceable); `rows.pad` [B] is per example, repeated over its beams here."""
+    slots, beams = state.finished_tokens.shape[1], state.tokens.shape[1]
+    return jax.lax.while_loop(
         lambda s: (s.length < stop) & ~jnp.all(s.finished_count >= slots),
         functools.partial(_beam_loop_step, model, config, cross, jnp.repeat(rows.pad, beams)), state)
+
+
+def beam_search_from_features(model: Whisper, config: DecodeConfig, beams: int, slots: int, features: jax.Array,
+                              prompt: jax.Array, rows: Optional[RowSpec] = None) -> BeamResult:
+    """features [B, S, D], prompt [B, P] (left-padded per `rows`) -> beam-search hypotheses of
+    `beams` beams, `slots` finished ones collected per row (traceable): `beam_start_from_features`
+    then `run_beam_steps` to the end."""
+    rows = default_rows(rows, prompt.shape[0], config)
+    state, cross, stop, no_speech_prob = beam_start_from_features(model, config, beams, slots, features, prompt,
+                                                                  rows)
+    state = run_beam_steps(model, config, cross, rows, state, stop)
     return BeamResult(state.finished_tokens, state.finished_scores, state.finished_count, state.tokens,
                       state.sum_logprobs, no_speech_prob)
 
