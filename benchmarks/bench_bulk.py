@@ -35,11 +35,11 @@ import soxr
 
 from common import (  # the script's own folder is on sys.path
     REPO,
-    commit_label,
     git_info,
     machine_info,
     machine_title,
     record,
+    report_fields,
     update_results_md,
     write_record,
 )
@@ -49,6 +49,14 @@ CORPUS = REPO / "tests" / "data" / "corpus"
 FORMATS = [("wav", "pcm_s16le", 16_000), ("flac", "flac", 22_050), ("ogg", "libopus", 48_000),
            ("mp3", "libmp3lame", 44_100)]
 MiB = 2**20
+
+# RESULTS.md: the subsection title and the paragraph above the table (fields: `_section`).
+SUBSECTION = "bulk memory, {commit_label}"
+REPORT = (
+    "{head}; {versions}; backend {backend} ({devices}); {ram_gib:.0f} GiB RAM, {load}. CLI: `{cli_command}` on "
+    "{files} files made from tests/data/corpus (one clip or two joined, random gain, as {formats}). RSS is the CLI "
+    "process's VmRSS polled every {interval_s} s against the lines in results.jsonl (floor/median: over the polls "
+    "while that tenth of the files was being done); peak is its ru_maxrss. Record: `{record}`.")
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -269,18 +277,11 @@ def main(argv=None) -> int:
 
 def _section(rec: dict, path: Path) -> tuple[str, str, str]:
     """RESULTS.md's (date and machine, `bulk memory, commit ...`, body)."""
-    s, g, v, m, j = rec["settings"], rec["git"], rec["versions"], rec["machine"], rec["jax"]
-    title = machine_title(rec)
-    sub = f"bulk memory, {commit_label(g)}"
-    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
-            f"jax {v['jax']}, flax {v['flax']}; backend {j['backend']} ({', '.join(j['devices'])}); "
-            f"{m['ram_bytes'] / 2**30:.0f} GiB RAM, 1-minute load {m['load_avg_at_start'][0]:.1f} at the start. "
-            f"CLI: `{s['cli_command']}` on {s['files']} files made from tests/data/corpus (one clip or two joined, "
-            f"random gain, as {'/'.join(s['formats'])}). RSS is the CLI process's VmRSS polled every "
-            f"{s['interval_s']} s against the lines in results.jsonl (floor/median: over the polls while that "
-            f"tenth of the files was being done); peak is its ru_maxrss. Record: `{where}`.")
-    return title, sub, head + "\n\n" + table(rec["results"])
+    j = rec["jax"]
+    fields = {**report_fields(rec, path), "backend": j["backend"], "devices": ", ".join(j["devices"]),
+              "formats": "/".join(rec["settings"]["formats"])}
+    body = REPORT.format(**fields) + "\n\n" + table(rec["results"])
+    return machine_title(rec), SUBSECTION.format(**fields), body
 
 
 if __name__ == "__main__":

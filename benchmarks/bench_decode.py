@@ -41,14 +41,40 @@ from common import (  # the script's own folder is on sys.path
     commit_label,
     git_info,
     machine_info,
+    machine_title,
+    notes,
     peak_rss_bytes,
     record,
+    report_fields,
     time_calls,
     update_results_md,
     write_record,
 )
 
 DATA = REPO / "tests" / "data"
+
+# RESULTS.md: the subsection title and the paragraphs around the tables (fields: `_section_body`).
+SUBSECTION = "decode, {commit_label}"
+REPORT = (
+    "{head}; {versions}, torch {torch} ({torch_threads} threads), openai-whisper {openai_whisper}; "
+    "{ram_gib:.0f} GiB RAM; {model} float32. Audio: {clips} synthesized clips ({shortest:.1f}–{longest:.1f} s, "
+    "tests/data and tests/data/corpus) tiled into each batch. Repeats: {repeats} below batch {large_batch}, "
+    "{large_repeats} from it on (after warm-up). Run took {minutes:.0f} min, peak RSS {peak_gib:.1f} GiB (both "
+    "models in one process). Record: `{record}`.")
+PHASES = ("Per phase (the engine's own compiled programs, compiled ahead of time, medians after warm-up; "
+          "`encode (peer)` is openai-whisper's encoder on the same shape):")
+OURS_MODE = {True: "with the default temperature fallback",
+             False: "one pass at temperature 0, no fallback, as the peer"}  # by settings["fallback"]
+E2E = (
+    "End to end (ours: `Transcriber.transcribe` on arrays, {ours_mode}; peer: per-clip log-mel + openai-whisper "
+    "`decode` on CPU PyTorch, same weights; ×RT = audio seconds / wall seconds; tok/s = sampled tokens incl. EOT "
+    "summed over the batch / wall seconds; loop ms/step = (end to end − log-mel − encode − prefill) / longest row, "
+    "greedy only; ours/peer < 1 means we are faster):")
+NOISE = (
+    "Noise: the 1-minute load average was {load_avg:.1f} on {cores} cores at the start (other jobs' tests were "
+    "running), and repeats of one measurement spread by up to {max_spread:.0%} of their median; absolute times are "
+    "therefore pessimistic and only good to tens of percent. The ours/peer ratios are steadier because each repeat "
+    "runs ours and then the peer back to back.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -406,45 +432,24 @@ def main(argv=None) -> None:
 
 
 def _section_title(rec: dict) -> str:
-    m = rec["machine"]
-    return f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores"
+    return machine_title(rec, device=False)
 
 
 def _subsection(rec: dict) -> str:
-    g = rec["git"]
-    return f"decode, {commit_label(g)}"
+    return SUBSECTION.format(commit_label=commit_label(rec["git"]))
 
 
 def _section_body(rec: dict, path: Path) -> str:
-    v, g, s, m, res = rec["versions"], rec["git"], rec["settings"], rec["machine"], rec["results"]
+    s, res = rec["settings"], rec["results"]
     phases = {int(k): rows for k, rows in res["phases"].items()}
     seconds = [c["seconds"] for c in s["clips"]]
     spreads = [p["spread"] for rows in phases.values() for p in rows]
     spreads += [r[side]["spread"] for r in res["e2e"] for side in ("ours", "theirs") if side in r]
-    head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
-            f"jax {v['jax']}, flax {v['flax']}, torch {v['torch']} ({s['torch_threads']} threads), "
-            f"openai-whisper {v['openai-whisper']}; {m['ram_bytes'] / 2**30:.0f} GiB RAM; {s['model']} float32. "
-            f"Audio: {len(seconds)} synthesized clips ({min(seconds):.1f}–{max(seconds):.1f} s, tests/data and "
-            f"tests/data/corpus) tiled into each batch. Repeats: {s['repeats']} below batch {s['large_batch']}, "
-            f"{s['large_repeats']} from it on (after warm-up). Run took {res['total_s'] / 60:.0f} min, peak RSS "
-            f"{res['peak_rss_bytes'] / 2**30:.1f} GiB (both models in one process). Record: "
-            f"`{path.relative_to(REPO)}`.")
-    noise = (f"Noise: the 1-minute load average was {m['load_avg_at_start'][0]:.1f} on {m['cores']} cores at the "
-             f"start (other jobs' tests were running), and repeats of one measurement spread by up to "
-             f"{max(spreads):.0%} of their median; absolute times are therefore pessimistic and only good to "
-             "tens of percent. The ours/peer ratios are steadier because each repeat runs ours and then the "
-             "peer back to back.")
-    parts = [head, "Per phase (the engine's own compiled programs, compiled ahead of time, medians "
-             "after warm-up; `encode (peer)` is openai-whisper's encoder on the same shape):",
-             phase_table(phases),
-             "End to end (ours: `Transcriber.transcribe` on arrays, "
-             + ("with the default temperature fallback" if s.get("fallback") else "one pass at temperature 0, no "
-                "fallback, as the peer") + "; peer: per-clip log-mel + openai-whisper "
-             "`decode` on CPU PyTorch, same weights; ×RT = audio seconds / wall seconds; tok/s = sampled tokens "
-             "incl. EOT summed over the batch / wall seconds; loop ms/step = (end to end − log-mel − encode − "
-             "prefill) / longest row, greedy only; ours/peer < 1 means we are faster):", e2e_table(res["e2e"]),
-             noise]
-    parts += [f"Note: {n}" for n in res["notes"]]
+    fields = {**report_fields(rec, path), "clips": len(seconds), "shortest": min(seconds), "longest": max(seconds),
+              "minutes": res["total_s"] / 60, "peak_gib": res["peak_rss_bytes"] / 2**30,
+              "max_spread": max(spreads), "ours_mode": OURS_MODE[bool(s.get("fallback"))]}
+    parts = [REPORT.format(**fields), PHASES, phase_table(phases), E2E.format(**fields), e2e_table(res["e2e"]),
+             NOISE.format(**fields), *notes(res["notes"])]
     return "\n\n".join(parts)
 
 

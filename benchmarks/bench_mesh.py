@@ -18,9 +18,17 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import numpy as np  # noqa: E402
-from common import git_info, machine_info, peak_rss_bytes, record, time_calls, update_results_md, write_record  # the script's own folder is on sys.path
+from common import (git_info, machine_info, machine_title, peak_rss_bytes, record,  # the script's own folder is on sys.path
+                    report_fields, time_calls, update_results_md, write_record)
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+
+# RESULTS.md: the subsection title and the paragraph above the table (fields: `_section`).
+SUBSECTION = "mesh"
+COMMAND = "benchmarks/bench_mesh.py --batch {batch} --meshes {meshes}"
+REPORT = (
+    "{head}; {model}, {batch} clips ({audio_s:.0f} s of audio) in one batch, greedy. 8 simulated CPU devices "
+    "share 2 cores, so this measures sharding overhead, not speed-up. Record: `{record}`.")
 
 
 def _clips(batch: int) -> tuple[list[np.ndarray], float]:
@@ -72,20 +80,26 @@ def main(argv=None) -> None:
                 "jax_devices": len(jax.devices()), "peak_rss_bytes": peak_rss_bytes()}
     rec = record("mesh", settings, rows, git=git, machine=machine)
     path = write_record(rec)
-    table = ["| mesh (data x model) | devices | median s | audio s / s | time vs one device | same tokens |",
-             "|---|---:|---:|---:|---:|---|"]
-    table += [f"| {r['mesh']} | {r['devices']} | {r['timing']['median_s']:.2f} | {r['audio_s_per_s']:.2f} | "
-              f"{r['vs_single_device']:.2f} | {'yes' if r['same_tokens'] else 'NO'} |" for r in rows]
-    print("\n".join(table))
+    print(table(rows))
     if not args.no_results_md:
-        body = (f"`benchmarks/bench_mesh.py --batch {args.batch} --meshes {args.meshes}` at commit "
-                f"`{(git['commit'] or 'unknown')[:8]}`{' (dirty tree)' if git['dirty'] else ''}; {args.model}, "
-                f"{args.batch} clips ({audio_s:.0f} s of audio) in one batch, greedy. 8 simulated CPU devices "
-                "share 2 cores, so this measures sharding overhead, not speed-up. Record: "
-                f"`{path.relative_to(path.parents[2])}`.\n\n" + "\n".join(table))
-        update_results_md(f"{rec['timestamp'][:10]}, this machine: {machine.get('cpu', 'CPU')}, "
-                          f"{machine.get('cores', '?')} cores", "mesh", body)
+        update_results_md(*_section(rec, path))
 
+
+def table(rows: list[dict]) -> str:
+    lines = ["| mesh (data x model) | devices | median s | audio s / s | time vs one device | same tokens |",
+             "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['mesh']} | {r['devices']} | {r['timing']['median_s']:.2f} | {r['audio_s_per_s']:.2f} | "
+              f"{r['vs_single_device']:.2f} | {'yes' if r['same_tokens'] else 'NO'} |" for r in rows]
+    return "\n".join(lines)
+
+
+def _section(rec: dict, path: Path) -> tuple[str, str, str]:
+    """RESULTS.md's (date and machine, `mesh`, body); the meshes are the record's rows after the
+    single-device one."""
+    s, rows = rec["settings"], rec["results"]
+    command = COMMAND.format(batch=s["batch"], meshes=",".join(r["mesh"] for r in rows[1:]))
+    fields = report_fields(rec, path, command=command, unknown="unknown")
+    return machine_title(rec, device=False), SUBSECTION, REPORT.format(**fields) + "\n\n" + table(rows)
 
 if __name__ == "__main__":
     main()

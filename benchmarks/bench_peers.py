@@ -48,12 +48,14 @@ import numpy as np
 from common import (  # the script's own folder is on sys.path
     REPO,
     Timing,
-    commit_label,
     die_with_parent,
     git_info,
     machine_info,
     machine_title,
+    notes,
     record,
+    relative,
+    report_fields,
     update_results_md,
     versions,
     wer,
@@ -85,6 +87,23 @@ NOTES = [
     "CTranslate2's OpenMP threads suffer most when the cores are shared (on 2 cores busy with other jobs, 1 thread "
     "ran 2-8x faster than 2), so there the all-cores default disadvantages faster-whisper: compare --threads 1.",
 ]
+
+# RESULTS.md: the section's subsection title and its opening paragraph (fields: `_section`).
+SUBSECTION = "peers (faster-whisper): {plan}; {commit_label}"
+PLAN_BEAMS = "beam {beams}"
+PLAN_FLAGS = (("no_fallback", "no fallback"), ("vad", "ours chunked with VAD"))
+RUN_FLAGS = (("vad", "ours chunked with Silero VAD"), ("no_fallback", "temperature 0 only, no fallback"),
+             ("batched_timestamps", "theirs batched with timestamps"))
+WORKLOAD = "{name}: {inputs} input(s), {audio_s:.0f} s{source}"
+SOURCE = " ({name}, `{file}`, {full_s:.0f} s long)"
+PLOT = ", plot `{}`"
+REPORT = (
+    "{head}; {peer_versions}; "
+    "{model}: ours in {our_dtypes}, faster-whisper in {peer_types}, the same CTranslate2 checkpoint and audio "
+    "arrays on both sides; {threads} threads each{flags}; {load}. Workloads: {workloads}. "
+    "Times: median of {repeats} run(s) after a warm-up run (`warm-up s`: that first run, with our compiles); "
+    "`÷ theirs {reference}`: wall time over faster-whisper's in {reference} on the same setting (< 1 on our lines "
+    "means we are faster). Record: `{record}`{plot}.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -445,35 +464,23 @@ def main(argv=None) -> int:
     return 0 if not any(res.get("error") for r in rows for _, _, res in runs(r)) else 1
 
 def _section(rec: dict, path: Path, png, rows: list[dict]) -> tuple[str, str, str]:
-    s, g, v, m = rec["settings"], rec["git"], rec["versions"], rec["machine"]
-    title = machine_title(rec)
-    plan = ", ".join([f"beam {'/'.join(map(str, s['beam_sizes']))}", *s["workloads"]]
-                     + (["no fallback"] if s["temperature"] == [0.0] else [])
-                     + (["ours chunked with VAD"] if s["vad_ours_chunked"] else []))
-    sub = f"peers (faster-whisper): {plan}; {commit_label(g)}"
-    rel = lambda p: p.relative_to(REPO) if p.is_relative_to(REPO) else p  # noqa: E731
-    work = ", ".join(f"{n}: {w['inputs']} input(s), {w['audio_s']:.0f} s"
-                     + (f" ({w['source']['name']}, `{Path(w['source']['path']).name}`, "
-                        f"{w['source']['full_s']:.0f} s long)" if "source" in w else "")
-                     for n, w in s["workloads"].items())
-    flags = "".join("; " + text for on, text in ((s["vad_ours_chunked"], "ours chunked with Silero VAD"),
-                                                 (s["temperature"] == [0.0], "temperature 0 only, no fallback"),
-                                                 (s["theirs_batched_timestamps"], "theirs batched with timestamps"))
-                    if on)
-    head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
-            f"jax {v['jax']}, flax {v['flax']}, faster-whisper {v['faster-whisper']}, ctranslate2 {v['ctranslate2']}; "
-            f"{s['model']}: ours in {', '.join(s['our_dtypes'])}, faster-whisper in "
-            f"{', '.join(s['peer_compute_types'])}, the same CTranslate2 checkpoint and audio arrays on both sides; "
-            f"{s['threads']} "
-            f"threads each{flags}; 1-minute load {m['load_avg_at_start'][0]:.1f} at the start. Workloads: {work}. "
-            f"Times: median of {s['repeats']} run(s) after a warm-up run (`warm-up s`: that first run, with our "
-            "compiles); "
-            f"`÷ theirs {s['reference_compute_type']}`: wall time over faster-whisper's in "
-            f"{s['reference_compute_type']} on the same setting (< 1 on our lines means we are faster). "
-            f"Record: `{rel(path)}`"
-            + (f", plot `{rel(png)}`." if png else "."))
-    notes = [f"Note: {n}" for n in rec["results"]["notes"]]
-    return title, sub, "\n\n".join([head, table(rows, s["reference_compute_type"]), *notes])
+    """RESULTS.md's (date and machine, `peers (faster-whisper): ...`, body)."""
+    fields = report_fields(rec, path)
+    s = rec["settings"]
+    on = {"beams": True, "vad": s["vad_ours_chunked"], "no_fallback": s["temperature"] == [0.0],
+          "batched_timestamps": s["theirs_batched_timestamps"]}
+    plan = [PLAN_BEAMS.format(beams="/".join(map(str, s["beam_sizes"]))), *s["workloads"]]
+    work = [WORKLOAD.format(name=n, audio_s=w["audio_s"], inputs=w["inputs"],
+                            source=SOURCE.format(file=Path(w["source"]["path"]).name, **w["source"])
+                            if "source" in w else "")
+            for n, w in s["workloads"].items()]
+    fields.update(plan=", ".join(plan + [text for key, text in PLAN_FLAGS if on[key]]),
+                  flags="".join("; " + text for key, text in RUN_FLAGS if on[key]),
+                  our_dtypes=", ".join(s["our_dtypes"]), peer_types=", ".join(s["peer_compute_types"]),
+                  workloads=", ".join(work), reference=s["reference_compute_type"],
+                  plot=PLOT.format(relative(png)) if png else "")
+    body = [REPORT.format(**fields), table(rows, s["reference_compute_type"]), *notes(rec["results"]["notes"])]
+    return machine_title(rec), SUBSECTION.format(**fields), "\n\n".join(body)
 
 
 if __name__ == "__main__":

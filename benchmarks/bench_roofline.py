@@ -48,18 +48,34 @@ from common import (  # the script's own folder is on sys.path
     REPO,
     Timing,
     aot_compile,
-    commit_label,
     git_info,
     machine_info,
     machine_title,
+    notes,
     peak_rss_bytes,
     record,
+    report_fields,
     time_calls,
     update_results_md,
     write_record,
 )
 
 PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
+
+# RESULTS.md: the subsection title and the paragraphs around the tables (fields: `_section`).
+SUBSECTION = "roofline, {model} {model_dtype}, {commit_label}"
+REPORT = (
+    "`{command}`; {versions}, backend {backend}; {model} ({weights} weights) in {model_dtype}; "
+    "prompt {prompt} tokens, {steps} greedy steps; phases best of {repeats}, ceilings best of {ceiling_repeats}, "
+    "after warm-up; load average {load_avg:.1f} at the start. Record: `{record}`.")
+CEILINGS = "Ceilings (best of before and after): matmul {matmul}; matvec {matvec:.1f} GB/s."
+MATMUL = "{dtype} {gflops:.1f} GFLOP/s"
+BEFORE, AFTER = "Before the model:", "After:"
+PHASES = (
+    "FLOPs from `whisper_nnx.engine.model.flops` (matmuls only, useful work: self-attention over visible "
+    "positions); GFLOP/s = FLOPs / best time, over the matmul ceiling of the model's dtype; GB/s = XLA's bytes "
+    "accessed / best time, over the matvec ceiling (`-` where XLA's cost analysis misses loop trips); `steps` = "
+    "decoder window minus prefill.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -313,28 +329,17 @@ def main(argv=None) -> None:
 
 
 def _ceiling_line(res: dict) -> str:
-    matmul = ", ".join(f"{d} {x:.1f} GFLOP/s" for d, x in res["matmul_gflops"].items())
-    return f"Ceilings (best of before and after): matmul {matmul}; matvec {res['matvec_gb_per_s']:.1f} GB/s."
+    matmul = ", ".join(MATMUL.format(dtype=d, gflops=x) for d, x in res["matmul_gflops"].items())
+    return CEILINGS.format(matmul=matmul, matvec=res["matvec_gb_per_s"])
 
 
 def _section(rec: dict, path: Path) -> tuple[str, str, str]:
     """(title, subsection, body) for RESULTS.md."""
-    m, j, g, s, res, v = rec["machine"], rec["jax"], rec["git"], rec["settings"], rec["results"], rec["versions"]
-    title = machine_title(rec)
-    subsection = f"roofline, {s['model']} {s['model_dtype']}, {commit_label(g)}"
-    body = [
-        f"`{s['command']}`; jax {v['jax']}, flax {v['flax']}, backend {j['backend']}; {s['model']} "
-        f"({s['weights']} weights) in {s['model_dtype']}; prompt {s['prompt']} tokens, {s['steps']} greedy steps; "
-        f"phases best of {s['repeats']}, ceilings best of {s['ceiling_repeats']}, after warm-up; load average "
-        f"{m['load_avg_at_start'][0]:.1f} at the start. Record: `{path.relative_to(REPO)}`.",
-        _ceiling_line(res), "Before the model:", ceiling_table(res["ceilings_before"]),
-        "After:", ceiling_table(res["ceilings_after"]),
-        "FLOPs from `whisper_nnx.engine.model.flops` (matmuls only, useful work: self-attention over visible "
-        "positions); GFLOP/s = FLOPs / best time, over the matmul ceiling of the model's dtype; GB/s = XLA's "
-        "bytes accessed / best time, over the matvec ceiling (`-` where XLA's cost analysis misses loop trips); "
-        "`steps` = decoder window minus prefill.", phase_table(res["phases"])]
-    body += [f"Note: {n}" for n in res["notes"]]
-    return title, subsection, "\n\n".join(body)
+    res = rec["results"]
+    fields = {**report_fields(rec, path), "backend": rec["jax"]["backend"]}
+    body = [REPORT.format(**fields), _ceiling_line(res), BEFORE, ceiling_table(res["ceilings_before"]),
+            AFTER, ceiling_table(res["ceilings_after"]), PHASES, phase_table(res["phases"]), *notes(res["notes"])]
+    return machine_title(rec), SUBSECTION.format(**fields), "\n\n".join(body)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,12 @@ from pathlib import Path
 
 from common import (  # the script's own folder is on sys.path
     REPO,
-    commit_label,
     die_with_parent,
     git_info,
     machine_info,
     machine_title,
     record,
+    report_fields,
     update_results_md,
     versions,
     wer,
@@ -61,6 +61,15 @@ model = WhisperModel(sys.argv[1], device="auto", compute_type=sys.argv[2])
 segments, _ = model.transcribe(sys.argv[3], language="en", beam_size=int(sys.argv[4]))
 print(sys.argv[3] + ": " + "".join(s.text for s in segments).strip(), flush=True)
 """
+
+# RESULTS.md: the subsection title and the paragraph above the table (fields: `_section`).
+SUBSECTION = "startup (compile cache), {commit_label}"
+REPORT = (
+    "{head}; {peer_versions}; {model}, one clip (`{clip_name}`), language en, beam {beam_size}; {load}. Each line "
+    "is a fresh process (our CLI, or a `python -c` that loads faster-whisper and transcribes), timed from launch: "
+    "`wall s` to exit, `first result s` to its transcript line. Cold: `--compile-cache` on an empty directory; "
+    "warm: the same directory again; off: `--compile-cache off`. Medians over the repeats; the cache size is the "
+    "directory's after the run. Record: `{record}`.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -228,19 +237,10 @@ def main(argv=None) -> int:
 
 
 def _section(rec: dict, path: Path) -> tuple[str, str, str]:
-    s, g, v, m = rec["settings"], rec["git"], rec["versions"], rec["machine"]
-    title = machine_title(rec)
-    sub = f"startup (compile cache), {commit_label(g)}"
-    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    head = (f"`{s['command']}` at commit `{(g['commit'] or '?')[:8]}`{' (dirty tree)' if g['dirty'] else ''}; "
-            f"jax {v['jax']}, flax {v['flax']}, faster-whisper {v['faster-whisper']}, ctranslate2 {v['ctranslate2']}; "
-            f"{s['model']}, one clip (`{Path(s['clip']).name}`), language en, beam {s['beam_size']}; "
-            f"1-minute load {m['load_avg_at_start'][0]:.1f} at the start. Each line is a fresh process (our CLI, "
-            "or a `python -c` that loads faster-whisper and transcribes), timed from launch: `wall s` to exit, "
-            "`first result s` to its transcript line. Cold: `--compile-cache` on an empty directory; warm: the "
-            "same directory again; off: `--compile-cache off`. Medians over the repeats; the cache size is the "
-            f"directory's after the run. Record: `{rel}`.")
-    return title, sub, head + "\n\n" + table(rec["results"]["summary"])
+    """RESULTS.md's (date and machine, `startup (compile cache), commit ...`, body)."""
+    fields = {**report_fields(rec, path), "clip_name": Path(rec["settings"]["clip"]).name}
+    body = REPORT.format(**fields) + "\n\n" + table(rec["results"]["summary"])
+    return machine_title(rec), SUBSECTION.format(**fields), body
 
 
 if __name__ == "__main__":

@@ -205,16 +205,59 @@ def write_record(rec: dict, out: Optional[str | Path] = None, out_dir: Path = RE
 
 # --- RESULTS.md ---------------------------------------------------------------------------------
 
-def machine_title(rec: dict) -> str:
-    """RESULTS.md's section title of a record: its day, CPU, cores and accelerator if any."""
+# Report prose shared by the scripts' RESULTS.md sections, filled from a record by `report_fields`.
+TITLE = "{day}, this machine: {cpu}, {cores} cores{device}"
+COMMIT_LABEL = "commit {commit:.7}{uncommitted}"
+RUN_HEAD = "`{command}` at commit `{commit:.8}`{dirty}"
+VERSIONS = "jax {jax}, flax {flax}"
+PEER_VERSIONS = VERSIONS + ", faster-whisper {faster_whisper}, ctranslate2 {ctranslate2}"
+LOAD = "1-minute load {load:.1f} at the start"
+NOTE = "Note: {}"
+DIRTY = ("", " (dirty tree)")  # indexed by the record's dirty flag
+UNCOMMITTED = ("", " + uncommitted changes")
+
+
+def machine_title(rec: dict, device: bool = True) -> str:
+    """RESULTS.md's section title of a record: its day, CPU, cores and accelerator if any
+    (`device=False`: never)."""
     m, j = rec["machine"], rec["jax"]
-    device = "" if j["backend"] == "cpu" else f", {j['devices'][0].split(' ', 1)[-1]}"
-    return f"{rec['timestamp'][:10]}, this machine: {m['cpu']}, {m['cores']} cores{device}"
+    shown = device and j["backend"] != "cpu"
+    return TITLE.format(day=rec["timestamp"][:10], cpu=m["cpu"], cores=m["cores"],
+                        device=f", {j['devices'][0].split(' ', 1)[-1]}" if shown else "")
 
 
 def commit_label(git: dict) -> str:
     """"commit abc1234", plus " + uncommitted changes" for a dirty tree."""
-    return f"commit {(git['commit'] or '?')[:7]}{' + uncommitted changes' if git['dirty'] else ''}"
+    return COMMIT_LABEL.format(commit=git["commit"] or "?", uncommitted=UNCOMMITTED[bool(git["dirty"])])
+
+
+def relative(path: Path) -> Path:
+    """`path` from the repository root when it lies inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def report_fields(rec: dict, path: Path, command: Optional[str] = None, unknown: str = "?") -> dict:
+    """The fields every section template may use: `head`, `versions`, `peer_versions` and `load`
+    (RUN_HEAD, VERSIONS, PEER_VERSIONS and LOAD filled), `record` (the record's path, from the
+    repository root when inside it), `commit_label`, each version (`-` as `_`: `faster_whisper`),
+    `cores`, `ram_gib`, `load_avg` and the settings; `command` replaces the settings' one, `unknown`
+    stands for a missing commit."""
+    g, m = rec["git"], rec["machine"]
+    fields = {**rec["settings"], **{k.replace("-", "_"): x for k, x in rec["versions"].items()},
+              "cores": m["cores"], "ram_gib": (m["ram_bytes"] or 0) / 2**30,
+              "load_avg": m["load_avg_at_start"][0], "commit_label": commit_label(g),
+              "record": relative(path)}
+    fields["head"] = RUN_HEAD.format(command=command or fields.get("command"), commit=g["commit"] or unknown,
+                                     dirty=DIRTY[bool(g["dirty"])])
+    fields["load"] = LOAD.format(load=fields["load_avg"])
+    versions = {k: fields.get(k) for k in ("jax", "flax", "faster_whisper", "ctranslate2")}
+    fields.update(versions=VERSIONS.format(**versions), peer_versions=PEER_VERSIONS.format(**versions))
+    return fields
+
+
+def notes(texts: list[str]) -> list[str]:
+    """A section's closing notes, one paragraph each."""
+    return [NOTE.format(n) for n in texts]
 
 
 RESULTS_HEADER = """# Benchmark results
