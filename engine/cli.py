@@ -99,37 +99,56 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, ent
 
     from . import records
     from . import results as results_io
-    from .progress import Progress, merge_summaries, write_summary
-    from .sink import ResultSink
-    from .transcribe import Transcriber
 
-    own_file = out / (f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS)
     multihost.barrier("whisper-nnx-start")  # every process has read the old results before any writes
     if jax.process_index() == 0:
-        results_io.finish_merge(out)
-        old = results_io.all_records(out)
-        if old and not args.resume:
-            raise UsageError(f"{out} already holds results: add --resume to continue that run, or choose "
-                             "another --output-dir")
-        for path in [out / results_io.RESULTS, *results_io.process_files(out)]:
-            if results_io.repair(path):
-                logging.warning("%s: removed a record cut short by an earlier kill", path)
-        if not multi:  # an earlier multi-process run's records join results.jsonl first
-            results_io.merge_process_results(out)
-        retried = results_io.drop_retried(out, args.retry_errors)
-        if retried:
-            logging.warning("resuming: retrying %d entries whose records were errors", retried)
+        _prepare_output(out, args, multi)
     multihost.barrier("whisper-nnx-repaired")
     plan = results_io.plan_run(entries, results_io.all_records(out))
     if plan.skipped:
         logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
     inputs = multihost.process_share(plan.todo)  # contiguous block per process, in order
-    mesh = None
-    if args.mesh:
-        from whisper_nnx.sharding import rules_for
-        from whisper_nnx.sharding.mesh import describe, make_mesh
+    summary, failed = _write_records(args, formats, options, out, plan, inputs, multi)
+    if multi:
+        summary = _merge_processes(out, summary)
+    if jax.process_index() != 0:  # its own records' failures
+        return EXIT_INPUT_ERRORS if failed else EXIT_OK
+    failed = sum(map(records.is_failure, results_io.all_records(out)))  # every process's, earlier runs' too
+    print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
+          f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
+          f"results in {out / results_io.RESULTS}", file=sys.stderr)
+    return EXIT_INPUT_ERRORS if failed else EXIT_OK
 
-        mesh = make_mesh(args.mesh, dcn=args.dcn_mesh)
+
+def _prepare_output(out: Path, args: argparse.Namespace, multi: bool) -> None:
+    """Process 0, before any record is written: finish an interrupted merge, refuse old results
+    without --resume, repair records cut short, merge an earlier multi-process run's files and
+    drop the records to retry."""
+    from . import results as results_io
+
+    results_io.finish_merge(out)
+    if results_io.all_records(out) and not args.resume:
+        raise UsageError(f"{out} already holds results: add --resume to continue that run, or choose "
+                         "another --output-dir")
+    for path in [out / results_io.RESULTS, *results_io.process_files(out)]:
+        if results_io.repair(path):
+            logging.warning("%s: removed a record cut short by an earlier kill", path)
+    if not multi:  # an earlier multi-process run's records join results.jsonl first
+        results_io.merge_process_results(out)
+    retried = results_io.drop_retried(out, args.retry_errors)
+    if retried:
+        logging.warning("resuming: retrying %d entries whose records were errors", retried)
+
+
+def _load_transcriber(args: argparse.Namespace):
+    """The model on the run's mesh (none: one device) and the run facts each record carries."""
+    from whisper_nnx.sharding import rules_for
+    from whisper_nnx.sharding.mesh import describe, make_mesh
+
+    from .transcribe import Transcriber
+
+    mesh = make_mesh(args.mesh, dcn=args.dcn_mesh) if args.mesh else None
+    if mesh is not None:
         logging.info("mesh %s, sharding preset %s", describe(mesh)["shape"], args.sharding)
     transcriber = Transcriber(args.model, dtype=args.dtype, mesh=mesh,
                               rules=rules_for(args.sharding) if mesh is not None else None,
@@ -137,11 +156,27 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, ent
     run_info = {"model": args.model, "dtype": args.dtype, "quantize": args.quantize, "long_form": args.long_form,
                 "mesh": describe(mesh) if mesh is not None else None,
                 "sharding": args.sharding if mesh is not None else None}
+    return transcriber, run_info
+
+
+def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, out: Path, plan,
+                   inputs: list, multi: bool) -> tuple[dict, int]:
+    """Transcribe this process's `inputs` and write one record per entry (duplicates after the
+    record they repeat): (the progress summary, how many of them are failures)."""
+    import jax
+
+    from . import records
+    from . import results as results_io
+    from .progress import Progress, write_summary
+    from .sink import ResultSink
+
+    own_file = f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS
+    transcriber, run_info = _load_transcriber(args)
     ready = plan.ready if jax.process_index() == 0 else []
     progress = Progress(len(inputs) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in inputs),
                         enabled=not args.no_progress)
     echo = None if args.quiet else lambda r: print(f"{r['path']}: {r['error'] or r['text']}", flush=True)
-    with ResultSink(out, formats, _layout(args), file_name=own_file.name, extra=run_info, progress=progress,
+    with ResultSink(out, formats, _layout(args), file_name=own_file, extra=run_info, progress=progress,
                     echo=echo) as sink:
         for name, _, first in ready:  # repeats of files done in an earlier run
             sink.write(records.duplicate(name, first))
@@ -154,23 +189,26 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, ent
             sink.write(record)
             for name, _, first in plan.repeats_of(record["path"]):  # after the record they repeat
                 sink.write(records.duplicate(name, first))
-    failed = sink.failed
     summary = progress.summary(plan.skipped)
-    if multi:
-        write_summary(out, summary, f"summary.process-{jax.process_index():05d}.json")
-        multihost.barrier("whisper-nnx-results-written")
-        if jax.process_index() == 0:
-            results_io.merge_process_results(out)
-            summary = merge_summaries(out)
-        multihost.barrier("whisper-nnx-results-merged")
-    else:
-        write_summary(out, summary)
-    if jax.process_index() == 0:  # every process's records and earlier runs' too
-        failed = sum(map(records.is_failure, results_io.all_records(out)))
-        print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
-              f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
-              f"results in {out / results_io.RESULTS}", file=sys.stderr)
-    return EXIT_INPUT_ERRORS if failed else EXIT_OK
+    write_summary(out, summary, f"summary.process-{jax.process_index():05d}.json" if multi else "summary.json")
+    return summary, sink.failed
+
+
+def _merge_processes(out: Path, summary: dict) -> dict:
+    """Several processes: process 0 merges every process's records and summaries."""
+    import jax
+
+    from whisper_nnx.sharding import multihost
+
+    from . import results as results_io
+    from .progress import merge_summaries
+
+    multihost.barrier("whisper-nnx-results-written")
+    if jax.process_index() == 0:
+        results_io.merge_process_results(out)
+        summary = merge_summaries(out)
+    multihost.barrier("whisper-nnx-results-merged")
+    return summary
 
 
 def transcribe_options(args: argparse.Namespace):
@@ -208,102 +246,128 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .checkpoints.hub import DEFAULT_MODEL
+def _input_flags(parser: argparse.ArgumentParser) -> None:
     from .writers import FORMATS
 
+    g = parser.add_argument_group("inputs and outputs")
+    g.add_argument("inputs", nargs="+", metavar="INPUT")
+    g.add_argument("--output-dir", default="whisper-nnx-out")
+    g.add_argument("--formats", default="json,txt", help=f"comma-separated from {','.join(FORMATS)}")
+    g.add_argument("--resume", action="store_true",
+                   help="continue a run in --output-dir: skip entries with a record, redo the rest and "
+                        "entries whose record is a run error (out of memory, device failure)")
+    g.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: also redo entries whose record is an input error (bad audio)")
+    g.add_argument("--quiet", action="store_true", help="do not print each transcript")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="log INFO lines (JAX backends, model loading, resuming); default: warnings and errors")
+
+
+def _decoding_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--language", default="auto", help="auto (detect) or a code such as en, de")
+    g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--beam-size", type=int, default=5, help="beams at temperature 0; 0 or 1: greedy-like")
+    g.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
+    g.add_argument("--patience", type=float, default=None)
+    g.add_argument("--length-penalty", type=float, default=None,
+                   help="alpha of ((5 + len) / 6) ** alpha; default: divide by length")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
+                   help="retry failing windows at temperature + k * this, up to 1.0; 0 disables")
+    g.add_argument("--compression-ratio-threshold", type=float, default=2.4)
+    g.add_argument("--logprob-threshold", type=float, default=-1.0)
+    g.add_argument("--no-speech-threshold", type=float, default=0.6)
+    g.add_argument("--without-timestamps", action="store_true")
+    g.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
+    g.add_argument("--hotwords", default=None,
+                   help="words to favour (names, jargon): put in every window's prompt, before the previous text")
+
+
+def _long_form_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("long files")
+    g.add_argument("--long-form", default="sequential", choices=["sequential", "chunked"],
+                   help="files over 30 s: the reference's seek loop, or 30 s chunks with stride decoded in "
+                        "parallel and stitched")
+    g.add_argument("--chunk-stride", type=float, default=5.0, help="chunked: seconds of overlap on each side")
+    g.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
+                   help="sequential: prompt each window with the text before it")
+    g.add_argument("--initial-prompt", default=None, help="text to prompt with: sequential, the first window of every file (its text then "
+                        "carries on); chunked, every chunk (chunks decode in parallel, without text before them)")
+    g.add_argument("--carry-initial-prompt", action="store_true",
+                   help="sequential: keep the initial prompt at the head of every window's prompt")
+    g.add_argument("--vad", action="store_true",
+                   help="voice-activity detection (Silero, pip install 'whisper-nnx[vad]'): decode speech only; "
+                        "chunked: chunks cut at pauses")
+    g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
+    g.add_argument("--vad-min-silence-ms", type=int, default=2000, help="shorter pauses stay inside speech")
+    g.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
+    g.add_argument("--spool-after", type=float, default=600.0, metavar="SECONDS",
+                   help="files longer than this are decoded to a spool on disk and framed from there "
+                        "(memory does not grow with a file's length)")
+    g.add_argument("--spool-dir", default=None,
+                   help="where spools go (default: the system temp folder; use a disk, not tmpfs)")
+    g.add_argument("--max-audio-in-memory", type=float, default=7200.0, metavar="SECONDS",
+                   help="audio held in memory by files read ahead and being decoded (spooled files hold none)")
+
+
+def _word_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("words and subtitles")
+    g.add_argument("--word-timestamps", action="store_true",
+                   help="start/end/probability of every word, in each segment's 'words'")
+    g.add_argument("--highlight-words", action="store_true",
+                   help="srt/vtt with --word-timestamps: underline each word as it is spoken")
+    g.add_argument("--max-line-width", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: characters per line before a break")
+    g.add_argument("--max-line-count", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: lines per cue")
+    g.add_argument("--max-words-per-line", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: words per cue (without --max-line-width)")
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    from .checkpoints.hub import DEFAULT_MODEL
+
+    g = parser.add_argument_group("model, devices and processes")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"local checkpoint, hub repo id or short name (default {DEFAULT_MODEL})")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute and weight dtype; bfloat16 runs matmuls on native bf16 units (TPU, GPU, "
+                        "CPUs with AVX512-BF16/AMX): see benchmarks/RESULTS.md for speed and WER")
+    g.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weight-only quantization: less weight memory, not faster on CPU")
+    g.add_argument("--mesh", default=None,
+                   help="device mesh data=D,model=M (-1: the rest), e.g. data=-1 or data=4,model=2; "
+                        "default: one device")
+    g.add_argument("--dcn-mesh", default=None,
+                   help="multi-host: how data/model span hosts, e.g. data=2 (then --mesh is per host)")
+    g.add_argument("--allow-replicated-weights", action="store_true",
+                   help="accept weights of >= 1 MiB that the mesh cannot split (replicated instead)")
+    g.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
+                   help="partition-rule preset mapping logical axes onto the mesh")
+    g.add_argument("--coordinator", default=None,
+                   help="multi-process: host:port of process 0 (or WHISPER_NNX_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
+    g.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="JAX persistent compilation cache, so later runs skip compiling (default: "
+                        "$WHISPER_NNX_COMPILE_CACHE, else ~/.cache/whisper-nnx/jax-compile; 'off' disables)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisper-nnx", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("transcribe", help="transcribe audio/video files")
-    t.add_argument("inputs", nargs="+", metavar="INPUT")
-    t.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"local checkpoint, hub repo id or short name (default {DEFAULT_MODEL})")
-    t.add_argument("--output-dir", default="whisper-nnx-out")
-    t.add_argument("--formats", default="json,txt", help=f"comma-separated from {','.join(FORMATS)}")
-    t.add_argument("--language", default="auto", help="auto (detect) or a code such as en, de")
-    t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--beam-size", type=int, default=5, help="beams at temperature 0; 0 or 1: greedy-like")
-    t.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
-    t.add_argument("--patience", type=float, default=None)
-    t.add_argument("--length-penalty", type=float, default=None,
-                   help="alpha of ((5 + len) / 6) ** alpha; default: divide by length")
-    t.add_argument("--temperature", type=float, default=0.0)
-    t.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
-                   help="retry failing windows at temperature + k * this, up to 1.0; 0 disables")
-    t.add_argument("--compression-ratio-threshold", type=float, default=2.4)
-    t.add_argument("--logprob-threshold", type=float, default=-1.0)
-    t.add_argument("--no-speech-threshold", type=float, default=0.6)
-    t.add_argument("--without-timestamps", action="store_true")
-    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="compute and weight dtype; bfloat16 runs matmuls on native bf16 units (TPU, GPU, "
-                        "CPUs with AVX512-BF16/AMX): see benchmarks/RESULTS.md for speed and WER")
-    t.add_argument("--quantize", default=None, choices=["int8"],
-                   help="int8 weight-only quantization: less weight memory, not faster on CPU")
-    t.add_argument("--mesh", default=None,
-                   help="device mesh data=D,model=M (-1: the rest), e.g. data=-1 or data=4,model=2; "
-                        "default: one device")
-    t.add_argument("--dcn-mesh", default=None,
-                   help="multi-host: how data/model span hosts, e.g. data=2 (then --mesh is per host)")
-    t.add_argument("--allow-replicated-weights", action="store_true",
-                   help="accept weights of >= 1 MiB that the mesh cannot split (replicated instead)")
-    t.add_argument("--coordinator", default=None,
-                   help="multi-process: host:port of process 0 (or WHISPER_NNX_COORDINATOR)")
-    t.add_argument("--num-processes", type=int, default=None)
-    t.add_argument("--process-id", type=int, default=None)
-    t.add_argument("--distributed", action="store_true",
-                   help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
-    t.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
-                   help="partition-rule preset mapping logical axes onto the mesh")
-    t.add_argument("--long-form", default="sequential", choices=["sequential", "chunked"],
-                   help="files over 30 s: the reference's seek loop, or 30 s chunks with stride decoded in "
-                        "parallel and stitched")
-    t.add_argument("--chunk-stride", type=float, default=5.0, help="chunked: seconds of overlap on each side")
-    t.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
-                   help="sequential: prompt each window with the text before it")
-    t.add_argument("--initial-prompt", default=None, help="text to prompt with: sequential, the first window of every file (its text then "
-                        "carries on); chunked, every chunk (chunks decode in parallel, without text before them)")
-    t.add_argument("--carry-initial-prompt", action="store_true",
-                   help="sequential: keep the initial prompt at the head of every window's prompt")
-    t.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
-    t.add_argument("--hotwords", default=None,
-                   help="words to favour (names, jargon): put in every window's prompt, before the previous text")
-    t.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
-    t.add_argument("--spool-after", type=float, default=600.0, metavar="SECONDS",
-                   help="files longer than this are decoded to a spool on disk and framed from there "
-                        "(memory does not grow with a file's length)")
-    t.add_argument("--spool-dir", default=None,
-                   help="where spools go (default: the system temp folder; use a disk, not tmpfs)")
-    t.add_argument("--max-audio-in-memory", type=float, default=7200.0, metavar="SECONDS",
-                   help="audio held in memory by files read ahead and being decoded (spooled files hold none)")
-    t.add_argument("--word-timestamps", action="store_true",
-                   help="start/end/probability of every word, in each segment's 'words'")
-    t.add_argument("--vad", action="store_true",
-                   help="voice-activity detection (Silero, pip install 'whisper-nnx[vad]'): decode speech only; "
-                        "chunked: chunks cut at pauses")
-    t.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
-    t.add_argument("--vad-min-silence-ms", type=int, default=2000, help="shorter pauses stay inside speech")
-    t.add_argument("--highlight-words", action="store_true",
-                   help="srt/vtt with --word-timestamps: underline each word as it is spoken")
-    t.add_argument("--max-line-width", type=int, default=None,
-                   help="srt/vtt with --word-timestamps: characters per line before a break")
-    t.add_argument("--max-line-count", type=int, default=None,
-                   help="srt/vtt with --word-timestamps: lines per cue")
-    t.add_argument("--max-words-per-line", type=int, default=None,
-                   help="srt/vtt with --word-timestamps: words per cue (without --max-line-width)")
-    t.add_argument("--compile-cache", default=None, metavar="DIR",
-                   help="JAX persistent compilation cache, so later runs skip compiling (default: "
-                        "$WHISPER_NNX_COMPILE_CACHE, else ~/.cache/whisper-nnx/jax-compile; 'off' disables)")
-    t.add_argument("--quiet", action="store_true", help="do not print each transcript")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
-    t.add_argument("--resume", action="store_true",
-                   help="continue a run in --output-dir: skip entries with a record, redo the rest and "
-                        "entries whose record is a run error (out of memory, device failure)")
-    t.add_argument("--retry-errors", action="store_true",
-                   help="with --resume: also redo entries whose record is an input error (bad audio)")
-    t.add_argument("-v", "--verbose", action="store_true",
-                   help="log INFO lines (JAX backends, model loading, resuming); default: warnings and errors")
+    _input_flags(t)
+    _decoding_flags(t)
+    _long_form_flags(t)
+    _word_flags(t)
+    _model_flags(t)
     t.set_defaults(run=_transcribe)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")
