@@ -28,7 +28,7 @@ SUBSECTION = "mesh"
 COMMAND = "benchmarks/bench_mesh.py --batch {batch} --meshes {meshes}"
 REPORT = (
     "{head}; {model}, {batch} clips ({audio_s:.0f} s of audio) in one batch, greedy. 8 simulated CPU devices "
-    "share 2 cores, so this measures sharding overhead, not speed-up. Record: `{record}`.")
+    "share {cores} cores, so this measures sharding overhead, not speed-up. Record: `{record}`.")
 
 
 def _clips(batch: int) -> tuple[list[np.ndarray], float]:
@@ -99,7 +99,9 @@ def _section(rec: dict, path: Path) -> tuple[str, str, str]:
     s, rows = rec["settings"], rec["results"]
     command = COMMAND.format(batch=s["batch"], meshes=",".join(r["mesh"] for r in rows[1:]))
     fields = report_fields(rec, path, command=command, unknown="unknown")
+    fields["cores"] = rec["machine"]["cores"]
     return machine_title(rec, device=False), SUBSECTION, REPORT.format(**fields) + "\n\n" + table(rows)
+
 
 if __name__ == "__main__":
     main()
