@@ -29,21 +29,19 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from common import (  # the script's own folder is on sys.path
     REPO,
-    die_with_parent,
     git_info,
     machine_info,
     machine_title,
     record,
     report_fields,
+    timed_process,
     update_results_md,
     versions,
     wer,
@@ -90,31 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --- one timed process ------------------------------------------------------------------------------
-
-def timed_process(cmd: list[str], env: dict, prefix: str, timeout: int) -> dict:
-    """Run `cmd`; wall time to exit, time until a stdout line holding `prefix`, peak RSS."""
-    with tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                                preexec_fn=die_with_parent)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        first_s, text = None, None
-        for line in proc.stdout:
-            if first_s is None and prefix in line:
-                first_s, text = time.perf_counter() - start, line.split(prefix, 1)[1].strip()
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
-        wall_s = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        timer.cancel()
-        err.seek(0)
-        tail = err.read().strip().splitlines()[-3:]
-    out = {"wall_s": wall_s, "first_result_s": first_s, "text": text, "peak_rss_bytes": usage.ru_maxrss * 1024,
-           "load_avg_1min_after": os.getloadavg()[0]}
-    if proc.returncode or first_s is None:
-        out["error"] = f"exit {proc.returncode}: " + " | ".join(tail)
-    return out
-
 
 def dir_size(path: Path) -> tuple[int, int]:
     """(bytes, files) under `path`."""

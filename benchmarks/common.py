@@ -116,6 +116,41 @@ def die_with_parent() -> None:
         pass
 
 
+def timed_process(cmd: list[str], env: dict, prefix: str, timeout: int, cores: Optional[int] = None) -> dict:
+    """Run `cmd` from the repository root as a whole process (on the first `cores` CPUs when
+    given): its wall time to exit, the time until a stdout line holding `prefix` (its first
+    result), that line's text after `prefix`, and its peak RSS; "error" when it failed."""
+    import tempfile
+    import threading
+
+    def start_child() -> None:
+        die_with_parent()
+        if cores:
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=start_child)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        first_s, text = None, None
+        for line in proc.stdout:
+            if first_s is None and prefix in line:
+                first_s, text = time.perf_counter() - start, line.split(prefix, 1)[1].strip()
+        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+        wall_s = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        timer.cancel()
+        err.seek(0)
+        tail = err.read().strip().splitlines()[-3:]
+    out = {"wall_s": wall_s, "first_result_s": first_s, "text": text, "peak_rss_bytes": usage.ru_maxrss * 1024,
+           "load_avg_1min_after": os.getloadavg()[0]}
+    if proc.returncode or first_s is None:
+        out["error"] = f"exit {proc.returncode}: " + " | ".join(tail)
+    return out
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

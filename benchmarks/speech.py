@@ -75,15 +75,16 @@ def espeak_speech(text: str, voice: str = "en-us", speed: int = 150) -> tuple[np
 
 
 def sentence(text: str, length_scale: float = LENGTH_SCALE, edge_db: float = EDGE_DB,
-             margin: float = MARGIN) -> tuple[np.ndarray, float, float]:
-    """(samples at SAMPLE_RATE, speech start, speech end in s within them) for one piper sentence.
+             margin: float = MARGIN, speak=None) -> tuple[np.ndarray, float, float]:
+    """(samples at SAMPLE_RATE, speech start, speech end in s within them) for one sentence, by
+    piper's joe at `length_scale` (its speaking rate: > 1 is slower), or by `speak(text) ->
+    (samples, rate)` when given (an espeak voice, say).
 
-    `length_scale` is piper's speaking rate (> 1 is slower). The speech is bounded by its first
-    and last sample above `edge_db` relative to the sentence's peak; piper's leading and trailing
-    near-silence is cut to `margin` seconds around it, so the pauses between sentences put
-    together are the chosen ones plus 2 * `margin`.
+    The speech is bounded by its first and last sample above `edge_db` relative to the
+    sentence's peak; the leading and trailing near-silence is cut to `margin` seconds around it,
+    so the pauses between sentences put together are the chosen ones plus 2 * `margin`.
     """
-    audio, rate = piper_speech(text, length_scale)
+    audio, rate = piper_speech(text, length_scale) if speak is None else speak(text)
     audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
     loud = np.nonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (edge_db / 20))[0]
     keep = round(margin * SAMPLE_RATE)
