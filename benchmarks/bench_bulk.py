@@ -32,7 +32,6 @@ from pathlib import Path
 import av
 import numpy as np
 import soxr
-
 from common import (  # the script's own folder is on sys.path
     REPO,
     git_info,

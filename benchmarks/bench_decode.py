@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
 from common import (  # the script's own folder is on sys.path
     REPO,
     Compiled,
@@ -163,18 +162,18 @@ def bench_phases(transcriber, prompt: list[int], sample_len: int, batch: int, be
             static = dict(config=config, strategy=Greedy())
             args = (state, features, toks, layout, rng, temperature)
             prefill_c = aot_compile(programs.prefill, *args, **static)
-            out.append(_phase("prefill", batch, prefill_c, time_calls(lambda: prefill_c.call(*args), repeats)))
+            out.append(_phase("prefill", batch, prefill_c, time_calls(lambda c=prefill_c, a=args: c.call(*a), repeats)))
             decode, cross, _ = jax.block_until_ready(prefill_c.call(*args))
             decode = decode._replace(finished=jnp.zeros_like(decode.finished))
-            program, after = programs.steps, lambda s: (cross, layout, temperature, s.length + 1)
+            program, after = programs.steps, lambda s, c=cross: (c, layout, temperature, s.length + 1)
         else:
             static = dict(config=config, strategy=BeamSearch(beam_size=beam))
             args = (state, features, toks, layout)
             prefill_c = aot_compile(programs.beam_prefill, *args, **static)
             out.append(_phase(f"prefill (beam {beam})", batch * beam, prefill_c,
-                              time_calls(lambda: prefill_c.call(*args), repeats)))
+                              time_calls(lambda c=prefill_c, a=args: c.call(*a), repeats)))
             decode, cross, _, _ = jax.block_until_ready(prefill_c.call(*args))
-            program, after = programs.beam_steps, lambda s: (cross, layout, s.length + 1)
+            program, after = programs.beam_steps, lambda s, c=cross: (c, layout, s.length + 1)
         name = "decode step" if beam == 1 else f"beam step (beam {beam})"
         out.append(_time_step(program, state, decode, after, static, batch * beam, repeats, name))
     return out
@@ -379,8 +378,8 @@ def main(argv=None) -> None:
     threads = args.threads or len(os.sched_getaffinity(0))
     batch_sizes, beam_sizes = _ints(args.batch_sizes), _ints(args.beam_sizes)
 
-    from whisper_nnx.engine.checkpoints.hub import resolve_model
     from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+    from whisper_nnx.engine.checkpoints.hub import resolve_model
 
     t0 = time.perf_counter()
     git = git_info()  # the code this process runs: others may commit while it measures

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import record, write_record  # the script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,8 +18,17 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import numpy as np  # noqa: E402
-from common import (git_info, machine_info, machine_title, peak_rss_bytes, record,  # the script's own folder is on sys.path
-                    report_fields, time_calls, update_results_md, write_record)
+from common import (  # the script's own folder is on sys.path
+    git_info,
+    machine_info,
+    machine_title,
+    peak_rss_bytes,
+    record,
+    report_fields,
+    time_calls,
+    update_results_md,
+    write_record,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 

@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import (  # the script's own folder is on sys.path
     REPO,
     Timing,

@@ -146,13 +146,13 @@ def build(args) -> tuple[object, str, Optional[object]]:
     """The model, where its weights came from, and the checkpoint's tokenizer (None for random weights)."""
     import jax.numpy as jnp
 
-    from whisper_nnx.engine.model.config import DIMS
-    from whisper_nnx.engine.model.whisper import build_model
+    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
     from whisper_nnx.engine.checkpoints.hub import resolve_model
     from whisper_nnx.engine.checkpoints.tensor_files import CheckpointError
-    from whisper_nnx.engine.decode.tokenizer import Tokenizer
-    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
     from whisper_nnx.engine.checkpoints.weights import load_model
+    from whisper_nnx.engine.decode.tokenizer import Tokenizer
+    from whisper_nnx.engine.model.config import DIMS
+    from whisper_nnx.engine.model.whisper import build_model
 
     dtype = jnp.dtype(args.model_dtype)
     if args.weights != "random":
@@ -176,15 +176,15 @@ def decode_config(generator, tokenizer, prompt: int, steps: int):
     Whisper vocabulary (`tokenizer.N_TIMESTAMPS`) and no suppressed tokens."""
     import dataclasses
 
-    from whisper_nnx.engine.decode.options import DecodeOptions
-
-    from whisper_nnx.engine.decode.window_decoder import WindowDecoder
     from whisper_nnx.engine.decode.logit_rules import LogitRules
+    from whisper_nnx.engine.decode.options import DecodeOptions
     from whisper_nnx.engine.decode.programs import DecodeConfig
     from whisper_nnx.engine.decode.tokenizer import N_TIMESTAMPS
+    from whisper_nnx.engine.decode.window_decoder import WindowDecoder
 
     if tokenizer is not None:
-        config = WindowDecoder(generator, generator.dims).config(tokenizer, prompt, DecodeOptions.from_kwargs(sample_len=steps))
+        options = DecodeOptions.from_kwargs(sample_len=steps)
+        config = WindowDecoder(generator, generator.dims).config(tokenizer, prompt, options)
         return dataclasses.replace(config, rules=dataclasses.replace(config.rules, eot=-1))
     timestamp_begin = generator.dims.n_vocab - N_TIMESTAMPS
     return DecodeConfig(rules=LogitRules(sample_begin=prompt, eot=-1, no_timestamps=timestamp_begin - 1,
@@ -203,16 +203,16 @@ def bench_batch(generator, config, batch: int, prompt: int, steps: int, repeats:
     import jax
     import jax.numpy as jnp
 
-    from whisper_nnx.engine.model import flops
     from whisper_nnx.engine.decode.programs import RowSpec
     from whisper_nnx.engine.decode.strategies import Greedy
+    from whisper_nnx.engine.model import flops
 
     dims, programs, state = generator.dims, generator.programs, generator.state
     static = dict(config=config, strategy=Greedy())
     mel = jax.random.normal(jax.random.key(0), (batch, dims.n_mels, 2 * dims.n_audio_ctx), jnp.float32)
     tokens = jnp.zeros((batch, prompt), jnp.int32)
     rows = RowSpec(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), steps, jnp.int32),
-                     jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32))
+                   jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32))
     rng, temperature, stop = jax.random.PRNGKey(0), jnp.float32(1.0), jnp.int32(prompt + steps)
 
     encode_c = aot_compile(programs.encode, state, mel)

@@ -21,6 +21,7 @@ from absl import flags, logging
 
 from .inputs import expand_inputs
 
+
 def fallback_temperatures(start: float, increment: float | None) -> tuple[float, ...]:
     """start, start + increment, ... never above 1.0: the reference CLI's
     `np.arange(start, 1.0 + 1e-6, increment)`; no increment: just `start`."""
@@ -237,8 +238,8 @@ def _layout(args: argparse.Namespace):
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .checkpoints.hub import resolve_model
     from .checkpoints.formats import read_checkpoint, save_converted
+    from .checkpoints.hub import resolve_model
 
     checkpoint = read_checkpoint(resolve_model(args.model))
     out = save_converted(checkpoint, args.out_dir, None if args.dtype == "keep" else args.dtype)
@@ -294,7 +295,8 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-stride", type=float, default=5.0, help="chunked: seconds of overlap on each side")
     g.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
                    help="sequential: prompt each window with the text before it")
-    g.add_argument("--initial-prompt", default=None, help="text to prompt with: sequential, the first window of every file (its text then "
+    g.add_argument("--initial-prompt", default=None,
+                   help="text to prompt with: sequential, the first window of every file (its text then "
                         "carries on); chunked, every chunk (chunks decode in parallel, without text before them)")
     g.add_argument("--carry-initial-prompt", action="store_true",
                    help="sequential: keep the initial prompt at the head of every window's prompt")
@@ -379,8 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .results import RunLocked
     from .checkpoints.tensor_files import CheckpointError
+    from .results import RunLocked
 
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))

@@ -24,11 +24,11 @@ import numpy as np
 
 from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, FRAMES_PER_TIMESTAMP, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decode.options import DecodeOptions
+from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import DecodedWindow, initial_tokens, is_silence
 from .features import centred_signal, total_frames, window_samples
 from .segments import Segment, split_segments
 from .stitching import stitch_chunks
-from .decode.tokenizer import Tokenizer
 from .words import assign_words, word_timings
 
 # A file (or chunk) whose loudest mel bin is below this log10 power holds no signal at all
@@ -161,7 +161,8 @@ class FileJob:
             for s in segments:
                 s.start, s.end = self.file_time(s.start), self.file_time(s.end, is_end=True)
                 for w in s.words:
-                    w["start"], w["end"] = round(self.file_time(w["start"]), 2), round(self.file_time(w["end"], True), 2)
+                    w["start"] = round(self.file_time(w["start"]), 2)
+                    w["end"] = round(self.file_time(w["end"], True), 2)
         return {"text": "".join(s.text for s in segments).strip(),
                 "segments": [s.to_json() for s in segments],
                 "tokens": [t for s in segments for t in s.tokens],

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional, TextIO
 
-
 from .writers import atomic_write_text
 
 

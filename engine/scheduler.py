@@ -40,7 +40,6 @@ from .records import INPUT, RUN, one_line
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
 
 
-
 @dataclass
 class LoadedInput:
     index: int  # position in the inputs
@@ -267,7 +266,8 @@ class WindowScheduler:
         if len(queue) <= self.batch_size:
             return list(queue), collections.deque()
         oldest = queue[0].audio_frames
-        chosen = set(sorted(range(len(queue)), key=lambda i: (abs(queue[i].audio_frames - oldest), i))[:self.batch_size])
+        nearest = sorted(range(len(queue)), key=lambda i: (abs(queue[i].audio_frames - oldest), i))
+        chosen = set(nearest[:self.batch_size])
         return ([r for i, r in enumerate(queue) if i in chosen],
                 collections.deque(r for i, r in enumerate(queue) if i not in chosen))
 

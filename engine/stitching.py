@@ -18,8 +18,8 @@ import difflib
 import re
 from typing import Optional
 
-from .segments import Segment
 from .decode.tokenizer import Tokenizer
+from .segments import Segment
 
 _NOT_WORD = re.compile(r"[^\w]+")
 

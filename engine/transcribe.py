@@ -21,7 +21,6 @@ from jax.sharding import Mesh
 from whisper_nnx.sharding import multihost, rules_for
 
 from . import records
-from .decode.alignment import default_alignment_heads
 from .audio import (
     CHUNK_LENGTH,
     N_SAMPLES,
@@ -32,20 +31,21 @@ from .audio import (
     load_audio,
     pad_or_trim,
 )
+from .checkpoints.formats import read_checkpoint
+from .checkpoints.hub import DEFAULT_MODEL, resolve_model
+from .checkpoints.weights import load_model
+from .decode.alignment import default_alignment_heads
+from .decode.generate import Generator
+from .decode.languages import LANGUAGES
 from .decode.options import DecodeOptions
+from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import WindowDecoder, bucket, initial_tokens, is_silence
 from .features import log_mel_spectrogram_jit
-from .decode.generate import Generator
-from .checkpoints.hub import DEFAULT_MODEL, resolve_model
 from .options import TranscribeOptions
 from .scheduler import AudioPrefetcher, WindowScheduler, expected_windows
 from .segments import split_segments
-from .decode.languages import LANGUAGES
-from .decode.tokenizer import Tokenizer
-from .vad import speech_regions_streaming
 from .vad import check_available as check_vad_available
-from .checkpoints.formats import read_checkpoint
-from .checkpoints.weights import load_model
+from .vad import speech_regions_streaming
 from .windows import WindowPipeline, detect_languages
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

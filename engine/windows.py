@@ -25,9 +25,10 @@ import numpy as np
 from whisper_nnx.sharding import multihost
 
 from .audio import N_FRAMES
-from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
-from .features import WINDOW_SAMPLES, window_log_mel_max, window_log_mel
 from .decode.generate import Generator
+from .decode.tokenizer import Tokenizer
+from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
+from .features import WINDOW_SAMPLES, window_log_mel, window_log_mel_max
 from .longform import (
     ChunkedFile,
     FileJob,
@@ -40,7 +41,6 @@ from .longform import (
 from .options import TranscribeOptions
 from .scheduler import LoadedInput
 from .spool import SpeechView, floor_spans
-from .decode.tokenizer import Tokenizer
 from .vad import SpeechMap
 
 

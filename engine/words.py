@@ -22,8 +22,8 @@ import dataclasses
 import numpy as np
 
 from .audio import TOKENS_PER_SECOND
-from .segments import Segment
 from .decode.tokenizer import Tokenizer
+from .segments import Segment
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # joined onto the word after them
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # joined onto the word before them

@@ -31,8 +31,8 @@ def transcripts() -> dict[str, str]:
 @pytest.fixture(scope="session", params=["tiny.en", "base"])
 def real_checkpoint(request):
     """The real tiny.en and base checkpoints, read once per session (CTranslate2 float16)."""
-    from whisper_nnx.engine.checkpoints.hub import offline_package_checkpoint
     from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+    from whisper_nnx.engine.checkpoints.hub import offline_package_checkpoint
 
     path = offline_package_checkpoint(request.param)
     if path is None:  # the test extra installs both packages: a missing one is a broken setup

@@ -11,10 +11,10 @@ from whisper.model import disable_sdpa
 from whisper.timing import median_filter
 
 from reference import reference_model
-from whisper_nnx.engine.decode.alignment import default_alignment_heads
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+from whisper_nnx.engine.decode.alignment import default_alignment_heads
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,8 @@ def test_alignment_matrix_equals_the_reference(setup, data_dir):
     clips, sequences, frames = [], [], [411, 3000]  # a short window and a full one, in one batch
     for name in ("sample_joe.flac", "sample_espeak.flac"):
         audio = load_audio(data_dir / name)
-        text = [t for t in ours.decode_clips([audio], TranscribeOptions.from_kwargs(temperature=0.0))[0]["tokens"] if t < tok.eot]
+        tokens = ours.decode_clips([audio], TranscribeOptions.from_kwargs(temperature=0.0))[0]["tokens"]
+        text = [t for t in tokens if t < tok.eot]
         clips.append(np.pad(audio, (0, N_SAMPLES))[:N_SAMPLES])
         sequences.append([*tok.sot_sequence, tok.no_timestamps, *text, tok.eot])
     tokens = np.full((2, 64), tok.eot, np.int32)
@@ -98,7 +99,8 @@ def test_chunked_word_timestamps_agree_with_sequential(setup, data_dir):
 
     ours, _, _ = setup
     audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
-    seq, chunked = (ours.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, word_timestamps=True, long_form=m))[0]
+    seq, chunked = (ours.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, word_timestamps=True,
+                                                                       long_form=m))[0]
                     for m in ("sequential", "chunked"))
     seq_words = [w for s in seq["segments"] for w in s["words"]]
     chunked_words = [w for s in chunked["segments"] for w in s["words"]]

@@ -30,18 +30,18 @@ import whisper
 from flax import nnx
 
 from reference import reference_model, relative_error
-from whisper_nnx.engine.model.config import DIMS, ModelDims
-from whisper_nnx.engine.model.whisper import build_model
+from whisper_nnx.engine.checkpoints.formats import hf_to_reference_name, read_checkpoint, save_converted
 from whisper_nnx.engine.checkpoints.hub import OFFICIAL_REPOS, offline_package_checkpoint, resolve_model
+from whisper_nnx.engine.checkpoints.names import Checkpoint, check_params, expected_shapes
 from whisper_nnx.engine.checkpoints.tensor_files import (
     CheckpointError,
     read_ctranslate2,
     read_safetensors,
     write_safetensors,
 )
-from whisper_nnx.engine.checkpoints.formats import hf_to_reference_name, read_checkpoint, save_converted
-from whisper_nnx.engine.checkpoints.names import check_params, Checkpoint, expected_shapes
 from whisper_nnx.engine.checkpoints.weights import load_model, model_params
+from whisper_nnx.engine.model.config import DIMS, ModelDims
+from whisper_nnx.engine.model.whisper import build_model
 
 # Encoder and decoder differ in heads and depth so a swap of the two shows.
 SMALL = ModelDims(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n_audio_layer=2,

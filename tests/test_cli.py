@@ -119,7 +119,8 @@ def test_vad_without_its_dependency_fails_once_at_start(tmp_path, data_dir):
     blocker.mkdir()
     (blocker / "onnxruntime.py").write_text("raise ImportError('onnxruntime is not installed')\n")
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    path = f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe",
                            str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac"), "--vad",
                            "--output-dir", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -29,8 +29,8 @@ from whisper.tokenizer import get_tokenizer
 
 from reference import reference_model
 from whisper_nnx.engine.audio import SAMPLE_RATE, load_audio, pad_or_trim
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
 CORPUS = Path(__file__).parent / "data" / "corpus"
 TIME_TOLERANCE = 0.02  # s, one timestamp step

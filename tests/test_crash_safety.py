@@ -83,7 +83,8 @@ def test_a_failing_transcript_assembly_fails_only_its_file(tiny, clips, clean, m
         return result(self)
 
     monkeypatch.setattr(SequentialFile, "result", failing_result)
-    _check_isolated(tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY)), clean, "assembling the transcript failed")
+    records = tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY))
+    _check_isolated(records, clean, "assembling the transcript failed")
 
 
 @pytest.mark.slow
@@ -147,7 +148,8 @@ def test_duration_is_the_files_own_under_vad(tiny, clips):
     the run's audio hours and speed) is still the file's."""
     silence = np.zeros(16000 * 10, np.float32)
     padded = np.concatenate([silence, clips[0], silence])
-    records = tiny.transcribe([padded, np.zeros(16000 * 5, np.float32)], TranscribeOptions.from_kwargs(**GREEDY, vad=True))
+    options = TranscribeOptions.from_kwargs(**GREEDY, vad=True)
+    records = tiny.transcribe([padded, np.zeros(16000 * 5, np.float32)], options)
     assert records[0]["error"] is None and "fox" in records[0]["text"]
     assert records[0]["duration_s"] == pytest.approx(padded.shape[0] / 16000, abs=1e-3)
     assert records[1]["error"] is None and records[1]["text"] == ""

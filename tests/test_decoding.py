@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from whisper_nnx.engine.decode.options import DecodeOptions
-from whisper_nnx.engine.decode.window_decoder import DecodedWindow, is_silence, needs_fallback
 from whisper_nnx.engine.decode.search import pick_best
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow, is_silence, needs_fallback
 
 
 def _window(avg_logprob: float, compression: float, no_speech: float) -> DecodedWindow:
@@ -70,8 +70,9 @@ def test_sampling_best_of_picks_the_most_likely_sample(transcriber, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     path = [data_dir / "sample_espeak.flac"]
-    one = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=1, seed=4))[0]
-    many = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=8, seed=4))[0]
+    sampled = dict(language="en", temperature=1.0, seed=4)
+    one = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(**sampled, best_of=1))[0]
+    many = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(**sampled, best_of=8))[0]
     greedy = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=0.0))[0]
     # The best of 8 is at least as likely (per token) as a single sample, and sampling at T=1 is
     # really sampling: some draw differs from the greedy tokens.
@@ -91,7 +92,8 @@ def test_silence_rule_on_silent_audio(transcriber):
     silence = np.zeros(16000 * 5, np.float32)
     noise = np.random.default_rng(0).normal(0, 1e-4, 16000 * 5).astype(np.float32)
     default = transcriber.decode_clips([silence, noise], TranscribeOptions(language="en"))
-    strict = transcriber.decode_clips([silence, noise], TranscribeOptions.from_kwargs(language="en", logprob_threshold=-0.5))
+    options = TranscribeOptions.from_kwargs(language="en", logprob_threshold=-0.5)
+    strict = transcriber.decode_clips([silence, noise], options)
     for kept, skipped in zip(default, strict):
         assert kept["no_speech_prob"] > 0.6 and -1.0 < kept["avg_logprob"] <= -0.5
         assert kept["text"] != "" and kept["segments"]

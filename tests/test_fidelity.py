@@ -101,15 +101,16 @@ def test_a_looping_window_falls_back_as_in_the_reference(transcriber, data_dir):
     report the same first-pass ratio."""
     import torch
     import whisper
-    from reference import reference_model
 
+    from reference import reference_model
     from whisper_nnx.engine.audio import load_audio
-    from whisper_nnx.engine.transcribe import TranscribeOptions
     from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+    from whisper_nnx.engine.transcribe import TranscribeOptions
 
     audio = load_audio(data_dir / "sample_thanks.flac")
     temperatures = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    first = transcriber.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None, temperature=0.0))[0]
+    options = TranscribeOptions.from_kwargs(language="en", beam_size=None, temperature=0.0)
+    first = transcriber.transcribe([audio], options)[0]
     ours = transcriber.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None,
                                                              temperature=temperatures))[0]
     checkpoint = read_checkpoint(transcriber.checkpoint_path)
@@ -148,5 +149,6 @@ def test_english_only_model_warns_about_ignored_options(transcriber, data_dir, c
     assert any(expected in message for message in warned), warned
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        transcriber.transcribe([data_dir / "sample_joe.flac"], TranscribeOptions.from_kwargs(beam_size=None, temperature=0.0))
+        transcriber.transcribe([data_dir / "sample_joe.flac"],
+                               TranscribeOptions.from_kwargs(beam_size=None, temperature=0.0))
     assert not any("English-only" in r.getMessage() for r in caplog.records)

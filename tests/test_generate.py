@@ -14,15 +14,15 @@ from flax import nnx
 
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
-from whisper_nnx.engine.model.config import ModelDims
-from whisper_nnx.engine.features import log_mel_spectrogram
+from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.generate import DecodeConfig, Generator, RowSpec, shrunk_width
 from whisper_nnx.engine.decode.logit_rules import LogitRules
-from whisper_nnx.engine.model.whisper import build_model
 from whisper_nnx.engine.decode.programs import default_rows
 from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling, TokenStrategy
+from whisper_nnx.engine.features import log_mel_spectrogram
+from whisper_nnx.engine.model.config import ModelDims
+from whisper_nnx.engine.model.whisper import build_model
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
-from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
 SMALL = ModelDims(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
                   n_vocab=51864, n_text_ctx=40, n_text_state=64, n_text_head=4, n_text_layer=2)
@@ -235,8 +235,8 @@ def test_prompt_and_prefix_match_reference(both, data_dir, prompt, prefix, beam_
     ours, ref = both
     files = ["sample_espeak.flac", "sample_joe.flac"]
     records = ours.decode_clips([data_dir / f for f in files],
-                              TranscribeOptions.from_kwargs(language="en", temperature=0.0, prompt=prompt, prefix=prefix,
-                                                beam_size=beam_size))
+                              TranscribeOptions.from_kwargs(language="en", temperature=0.0, prompt=prompt,
+                                                            prefix=prefix, beam_size=beam_size))
     for name, record in zip(files, records):
         mel = whisper.log_mel_spectrogram(torch.from_numpy(pad_or_trim(load_audio(data_dir / name))),
                                           n_mels=ours.dims.n_mels)

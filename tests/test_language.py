@@ -10,8 +10,8 @@ import whisper
 
 from reference import reference_model
 from whisper_nnx.engine.audio import N_FRAMES, N_SAMPLES, load_audio
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
 
 @pytest.mark.slow

@@ -17,13 +17,13 @@ from whisper.normalizers import EnglishTextNormalizer
 from reference import reference_model
 from whisper_nnx.engine import features
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
+from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.options import DecodeOptions
 from whisper_nnx.engine.decode.window_decoder import initial_tokens
 from whisper_nnx.engine.longform import chunk_starts
 from whisper_nnx.engine.segments import Segment
 from whisper_nnx.engine.stitching import stitch_chunks
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
-from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
 LECTURE = Path(__file__).parent / "data" / "longform"
 _normalize = EnglishTextNormalizer()
@@ -109,7 +109,8 @@ def test_mixed_prompt_lengths_in_one_batch_decode_as_alone(tiny, data_dir):
                for p in (None, "A short prompt.", "A much longer prompt about foxes, dogs, tickets and Stella, "
                                                   "who is asked to bring them along to the station today.")]
     assert len({len(p) for p in prompts}) == 3
-    for options in (DecodeOptions.from_kwargs(temperature=0.0), DecodeOptions.from_kwargs(temperature=0.0, beam_size=3)):
+    for options in (DecodeOptions.from_kwargs(temperature=0.0),
+                    DecodeOptions.from_kwargs(temperature=0.0, beam_size=3)):
         together = tiny.decoder.decode(mel, tok, prompts, options)
         for row in range(3):
             alone = tiny.decoder.decode(mel[row:row + 1], tok, [prompts[row]], options)[0]

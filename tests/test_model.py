@@ -12,10 +12,10 @@ from flax import nnx
 from simulated_devices import run_on_8_devices
 
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
-from whisper_nnx.engine.model.config import DIMS, ModelDims
-from whisper_nnx.engine.features import log_mel_spectrogram_jit
-from whisper_nnx.engine.model.whisper import Whisper
 from whisper_nnx.engine.checkpoints.weights import load_model
+from whisper_nnx.engine.features import log_mel_spectrogram_jit
+from whisper_nnx.engine.model.config import DIMS, ModelDims
+from whisper_nnx.engine.model.whisper import Whisper
 from whisper_nnx.sharding import AXES, PRESETS
 
 

@@ -10,9 +10,9 @@ import whisper
 
 from reference import reference_model, relative_error
 from whisper_nnx.engine.audio import load_audio
+from whisper_nnx.engine.checkpoints.weights import load_model, model_params
 from whisper_nnx.engine.model.config import ModelDims
 from whisper_nnx.engine.model.whisper import build_model
-from whisper_nnx.engine.checkpoints.weights import load_model, model_params
 
 TOLERANCE = 1e-4
 

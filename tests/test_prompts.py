@@ -9,11 +9,11 @@ import whisper
 
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio
+from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.options import DecodeOptions
 from whisper_nnx.engine.decode.window_decoder import DecodedWindow, initial_tokens
 from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
-from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,8 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
     audio = FileAudio.of(np.full(16000 * 70, 0.01, np.float32))
     chunks = stride_chunks(audio.audio_frames, 5.0)
     options = TranscribeOptions.from_kwargs(long_form="chunked", initial_prompt="Stella's tickets")
-    job = ChunkedFile(audio, -2.0, tok, options.decode, LongFormOptions(mode="chunked", initial_prompt="Stella's tickets"),
+    long_form = LongFormOptions(mode="chunked", initial_prompt="Stella's tickets")
+    job = ChunkedFile(audio, -2.0, tok, options.decode, long_form,
                       448, chunks=chunks, chunk_log_mel_max=[-2.0] * len(chunks))
     requests = job.requests()
     assert len(requests) == len(chunks) >= 3

@@ -14,9 +14,9 @@ from flax import nnx
 from whisper.normalizers import EnglishTextNormalizer
 
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
+from whisper_nnx.engine.decode.generate import Generator
 from whisper_nnx.engine.decode.window_decoder import WindowDecoder
 from whisper_nnx.engine.features import log_mel_spectrogram
-from whisper_nnx.engine.decode.generate import Generator
 from whisper_nnx.engine.model.quantize import (
     CONTRACTED_AXES,
     Int8Weight,

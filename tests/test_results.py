@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from whisper_nnx.engine import records
-from whisper_nnx.engine import results
+from whisper_nnx.engine import records, results
 from whisper_nnx.engine.inputs import Entry
 from whisper_nnx.engine.records import RUN
 from whisper_nnx.engine.results import plan_run

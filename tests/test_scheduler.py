@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from whisper_nnx.engine import records
-from whisper_nnx.engine import results
+from whisper_nnx.engine import records, results
 from whisper_nnx.engine.decode.window_decoder import DecodedWindow
 from whisper_nnx.engine.inputs import Entry
 from whisper_nnx.engine.longform import WindowRequest

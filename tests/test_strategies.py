@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from whisper_nnx.engine.decode.options import DecodeOptions
-from whisper_nnx.engine.decode.window_decoder import strategy_for
 from whisper_nnx.engine.decode.programs import DecodeResult
 from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling
+from whisper_nnx.engine.decode.window_decoder import strategy_for
 
 
 @pytest.mark.parametrize("options,temperature,expected", [

@@ -238,7 +238,8 @@ def test_vad_decodes_fewer_windows_without_losing_words():
     normalize = EnglishTextNormalizer()
     tiny = Transcriber("tiny.en")
     for mode in ("sequential", "chunked"):
-        plain, voiced = (tiny.transcribe([recording], TranscribeOptions.from_kwargs(long_form=mode, vad=vad, batch_size=8))[0]
+        plain, voiced = (tiny.transcribe([recording],
+                                         TranscribeOptions.from_kwargs(long_form=mode, vad=vad, batch_size=8))[0]
                          for vad in (False, True))
         wer = [jiwer.wer(normalize(truth), normalize(r["text"])) for r in (plain, voiced)]
         print(mode, "windows", plain["windows"], voiced["windows"], "WER", wer)

@@ -17,8 +17,8 @@ import whisper.timing
 import whisper.tokenizer
 
 from whisper_nnx.engine.audio import HOP_LENGTH, SAMPLE_RATE
-from whisper_nnx.engine.segments import Segment
 from whisper_nnx.engine.decode.tokenizer import Tokenizer
+from whisper_nnx.engine.segments import Segment
 from whisper_nnx.engine.words import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,

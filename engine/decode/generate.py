@@ -24,8 +24,19 @@ from whisper_nnx.sharding import logical_spec, multihost
 
 from ..model.whisper import Whisper
 from .alignment import alignment_matrix
-from .programs import (BeamResult, DecodeConfig, DecodeResult, DecodeState, RowSpec, beam_start_from_features,
-                       detect_language_from_features, run_beam_steps, run_steps, start_from_features, take_rows)
+from .programs import (
+    BeamResult,
+    DecodeConfig,
+    DecodeResult,
+    DecodeState,
+    RowSpec,
+    beam_start_from_features,
+    detect_language_from_features,
+    run_beam_steps,
+    run_steps,
+    start_from_features,
+    take_rows,
+)
 from .strategies import BeamSearch, Greedy, Strategy
 
 __all__ = ["BeamResult", "DecodeConfig", "DecodeResult", "DecodeState", "Generator", "Programs", "RowSpec",
@@ -162,7 +173,7 @@ class Generator:
 
     def _rows(self, rows: Optional[RowSpec], batch: int, config: DecodeConfig) -> RowSpec:
         rows = rows or RowSpec(np.zeros((batch,), np.int32), np.full((batch,), config.sample_len, np.int32),
-                                 np.full((batch,), config.sot_index, np.int32), np.arange(batch, dtype=np.int32))
+                               np.full((batch,), config.sot_index, np.int32), np.arange(batch, dtype=np.int32))
         return RowSpec(*(self._place(np.asarray(a, np.int32)) for a in rows))
 
     def generate(self, mel: jax.Array, prompt: jax.Array, config: DecodeConfig, seed: int = 0,
@@ -231,6 +242,5 @@ class Generator:
         audio frames [B] -> (alignment matrix [B, T, S], token probabilities [B, T]); see
         alignment.py."""
         with self.context():
-            return self._align(self.state, self._place(mel), self._place(np.asarray(tokens, np.int32)),
-                               self._place(np.asarray(lengths, np.int32)), self._place(np.asarray(audio_frames, np.int32)),
-                               heads=tuple(heads), eot=eot)
+            placed = (self._place(np.asarray(a, np.int32)) for a in (tokens, lengths, audio_frames))
+            return self._align(self.state, self._place(mel), *placed, heads=tuple(heads), eot=eot)

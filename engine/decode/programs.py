@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from ..model.kv_cache import KVCache
-from .logit_rules import LogitRules, apply_rules
 from ..model.whisper import Whisper
+from .logit_rules import LogitRules, apply_rules
 from .search import beam_step
 
 
@@ -119,7 +119,7 @@ def default_rows(rows: Optional[RowSpec], batch: int, config: DecodeConfig) -> R
     if rows is not None:
         return rows
     return RowSpec(jnp.zeros((batch,), jnp.int32), jnp.full((batch,), config.sample_len, jnp.int32),
-                     jnp.full((batch,), config.sot_index, jnp.int32), jnp.arange(batch, dtype=jnp.int32))
+                   jnp.full((batch,), config.sot_index, jnp.int32), jnp.arange(batch, dtype=jnp.int32))
 
 
 def start_from_features(model: Whisper, config: DecodeConfig, strategy: TokenChooser, features: jax.Array,

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ..model.whisper import Whisper
-from .programs import (BeamResult, DecodeConfig, DecodeResult, RowSpec, beam_search_from_features,
-                       sample_from_features)
+from .programs import BeamResult, DecodeConfig, DecodeResult, RowSpec, beam_search_from_features, sample_from_features
 from .search import finalize_beams, sampled_tokens
 
 Candidates = list[tuple[list[int], float]]  # one window's hypotheses: (sampled tokens, sum of log-probs)

@@ -179,7 +179,7 @@ class PromptBatch:
             width = self.tokens.shape[1]
             return PromptBatch(np.zeros((rows, width), np.int32),
                                RowSpec(np.zeros(rows, np.int32), np.full(rows, sample_len, np.int32),
-                                         np.zeros(rows, np.int32), np.zeros(rows, np.int32)))
+                                       np.zeros(rows, np.int32), np.zeros(rows, np.int32)))
         index = np.repeat(np.arange(self.tokens.shape[0]), repeat)
         copy = np.concatenate([np.tile(np.arange(repeat), self.tokens.shape[0]), np.zeros(rows - index.size, int)])
         out = self.take(np.concatenate([index, np.zeros(rows - index.size, np.int64)]))
@@ -211,8 +211,8 @@ class WindowDecoder:
             prompts = [prompts] * n
         if any(tokenizer.sot not in p for p in prompts):
             raise ValueError("every prompt must hold <|startoftranscript|>")
-        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.search.sample_len, self.dims.n_text_ctx,
-                                  seeds=seeds)
+        batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.search.sample_len,
+                                  self.dims.n_text_ctx, seeds=seeds)
         results: list[Optional[DecodedWindow]] = [None] * n
         pending = list(range(n))
         temperatures = options.fallback.temperatures
