@@ -91,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=ints, default="1,4")
     p.add_argument("--prompt", type=int, default=3, help="P prompt tokens (sot, language, task)")
     p.add_argument("--steps", type=int, default=64, help="greedy decode steps after the prefill")
+    p.add_argument("--encoder-rows", type=int, default=None,
+                   help="windows per encoder call (the model's encoder_rows; 0: the whole batch; "
+                        "default: the engine's)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of each phase after one warm-up call")
     p.add_argument("--matmul-sizes", type=ints, default="1024,2048")
     p.add_argument("--dtypes", type=names, default="float32", help="ceiling dtypes: float32, bfloat16")
@@ -159,14 +162,15 @@ def build(args) -> tuple[object, str, Optional[object]]:
         try:
             checkpoint = read_checkpoint(resolve_model(args.model))
             tokenizer = Tokenizer.from_dir(checkpoint.directory)
-            return load_model(checkpoint, dtype=dtype, param_dtype=dtype), "checkpoint", tokenizer
+            model = load_model(checkpoint, dtype=dtype, param_dtype=dtype, encoder_rows=args.encoder_rows)
+            return model, "checkpoint", tokenizer
         except CheckpointError as err:
             if args.weights == "real" or args.model not in DIMS:
                 raise
             print(f"no checkpoint for {args.model} ({err}); random weights", flush=True)
     if args.model not in DIMS:
         raise SystemExit(f"--weights random needs a preset name, one of {', '.join(sorted(DIMS))}")
-    return build_model(DIMS[args.model], dtype=dtype, param_dtype=dtype), "random", None
+    return build_model(DIMS[args.model], dtype=dtype, param_dtype=dtype, encoder_rows=args.encoder_rows), "random", None
 
 
 def decode_config(generator, tokenizer, prompt: int, steps: int):
@@ -311,6 +315,7 @@ def main(argv=None) -> None:
     add_fractions(phases, best[args.model_dtype], matvec)
 
     settings = {"model": args.model, "weights": weights, "model_dtype": args.model_dtype,
+                "encoder_rows": args.encoder_rows,
                 "batch_sizes": args.batch_sizes, "prompt": args.prompt, "steps": args.steps,
                 "repeats": args.repeats, "matmul_sizes": args.matmul_sizes, "dtypes": dtypes,
                 "ceiling_repeats": args.ceiling_repeats, "matvec_mib": args.matvec_mib, "device": args.device,

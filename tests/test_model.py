@@ -107,3 +107,28 @@ _SHARDED = textwrap.dedent("""
 @pytest.mark.slow
 def test_weights_load_straight_into_shardings_and_compute_the_same():
     assert "sharded-ok" in run_on_8_devices(_SHARDED, timeout=600)
+
+
+@pytest.mark.parametrize("setting, batch, rows", [(2, 8, 2), (3, 8, 2), (4, 6, 3), (2, 1, 1), (0, 8, 8), (16, 8, 8),
+                                                  (5, 7, 1)])
+def test_encoder_groups_are_the_largest_divisor_within_the_setting(setting, batch, rows):
+    from whisper_nnx.engine.model.whisper import encoder_group
+
+    assert encoder_group(setting, batch) == rows
+
+
+def test_encoding_in_groups_gives_the_whole_batch_features():
+    """`encoder_rows` changes how many windows one encoder call holds, not what it computes."""
+    from whisper_nnx.engine.model.whisper import build_model, encoder_group
+
+    dims = ModelDims(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n_audio_layer=2, n_vocab=51864,
+                     n_text_ctx=32, n_text_state=64, n_text_head=2, n_text_layer=2)
+    mel = jnp.asarray(np.random.default_rng(0).standard_normal((6, 80, 100)).astype(np.float32))
+    whole = build_model(dims, encoder_rows=0)
+    grouped = build_model(dims, encoder_rows=2)
+    assert encoder_group(None, 6) == 2  # the default on one CPU device
+    ref = np.asarray(whole.encode(mel))
+    np.testing.assert_allclose(np.asarray(grouped.encode(mel)), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda m: grouped.encode(m))(mel)), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="encoder_rows"):
+        build_model(dims, encoder_rows=-1)

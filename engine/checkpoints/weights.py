@@ -23,18 +23,21 @@ from .names import EMBEDDING, Checkpoint, check_params, flatten_tree, pad_vocab,
 
 def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.float32,
                mesh: Optional[jax.sharding.Mesh] = None, rules=None,
-               allow_replicated: bool = False, attention_kernel: Optional[str] = None) -> Whisper:
+               allow_replicated: bool = False, attention_kernel: Optional[str] = None,
+               encoder_rows: Optional[int] = None) -> Whisper:
     """Place the checkpoint's weights straight into their shardings and return the model.
 
     Without a mesh, every weight goes to the default device. With one, each process builds
     only the shards its devices own (`make_array_from_callback` over memory-mapped arrays), so
     no device ever holds a full copy of a weight that the rules split. A weight of 1 MiB or
     more that the mesh cannot split raises `ShardingError` unless `allow_replicated`.
-    `attention_kernel`: the encoder's attention kernel, as in `Whisper` (None: the default).
+    `attention_kernel`, `encoder_rows`: the encoder's attention kernel and windows per encoder
+    call, as in `Whisper` (None: the defaults).
     """
     with nnx.use_eager_sharding(False):
         graphdef, abstract = nnx.split(Whisper(checkpoint.dims, dtype=dtype, param_dtype=param_dtype,
-                                               rngs=None, attention_kernel=attention_kernel))
+                                               rngs=None, attention_kernel=attention_kernel,
+                                               encoder_rows=encoder_rows))
     check_params(checkpoint.dims, checkpoint.params)
     shardings: dict = {}
     if mesh is not None:

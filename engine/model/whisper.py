@@ -30,6 +30,10 @@ from .config import ModelDims
 from .kv_cache import KVCache
 from .layers import Block, LayerNorm, make_param, matmul
 
+# Windows per encoder call on a single CPU device (`Whisper.encoder_rows`): measured on
+# benchmarks/bench_roofline.py's encoder phase (see benchmarks/RESULTS.md).
+ENCODER_ROWS_CPU = 2
+
 _F32 = jnp.float32
 
 
@@ -157,22 +161,33 @@ class Whisper(nnx.Module):
 
     `attention_kernel` (one of `attention_kernels.KERNELS`) chooses the encoder's
     self-attention kernel; None takes `attention_kernels.default_kernel()` (the
-    `WHISPER_NNX_ATTENTION` environment variable, else "auto"), read here, once. The setting
-    is a static attribute of the model, so it travels in its graph (`nnx.split`) to every
+    `WHISPER_NNX_ATTENTION` environment variable, else "auto"), read here, once.
+    `encoder_rows`: at most this many windows go through the encoder together, larger batches
+    in groups one after another (a CPU then keeps a group's activations in its caches); 0: the
+    whole batch at once; None: `ENCODER_ROWS_CPU` on a single CPU device, else 0. The settings
+    are static attributes of the model, so they travel in its graph (`nnx.split`) to every
     program traced from it, `Generator`'s included.
     """
 
     def __init__(self, dims: ModelDims, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: Optional[nnx.Rngs], attention_kernel: Optional[str] = None):
+                 rngs: Optional[nnx.Rngs], attention_kernel: Optional[str] = None,
+                 encoder_rows: Optional[int] = None):
         self.dims = dims
         self.attention_kernel = default_kernel() if attention_kernel is None else check_kernel(attention_kernel)
+        if encoder_rows is not None and encoder_rows < 0:
+            raise ValueError(f"encoder_rows must be >= 0 or None, got {encoder_rows}")
+        self.encoder_rows = encoder_rows
         self.encoder = AudioEncoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                                     attention_kernel=self.attention_kernel)
         self.decoder = TextDecoder(dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def encode(self, mel: jax.Array) -> jax.Array:
-        """mel [B, M, N] -> audio features [B, S, D]."""
-        return self.encoder(mel)
+        """mel [B, M, N] -> audio features [B, S, D], `encoder_rows` windows at a time."""
+        rows, batch = encoder_group(self.encoder_rows, mel.shape[0]), mel.shape[0]
+        if rows == batch:
+            return self.encoder(mel)
+        out = jax.lax.map(self.encoder, mel.reshape(batch // rows, rows, *mel.shape[1:]))
+        return out.reshape(batch, *out.shape[2:])
 
     def prefill(self, audio_features: jax.Array, tokens: jax.Array, cache_length: int,
                 pad: Optional[jax.Array] = None) -> tuple[jax.Array, KVCache]:
@@ -191,10 +206,23 @@ class Whisper(nnx.Module):
         return self.decoder(tokens, self.encoder(mel))
 
 
+def encoder_group(setting: Optional[int], batch: int) -> int:
+    """Windows per encoder call for a batch of `batch` under the `encoder_rows` setting: the
+    largest divisor of `batch` not above the setting (the whole batch for 0, and under a mesh of
+    several devices, where the batch axis is sharded)."""
+    if setting is None:
+        mesh = jax.sharding.get_abstract_mesh()
+        single = mesh.empty or mesh.size == 1
+        setting = ENCODER_ROWS_CPU if single and jax.default_backend() == "cpu" else 0
+    if setting == 0 or batch <= setting:
+        return batch
+    return max(d for d in range(1, setting + 1) if batch % d == 0)
+
+
 def build_model(dims: ModelDims, *, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32,
-                attention_kernel: Optional[str] = None) -> Whisper:
+                attention_kernel: Optional[str] = None, encoder_rows: Optional[int] = None) -> Whisper:
     """A randomly initialised, unsharded model (tests, benchmarks of random large dims);
-    `attention_kernel` as in `Whisper`."""
+    `attention_kernel` and `encoder_rows` as in `Whisper`."""
     with nnx.use_eager_sharding(False):
         return Whisper(dims, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed),
-                       attention_kernel=attention_kernel)
+                       attention_kernel=attention_kernel, encoder_rows=encoder_rows)
