@@ -2,7 +2,8 @@
 
     import whisper_nnx.engine as engine
     records = engine.transcribe(["talk.mp3"], model="tiny.en")      # one shot, or load once:
-    records = engine.Transcriber("tiny.en").transcribe(paths, engine.TranscribeOptions(word_timestamps=True))
+    options = engine.TranscribeOptions.from_kwargs(word_timestamps=True)
+    records = engine.Transcriber("tiny.en").transcribe(paths, options)
 
 The names below are the public surface; they are imported on first use, so importing this
 package stays cheap (no JAX until a name is touched). The pipeline stages sit here in flow

@@ -64,7 +64,7 @@ def test_sharded_transcripts_equal_unsharded_on_every_mesh_shape(data_dir):
         single = Transcriber("tiny.en")
         report = {{}}
         for beam in (None, 5):
-            options = TranscribeOptions(language="en", temperature=0.0, beam_size=beam)
+            options = TranscribeOptions.from_kwargs(language="en", temperature=0.0, beam_size=beam)
             expected = [r["tokens"] for r in single.transcribe(files, options)]
             for spec in ("8x1", "4x2", "2x4", "1x8"):
                 sharded = Transcriber("tiny.en", mesh=make_mesh(spec))
