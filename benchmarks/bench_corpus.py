@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from common import (  # the script's own folder is on sys.path
+    PEER_PACKAGES,
     git_info,
     machine_info,
     machine_title,
@@ -46,7 +47,6 @@ from common import (  # the script's own folder is on sys.path
     write_record,
 )
 
-PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2")
 GREEDY_CHUNKED_VAD = ["--long-form", "chunked", "--vad", "--beam-size", "0"]
 # row: (inputs, our CLI flags, their beam size, the target: ours / theirs wall time at most)
 ROWS = {
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
                "long_s": audio_seconds([p for n in ("long10", "long5") for p, _ in parts[n]])}
     rec = record("corpus", settings, {"rows": rows, "corpus": summary, "total_s": time.perf_counter() - t0},
                  git=git, machine=machine)
-    rec["versions"] = versions(PACKAGES)
+    rec["versions"] = versions(PEER_PACKAGES)
     path = write_record(rec, args.out)
     print("\n" + table(rows) + f"\n\nrecord: {path}")
     if args.results_md:

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from common import (  # the script's own folder is on sys.path
+    PEER_PACKAGES,
     REPO,
     git_info,
     machine_info,
@@ -48,7 +49,6 @@ from common import (  # the script's own folder is on sys.path
     write_record,
 )
 
-PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2")
 CLIP = REPO / "tests" / "data" / "sample_joe.flac"
 CLEARED_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "WHISPER_NNX_COMPILE_CACHE")
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
                 "command": " ".join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])}
     rec = record("startup", settings, {"summary": summary, "runs": runs, "total_s": time.perf_counter() - t0},
                  git=git, machine=machine)
-    rec["versions"] = versions(PACKAGES)
+    rec["versions"] = versions(PEER_PACKAGES)
     path = write_record(rec, args.out)
     print("\n" + table(summary) + f"\n\nrecord: {path}")
     if args.results_md:

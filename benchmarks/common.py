@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
+# The versions a record against faster-whisper names.
+PEER_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2")
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
