@@ -38,6 +38,13 @@ _HOMES = {
     "Transcriber": "transcribe",
     "TranscribeOptions": "transcribe",
     "DecodeOptions": "decode.options",
+    "SearchOptions": "decode.options",
+    "FallbackOptions": "decode.options",
+    "RuleOptions": "decode.options",
+    "PromptOptions": "decode.options",
+    "LongFormOptions": "longform",
+    "VadOptions": "vad",
+    "ReadOptions": "options",
     "transcribe": "transcribe",
     "load_audio": "audio",
     "write_outputs": "writers",
@@ -47,8 +54,11 @@ __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
     from .audio import load_audio
-    from .decode.options import DecodeOptions
+    from .decode.options import DecodeOptions, FallbackOptions, PromptOptions, RuleOptions, SearchOptions
+    from .longform import LongFormOptions
+    from .options import ReadOptions
     from .transcribe import TranscribeOptions, Transcriber, transcribe
+    from .vad import VadOptions
     from .writers import FORMATS, write_outputs
 
 

@@ -14,6 +14,8 @@ import whisper_nnx.engine as engine
 PUBLIC = {
     "Transcriber": "transcribe", "TranscribeOptions": "transcribe", "transcribe": "transcribe",
     "DecodeOptions": "decode.options", "load_audio": "audio", "write_outputs": "writers", "FORMATS": "writers",
+    **{name: "decode.options" for name in ("SearchOptions", "FallbackOptions", "RuleOptions", "PromptOptions")},
+    "LongFormOptions": "longform", "VadOptions": "vad", "ReadOptions": "options",
 }
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"engine": "whisper_nnx.engine", "sharding": "whisper_nnx.sharding"}
