@@ -61,7 +61,7 @@ class TranscribeOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.long_form.mode == "chunked" and self.decode.rules.without_timestamps:
+        if self.chunked and self.decode.rules.without_timestamps:
             logging.warning("chunked long-form without timestamps cannot continue a chunk whose window stops "
                             "early: that chunk's remaining speech is lost (see README, 'Long files')")
 

@@ -51,7 +51,6 @@ def shrunk_width(active: int, width: int, multiple: int = 1) -> int:
     return target if target <= width // 2 else width
 
 
-
 class Programs(NamedTuple):
     """A generator's jitted phases, each taking the weights (`Generator.state`) first; `config`
     and `strategy` are static keywords. Lower and compile them (`.lower(...).compile()`) to time

@@ -74,9 +74,14 @@ class RuleOptions:
 
     def __post_init__(self) -> None:
         try:
-            [int(t) for t in self.suppress_tokens.split(",") if t.strip()] if self.suppress_tokens else []
+            _ = self.listed_suppress_ids
         except ValueError as err:
             raise ValueError(f"suppress_tokens must be comma-separated ids, got {self.suppress_tokens!r}") from err
+
+    @property
+    def listed_suppress_ids(self) -> frozenset[int]:
+        """The ids `suppress_tokens` names (-1 among them stands for the non-speech set)."""
+        return frozenset(int(t) for t in self.suppress_tokens.split(",") if t.strip())
 
 
 @dataclasses.dataclass(frozen=True)

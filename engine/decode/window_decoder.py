@@ -64,9 +64,10 @@ def lockstep_rows(n: int, multiple: int) -> int:
     return bucket(multihost.global_max(n), multiple)
 
 
-def suppressed_ids(tokenizer: Tokenizer, spec: str, n_vocab: int) -> tuple[int, ...]:
-    """The reference's suppressed set: `spec` ids ("-1" = non-speech symbols) plus special tokens."""
-    ids = {int(t) for t in spec.split(",") if t.strip()} if spec else set()
+def suppressed_ids(tokenizer: Tokenizer, named: frozenset[int], n_vocab: int) -> tuple[int, ...]:
+    """The reference's suppressed set: the `named` ids (-1: the non-speech symbols) plus the
+    special tokens."""
+    ids = set(named)
     if -1 in ids:
         ids.discard(-1)
         ids.update(tokenizer.non_speech_tokens)
@@ -198,7 +199,8 @@ class WindowDecoder:
         return LogitRules(
             sample_begin=prompt_len, eot=tokenizer.eot, no_timestamps=tokenizer.no_timestamps,
             timestamp_begin=None if options.rules.without_timestamps else tokenizer.timestamp_begin,
-            blank_ids=blank, suppress_ids=suppressed_ids(tokenizer, options.rules.suppress_tokens, self.dims.n_vocab))
+            blank_ids=blank,
+            suppress_ids=suppressed_ids(tokenizer, options.rules.listed_suppress_ids, self.dims.n_vocab))
 
     def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
                options: DecodeOptions, seeds: Optional[Sequence[int]] = None) -> list[DecodedWindow]:
