@@ -24,6 +24,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -120,9 +121,15 @@ def row_inputs(parts: dict, inputs: str) -> list[tuple[Path, str]]:
 
 
 def audio_seconds(paths: list[Path]) -> float:
+    return sum(map(_duration_s, paths))
+
+
+@functools.cache
+def _duration_s(path: Path) -> float:
+    """A file's length in seconds, decoded once per run (rows and the summary share files)."""
     from whisper_nnx.engine.audio import SAMPLE_RATE, load_audio
 
-    return sum(load_audio(p).shape[0] for p in paths) / SAMPLE_RATE
+    return load_audio(path).shape[0] / SAMPLE_RATE
 
 
 # --- one side, one run --------------------------------------------------------------------------

@@ -41,15 +41,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import soxr
 from speech import (  # this folder is on sys.path
     EDGE_DB,
     LENGTH_SCALE,
     MARGIN,
     SAMPLE_RATE,
-    espeak_speech,
-    piper_speech,
     sentence,
+    speak,
     write_flac,
 )
 
@@ -169,10 +167,9 @@ def build(target_s: float = TARGET_S, voice: Optional[tuple] = None) -> tuple[np
     offset = pieces[0].size  # samples so far
     sentences, silences = [], []
     order = paragraphs() if voice is None else paragraphs()[::-1]
-    speak = None if voice is None else (lambda text: espeak_speech(text, voice[1], voice[2]))
     texts = [(p, s + 1 == len(par), text) for p, par in enumerate(order) for s, text in enumerate(par)]
     for i, (p, ends_paragraph, text) in enumerate(texts):
-        audio, start, end = sentence(text, speak=speak)
+        audio, start, end = sentence(text, voice=voice)
         sentences.append({"text": text, "start": round(offset / SAMPLE_RATE + start, 3),
                           "end": round(offset / SAMPLE_RATE + end, 3)})
         pieces.append(audio)
@@ -266,10 +263,7 @@ def clip_audio(texts: list[str], voice: tuple) -> np.ndarray:
     CLIP_PEAK_DBFS."""
     pieces = [np.zeros(round(CLIP_EDGE * SAMPLE_RATE), np.float32)]
     for text in texts:
-        piper = voice[0] == "piper"
-        audio, rate = piper_speech(text, voice[1]) if piper else espeak_speech(text, voice[1], voice[2])
-        pieces += [soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32),
-                   np.zeros(round(CLIP_PAUSE * SAMPLE_RATE), np.float32)]
+        pieces += [speak(text, voice), np.zeros(round(CLIP_PAUSE * SAMPLE_RATE), np.float32)]
     audio = np.concatenate(pieces[:-1] + [np.zeros(round(CLIP_EDGE * SAMPLE_RATE), np.float32)])
     return audio * (10 ** (CLIP_PEAK_DBFS / 20) / float(np.abs(audio).max()))
 

@@ -74,18 +74,27 @@ def espeak_speech(text: str, voice: str = "en-us", speed: int = 150) -> tuple[np
     return pcm.astype(np.float32) / 32768.0, rate
 
 
+def speak(text: str, voice: tuple) -> np.ndarray:
+    """float32 samples [N] at SAMPLE_RATE of `text` read by `voice`: ("piper", length scale) for
+    piper's joe, or ("espeak", voice name, words per minute) for espeak-ng."""
+    if voice[0] == "piper":
+        audio, rate = piper_speech(text, voice[1])
+    else:
+        audio, rate = espeak_speech(text, voice[1], voice[2])
+    return soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+
+
 def sentence(text: str, length_scale: float = LENGTH_SCALE, edge_db: float = EDGE_DB,
-             margin: float = MARGIN, speak=None) -> tuple[np.ndarray, float, float]:
+             margin: float = MARGIN, voice: tuple | None = None) -> tuple[np.ndarray, float, float]:
     """(samples at SAMPLE_RATE, speech start, speech end in s within them) for one sentence, by
-    piper's joe at `length_scale` (its speaking rate: > 1 is slower), or by `speak(text) ->
-    (samples, rate)` when given (an espeak voice, say).
+    piper's joe at `length_scale` (its speaking rate: > 1 is slower), or by `voice` when given
+    (as in `speak`: an espeak voice, say).
 
     The speech is bounded by its first and last sample above `edge_db` relative to the
     sentence's peak; the leading and trailing near-silence is cut to `margin` seconds around it,
     so the pauses between sentences put together are the chosen ones plus 2 * `margin`.
     """
-    audio, rate = piper_speech(text, length_scale) if speak is None else speak(text)
-    audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    audio = speak(text, voice or ("piper", length_scale))
     loud = np.nonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (edge_db / 20))[0]
     keep = round(margin * SAMPLE_RATE)
     lo, hi = max(int(loud[0]) - keep, 0), min(int(loud[-1]) + 1 + keep, audio.size)
