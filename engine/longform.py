@@ -332,10 +332,12 @@ def stride_chunks(audio_frames: int, stride_s: float) -> list[tuple[int, int]]:
 
 def speech_chunks(regions: list[tuple[int, int]], audio_frames: int) -> list[tuple[int, int]]:
     """Voice-activity regions (samples) grouped into chunks of at most 30 s that start and end
-    at pauses: (first frame, frames) each. A region longer than 30 s is cut into 30 s pieces."""
+    at pauses: (first frame, frames) each, disjoint. A region longer than 30 s is cut into 30 s pieces."""
     chunks: list[list[int]] = []
     for start, end in regions:
         first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), audio_frames)
+        if chunks:  # regions a few samples apart round into one frame: chunks stay disjoint
+            first = max(first, chunks[-1][1])
         while last - first > N_FRAMES:  # only when the detector allows regions over 30 s
             chunks.append([first, first + N_FRAMES])
             first += N_FRAMES

@@ -20,7 +20,7 @@ from whisper_nnx.engine.audio import N_SAMPLES, load_audio
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.options import DecodeOptions
 from whisper_nnx.engine.decode.window_decoder import initial_tokens
-from whisper_nnx.engine.longform import chunk_starts
+from whisper_nnx.engine.longform import chunk_starts, speech_chunks
 from whisper_nnx.engine.segments import Segment
 from whisper_nnx.engine.stitching import stitch_chunks
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
@@ -61,6 +61,20 @@ def test_chunk_starts_by_hand():
     assert chunk_starts(3001, 5.0) == [0, 2000]  # 20 s steps: 30 s chunks, 5 s stride each side
     assert chunk_starts(7000, 5.0) == [0, 2000, 4000]
     assert chunk_starts(7000, 0.0) == [0, 3000, 6000]
+
+
+def test_speech_chunks_never_overlap_when_regions_share_a_frame():
+    """Two regions 5 samples apart round into the same 10 ms frame (start floored, end rounded
+    up); the chunks must still be disjoint, or stitching takes them for overlapping chunks and
+    cuts one of them at the first pair of words the two share."""
+    hop = 160
+    regions = [(0, 25 * 16000 + 5), (25 * 16000 + 10, 50 * 16000), (50 * 16000 + 100, 52 * 16000)]
+    chunks = speech_chunks(regions, 5200)
+    assert chunks == [(0, 2501), (2501, 2699)]
+    for (first, frames), (next_first, _) in zip(chunks, chunks[1:]):
+        assert next_first >= first + frames
+    # a region inside the previous chunk's last frame still yields frames of its own
+    assert speech_chunks([(0, 10 * hop + 5), (10 * hop + 20, 3200 * hop)], 3300) == [(0, 11), (11, 3000), (3011, 189)]
 
 
 @pytest.fixture(scope="module")
