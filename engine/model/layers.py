@@ -128,10 +128,14 @@ class Attention(nnx.Module):
         return y + self.query_bias[...].astype(self.dtype)
 
     def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """[B, S, D] -> keys and values, each [B, H, S, K] (heads-major)."""
-        k = matmul("bsd,dhk->bhsk", x, self.key_kernel[...], self.dtype)
-        v = matmul("bsd,dhk->bhsk", x, self.value_kernel[...], self.dtype)
-        return k, v + self.value_bias[...].astype(self.dtype)[None, :, None, :]
+        """[B, S, D] -> keys and values, each [B, H, S, K] (heads-major).
+
+        The products come out positions-major and are then swapped: asked for heads-major
+        directly, XLA's CPU backend multiplies transposed operands and copied every key and
+        value kernel into that layout at each decode step (12 copies a step for tiny)."""
+        k = matmul("bsd,dhk->bshk", x, self.key_kernel[...], self.dtype)
+        v = matmul("bsd,dhk->bshk", x, self.value_kernel[...], self.dtype) + self.value_bias[...].astype(self.dtype)
+        return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
     def output(self, a: jax.Array) -> jax.Array:
         """[B, T, H, K] -> [B, T, D]."""
