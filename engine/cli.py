@@ -226,8 +226,9 @@ def transcribe_options(args: argparse.Namespace):
         condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
         chunk_stride_s=args.chunk_stride, audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
         prefix=args.prefix, hotwords=args.hotwords, carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
-        vad_threshold=args.vad_threshold, vad_min_silence_ms=args.vad_min_silence_ms,
-        spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory)
+        vad_threshold=args.vad_threshold,
+        spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
+        **({} if args.vad_min_silence_ms is None else {"vad_min_silence_ms": args.vad_min_silence_ms}))
 
 
 def _layout(args: argparse.Namespace):
@@ -304,7 +305,8 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
                    help="voice-activity detection (Silero, pip install 'whisper-nnx[vad]'): decode speech only; "
                         "chunked: chunks cut at pauses")
     g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
-    g.add_argument("--vad-min-silence-ms", type=int, default=2000, help="shorter pauses stay inside speech")
+    g.add_argument("--vad-min-silence-ms", type=int, default=None,
+                   help="shorter pauses stay inside speech (default 2000; chunked: 160, so regions pack fuller chunks)")
     g.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
     g.add_argument("--spool-after", type=float, default=600.0, metavar="SECONDS",
                    help="files longer than this are decoded to a spool on disk and framed from there "

@@ -22,7 +22,7 @@ from absl import logging
 
 from .decode.options import DECODE_CONCERNS, DecodeOptions, route
 from .longform import LongFormOptions
-from .vad import VadOptions
+from .vad import CHUNKED_MIN_SILENCE_MS, VadOptions
 
 # Flat names whose field in the concern is spelled otherwise (the CLI's and the reference's).
 _RENAMED = {"long_form": ("long_form", "mode"), "vad_threshold": ("vad", "threshold"),
@@ -89,5 +89,8 @@ class TranscribeOptions:
         kwargs["decode"] = DecodeOptions.from_kwargs(**decode)
         kwargs["long_form"] = dataclasses.replace(kwargs.get("long_form", LongFormOptions()),
                                                   **renamed.get("long_form", {}))
-        kwargs["vad"] = VadOptions(**renamed.get("vad", {})) if vad_on else None
+        vad = renamed.get("vad", {})
+        if kwargs["long_form"].mode == "chunked":
+            vad.setdefault("min_silence_duration_ms", CHUNKED_MIN_SILENCE_MS)
+        kwargs["vad"] = VadOptions(**vad) if vad_on else None
         return cls(**kwargs)

@@ -14,7 +14,7 @@ from whisper_nnx.engine.decode.options import (
 )
 from whisper_nnx.engine.longform import LongFormOptions
 from whisper_nnx.engine.options import ReadOptions, TranscribeOptions
-from whisper_nnx.engine.vad import VadOptions
+from whisper_nnx.engine.vad import CHUNKED_MIN_SILENCE_MS, VadOptions
 
 
 def test_flat_names_reach_their_concern():
@@ -32,6 +32,17 @@ def test_flat_names_reach_their_concern():
     assert options.vad == VadOptions(threshold=0.4, min_silence_duration_ms=500)
     assert options.reading == ReadOptions(audio_workers=3, spool_after_s=100.0)
     assert options.chunked
+
+
+def test_chunked_vad_cuts_regions_at_shorter_pauses_unless_told():
+    """Chunked long-form packs voice regions into 30 s chunks: finer regions (faster-whisper's
+    batched pipeline's 160 ms pauses) pack fuller chunks; sequential keeps its 2 s default."""
+    chunked = TranscribeOptions.from_kwargs(long_form="chunked", vad=True)
+    assert chunked.vad == VadOptions(min_silence_duration_ms=CHUNKED_MIN_SILENCE_MS) and CHUNKED_MIN_SILENCE_MS == 160
+    assert TranscribeOptions.from_kwargs(vad=True).vad == VadOptions(min_silence_duration_ms=2000)
+    told = TranscribeOptions.from_kwargs(long_form="chunked", vad=True, vad_min_silence_ms=2000)
+    assert told.vad.min_silence_duration_ms == 2000
+    assert TranscribeOptions.from_kwargs(long_form="chunked", vad_min_silence_ms=100).vad is None
 
 
 def test_no_names_is_the_default_and_vad_stays_off_without_vad():
@@ -78,4 +89,4 @@ def test_the_cli_defaults_are_the_library_defaults(tmp_path):
                                       "--long-form", "chunked", "--vad", "--vad-threshold", "0.3"])
     options = transcribe_options(args)
     assert options.decode.search.beam_size == 5 and options.chunked
-    assert options.vad == VadOptions(threshold=0.3)
+    assert options.vad == VadOptions(threshold=0.3, min_silence_duration_ms=CHUNKED_MIN_SILENCE_MS)
