@@ -27,7 +27,7 @@ from whisper_nnx.sharding import multihost
 from .audio import N_FRAMES
 from .decode.generate import Generator
 from .decode.tokenizer import Tokenizer
-from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, is_silence, lockstep_rows, pad_rows
+from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, fit_rows, is_silence, lockstep_rows, pad_rows
 from .features import WINDOW_SAMPLES, window_log_mel, window_log_mel_max
 from .longform import (
     ChunkedFile,
@@ -44,11 +44,12 @@ from .spool import SpeechView, floor_spans
 from .vad import SpeechMap
 
 
-def detect_languages(generator: Generator, tokenizer: Tokenizer, mel: jax.Array
+def detect_languages(generator: Generator, tokenizer: Tokenizer, mel: jax.Array, n: Optional[int] = None
                      ) -> list[tuple[str, dict[str, float]]]:
-    """Per row of mel [B, M, N]: (best language code, probabilities of every language)."""
-    n = mel.shape[0]
-    padded = pad_rows(mel, lockstep_rows(n, generator.batch_multiple))
+    """Per row of the first n (default: all) of mel [B, M, N]: (best language code, probabilities
+    of every language)."""
+    n = mel.shape[0] if n is None else n
+    padded = fit_rows(mel, n, lockstep_rows(n, generator.batch_multiple))
     probs = generator.fetch(generator.language_probs(padded, tokenizer.sot, tuple(tokenizer.all_language_tokens)),
                             padded.shape[0])[:n]
     codes = tokenizer.all_language_codes
@@ -168,19 +169,20 @@ class WindowPipeline:
             return []
         samples = np.stack([a.window(0) for a in audios]) if audios else np.zeros((0, WINDOW_SAMPLES), np.float32)
         mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(log_mel_maxes, np.float32))
-        found = detect_languages(self.generator, self.tokenizer, mel)
+        found = detect_languages(self.generator, self.tokenizer, mel, len(audios))
         top5 = lambda probs: dict(sorted(probs.items(), key=lambda kv: -kv[1])[:5])
         return [(code, {k: round(v, 4) for k, v in top5(probs).items()}) for code, probs in found]
 
     def _window_mel(self, samples: np.ndarray, audio_frames: np.ndarray, log_mel_max: np.ndarray) -> jax.Array:
-        """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B, M, 3000] (B bucketed)."""
+        """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B', M, 3000], B' = B bucketed
+        (the rows past B are silence)."""
         n = samples.shape[0]
         rows = bucket(max(n, 1))
         grown = np.zeros((rows, WINDOW_SAMPLES), np.float32)
         grown[:n] = samples
         frames, maxima = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
         frames[:n], maxima[:n] = audio_frames, log_mel_max
-        return window_log_mel(grown, frames, maxima, n_mels=self.dims.n_mels)[:n]
+        return window_log_mel(grown, frames, maxima, n_mels=self.dims.n_mels)
 
     def decode(self, requests: list[WindowRequest]) -> list[DecodedWindow]:
         """One decoded window per request, in order (the batch is padded to a bucketed size)."""
@@ -193,7 +195,7 @@ class WindowPipeline:
             audio_frames[row], log_mel_max[row] = request.audio_frames, request.log_mel_max
         prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
         options = self.options
-        mel = self._window_mel(samples, audio_frames, log_mel_max)[:len(prompts)]
+        mel = self._window_mel(samples, audio_frames, log_mel_max)  # bucketed: the decoder takes len(prompts)
         tokenizer = self.tokenizer.with_language(options.language or "en", options.decode.task) \
             if self.tokenizer.multilingual else self.tokenizer
         windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)

@@ -15,7 +15,7 @@ from flax import nnx
 from reference import reference_model
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
-from whisper_nnx.engine.decode.generate import DecodeConfig, Generator, RowSpec, shrunk_width
+from whisper_nnx.engine.decode.generate import DecodeConfig, Generator, RowSpec, host_prng_key, shrunk_width
 from whisper_nnx.engine.decode.logit_rules import LogitRules
 from whisper_nnx.engine.decode.programs import default_rows
 from whisper_nnx.engine.decode.strategies import BeamSearch, Greedy, Sampling, TokenStrategy
@@ -262,3 +262,11 @@ def test_german_detection_transcription_and_translation_match_reference(data_dir
         expected = whisper.decode(ref, mel, whisper.DecodingOptions(language="de", task=task, fp16=False))
         assert record["tokens"] == expected.tokens, (task, record["text"], expected.text)
     assert "Guten Morgen" in auto["text"] and "park" in translated["text"].lower()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345, 2**31 - 1, 2**31, 2**32 + 5, -1])
+def test_host_prng_key_is_jax_prng_key(seed):
+    """The key built on the host (no device program at start-up) is the key JAX builds."""
+    np.testing.assert_array_equal(np.asarray(host_prng_key(seed)), np.asarray(jax.random.PRNGKey(seed)))
+    assert np.asarray(host_prng_key(seed)).dtype == np.asarray(jax.random.PRNGKey(seed)).dtype
+

@@ -49,7 +49,7 @@ def load_model(checkpoint: Checkpoint, *, dtype=jnp.float32, param_dtype=jnp.flo
     def place(path: str, array: np.ndarray) -> jax.Array:
         array = pad_vocab(path, array, checkpoint.dims)
         if mesh is None:
-            return jnp.asarray(np.asarray(array).astype(param_dtype))
+            return jax.device_put(np.asarray(array).astype(param_dtype))  # jnp.asarray compiles a program per shape
         return jax.make_array_from_callback(
             array.shape, shardings[path], lambda index: np.asarray(array[index]).astype(param_dtype))
 

@@ -40,7 +40,18 @@ from .programs import (
 from .strategies import BeamSearch, Greedy, Strategy
 
 __all__ = ["BeamResult", "DecodeConfig", "DecodeResult", "DecodeState", "Generator", "Programs", "RowSpec",
-           "shrunk_width"]
+           "host_prng_key", "shrunk_width"]
+
+
+def host_prng_key(seed: int) -> Any:
+    """`jax.random.PRNGKey(seed)` built on the host: the default threefry key is the seed as two
+    uint32 words [high, low] (64 bits with `jax_enable_x64`, else the low 32 and a zero word); as
+    a device call it is a program of its own to compile or fetch at start-up. Other key
+    implementations go through JAX."""
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        return jax.random.PRNGKey(seed)
+    bits = int(seed) & (0xFFFFFFFFFFFFFFFF if jax.config.jax_enable_x64 else 0xFFFFFFFF)
+    return np.array([bits >> 32, bits & 0xFFFFFFFF], np.uint32)
 
 
 def shrunk_width(active: int, width: int, multiple: int = 1) -> int:
@@ -191,7 +202,7 @@ class Generator:
                       and shrunk_width(1, batch, self.batch_multiple) < batch)
         with self.context():
             args = (self.state, self._place(mel), self._place(prompt), self._rows(rows, batch, config),
-                    jax.random.PRNGKey(seed), jnp.float32(temperature))
+                    host_prng_key(seed), np.float32(temperature))
             if not shrinkable:
                 return self._generate(*args, config=config, strategy=strategy)
             return self._generate_shrinking(args, prompt.shape[1] + config.sample_len, config, strategy)
@@ -203,7 +214,7 @@ class Generator:
         batch = prompt.shape[0]
         length = prompt.shape[1]
         static = dict(config=config, strategy=strategy)
-        decode, cross, no_speech = self._start(*args, jnp.int32(length + self.shrink_every), **static)
+        decode, cross, no_speech = self._start(*args, np.int32(length + self.shrink_every), **static)
         tokens, sum_logprobs = np.empty((batch, total), np.int32), np.empty((batch,), np.float32)
         origin = np.arange(batch)  # the original row of each current row
         while True:
@@ -219,7 +230,7 @@ class Generator:
                 keep = np.concatenate([active, done[:width - active.size]])  # fillers: finished rows
                 decode, cross, rows = self._take(decode, cross, rows, self._place(keep.astype(np.int32)))
                 origin = origin[keep]
-            decode = self._resume(state, decode, cross, rows, temperature, jnp.int32(length + self.shrink_every),
+            decode = self._resume(state, decode, cross, rows, temperature, np.int32(length + self.shrink_every),
                                   **static)
         last_tokens, last_logprobs = jax.device_get((decode.tokens, decode.sum_logprobs))
         tokens[origin], sum_logprobs[origin] = last_tokens, last_logprobs

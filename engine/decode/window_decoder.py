@@ -8,6 +8,7 @@ Shapes: B windows, M mels, N frames (3000), P prompt tokens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from typing import Optional, Sequence
@@ -47,15 +48,29 @@ def bucket(n: int, multiple: int = 1) -> int:
     return -(-size // multiple) * multiple
 
 
-def pad_rows(array: jax.Array, rows: int) -> jax.Array:
-    """Grow a batch to `rows` rows by repeating its first row (zeros when it has none); the
-    padding rows' results are discarded."""
-    extra = rows - array.shape[0]
+@functools.partial(jax.jit, static_argnames=("n", "copies", "rows"))
+def _fit_rows(array: jax.Array, n: int, copies: int, rows: int) -> jax.Array:
+    picked = jnp.repeat(array[:n], copies, axis=0) if copies > 1 else array[:n]
+    extra = rows - picked.shape[0]
     if extra == 0:
+        return picked
+    filler = jnp.repeat(picked[:1], extra, axis=0) if n else jnp.zeros((extra, *array.shape[1:]), array.dtype)
+    return jnp.concatenate([picked, filler])
+
+
+def fit_rows(array: jax.Array, n: int, rows: int, copies: int = 1) -> jax.Array:
+    """The first `n` rows of `array` [B, ...], each `copies` times in a row, grown to `rows` rows
+    by repeating the first (zeros when n is 0; the padding rows' results are discarded) ->
+    [rows, ...]. One compiled program per shape: as eager ops, each slice, repeat and
+    concatenation was a program of its own to fetch from the compilation cache at start-up."""
+    if n == array.shape[0] == rows and copies == 1:
         return array
-    filler = jnp.repeat(array[:1], extra, axis=0) if array.shape[0] else jnp.zeros((extra, *array.shape[1:]),
-                                                                                   array.dtype)
-    return jnp.concatenate([array, filler])
+    return _fit_rows(array, n=n, copies=copies, rows=rows)
+
+
+def pad_rows(array: jax.Array, rows: int) -> jax.Array:
+    """Grow a batch to `rows` rows by repeating its first row (zeros when it has none)."""
+    return fit_rows(array, array.shape[0], rows)
 
 
 def lockstep_rows(n: int, multiple: int) -> int:
@@ -204,13 +219,14 @@ class WindowDecoder:
 
     def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
                options: DecodeOptions, seeds: Optional[Sequence[int]] = None) -> list[DecodedWindow]:
-        """mel [B, M, N] and one prompt per row (or one for all, as a flat list of ids) -> one
-        DecodedWindow per row, each from the first temperature that passes. `seeds` [B] name
-        each row's random stream (give the same number for the same window, and sampling
-        draws the same tokens in any batch)."""
-        n = mel.shape[0]
+        """mel [B', M, N] and one prompt per row (or one for all, as a flat list of ids) -> one
+        DecodedWindow per prompt, each from the first temperature that passes; mel rows past
+        the prompts (a bucketed batch's padding) are not decoded. `seeds` [B] name each row's
+        random stream (give the same number for the same window, and sampling draws the same
+        tokens in any batch)."""
         if prompts and isinstance(prompts[0], (int, np.integer)):
-            prompts = [prompts] * n
+            prompts = [prompts] * mel.shape[0]
+        n = len(prompts)
         if any(tokenizer.sot not in p for p in prompts):
             raise ValueError("every prompt must hold <|startoftranscript|>")
         batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.search.sample_len,
@@ -220,7 +236,8 @@ class WindowDecoder:
         temperatures = options.fallback.temperatures
         for attempt, temperature in enumerate(temperatures):
             index = np.asarray(pending, dtype=np.int32)
-            decoded = self._decode_once(mel[index], batch.take(index), tokenizer, options, temperature,
+            rows = mel if len(pending) == n else jnp.take(mel, index, axis=0)  # retries: their rows only
+            decoded = self._decode_once(rows, len(pending), batch.take(index), tokenizer, options, temperature,
                                         seed=options.search.seed + attempt)
             retry = []
             for row, window in zip(pending, decoded):
@@ -238,14 +255,14 @@ class WindowDecoder:
         return DecodeConfig(rules=self.rules(tokenizer, prompt_len, options), sample_len=options.search.sample_len,
                             no_speech=tokenizer.no_speech)
 
-    def _decode_once(self, mel: jax.Array, prompts: PromptBatch, tokenizer: Tokenizer,
+    def _decode_once(self, mel: jax.Array, n: int, prompts: PromptBatch, tokenizer: Tokenizer,
                      options: DecodeOptions, temperature: float, seed: int) -> list[DecodedWindow]:
-        n, prompt_len = mel.shape[0], prompts.tokens.shape[1]
+        """The first `n` rows of mel [B', M, N] decoded at one temperature."""
+        prompt_len = prompts.tokens.shape[1]
         config = self.config(tokenizer, prompt_len, options)
         strategy = strategy_for(options, temperature)
         copies = strategy.copies
-        padded = pad_rows(jnp.repeat(mel, copies, axis=0) if copies > 1 else mel,
-                          lockstep_rows(n * copies, self.generator.batch_multiple))
+        padded = fit_rows(mel, n, lockstep_rows(n * copies, self.generator.batch_multiple), copies)
         rows = prompts.padded(padded.shape[0], repeat=copies, sample_len=options.search.sample_len)
         result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows, strategy=strategy)
         result = self.generator.fetch(result, padded.shape[0])
