@@ -28,6 +28,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 from whisper_nnx.sharding.constraints import fit_spec, logical_spec
 
@@ -81,8 +82,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
         groups, rows = k.shape[0], q.shape[0]
         if rows % groups or mask is not None:
             raise ValueError(f"{rows} query rows cannot share keys of {groups} rows (mask: {mask is not None})")
-        grouped = q.reshape(groups, rows // groups * q.shape[1], *q.shape[2:])
-        return attend(grouped, k, v, None, scores_out).reshape(q.shape)
+        grouped = rearrange(q, "(g r) t h k -> g (r t) h k", g=groups)
+        return rearrange(attend(grouped, k, v, None, scores_out), "g (r t) h k -> (g r) t h k", t=q.shape[1])
     scores = jnp.einsum("bthk,bhsk->bhts", q, k, preferred_element_type=_F32)
     scores = scores * (q.shape[-1] ** -0.5)
     if mask is not None:
@@ -113,9 +114,9 @@ def tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int = QUERY
     """
     b, t, h, d = q.shape
     blocks = -(-t // block)
-    rows = jnp.swapaxes(q * jnp.asarray(d ** -0.5, q.dtype), 1, 2).reshape(b * h, t, d)
-    rows = jnp.pad(rows, ((0, 0), (0, blocks * block - t), (0, 0))).reshape(b * h, blocks, block, d)
-    keys, values = k.reshape(b * h, -1, d), v.reshape(b * h, -1, d)
+    rows = rearrange(q * jnp.asarray(d ** -0.5, q.dtype), "b t h k -> (b h) t k")
+    rows = rearrange(jnp.pad(rows, ((0, 0), (0, blocks * block - t), (0, 0))), "r (n t) k -> r n t k", n=blocks)
+    keys, values = (rearrange(x, "b h s k -> (b h) s k") for x in (k, v))
 
     def one_head(args):
         query_blocks, head_keys, head_values = args  # [blocks, block, K], [S, K], [S, K]
@@ -130,7 +131,7 @@ def tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int = QUERY
         return jax.lax.map(one_block, query_blocks)
 
     out = jax.lax.map(one_head, (rows, keys, values))  # [B H, blocks, block, K]
-    return jnp.swapaxes(out.reshape(b, h, blocks * block, d)[:, :, :t], 1, 2)
+    return rearrange(out, "(b h) n t k -> b (n t) h k", b=b)[:, :t]
 
 
 def _per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 from whisper_nnx.sharding import constrain
 
@@ -68,8 +69,8 @@ class KVCache(NamedTuple):
         batch, beams = source.shape
 
         def gather(a: jax.Array) -> jax.Array:
-            grouped = a.reshape(batch, beams, *a.shape[1:])
+            grouped = rearrange(a, "(b k) ... -> b k ...", k=beams)
             index = source.reshape(batch, beams, *([1] * (grouped.ndim - 2)))
-            return jnp.take_along_axis(grouped, index, axis=1).reshape(a.shape)
+            return rearrange(jnp.take_along_axis(grouped, index, axis=1), "b k ... -> (b k) ...")
 
         return self._replace(self_k=tuple(map(gather, self.self_k)), self_v=tuple(map(gather, self.self_v)))
