@@ -28,6 +28,12 @@ this machine's matmul ceiling measured in the same run, for the encoder and the 
     165 MB against ~131 MB of weights and caches), and counts a loop body once, not per trip: so
     GB/s is shown only where XLA's FLOPs reach ours (not for the CPU's tiled encoder attention).
 
+(d) Targets (the throughput issue's): the encoder at >= 70% of the matmul ceiling, and a decode
+    step at batch 16 within 1.5x of its memory floor: `flops.step_bytes` (decoder weights, the
+    vocabulary table, each row's cross-attention K/V and the self-attention positions seen, on
+    average P + steps / 2) over the matvec ceiling. Every batch gets its row; the verdict is
+    given where the target applies.
+
 --model names a checkpoint (`resolve_model` + `read_checkpoint` + `load_model`) or, with
 --weights random (or auto when no checkpoint resolves), a preset of `config.DIMS` with random
 weights: speed does not depend on the values, so any size is measured without its download.
@@ -76,6 +82,10 @@ PHASES = (
     "positions); GFLOP/s = FLOPs / best time, over the matmul ceiling of the model's dtype; GB/s = XLA's bytes "
     "accessed / best time, over the matvec ceiling (`-` where XLA's cost analysis misses loop trips); `steps` = "
     "decoder window minus prefill.")
+TARGETS = (
+    "Targets: the encoder at >= 70% of the matmul ceiling; a decode step at batch 16 within 1.5x of its memory "
+    "floor, `flops.step_bytes` (decoder weights, vocabulary table, each row's cross K/V and the self-attention "
+    "positions seen, on average P + steps / 2) over the matvec ceiling.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -262,6 +272,49 @@ def add_fractions(phases: list[dict], ceiling_gflops: float, matvec_gb_per_s: fl
         p["bandwidth_fraction"] = p["gb_per_s"] / matvec_gb_per_s if loop_free else None
 
 
+ENCODER_TARGET, STEP_TARGET, STEP_TARGET_BATCH = 0.70, 1.5, 16  # the throughput issue's roofline rows
+
+
+def target_rows(phases: list[dict], dims, prompt: int, steps: int, value_bytes: int, matvec_gb_per_s: float
+                ) -> list[dict]:
+    """Per batch: the encoder's fraction of the matmul ceiling, and a decode step's best time over
+    its memory floor (`flops.step_bytes` over the matvec ceiling), each against its target."""
+    from whisper_nnx.engine.model import flops
+
+    rows = []
+    for p in phases:
+        if p["phase"] == "encoder":
+            rows.append({"batch": p["batch"], "what": "encoder, of matmul ceiling", "value": p["fraction"],
+                         "goal": ENCODER_TARGET, "met": p["fraction"] >= ENCODER_TARGET})
+        elif p["phase"] == f"{steps} steps":
+            floor_s = flops.step_bytes(dims, p["batch"], prompt + steps // 2, value_bytes) / (matvec_gb_per_s * 1e9)
+            ratio = p["min_s"] / steps / floor_s
+            rows.append({"batch": p["batch"], "what": "decode step, over its memory floor", "value": ratio,
+                         "goal": STEP_TARGET, "step_ms": p["min_s"] / steps * 1e3, "floor_ms": floor_s * 1e3,
+                         "met": ratio <= STEP_TARGET if p["batch"] == STEP_TARGET_BATCH else None})
+    return rows
+
+
+def target_table(rows: list[dict]) -> str:
+    lines = ["| batch | measure | value | target | verdict |", "|---:|---|---:|---:|---|"]
+    for r in rows:
+        if "floor_ms" in r:
+            value, goal = f"{r['value']:.2f}x ({r['step_ms']:.1f} ms / {r['floor_ms']:.1f} ms)", f"≤ {r['goal']}x"
+        else:
+            value, goal = f"{r['value']:.1%}", f"≥ {r['goal']:.0%}"
+        verdict = {True: "met", False: "missed", None: "-"}[r["met"]]
+        lines.append(f"| {r['batch']} | {r['what']} | {value} | {goal} | {verdict} |")
+    return "\n".join(lines)
+
+
+def jnp_itemsize(dtype_name: str) -> int:
+    """Bytes per value of a dtype named as on the command line (bfloat16 included)."""
+    import ml_dtypes
+    import numpy as np
+
+    return np.dtype(getattr(ml_dtypes, dtype_name, dtype_name)).itemsize
+
+
 def _ms(s: float) -> str:
     return f"{s * 1e3:.2f}" if s < 0.01 else f"{s * 1e3:.1f}" if s < 10 else f"{s * 1e3:.0f}"
 
@@ -313,6 +366,7 @@ def main(argv=None) -> None:
     best = {d: max(r["gflops"] for r in rows if r["dtype"] == d) for d in dtypes}
     matvec = max(before["matvec"]["gb_per_s"], after["matvec"]["gb_per_s"])
     add_fractions(phases, best[args.model_dtype], matvec)
+    targets = target_rows(phases, model.dims, args.prompt, args.steps, jnp_itemsize(args.model_dtype), matvec)
 
     settings = {"model": args.model, "weights": weights, "model_dtype": args.model_dtype,
                 "encoder_rows": args.encoder_rows,
@@ -322,12 +376,12 @@ def main(argv=None) -> None:
                 "dims": model.dims.to_dict(),
                 "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}
     results = {"ceilings_before": before, "ceilings_after": after, "matmul_gflops": best, "matvec_gb_per_s": matvec,
-               "phases": phases, "notes": list(args.note), "total_s": time.perf_counter() - t0,
+               "phases": phases, "targets": targets, "notes": list(args.note), "total_s": time.perf_counter() - t0,
                "peak_rss_bytes": peak_rss_bytes()}
     rec = record("roofline", settings, results, git=git, machine=machine)
     path = write_record(rec)
     print("\nafter the model:\n" + ceiling_table(after) + "\n\n" + _ceiling_line(results) + "\n\n"
-          + phase_table(phases))
+          + phase_table(phases) + "\n\n" + target_table(targets))
     print(f"record: {path.relative_to(REPO)}  ({results['total_s']:.0f} s)")
     if args.results_md:
         update_results_md(*_section(rec, path))
@@ -343,7 +397,8 @@ def _section(rec: dict, path: Path) -> tuple[str, str, str]:
     res = rec["results"]
     fields = {**report_fields(rec, path), "backend": rec["jax"]["backend"]}
     body = [REPORT.format(**fields), _ceiling_line(res), BEFORE, ceiling_table(res["ceilings_before"]),
-            AFTER, ceiling_table(res["ceilings_after"]), PHASES, phase_table(res["phases"]), *notes(res["notes"])]
+            AFTER, ceiling_table(res["ceilings_after"]), PHASES, phase_table(res["phases"]),
+            *([TARGETS, target_table(res["targets"])] if "targets" in res else []), *notes(res["notes"])]
     return machine_title(rec), SUBSECTION.format(**fields), "\n\n".join(body)
 
 

@@ -167,3 +167,17 @@ def test_xla_counts_the_same_decoder():
                      cache)
     ours = flops.token_flops(TINY, attended=cache_length)
     assert ours <= xla <= 1.02 * ours, xla / ours
+
+
+def test_step_bytes_by_hand():
+    """tiny.en (D 384, 4 decoder layers, V 51864, S 1500), float32, batch 16, 100 positions seen:
+    weights 4 layers x (self q, k, v, out 4 D^2 + cross q, out 2 D^2 + MLP 8 D^2) + V D, per row
+    4 layers x K and V x D x (1500 + 100)."""
+    d = 384
+    weights = 4 * (14 * d * d) + 51864 * d
+    per_row = 4 * 2 * d * (1500 + 100)
+    assert flops.step_bytes(DIMS["tiny.en"], 16, 100) == 4 * (weights + 16 * per_row)
+    assert flops.step_bytes(DIMS["tiny.en"], 1, 100, bytes_per_value=2) == 2 * (weights + per_row)
+    # about 430 MB at batch 16: cross K/V (295 MB) and the table (80 MB) dominate
+    assert 4.2e8 < flops.step_bytes(DIMS["tiny.en"], 16, 100) < 4.4e8
+

@@ -177,3 +177,25 @@ def flops_table(names: Sequence[str] = TABLE_MODELS, steps: int = 224, prompt: i
         g = [x / 1e9 for x in (w.encoder, w.cross_kv, w.prefill, w.decode, w.per_step, w.total)]
         lines.append(f"| {name} | {g[0]:.1f} | {g[1]:.1f} | {g[2]:.2f} | {g[3]:.1f} | {g[4]:.3f} | {g[5]:.1f} |")
     return "\n".join(lines)
+
+
+def step_bytes(dims: ModelDims, batch: int, attended: int, bytes_per_value: int = 4,
+               audio_positions: Optional[int] = None) -> int:
+    """Bytes one greedy decode step of `batch` rows must read from memory, each query seeing
+    `attended` self-attention positions: the memory-traffic floor of a step (over a measured
+    bandwidth, its shortest possible time). Counted, in `bytes_per_value` each:
+
+      decoder block weights   L (4 D^2 + 2 D^2 + 2 D F)  self q, k, v, out; cross q, out; MLP
+                                                         (cross k, v act once per window, not per step)
+      vocabulary table        V D                        the tied logits read all of it
+      cross-attention K, V    batch * L * 2 S D          per row: its own window's keys and values
+      self-attention K, V     batch * L * 2 A D
+
+    Not counted (each under 0.5 % for tiny at batch 1): biases, LayerNorms, the B rows of the
+    embedding and positional tables, activations, logits written.
+    """
+    d, layers = dims.n_text_state, dims.n_text_layer
+    weights = layers * (6 * d * d + 2 * d * MLP_RATIO * d) + dims.n_vocab * d
+    per_row = layers * 2 * d * (_positions(dims, audio_positions) + attended)
+    return bytes_per_value * (weights + batch * per_row)
+
