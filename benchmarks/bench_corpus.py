@@ -39,6 +39,7 @@ from pathlib import Path
 
 from common import (  # the script's own folder is on sys.path
     PEER_PACKAGES,
+    VERDICT,
     git_info,
     machine_info,
     machine_title,
@@ -87,7 +88,6 @@ REPORT = (
     "all. Each run is a whole process from launch to exit; one warm-up run of each side, then {repeats} rounds "
     "alternating which side goes first; medians. `ours ÷ theirs` < 1: we are faster; the target is the most it "
     "may be. WER after Whisper's English normalizer, all files joined. Record: `{record}`.")
-VERDICT = {True: "met", False: "missed", None: "-"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -52,6 +52,7 @@ from typing import Optional
 
 from common import (  # the script's own folder is on sys.path
     REPO,
+    VERDICT,
     Timing,
     aot_compile,
     git_info,
@@ -287,10 +288,11 @@ def target_rows(phases: list[dict], dims, prompt: int, steps: int, value_bytes: 
             rows.append({"batch": p["batch"], "what": "encoder, of matmul ceiling", "value": p["fraction"],
                          "goal": ENCODER_TARGET, "met": p["fraction"] >= ENCODER_TARGET})
         elif p["phase"] == f"{steps} steps":
+            step_s = p["min_s"] / steps
             floor_s = flops.step_bytes(dims, p["batch"], prompt + steps // 2, value_bytes) / (matvec_gb_per_s * 1e9)
-            ratio = p["min_s"] / steps / floor_s
+            ratio = step_s / floor_s
             rows.append({"batch": p["batch"], "what": "decode step, over its memory floor", "value": ratio,
-                         "goal": STEP_TARGET, "step_ms": p["min_s"] / steps * 1e3, "floor_ms": floor_s * 1e3,
+                         "goal": STEP_TARGET, "step_ms": step_s * 1e3, "floor_ms": floor_s * 1e3,
                          "met": ratio <= STEP_TARGET if p["batch"] == STEP_TARGET_BATCH else None})
     return rows
 
@@ -302,12 +304,11 @@ def target_table(rows: list[dict]) -> str:
             value, goal = f"{r['value']:.2f}x ({r['step_ms']:.1f} ms / {r['floor_ms']:.1f} ms)", f"≤ {r['goal']}x"
         else:
             value, goal = f"{r['value']:.1%}", f"≥ {r['goal']:.0%}"
-        verdict = {True: "met", False: "missed", None: "-"}[r["met"]]
-        lines.append(f"| {r['batch']} | {r['what']} | {value} | {goal} | {verdict} |")
+        lines.append(f"| {r['batch']} | {r['what']} | {value} | {goal} | {VERDICT[r['met']]} |")
     return "\n".join(lines)
 
 
-def jnp_itemsize(dtype_name: str) -> int:
+def dtype_bytes(dtype_name: str) -> int:
     """Bytes per value of a dtype named as on the command line (bfloat16 included)."""
     import ml_dtypes
     import numpy as np
@@ -366,7 +367,7 @@ def main(argv=None) -> None:
     best = {d: max(r["gflops"] for r in rows if r["dtype"] == d) for d in dtypes}
     matvec = max(before["matvec"]["gb_per_s"], after["matvec"]["gb_per_s"])
     add_fractions(phases, best[args.model_dtype], matvec)
-    targets = target_rows(phases, model.dims, args.prompt, args.steps, jnp_itemsize(args.model_dtype), matvec)
+    targets = target_rows(phases, model.dims, args.prompt, args.steps, dtype_bytes(args.model_dtype), matvec)
 
     settings = {"model": args.model, "weights": weights, "model_dtype": args.model_dtype,
                 "encoder_rows": args.encoder_rows,

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The versions a record against faster-whisper names.
 PEER_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate2")
 RESULTS_DIR = REPO / "benchmarks" / "results"
+# A target row's verdict in a report table (None: the row has no target).
+VERDICT = {True: "met", False: "missed", None: "-"}
 
 
 # --- timing -------------------------------------------------------------------------------------
