@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
-import av
 import numpy as np
-import soxr
+
+if TYPE_CHECKING:  # PyAV (~0.2 s to import) and soxr load on the first decode, not with the engine
+    import av
+    import soxr
 
 
 def _exact_div(x: int, y: int) -> int:
@@ -67,6 +69,8 @@ def _reason(exc: BaseException) -> str:
 
 def _open_stream(stream: BinaryIO, name: str) -> av.container.InputContainer:
     """A binary file object (a dataset row's bytes, a download, an open file) as a container."""
+    import av
+
     try:
         return av.open(stream, mode="r")
     except EOFError as e:
@@ -93,6 +97,8 @@ def source_name(source: "AudioSource") -> str:
 
 
 def _open_container(path: Path) -> av.container.InputContainer:
+    import av
+
     if not path.exists():
         raise AudioDecodeError(path, "file not found")
     if path.is_dir():
@@ -118,6 +124,8 @@ def _audio_stream(container: av.container.InputContainer, path: Path) -> av.Audi
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float:
     """The duration the file's headers promise, 0.0 when they promise nothing."""
+    import av
+
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     # The container's duration covers every stream; it speaks for the audio only when alone.
@@ -130,6 +138,8 @@ def _native_mono_chunks(
     container: av.container.InputContainer, stream: av.AudioStream, path: Path
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Yield (float32 mono samples [n], sample rate) per decoded frame, at the native rate."""
+    import av
+
     # Sample-format conversion only: layout and rate stay native; we down-mix, soxr resamples.
     to_float = av.AudioResampler(format="fltp", layout=None, rate=None)
     try:
@@ -152,6 +162,8 @@ def _decoded_pieces(
     problems only the end reveals (no samples at all, a file shorter than its header declares):
     a consumer must not treat what it received as the file's audio until the iterator is spent.
     """
+    import soxr
+
     stream = _audio_stream(container, path)
     resampler: soxr.ResampleStream | None = None
     in_rate = 0

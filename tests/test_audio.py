@@ -271,3 +271,19 @@ def test_a_binary_file_object_decodes_as_its_path(data_dir, tmp_path):
     half = path.read_bytes()[: path.stat().st_size // 2]
     with pytest.raises(AudioDecodeError, match="truncated|corrupt"):
         load_audio(io.BytesIO(half))
+
+
+def test_decoders_are_imported_only_when_a_file_is_decoded():
+    """PyAV (~0.2 s to import) and soxr load on the first decode, not with the engine: arrays and
+    dataset features transcribe without them, and start-up does not pay for them."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "import whisper_nnx.engine.transcribe, whisper_nnx.engine.cli\n"
+             "print(sorted(m for m in ('av', 'soxr') if m in sys.modules))\n"
+             "from whisper_nnx.engine.audio import load_audio\n"
+             f"x = load_audio({str(Path(__file__).parent / 'data' / 'sample_thanks.flac')!r})\n"
+             "print(sorted(m for m in ('av', 'soxr') if m in sys.modules), x.shape[0] > 0)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "['av', 'soxr'] True"]
