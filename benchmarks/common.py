@@ -212,8 +212,8 @@ def git_info() -> dict:
     try:
         commit = run("rev-parse", "HEAD")
         dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+    except (OSError, subprocess.CalledProcessError):  # a copy without .git (a lent device machine)
+        return {"commit": os.environ.get("WHISPER_NNX_COMMIT"), "dirty": None}
     return {"commit": commit, "dirty": dirty}
 
 
