@@ -15,10 +15,11 @@ can record the reason per input and carry on with the rest of a batch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 import numpy as np
 
@@ -90,7 +91,9 @@ def _stream_is_empty(stream: BinaryIO) -> bool:
 
 
 def source_name(source: "AudioSource") -> str:
-    """How an input is named in errors and records: its path, or a file object's `name`."""
+    """How an input is named in errors and records: its path, a ref's or a file object's `name`."""
+    if isinstance(source, AudioRef):
+        return source.name
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return str(getattr(source, "name", "<stream>"))
@@ -194,13 +197,62 @@ def _decoded_pieces(
     yield last
 
 
-AudioSource = Union[str, os.PathLike, BinaryIO]  # a path, or a binary file object (read from its start)
+@dataclasses.dataclass(frozen=True)
+class AudioRef:
+    """An input named `name` whose bytes come from `opener` (a dataset row's bytes, an object in
+    storage, a member of a tar shard), optionally only the span [offset_s, offset_s + duration_s)
+    of what it decodes to (a NeMo manifest's `offset` and `duration`). `opener` returns a path or
+    a binary file object and is called on the decoding thread, when the input's turn comes."""
+
+    name: str
+    opener: Callable[[], Union[str, os.PathLike, BinaryIO]]
+    offset_s: float = 0.0
+    duration_s: Optional[float] = None
+
+
+AudioSource = Union[str, os.PathLike, BinaryIO, AudioRef]  # a path, a binary file object (read from its start), a ref
 AudioInput = Union[AudioSource, np.ndarray]  # what the engine transcribes: a source, or 16 kHz samples [N]
 
 
 def input_name(item: AudioInput) -> str:
     """How an input is named in records and errors: its path, a file object's name, or <array>."""
     return "<array>" if isinstance(item, np.ndarray) else source_name(item)
+
+
+def _span_of(pieces: Iterator[np.ndarray], name: str, offset_s: float, duration_s: Optional[float],
+             sample_rate: int) -> Iterator[np.ndarray]:
+    """The samples [offset, offset + duration) of the decoded `pieces` (to the end for None); the
+    decoding stops once the span is complete."""
+    start = round(offset_s * sample_rate)
+    end = None if duration_s is None else start + round(duration_s * sample_rate)
+    at = 0  # samples of the whole decode seen so far
+    for piece in pieces:
+        lo, hi = max(start - at, 0), piece.size if end is None else min(end - at, piece.size)
+        at += piece.size
+        if hi > lo:
+            yield piece[lo:hi]
+        if end is not None and at >= end:
+            return
+    if at <= start:
+        raise AudioDecodeError(name, f"offset {offset_s:.3f} s is at or past the end of the audio "
+                                     f"({at / sample_rate:.3f} s)")
+
+
+def _decoded_ref(ref: AudioRef, sample_rate: int) -> Iterator[np.ndarray]:
+    """`iter_decoded` of what `ref.opener` gives, cut to the ref's span; errors name the ref."""
+    try:
+        source = ref.opener()
+    except FileNotFoundError as err:  # the input's fault: final, like a missing local file
+        raise AudioDecodeError(ref.name, "file not found") from err
+    pieces = iter_decoded(source, sample_rate)
+    if ref.offset_s or ref.duration_s is not None:
+        pieces = _span_of(pieces, ref.name, ref.offset_s, ref.duration_s, sample_rate)
+    try:
+        yield from pieces
+    except AudioDecodeError as err:
+        if err.path == ref.name:
+            raise
+        raise AudioDecodeError(ref.name, err.reason) from err
 
 
 def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
@@ -212,6 +264,9 @@ def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[
     `next()`, and a truncation or an empty stream only after the last piece, so a consumer must
     drain the iterator before trusting what it received.
     """
+    if isinstance(path, AudioRef):
+        yield from _decoded_ref(path, sample_rate)
+        return
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)
         container = _open_container(path)

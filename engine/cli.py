@@ -19,7 +19,7 @@ from typing import Sequence
 
 from absl import flags, logging
 
-from .inputs import expand_inputs
+from .inputs import SourceOptions, expand_inputs
 
 
 def fallback_temperatures(start: float, increment: float | None) -> tuple[float, ...]:
@@ -47,8 +47,13 @@ def _check_options(args: argparse.Namespace):
     from .writers import check_formats
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    args.parquet = "parquet" in formats  # one table of the run's records, written at its end
+    formats = tuple(f for f in formats if f != "parquet")
     try:
         check_formats(formats)
+        if args.parquet:
+            from .results_table import check_available as check_parquet
+            check_parquet()
         layout = _layout(args)
     except ValueError as err:
         raise UsageError(f"--formats / subtitle layout: {err}") from None
@@ -69,7 +74,9 @@ def _check_options(args: argparse.Namespace):
     return formats, options
 
 
-def _transcribe(args: argparse.Namespace) -> int:
+def _transcribe(args: argparse.Namespace, finish=None) -> int:
+    """The transcribe command; `finish(entries, out, summary)` runs on process 0 after the records
+    are written (eval's scoring)."""
     formats, options = _check_options(args)
     import jax
 
@@ -82,18 +89,18 @@ def _transcribe(args: argparse.Namespace) -> int:
                                  auto=args.distributed)
     from .compile_cache import enable_compilation_cache
     enable_compilation_cache(args.compile_cache)
-    entries = list(expand_inputs(args.inputs))  # inputs.Entry each
+    entries = list(expand_inputs(args.inputs, SourceOptions(args.audio_column, args.id_column, args.text_column)))
     if not entries:
         raise UsageError("no inputs found")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = results_io.RunLock(out) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _run_locked(args, formats, options, entries, out, multi)
+        return _run_locked(args, formats, options, entries, out, multi, finish)
 
 
 def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, entries: list, out: Path,
-                multi: bool) -> int:
+                multi: bool, finish=None) -> int:
     import jax
 
     from whisper_nnx.sharding import multihost
@@ -114,10 +121,16 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, ent
         summary = _merge_processes(out, summary)
     if jax.process_index() != 0:  # its own records' failures
         return EXIT_INPUT_ERRORS if failed else EXIT_OK
-    failed = sum(map(records.is_failure, results_io.all_records(out)))  # every process's, earlier runs' too
+    written = results_io.all_records(out)  # every process's, earlier runs' too
+    failed = sum(map(records.is_failure, written))
+    if args.parquet:
+        from .results_table import write_parquet
+        write_parquet(out, written)
     print(f"whisper-nnx: {summary['files']} files, {summary['audio_hours']:.3f} h of audio, "
           f"{summary['errors']} errors, {summary['wall_s']:.1f} s ({summary['real_time_factor']}x real time); "
           f"results in {out / results_io.RESULTS}", file=sys.stderr)
+    if finish is not None:
+        finish(entries, written, out, summary)
     return EXIT_INPUT_ERRORS if failed else EXIT_OK
 
 
@@ -186,7 +199,7 @@ def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, 
                 sink.write(records.failure(entry.name, entry.error, records.INPUT))
                 for name, _, first in plan.repeats_of(entry.name):
                     sink.write(records.duplicate(name, first))
-        for _, record in transcriber.transcribe_iter([e.name for e in inputs if e.error is None], options):
+        for _, record in transcriber.transcribe_iter([e.source() for e in inputs if e.error is None], options):
             sink.write(record)
             for name, _, first in plan.repeats_of(record["path"]):  # after the record they repeat
                 sink.write(records.duplicate(name, first))
@@ -238,6 +251,27 @@ def _layout(args: argparse.Namespace):
                           args.max_words_per_line or None)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """Transcribe like `transcribe`, then write eval.json / eval.md and print the table."""
+    from . import evaluation
+
+    try:
+        evaluation.check_available()
+    except evaluation.EvalUnavailable as err:
+        raise UsageError(str(err)) from None
+
+    def finish(entries, written, out, summary):
+        settings = {"model": args.model, "dtype": args.dtype, "long_form": args.long_form,
+                    "batch_size": args.batch_size, "beam_size": args.beam_size, "vad": args.vad,
+                    "language": args.language,
+                    "without_timestamps": args.without_timestamps, "inputs": list(args.inputs)}
+        result = evaluation.report(evaluation.score(entries, written), summary, settings)
+        print(evaluation.write(out, result))
+        print(f"whisper-nnx eval: {out / evaluation.EVAL_JSON}, {out / evaluation.EVAL_MD}", file=sys.stderr)
+
+    return _transcribe(args, finish)
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoints.formats import read_checkpoint, save_converted
     from .checkpoints.hub import resolve_model
@@ -254,7 +288,14 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("inputs and outputs")
     g.add_argument("inputs", nargs="+", metavar="INPUT")
     g.add_argument("--output-dir", default="whisper-nnx-out")
-    g.add_argument("--formats", default="json,txt", help=f"comma-separated from {','.join(FORMATS)}")
+    g.add_argument("--formats", default="json,txt",
+                   help=f"comma-separated from {','.join(FORMATS)},parquet (parquet: one results.parquet "
+                        "of every record, written at the end of the run)")
+    g.add_argument("--audio-column", default=None, help="dataset inputs: the audio column (default: detected)")
+    g.add_argument("--id-column", default=None,
+                   help="dataset inputs: a column naming each row's record (default: FILE:ROW)")
+    g.add_argument("--text-column", default="text",
+                   help="reference text: the dataset column / manifest field / WebDataset member (eval)")
     g.add_argument("--resume", action="store_true",
                    help="continue a run in --output-dir: skip entries with a record, redo the rest and "
                         "entries whose record is a run error (out of memory, device failure)")
@@ -373,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     _word_flags(t)
     _model_flags(t)
     t.set_defaults(run=_transcribe)
+
+    e = sub.add_parser("eval", help="transcribe, then score against each input's reference text (WER)")
+    _input_flags(e)
+    _decoding_flags(e)
+    _long_form_flags(e)
+    _word_flags(e)
+    _model_flags(e)
+    e.set_defaults(run=_eval)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")
     c.add_argument("model", help="local checkpoint, hub repo id or short name")

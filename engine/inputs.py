@@ -1,42 +1,62 @@
 """What an input is: command-line arguments expanded into entries, each with a stable key.
 
-    INPUT... -> expand_inputs -> [Entry(name, key, error)] -> Entry.open() -> bytes to decode
+    INPUT... -> expand_inputs -> [Entry(name, error, opener, span, text)] -> Entry.source()
+             -> a path or an audio.AudioRef, which audio.iter_decoded decodes
 
-- A file is an entry as given (its `name` is the record's `path`).
-- A directory is searched recursively for media files (sorted).
+- A file is an entry as given (its `name` is the record's `path`); a URL (`s3://...`, any
+  protocol fsspec knows; engine/storage.py) likewise, read through fsspec.
+- A directory is searched recursively for media files, Parquet files and WebDataset shards
+  (sorted); a folder written by `datasets.Dataset.save_to_disk` is read as that dataset.
+- A dataset file gives one entry per row or sample (engine/datasets.py): `.parquet`, `.arrow`
+  (a stream file of save_to_disk), `.tar` (WebDataset: `__key__` plus an audio member).
 - A manifest lists entries: `.txt` one path per line (`#` comments, blank lines skipped), `.jsonl`
-  a `path` per line; a `.jsonl` line without one (or not JSON) is an entry that names no file, with
-  an `error`, and becomes that entry's record as `MANIFEST:LINE`.
-- `key` identifies the file behind an entry however it is written (`a.wav`, `./a.wav`): a file
+  one object per line with a `path`, or NeMo's `audio_filepath` (relative to the manifest's
+  folder) with optional `offset` and `duration` in seconds (that span of the file only: the
+  entry is named `FILE#t=START,END`, after the media-fragment syntax) and `text`. A line that
+  names no file (or is not JSON) is an entry with an `error` and becomes that entry's record as
+  `MANIFEST:LINE`.
+- `key` identifies the audio behind an entry however it is written (`a.wav`, `./a.wav`): a file
   listed twice is transcribed once, and `--resume` matches records to entries by it.
-
-A new kind of source (a dataset row, a URL) is a new way to make entries here plus an `open`
-that returns a binary file object; `audio.load_audio` decodes either.
+- `text` is an entry's reference transcript (a manifest's `text`, a dataset's text column, a
+  WebDataset `.txt` member), which `whisper-nnx eval` scores against.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
+
+from . import storage
+from .audio import AudioInput, AudioRef
 
 MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
                   ".mp4", ".mkv", ".mov", ".avi", ".aiff", ".aif", ".amr", ".3gp"}
+DATASET_SUFFIXES = {".parquet", ".arrow", ".tar"}
 
 
 def entry_key(name: str) -> str:
-    """The identity of the file behind an entry or a record's `path`: its absolute path."""
-    return os.path.abspath(name)
+    """The identity of the audio behind an entry or a record's `path`: its absolute path (a URL
+    or a dataset row's name as it is)."""
+    return name if storage.is_url(name) else os.path.abspath(name)
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One input entry: `name` as given (a record's `path`), or an entry naming no file."""
+    """One input entry: `name` as given (a record's `path`), or an entry naming no file (`error`).
+
+    `opener` gives the entry's bytes where they are not the file `name` (a dataset row, a tar
+    member, the file of a manifest span); `offset_s`/`duration_s` cut a span of what it decodes to."""
 
     name: str
-    error: Optional[str] = None  # why this entry names no file (a bad manifest line)
+    error: Optional[str] = None  # why this entry names no audio (a bad manifest line or row)
+    opener: Optional[Callable[[], Union[str, BinaryIO]]] = dataclasses.field(default=None, compare=False)
+    offset_s: float = 0.0
+    duration_s: Optional[float] = None
+    text: Optional[str] = None  # reference transcript, when the source has one
 
     @property
     def key(self) -> str:
@@ -45,34 +65,133 @@ class Entry:
     def open(self) -> BinaryIO:
         """The entry's bytes (a missing or unreadable file raises OSError here; the decoder
         reports it as the entry's error when given the name instead)."""
-        return open(self.name, "rb")
+        source = self.opener() if self.opener is not None else self.name
+        return storage.open_binary(source) if isinstance(source, str) else source
+
+    def source(self) -> AudioInput:
+        """What the engine decodes: the local path itself, or a ref that opens the bytes."""
+        if self.opener is None and not storage.is_url(self.name) and not self.offset_s and self.duration_s is None:
+            return self.name
+        opener = self.opener or functools.partial(_open_url_or_path, self.name)
+        return AudioRef(self.name, opener, self.offset_s, self.duration_s)
 
 
-def _jsonl_entry(manifest: Path, number: int, line: str) -> Entry:
+def _open_url_or_path(name: str) -> Union[str, BinaryIO]:
+    return storage.open_binary(name) if storage.is_url(name) else name
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """How dataset inputs are read (the CLI's --audio-column, --id-column, --text-column)."""
+
+    audio_column: Optional[str] = None
+    id_column: Optional[str] = None
+    text_column: str = "text"
+
+
+def _span_name(path: str, offset: float, duration: Optional[float]) -> str:
+    if duration is None:
+        return f"{path}#t={offset:g}"
+    return f"{path}#t={offset:g},{offset + duration:g}"
+
+
+def _seconds(item: dict, field: str, where: str, allow_none: bool) -> Optional[float]:
+    value = item.get(field)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f'{where}: "{field}" must be a number of seconds >= 0, got {value!r}')
+    return float(value)
+
+
+def _jsonl_entry(manifest: str, number: int, line: str, text_field: str) -> Entry:
     name = f"{manifest}:{number}"
     try:
         item = json.loads(line)
     except ValueError as err:
         return Entry(name, f"{name}: manifest line is not JSON ({err})")
-    if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"].strip():
-        return Entry(name, f'{name}: manifest line has no "path" string')
-    return Entry(item["path"])
+    if not isinstance(item, dict):
+        return Entry(name, f'{name}: manifest line has no "path" or "audio_filepath" string')
+    text = item.get(text_field) if isinstance(item.get(text_field), str) else None
+    path = item.get("path")
+    if not isinstance(path, str) or not path.strip():
+        path = item.get("audio_filepath")  # NeMo: relative to the manifest's folder
+        if not isinstance(path, str) or not path.strip():
+            return Entry(name, f'{name}: manifest line has no "path" or "audio_filepath" string', text=text)
+        if not storage.is_url(path) and not os.path.isabs(path):
+            path = storage.join(storage.parent(manifest), path)
+    try:
+        offset = _seconds(item, "offset", name, allow_none=True) or 0.0
+        duration = _seconds(item, "duration", name, allow_none=True)
+    except ValueError as err:
+        return Entry(name, str(err), text=text)
+    if duration is not None and "offset" not in item:
+        duration = None  # NeMo writes every file's full duration: without an offset it is the whole file
+    if not offset and duration is None:
+        return Entry(path, text=text)
+    return Entry(_span_name(path, offset, duration), opener=functools.partial(_open_url_or_path, path),
+                 offset_s=offset, duration_s=duration, text=text)
 
 
-def expand_inputs(inputs: Sequence[str]) -> Iterator[Entry]:
-    """Entries of files as given, directories searched recursively (sorted) and manifests read
-    line by line, in order."""
+def _dataset_entries(name: str, options: SourceOptions) -> Iterator[Entry]:
+    from . import datasets
+
+    columns = datasets.Columns(options.audio_column, options.id_column, options.text_column)
+    suffix = Path(name).suffix.lower()
+    if suffix == ".tar":
+        yield from datasets.webdataset_entries(name, options.text_column)
+    elif suffix == ".arrow":
+        yield from datasets.arrow_rows(name, columns).entries()
+    else:
+        yield from datasets.parquet_rows(name, columns).entries()
+
+
+def _folder_entries(folder: str, options: SourceOptions) -> Iterator[Entry]:
+    from . import datasets
+
+    saved = datasets.saved_dataset_files(folder) if not storage.is_url(folder) else None
+    if saved is not None:
+        for arrow in saved:
+            yield from _dataset_entries(arrow, options)
+        return
+    files = [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()] if not storage.is_url(folder) \
+        else storage.walk_files(folder)
+    for name in files:
+        suffix = Path(name).suffix.lower()
+        if suffix in MEDIA_SUFFIXES:
+            yield Entry(name)
+        elif suffix in (".parquet", ".tar"):
+            yield from _dataset_entries(name, options)
+
+
+def _guarded(name: str, entries: Iterator[Entry]) -> Iterator[Entry]:
+    """`entries`, and where reading `name` fails (not a dataset, no audio column, a corrupt
+    file or manifest), one entry for `name` with the reason: its record says what went wrong."""
+    try:
+        yield from entries
+    except (OSError, ValueError, RuntimeError) as err:
+        yield Entry(name, f"{name}: cannot read it as an input list ({type(err).__name__}: {str(err).splitlines()[0]})")
+
+
+def expand_inputs(inputs: Sequence[str], options: SourceOptions = SourceOptions()) -> Iterator[Entry]:
+    """Entries of files as given, directories searched recursively (sorted), dataset files and
+    manifests read row by row, in order."""
     for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            yield from (Entry(str(p)) for p in sorted(path.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
-        elif path.suffix == ".jsonl" and path.is_file():
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    yield _jsonl_entry(path, number, line)
-        elif path.suffix == ".txt" and path.is_file():
-            yield from (Entry(line.strip()) for line in path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and not line.strip().startswith("#"))
-        else:
-            yield Entry(item)  # a missing or odd file becomes an error record, not a crash
+        yield from _guarded(item, _expand_one(item, options))
+
+
+def _expand_one(item: str, options: SourceOptions) -> Iterator[Entry]:
+    suffix = Path(item.split("#", 1)[0]).suffix.lower()
+    if storage.is_dir(item):
+        yield from _folder_entries(item, options)
+    elif suffix in DATASET_SUFFIXES and storage.is_file(item):
+        yield from _dataset_entries(item, options)
+    elif suffix == ".jsonl" and storage.is_file(item):
+        for number, line in enumerate(storage.read_text(item).splitlines(), 1):
+            if line.strip():
+                yield _jsonl_entry(item, number, line, options.text_column)
+    elif suffix == ".txt" and storage.is_file(item):
+        yield from (Entry(line.strip()) for line in storage.read_text(item).splitlines()
+                    if line.strip() and not line.strip().startswith("#"))
+    else:
+        yield Entry(item)  # a missing or odd file becomes an error record, not a crash

@@ -1,0 +1,75 @@
+"""Where inputs live: local paths, or URLs of any protocol fsspec knows (`s3://`, `gs://`,
+`https://`, `memory://`...). Object-storage protocols need their fsspec backend, the `cloud`
+extra (s3fs, gcsfs); `AWS_ENDPOINT_URL` points s3fs at an S3-compatible server.
+
+Local paths go through the plain `open`, so nothing changes for them and fsspec is imported only
+when a URL is used.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import BinaryIO
+
+
+def is_url(name: str) -> bool:
+    """`name` has a protocol (`s3://bucket/key`, `file:///x`), as opposed to a local path."""
+    head, sep, _ = name.partition("://")
+    return bool(sep) and head.replace("+", "").replace("-", "").isalnum()
+
+
+def parent(name: str) -> str:
+    return posixpath.dirname(name.rstrip("/")) if is_url(name) else os.path.dirname(os.path.abspath(name))
+
+
+def join(folder: str, name: str) -> str:
+    return posixpath.join(folder, name) if is_url(folder) else os.path.join(folder, name)
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path within it) of a URL."""
+    try:
+        import fsspec
+    except ImportError as err:  # pragma: no cover - fsspec comes with huggingface-hub
+        raise RuntimeError(f"{url}: reading URLs needs fsspec (pip install 'whisper-nnx[cloud]')") from err
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise RuntimeError(f"{url}: {err} (object storage needs pip install 'whisper-nnx[cloud]')") from err
+
+
+def open_binary(name: str) -> BinaryIO:
+    """`name` opened for reading bytes, a local path or a URL (FileNotFoundError if absent)."""
+    if not is_url(name):
+        return open(name, "rb")
+    fs, path = filesystem(name)
+    return fs.open(path, "rb")
+
+
+def read_text(name: str) -> str:
+    with open_binary(name) as handle:
+        return handle.read().decode("utf-8")
+
+
+def is_dir(name: str) -> bool:
+    if not is_url(name):
+        return os.path.isdir(name)
+    fs, path = filesystem(name)
+    return fs.isdir(path)
+
+
+def is_file(name: str) -> bool:
+    if not is_url(name):
+        return os.path.isfile(name)
+    fs, path = filesystem(name)
+    return fs.isfile(path)
+
+
+def walk_files(folder: str) -> list[str]:
+    """Every file under `folder`, recursively, sorted (URLs keep their protocol)."""
+    if not is_url(folder):
+        return sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files)
+    fs, path = filesystem(folder)
+    protocol = folder.split("://", 1)[0]
+    return sorted(f"{protocol}://{p}" for p in fs.find(path))
