@@ -19,6 +19,7 @@ from typing import Sequence
 
 from absl import flags, logging
 
+from . import storage
 from .inputs import SourceOptions, expand_inputs
 
 
@@ -92,15 +93,35 @@ def _transcribe(args: argparse.Namespace, finish=None) -> int:
     entries = list(expand_inputs(args.inputs, SourceOptions(args.audio_column, args.id_column, args.text_column)))
     if not entries:
         raise UsageError("no inputs found")
-    out = Path(args.output_dir)
+    remote = None
+    if storage.is_url(args.output_dir):
+        if multi:
+            raise UsageError("an --output-dir URL takes a single-process run; give each process a local "
+                             "--output-dir, or use one process per host with its own URL")
+        from .remote_output import open_remote
+        remote = open_remote(args.output_dir, args.staging_dir, formats, args.upload_every)
+        out = remote.staging
+    else:
+        out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = results_io.RunLock(out) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _run_locked(args, formats, options, entries, out, multi, finish)
+        if remote is not None:
+            found = remote.pull()  # the bucket's records are the truth
+            logging.info("%s holds %d records", args.output_dir, found)
+        try:
+            code = _run_locked(args, formats, options, entries, out, multi, finish, remote)
+        except BaseException:
+            if remote is not None:  # what was written reaches the bucket; the rest is redone on resume
+                remote.flush()
+            raise
+        if remote is not None:
+            remote.finish()
+        return code
 
 
 def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, entries: list, out: Path,
-                multi: bool, finish=None) -> int:
+                multi: bool, finish=None, remote=None) -> int:
     import jax
 
     from whisper_nnx.sharding import multihost
@@ -116,7 +137,7 @@ def _run_locked(args: argparse.Namespace, formats: tuple[str, ...], options, ent
     if plan.skipped:
         logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
     inputs = multihost.process_share(plan.todo)  # contiguous block per process, in order
-    summary, failed = _write_records(args, formats, options, out, plan, inputs, multi)
+    summary, failed = _write_records(args, formats, options, out, plan, inputs, multi, remote)
     if multi:
         summary = _merge_processes(out, summary)
     if jax.process_index() != 0:  # its own records' failures
@@ -174,7 +195,7 @@ def _load_transcriber(args: argparse.Namespace):
 
 
 def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, out: Path, plan,
-                   inputs: list, multi: bool) -> tuple[dict, int]:
+                   inputs: list, multi: bool, remote=None) -> tuple[dict, int]:
     """Transcribe this process's `inputs` and write one record per entry (duplicates after the
     record they repeat): (the progress summary, how many of them are failures)."""
     import jax
@@ -189,7 +210,9 @@ def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, 
     ready = plan.ready if jax.process_index() == 0 else []
     progress = Progress(len(inputs) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in inputs),
                         enabled=not args.no_progress)
-    echo = None if args.quiet else lambda r: print(f"{r['path']}: {r['error'] or r['text']}", flush=True)
+    printed = None if args.quiet else lambda r: print(f"{r['path']}: {r['error'] or r['text']}", flush=True)
+    hooks = [h for h in (printed, remote.written if remote is not None else None) if h is not None]
+    echo = (lambda r: [hook(r) for hook in hooks]) if hooks else None
     with ResultSink(out, formats, _layout(args), file_name=own_file, extra=run_info, progress=progress,
                     echo=echo) as sink:
         for name, _, first in ready:  # repeats of files done in an earlier run
@@ -291,6 +314,12 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--formats", default="json,txt",
                    help=f"comma-separated from {','.join(FORMATS)},parquet (parquet: one results.parquet "
                         "of every record, written at the end of the run)")
+    g.add_argument("--staging-dir", default=None,
+                   help="an --output-dir URL: the local folder the run writes before uploading "
+                        "(default: ~/.cache/whisper-nnx/staging/<hash of the URL>)")
+    g.add_argument("--upload-every", type=float, default=30.0, metavar="SECONDS",
+                   help="an --output-dir URL: upload the records written so far this often (a kill "
+                        "loses at most this much work)")
     g.add_argument("--audio-column", default=None, help="dataset inputs: the audio column (default: detected)")
     g.add_argument("--id-column", default=None,
                    help="dataset inputs: a column naming each row's record (default: FILE:ROW)")

@@ -72,7 +72,8 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
 
 def write_nemo(folder: Path, clips=CLIPS) -> tuple[Path, list[tuple[float, float]]]:
     """`recording.wav` (the clips, each padded to whole 10 ms, with GAP_S of silence between) and
-    `manifest.jsonl`, one NeMo line per clip: `audio_filepath` relative to the manifest, `offset`, `duration`, `text`."""
+    `manifest.jsonl`, one NeMo line per clip: `audio_filepath` relative to the manifest, `offset`,
+    `duration`, `text`."""
     from whisper_nnx.engine.audio import load_audio
 
     spoken, parts, spans, at = texts(), [], [], 0.0
