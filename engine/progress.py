@@ -1,9 +1,9 @@
 """Run progress and the end-of-run summary.
 
-On a terminal: one bar redrawn in place on stderr (files, audio hours, throughput, ETA). When
-stderr is not a terminal (batch jobs, CI, `nohup`): a plain absl log line every
-`log_every_s` seconds. The ETA assumes the files still to do are as long on average as the
-ones done.
+On a terminal: a tqdm bar redrawn in place on stderr (files, audio hours, real-time factor,
+errors, elapsed and ETA). When stderr is not a terminal (batch jobs, logs on TPU VMs, CI,
+`nohup`): a plain line every `log_every_s` seconds, whose ETA assumes the files still to do
+are as long on average as the ones done.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class Progress:
         self.audio_s = 0.0
         self.start = time.monotonic()
         self._last_log = self.start
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_files, file=stream, unit="file", dynamic_ncols=True, smoothing=0.1,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}] {postfix}")
 
     def update(self, duration_s: Optional[float], error: bool) -> None:
         self.files += 1
@@ -41,9 +47,11 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + self.line(now) + "\033[K")
-            self.stream.flush()
+        if self.bar is not None:
+            speed = self.audio_s / (now - self.start) if now > self.start else 0.0
+            self.bar.set_postfix_str(f"{self.audio_s / 3600:.2f} h audio, {speed:.1f}x real time, "
+                                     f"{self.errors} errors", refresh=False)
+            self.bar.update(1)
         elif now - self._last_log >= self.log_every_s or self.files == self.total:
             self._last_log = now
             print(self.line(now), file=self.stream, flush=True)  # a progress report, not a log line
@@ -63,8 +71,8 @@ class Progress:
     def summary(self, skipped: int = 0) -> dict:
         """Totals of this run: files and errors reported, audio hours, wall time, speed."""
         wall = time.monotonic() - self.start
-        if self.tty:
-            self.stream.write("\n")
+        if self.bar is not None:
+            self.bar.close()
         return {"files": self.files, "errors": self.errors, "audio_hours": round(self.audio_s / 3600, 6),
                 "wall_s": round(wall, 3),
                 # seconds of audio per second of wall time (the reference's "x real time")

@@ -164,3 +164,21 @@ def test_progress_line_and_summary():
     assert summary["audio_hours"] == pytest.approx(30 / 3600, abs=1e-6)
     assert summary["real_time_factor"] == pytest.approx(3.0, rel=0.05)
     json.dumps(summary)
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    tqdm = pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = Progress(4, stream=stream)
+    progress.update(30.0, error=False)
+    progress.update(None, error=True)
+    assert isinstance(progress.bar, tqdm.tqdm) and progress.bar.n == 2
+    progress.summary()
+    shown = stream.getvalue()
+    assert "\r" in shown and "2/4 files" in shown and "1 errors" in shown and "0.01 h audio" in shown
+    assert Progress(4, stream=io.StringIO()).bar is None  # not a terminal: plain lines, no bar
