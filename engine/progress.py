@@ -38,7 +38,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_files, file=stream, unit="file", dynamic_ncols=True, smoothing=0.1,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}] {postfix}")
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}{postfix}]")
 
     def update(self, duration_s: Optional[float], error: bool) -> None:
         self.files += 1
