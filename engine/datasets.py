@@ -32,6 +32,7 @@ from pathlib import PurePosixPath
 from typing import Callable, Iterator, Optional
 
 from .audio import AudioDecodeError
+from .entry import MEDIA_SUFFIXES, Entry
 from .storage import is_url, join, open_binary, parent
 
 CACHED_GROUPS = 2  # row groups of audio held per file (the prefetcher reads rows in order)
@@ -89,9 +90,7 @@ class TableRows:
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def entries(self) -> Iterator["object"]:
-        from .inputs import Entry
-
+    def entries(self) -> Iterator[Entry]:
         if self.columns.id is not None and self.columns.id not in self.schema.names:
             raise ValueError(f"{self.name}: no id column {self.columns.id!r} (columns: {', '.join(self.schema.names)})")
         small = [c for c in (self.columns.id, self.columns.text) if c is not None and c in self.schema.names]
@@ -182,12 +181,10 @@ def _read_member(shard: str, offset: int, size: int, name: str) -> io.BytesIO:
     return _named_stream(data, name)
 
 
-def webdataset_entries(shard: str, text_field: str = "text") -> Iterator["object"]:
+def webdataset_entries(shard: str, text_field: str = "text") -> Iterator[Entry]:
     """One entry per sample of a WebDataset shard (members grouped by `__key__`, in tar order):
     its first member whose extension is an audio format, and the text of its `.txt` member or
     its `.json` member's `text_field`, when there is one."""
-    from .inputs import MEDIA_SUFFIXES, Entry
-
     samples: dict[str, dict] = {}
     with open_binary(shard) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
         for member in tar:

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .inputs import Entry, entry_key
+from .entry import Entry, entry_key
 from .records import DUPLICATE, error_kind
 from .writers import atomic_write_text
 

@@ -28,56 +28,12 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence
 
 from . import storage
-from .audio import AudioInput, AudioRef
+from .entry import MEDIA_SUFFIXES, Entry, entry_key, open_url_or_path  # noqa: F401 - Entry, entry_key: re-exported
 
-MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
-                  ".mp4", ".mkv", ".mov", ".avi", ".aiff", ".aif", ".amr", ".3gp"}
 DATASET_SUFFIXES = {".parquet", ".arrow", ".tar"}
-
-
-def entry_key(name: str) -> str:
-    """The identity of the audio behind an entry or a record's `path`: its absolute path (a URL
-    or a dataset row's name as it is)."""
-    return name if storage.is_url(name) else os.path.abspath(name)
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One input entry: `name` as given (a record's `path`), or an entry naming no file (`error`).
-
-    `opener` gives the entry's bytes where they are not the file `name` (a dataset row, a tar
-    member, the file of a manifest span); `offset_s`/`duration_s` cut a span of what it decodes to."""
-
-    name: str
-    error: Optional[str] = None  # why this entry names no audio (a bad manifest line or row)
-    opener: Optional[Callable[[], Union[str, BinaryIO]]] = dataclasses.field(default=None, compare=False)
-    offset_s: float = 0.0
-    duration_s: Optional[float] = None
-    text: Optional[str] = None  # reference transcript, when the source has one
-
-    @property
-    def key(self) -> str:
-        return entry_key(self.name)
-
-    def open(self) -> BinaryIO:
-        """The entry's bytes (a missing or unreadable file raises OSError here; the decoder
-        reports it as the entry's error when given the name instead)."""
-        source = self.opener() if self.opener is not None else self.name
-        return storage.open_binary(source) if isinstance(source, str) else source
-
-    def source(self) -> AudioInput:
-        """What the engine decodes: the local path itself, or a ref that opens the bytes."""
-        if self.opener is None and not storage.is_url(self.name) and not self.offset_s and self.duration_s is None:
-            return self.name
-        opener = self.opener or functools.partial(_open_url_or_path, self.name)
-        return AudioRef(self.name, opener, self.offset_s, self.duration_s)
-
-
-def _open_url_or_path(name: str) -> Union[str, BinaryIO]:
-    return storage.open_binary(name) if storage.is_url(name) else name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +85,7 @@ def _jsonl_entry(manifest: str, number: int, line: str, text_field: str) -> Entr
         duration = None  # NeMo writes every file's full duration: without an offset it is the whole file
     if not offset and duration is None:
         return Entry(path, text=text)
-    return Entry(_span_name(path, offset, duration), opener=functools.partial(_open_url_or_path, path),
+    return Entry(_span_name(path, offset, duration), opener=functools.partial(open_url_or_path, path),
                  offset_s=offset, duration_s=duration, text=text)
 
 

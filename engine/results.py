@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import IO, Iterable, Optional, Sequence
 
-from .inputs import Entry, entry_key
+from .entry import Entry, entry_key
 from .records import DUPLICATE, INPUT, RUN, error_kind
 from .writers import atomic_write_text, fsync_directory
 
