@@ -28,16 +28,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import Timing, git_info, machine_info, peak_rss_bytes, record, write_record
+from common import (
+    PLATFORMS,
+    Timing,
+    git_info,
+    machine_info,
+    peak_rss_bytes,
+    record,
+    select_device,
+    write_record,
+)
 
-PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 WINDOW_S = 30.0
 
 
@@ -156,8 +163,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.device != "auto":  # before jax is imported anywhere
-        os.environ["JAX_PLATFORMS"] = PLATFORMS[args.device]
+    select_device(args.device)
     t0, git, machine = time.perf_counter(), git_info(), machine_info()
     import jax
     import jax.numpy as jnp

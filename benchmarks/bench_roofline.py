@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from common import (  # the script's own folder is on sys.path
+    PLATFORMS,
     REPO,
     VERDICT,
     Timing,
@@ -62,12 +62,11 @@ from common import (  # the script's own folder is on sys.path
     peak_rss_bytes,
     record,
     report_fields,
+    select_device,
     time_calls,
     update_results_md,
     write_record,
 )
-
-PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
 # RESULTS.md: the subsection title and the paragraphs around the tables (fields: `_section`).
 SUBSECTION = "roofline, {model} {model_dtype}, {commit_label}"
@@ -343,8 +342,7 @@ def phase_table(phases: list[dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.device != "auto":  # before jax is imported anywhere
-        os.environ["JAX_PLATFORMS"] = PLATFORMS[args.device]
+    select_device(args.device)
     dtypes = list(dict.fromkeys([*args.dtypes, args.model_dtype]))
     t0, git, machine = time.perf_counter(), git_info(), machine_info()
 

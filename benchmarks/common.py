@@ -26,6 +26,13 @@ PEER_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "faster-whisper", "ctranslate
 RESULTS_DIR = REPO / "benchmarks" / "results"
 # A target row's verdict in a report table (None: the row has no target).
 VERDICT = {True: "met", False: "missed", None: "-"}
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}  # --device -> JAX_PLATFORMS
+
+
+def select_device(device: str) -> None:
+    """--device auto|cpu|gpu|tpu: JAX's platform, set before jax is imported anywhere."""
+    if device != "auto":
+        os.environ["JAX_PLATFORMS"] = PLATFORMS[device]
 
 
 # --- timing -------------------------------------------------------------------------------------
