@@ -82,13 +82,14 @@ class TableRows:
     """A table read in groups (a Parquet file's row groups; one memory-mapped Arrow file): entries
     for its rows, and their audio on demand (thread-safe, `CACHED_GROUPS` groups of audio cached)."""
 
-    def __init__(self, name: str, schema, group_sizes: list[int], read_group: Callable[[int, list[str]], object],
-                 columns: Columns):
-        self.name, self.schema, self.group_sizes, self.read_group = name, schema, group_sizes, read_group
-        self.columns = columns
+    def __init__(self, kind: str, name: str, schema, group_sizes: list[int],
+                 read_group: Callable[[int, list[str]], object], columns: Columns):
+        self.kind, self.name, self.schema, self.columns = kind, name, schema, columns
+        self.group_sizes, self.read_group = group_sizes, read_group
         self.audio = audio_column(schema, columns.audio, name)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
+        _register(self)
 
     def entries(self) -> Iterator[Entry]:
         if self.columns.id is not None and self.columns.id not in self.schema.names:
@@ -106,7 +107,9 @@ class TableRows:
                     yield Entry(f"{self.name}:{row}", f"{self.name}:{row}: the id column {self.columns.id!r} is null",
                                 text=text)
                 else:
-                    yield Entry(name, opener=functools.partial(self.open_row, group, i, name), text=text)
+                    # a module function of plain values: the entry pickles (Ray ships entries to its actors)
+                    opener = functools.partial(open_table_row, self.kind, self.name, self.audio, group, i, name)
+                    yield Entry(name, opener=opener, text=text)
                 row += 1
 
     def _audio_of(self, group: int):
@@ -134,6 +137,30 @@ class TableRows:
         raise AudioDecodeError(name, f"the row has no audio (column {self.audio!r} is empty)")
 
 
+_TABLES: collections.OrderedDict = collections.OrderedDict()  # (kind, path, audio column) -> TableRows
+_TABLES_LOCK = threading.Lock()
+OPEN_TABLES = 16  # tables kept open per process (file handles, cached row groups)
+
+
+def _register(rows: TableRows) -> None:
+    with _TABLES_LOCK:
+        _TABLES[(rows.kind, rows.name, rows.audio)] = rows
+        while len(_TABLES) > OPEN_TABLES:
+            _TABLES.popitem(last=False)
+
+
+def open_table_row(kind: str, path: str, audio: str, group: int, index: int, name: str):
+    """An entry's opener: row `index` of row group `group` of the table at `path`, opened in
+    this process on first use (the listing process has it open already)."""
+    with _TABLES_LOCK:
+        rows = _TABLES.get((kind, path, audio))
+        if rows is not None:
+            _TABLES.move_to_end((kind, path, audio))
+    if rows is None:
+        rows = (parquet_rows if kind == "parquet" else arrow_rows)(path, Columns(audio=audio))
+    return rows.open_row(group, index, name)
+
+
 def parquet_rows(path: str, columns: Columns) -> TableRows:
     import pyarrow.parquet as pq
 
@@ -141,7 +168,7 @@ def parquet_rows(path: str, columns: Columns) -> TableRows:
     parquet = pq.ParquetFile(handle)
     metadata = parquet.metadata
     sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-    return TableRows(path, parquet.schema_arrow, sizes,
+    return TableRows("parquet", path, parquet.schema_arrow, sizes,
                      lambda group, cols: parquet.read_row_group(group, columns=cols), columns)
 
 
@@ -150,7 +177,7 @@ def arrow_rows(path: str, columns: Columns) -> TableRows:
     import pyarrow as pa
 
     table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
-    return TableRows(path, table.schema, [table.num_rows], lambda group, cols: table.select(cols), columns)
+    return TableRows("arrow", path, table.schema, [table.num_rows], lambda group, cols: table.select(cols), columns)
 
 
 def saved_dataset_files(folder: str) -> Optional[list[str]]:
