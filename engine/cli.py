@@ -93,6 +93,8 @@ def _transcribe(args: argparse.Namespace, finish=None) -> int:
     entries = list(expand_inputs(args.inputs, SourceOptions(args.audio_column, args.id_column, args.text_column)))
     if not entries:
         raise UsageError("no inputs found")
+    if args.ray is not None and multi:
+        raise UsageError("--ray runs one driver process; the actors spread the work (drop the multi-process flags)")
     remote = None
     if storage.is_url(args.output_dir):
         if multi:
@@ -188,10 +190,29 @@ def _load_transcriber(args: argparse.Namespace):
     transcriber = Transcriber(args.model, dtype=args.dtype, mesh=mesh,
                               rules=rules_for(args.sharding) if mesh is not None else None,
                               allow_replicated=args.allow_replicated_weights, quantize=args.quantize)
-    run_info = {"model": args.model, "dtype": args.dtype, "quantize": args.quantize, "long_form": args.long_form,
-                "mesh": describe(mesh) if mesh is not None else None,
-                "sharding": args.sharding if mesh is not None else None}
-    return transcriber, run_info
+    return transcriber, _run_info(args, describe(mesh) if mesh is not None else None)
+
+
+def _run_info(args: argparse.Namespace, mesh: dict | None) -> dict:
+    """The run facts every record carries."""
+    return {"model": args.model, "dtype": args.dtype, "quantize": args.quantize, "long_form": args.long_form,
+            "mesh": mesh, "sharding": args.sharding if mesh is not None else None}
+
+
+def _ray_records(args: argparse.Namespace, options, entries: list):
+    """Records of `entries` from a Ray Data actor pool (engine/ray_job.py)."""
+    import json
+
+    from .ray_job import connect, transcribe_on_ray
+
+    connect(args.ray)
+    logging.info("Ray: %d actors for %d inputs", args.ray_actors, len(entries))
+    return transcribe_on_ray(
+        entries, actors=args.ray_actors, rows_per_call=args.ray_rows or 4 * args.batch_size,
+        actor_args={"model": args.model, "dtype": args.dtype, "options": options, "quantize": args.quantize,
+                    "compile_cache": args.compile_cache},
+        cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor,
+        resources=json.loads(args.ray_resources) if args.ray_resources else None)
 
 
 def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, out: Path, plan,
@@ -206,7 +227,13 @@ def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, 
     from .sink import ResultSink
 
     own_file = f"results.process-{jax.process_index():05d}.jsonl" if multi else results_io.RESULTS
-    transcriber, run_info = _load_transcriber(args)
+    todo = [e for e in inputs if e.error is None]
+    if args.ray is not None:  # the actors hold the model; this process only writes
+        run_info = _run_info(args, None)
+        produced = _ray_records(args, options, todo)
+    else:
+        transcriber, run_info = _load_transcriber(args)
+        produced = (record for _, record in transcriber.transcribe_iter([e.source() for e in todo], options))
     ready = plan.ready if jax.process_index() == 0 else []
     progress = Progress(len(inputs) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in inputs),
                         enabled=not args.no_progress)
@@ -222,7 +249,7 @@ def _write_records(args: argparse.Namespace, formats: tuple[str, ...], options, 
                 sink.write(records.failure(entry.name, entry.error, records.INPUT))
                 for name, _, first in plan.repeats_of(entry.name):
                     sink.write(records.duplicate(name, first))
-        for _, record in transcriber.transcribe_iter([e.source() for e in inputs if e.error is None], options):
+        for record in produced:
             sink.write(record)
             for name, _, first in plan.repeats_of(record["path"]):  # after the record they repeat
                 sink.write(records.duplicate(name, first))
@@ -427,6 +454,16 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, default=None)
     g.add_argument("--distributed", action="store_true",
                    help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: an actor pool on the cluster at ADDRESS (none: a local cluster "
+                        "started for the run); this process writes the results")
+    g.add_argument("--ray-actors", type=int, default=1, help="--ray: actors, one per accelerator host")
+    g.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
+    g.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
+    g.add_argument("--ray-resources", default=None, metavar="JSON",
+                   help='--ray: custom resources per actor, e.g. \'{"TPU": 4}\'')
+    g.add_argument("--ray-rows", type=int, default=None,
+                   help="--ray: input rows per actor call (default 4 x --batch-size)")
     g.add_argument("--compile-cache", default=None, metavar="DIR",
                    help="JAX persistent compilation cache, so later runs skip compiling (default: "
                         "$WHISPER_NNX_COMPILE_CACHE, else ~/.cache/whisper-nnx/jax-compile; 'off' disables)")

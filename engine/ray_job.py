@@ -1,0 +1,142 @@
+"""Bulk transcription on Ray Data: a pool of actors, each holding the whole model on its host's
+local devices, fed blocks of input rows; Ray retries the blocks of an actor or node that dies.
+
+    driver: entries to do -> ray.data.from_items -> map_batches(RayTranscriber, actor pool)
+            -> records streamed back -> the CLI's ResultSink (results.jsonl, per-format files)
+
+`RayTranscriber` is a callable class for `Dataset.map_batches` on datasets of any of these
+columns: `entry` (this package's input entries, as the CLI makes them), `bytes` (encoded audio,
+named by `path`/`name` when present), `array` (16 kHz float samples), or `path` (a local path or
+an fsspec URL). It returns the record columns: `path`, `text`, `language`, `duration_s`,
+`windows`, `error`, `error_kind`, and `record` (the whole results.jsonl record as JSON).
+
+Why the driver writes the results: every record passes through the same crash-safe sink as a
+single-process run (one line each, fsynced, after its files; `--resume` plans from it; an
+`--output-dir` URL is mirrored as in any run), so a row retried by Ray after an actor died is
+still written once (the driver skips a row it has already written), and a killed driver resumes
+from its results.jsonl. Records are small next to audio; the actors do the work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging as std_logging
+import os
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import records
+from .entry import Entry
+
+# Environment the actors get from the driver (where set there): offline hub, compilation cache,
+# JAX platform and flags, the engine's own settings.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "JAX_PLATFORMS", "XLA_FLAGS", "WHISPER_NNX_COMPILE_CACHE",
+                 "WHISPER_NNX_ATTENTION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_DEFAULT_REGION", "XDG_CACHE_HOME")
+RECORD_COLUMNS = ("path", "text", "language", "duration_s", "windows", "error", "error_kind", "record")
+
+
+def _named_bytes(data: bytes, name: str) -> io.BytesIO:
+    stream = io.BytesIO(bytes(data))
+    stream.name = name
+    return stream
+
+
+def batch_items(batch: dict) -> list:
+    """The batch's rows as inputs: Entry objects, or sources made from bytes / arrays / paths."""
+    if "entry" in batch:
+        return list(batch["entry"])
+    n = len(next(iter(batch.values())))
+    names = batch.get("path", batch.get("name"))
+    if "bytes" in batch:
+        return [_named_bytes(batch["bytes"][i], str(names[i]) if names is not None else f"<row {i}>")
+                for i in range(n)]
+    if "array" in batch:
+        return [np.asarray(batch["array"][i], np.float32) for i in range(n)]
+    if "path" in batch:
+        return [Entry(str(p)) for p in batch["path"]]
+    raise ValueError(f"a batch needs an entry, bytes, array or path column; got {sorted(batch)}")
+
+
+def record_columns(rows: Sequence[dict]) -> dict[str, list]:
+    return {**{k: [r.get(k) for r in rows] for k in RECORD_COLUMNS[:-1]},
+            "record": [json.dumps(r, ensure_ascii=False) for r in rows]}
+
+
+class RayTranscriber:
+    """The model loaded once per actor, on the host's local devices (a data-parallel mesh when it
+    has several); each call transcribes one batch of rows with the engine's cross-file batching."""
+
+    def __init__(self, model: str = "tiny.en", dtype: str = "float32", options=None,
+                 quantize: Optional[str] = None, compile_cache: Optional[str] = None):
+        import jax
+
+        from whisper_nnx.sharding import rules_for
+        from whisper_nnx.sharding.mesh import make_mesh
+
+        from .compile_cache import enable_compilation_cache
+        from .options import TranscribeOptions
+        from .transcribe import Transcriber
+
+        enable_compilation_cache(compile_cache)
+        local = jax.local_devices()
+        mesh = make_mesh(f"data={len(local)}", devices=local) if len(local) > 1 else None
+        self.transcriber = Transcriber(model, dtype=dtype, mesh=mesh, rules=rules_for("dp") if mesh else None,
+                                       quantize=quantize)
+        # TranscribeOptions as the CLI made them, or from_kwargs keywords
+        self.options = options if isinstance(options, TranscribeOptions) else \
+            TranscribeOptions.from_kwargs(**(options or {}))
+
+    def __call__(self, batch: dict) -> dict[str, list]:
+        items = batch_items(batch)
+        out: list[Optional[dict]] = [None] * len(items)
+        todo = []
+        for i, item in enumerate(items):
+            if isinstance(item, Entry) and item.error is not None:
+                out[i] = records.failure(item.name, item.error, records.INPUT)
+            else:
+                todo.append(i)
+        sources = [items[i].source() if isinstance(items[i], Entry) else items[i] for i in todo]
+        for index, record in self.transcriber.transcribe_iter(sources, self.options):
+            out[todo[index]] = {k: v for k, v in record.items() if k != "tokens"}
+        return record_columns(out)  # type: ignore[arg-type]
+
+
+def connect(address: Optional[str]) -> None:
+    """ray.init: the cluster at `address`, or a local one started for this run ("" / None)."""
+    import ray
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    ray.init(address=address or None, runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True,
+             log_to_driver=False, include_dashboard=False, logging_level=std_logging.WARNING)
+    # Ray Data explains at WARNING that entries travel pickled, and each execution at INFO.
+    std_logging.getLogger("ray.data").setLevel(std_logging.ERROR)
+
+
+def transcribe_on_ray(entries: Sequence[Entry], *, actors: int, rows_per_call: int, actor_args: dict,
+                      cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                      resources: Optional[dict] = None) -> Iterator[dict]:
+    """Records of `entries` as the actors finish them (each entry once, in completion order)."""
+    import ray.data
+
+    if not entries:
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    blocks = max(1, -(-len(entries) // rows_per_call))
+    dataset = ray.data.from_items([{"entry": e} for e in entries], override_num_blocks=blocks)
+    # An actor pool restarts dead actors and retries their blocks (Ray Data's defaults:
+    # max_restarts=-1, max_task_retries=-1).
+    results = dataset.map_batches(RayTranscriber, fn_constructor_kwargs=actor_args, batch_size=rows_per_call,
+                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                                  num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, resources=resources or None)
+    seen: set[str] = set()
+    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+        for text in batch["record"]:
+            record = json.loads(text)
+            if record["path"] in seen:  # a block Ray ran twice (its actor died after finishing it)
+                continue
+            seen.add(record["path"])
+            yield record
