@@ -377,3 +377,40 @@ def test_tpu_watch_does_not_count_preemption_as_a_failed_rerun(tmp_path):
     assert "job finished" in proc.stdout and "recreating" in proc.stderr
     assert "giving up" not in proc.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_ray_cluster_up_installs_everywhere_and_joins_workers_to_the_head():
+    calls = _dry("ray_cluster.sh", "up", "--head", "h0", "--workers", "h1,h2", "--port", "6380", "--extra", "tpu")
+    rsyncs = [c for c in calls if c[0] == "rsync"]
+    assert [c[-1] for c in rsyncs] == ["h0:whisper-nnx/", "h1:whisper-nnx/", "h2:whisper-nnx/"]
+    installs = [_remote(c) for c in calls if c[0] == "ssh" and "pip" in c[-1]]
+    assert [c[:2] for c in calls if c[0] == "ssh" and "pip" in c[-1]] == [["ssh", "h0"], ["ssh", "h1"], ["ssh", "h2"]]
+    assert all("./whisper-nnx[tpu,ray]" in " ".join(i) for i in installs)
+    starts = [(c[1], _remote(c)) for c in calls if c[0] == "ssh" and " start " in f" {c[-1]} "]
+    ray, quiet = "whisper-nnx/.venv/bin/ray", "--disable-usage-stats"
+    assert starts == [("h0", [ray, "start", "--head", "--port", "6380", quiet]),
+                      ("h1", [ray, "start", "--address", "h0:6380", quiet]),
+                      ("h2", [ray, "start", "--address", "h0:6380", quiet])]
+    assert calls.index(next(c for c in calls if "--head" in c[-1])) > calls.index(rsyncs[-1])  # installed first
+
+
+def test_ray_cluster_submit_runs_the_driver_on_the_head():
+    calls = _dry("ray_cluster.sh", "submit", "--head", "h0", "--workers", "h1,h2", "--inputs", "s3://b/my list.jsonl",
+                 "--output-dir", "s3://b/out", "--model", "base", "--gpus-per-actor", "1", "--", "--resume")
+    assert len(calls) == 1 and calls[0][:2] == ["ssh", "h0"]
+    assert _remote(calls[0]) == ["whisper-nnx/.venv/bin/whisper-nnx", "transcribe", "s3://b/my list.jsonl",
+                                 "--model", "base", "--output-dir", "s3://b/out", "--ray", "h0:6379",
+                                 "--ray-actors", "3", "--ray-gpus-per-actor", "1", "--resume"]
+
+
+def test_ray_cluster_down_stops_every_host():
+    calls = _dry("ray_cluster.sh", "down", "--head", "h0", "--workers", "h1")
+    assert [(c[1], _remote(c)) for c in calls] == [("h1", ["whisper-nnx/.venv/bin/ray", "stop"]),
+                                                  ("h0", ["whisper-nnx/.venv/bin/ray", "stop"])]
+
+
+@pytest.mark.parametrize("args, message", [(["submit", "--head", "h0"], "--inputs"), (["up"], "--head"),
+                                           (["up", "--head", "h0", "--extra", "rocm"], "--extra")])
+def test_ray_cluster_bad_arguments(args, message):
+    proc = subprocess.run(["bash", str(LAUNCH / "ray_cluster.sh"), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
