@@ -106,3 +106,30 @@ def test_resume_after_the_driver_is_killed(cluster, env, tmp_path):
     records = _records(out)
     assert sorted(r["path"] for r in records) == sorted(CLIPS)  # the rest done, nothing twice
     assert json.loads((out / "summary.json").read_text())["skipped_already_done"] == len(done)
+
+
+@pytest.mark.slow
+def test_the_actor_takes_bytes_array_and_path_columns(tmp_path):
+    """RayTranscriber called as Ray Data calls it, on the column kinds a user's dataset has."""
+    import numpy as np
+
+    from whisper_nnx.engine.audio import load_audio
+    from whisper_nnx.engine.ray_job import RECORD_COLUMNS, RayTranscriber
+
+    actor = RayTranscriber("tiny.en", options={"language": "en", "batch_size": 4},
+                           compile_cache=str(tmp_path / "cache"))
+    clips = CLIPS[:2]
+    by_path = actor({"path": np.array(clips, dtype=object)})
+    assert sorted(by_path) == sorted(RECORD_COLUMNS) and by_path["path"] == clips
+    texts = by_path["text"]
+    assert all(t.strip() for t in texts) and by_path["error"] == [None, None]
+    by_bytes = actor({"bytes": np.array([open(c, "rb").read() for c in clips], dtype=object),
+                      "path": np.array(clips, dtype=object)})
+    assert by_bytes["text"] == texts and by_bytes["path"] == clips
+    by_array = actor({"array": np.array([load_audio(c) for c in clips], dtype=object)})
+    assert by_array["text"] == texts and by_array["path"] == ["<array>", "<array>"]
+    assert json.loads(by_array["record"][0])["text"] == texts[0]
+    bad = actor({"bytes": np.array([b"not audio"], dtype=object), "path": np.array(["x.wav"], dtype=object)})
+    assert bad["error_kind"] == ["input"] and "x.wav" in bad["error"][0]
+    with pytest.raises(ValueError, match="entry, bytes, array or path"):
+        actor({"audio": np.array([b""], dtype=object)})
