@@ -289,7 +289,8 @@ def transcribe_options(args: argparse.Namespace):
         condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
         chunk_stride_s=args.chunk_stride, audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
         prefix=args.prefix, hotwords=args.hotwords, carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
-        vad_threshold=args.vad_threshold,
+        vad_threshold=args.vad_threshold, repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
         **({} if args.vad_min_silence_ms is None else {"vad_min_silence_ms": args.vad_min_silence_ms}))
 
@@ -383,6 +384,10 @@ def _decoding_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
     g.add_argument("--hotwords", default=None,
                    help="words to favour (names, jargon): put in every window's prompt, before the previous text")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages text tokens already sampled in a window (faster-whisper's; 1: off)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="forbid repeating any n-gram of this many tokens within a window (faster-whisper's; 0: off)")
 
 
 def _long_form_flags(parser: argparse.ArgumentParser) -> None:

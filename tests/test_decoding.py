@@ -99,3 +99,30 @@ def test_silence_rule_on_silent_audio(transcriber):
         assert kept["text"] != "" and kept["segments"]
         assert skipped["error"] is None and skipped["duration_s"] == 5.0 and skipped["temperature"] == 0.0
         assert skipped["text"] == "" and skipped["segments"] == []
+
+
+@pytest.mark.slow
+def test_repetition_guards_change_a_repetitive_window(transcriber, data_dir):
+    """"Thank you." said eight times: with no_repeat_ngram_size 3 no sampled 3-gram ending in a text
+    token repeats (timestamps may); a strong repetition penalty changes the text; both are off by default."""
+    from whisper_nnx.engine.transcribe import TranscribeOptions
+
+    clip = [data_dir / "sample_thanks.flac"]
+    base = dict(language="en", temperature=0.0)
+    plain = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base))[0]
+    default = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base, no_repeat_ngram_size=0,
+                                                                            repetition_penalty=1.0))[0]
+    assert plain["tokens"] == default["tokens"]
+    eot = transcriber.tokenizer.eot
+
+    def ngrams(tokens, n):  # the sampled n-grams that end in a text token (the ones the guard forbids twice)
+        return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1) if tokens[i + n - 1] < eot]
+
+    assert len(set(ngrams(plain["tokens"], 3))) < len(ngrams(plain["tokens"], 3))  # it does repeat
+    guarded = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base, no_repeat_ngram_size=3))[0]
+    grams = ngrams(guarded["tokens"], 3)
+    assert grams and len(set(grams)) == len(grams)
+    penalized = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base, repetition_penalty=3.0))[0]
+    assert penalized["tokens"] != plain["tokens"]
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        TranscribeOptions.from_kwargs(repetition_penalty=0.0)

@@ -93,3 +93,60 @@ def test_rules_without_timestamps_leave_timestamp_logits_alone():
                                  _rules(timestamp_begin=None)))
     np.testing.assert_array_equal(out[:, REF.timestamp_begin:], logits[:, REF.timestamp_begin:])
     assert np.isneginf(out[:, 50257]).all()
+
+
+# --- repetition guards (faster-whisper's / CTranslate2's options), against a plain computation ---
+
+def _guard_reference(logits: np.ndarray, tokens: np.ndarray, length: int, penalty: float, ngram: int,
+                     eot: int) -> np.ndarray:
+    """Row by row in plain Python: the CTRL repetition penalty (a positive logit divided by the
+    penalty, a negative one multiplied) on every text token sampled so far, then no n-gram of
+    `ngram` tokens repeated: each sampled n-gram whose first n-1 tokens equal the last n-1
+    sampled ones bans its last token. Both act on text tokens (< eot) only."""
+    out = logits.astype(np.float64).copy()
+    for b in range(out.shape[0]):
+        sampled = [int(t) for t in tokens[b, SAMPLE_BEGIN:length]]
+        if penalty != 1.0:
+            for t in set(sampled):
+                if t < eot:
+                    out[b, t] = out[b, t] / penalty if out[b, t] > 0 else out[b, t] * penalty
+        if ngram > 0 and len(sampled) >= ngram - 1:
+            tail = sampled[len(sampled) - (ngram - 1):] if ngram > 1 else []
+            for j in range(len(sampled) - ngram + 1):
+                if sampled[j:j + ngram - 1] == tail and sampled[j + ngram - 1] < eot:
+                    out[b, sampled[j + ngram - 1]] = -np.inf
+    return out
+
+
+@pytest.mark.parametrize("penalty, ngram", [(1.0, 0), (1.3, 0), (0.8, 0), (1.0, 1), (1.0, 2), (1.0, 3),
+                                            (1.5, 3), (1.2, 5)])
+@pytest.mark.parametrize("length", [SAMPLE_BEGIN, SAMPLE_BEGIN + 1, SAMPLE_BEGIN + 4, 60])
+def test_repetition_guards_match_a_plain_computation(penalty, ngram, length):
+    from whisper_nnx.engine.decode.logit_rules import apply_repetition_guards
+
+    rng = np.random.default_rng(length * 31 + ngram)
+    batch, buffer_len = 12, 64
+    logits = rng.normal(0, 3, (batch, V)).astype(np.float32)
+    # A few distinct tokens (text, some timestamps and EOT) so that n-grams repeat often.
+    vocab = np.array([5, 11, 220, 1002, 1003, REF.eot, REF.timestamp_begin, REF.timestamp_begin + 7])
+    tokens = vocab[rng.integers(0, vocab.size, (batch, buffer_len))]
+    tokens[:, :SAMPLE_BEGIN] = 1002  # the prompt: never penalized
+    tokens[:, length:] = 0  # unwritten
+    rules = _rules(repetition_penalty=penalty, no_repeat_ngram_size=ngram)
+    got = np.asarray(apply_repetition_guards(jnp.asarray(logits), jnp.asarray(tokens), jnp.int32(length), rules))
+    want = _guard_reference(logits, tokens, length, penalty, ngram, REF.eot)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    if ngram:
+        assert np.isneginf(got).any() == np.isneginf(want).any()
+
+
+def test_guards_are_off_by_default_and_applied_first():
+    rules = _rules()
+    assert rules.repetition_penalty == 1.0 and rules.no_repeat_ngram_size == 0
+    logits, tokens = np.zeros((1, V), np.float32), np.full((1, 8), 1003)
+    guarded = _rules(timestamp_begin=None, no_repeat_ngram_size=1)
+    out = np.asarray(apply_rules(jnp.asarray(logits), jnp.asarray(tokens), jnp.int32(6), guarded))
+    assert np.isneginf(out[0, 1003]) and out[0, 1002] == 0.0
+    unguarded = _rules(timestamp_begin=None)
+    plain = np.asarray(apply_rules(jnp.asarray(logits), jnp.asarray(tokens), jnp.int32(6), unguarded))
+    assert plain[0, 1003] == 0.0

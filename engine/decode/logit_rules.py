@@ -4,6 +4,13 @@ Each rule maps logits [B, V] (float32), the token buffer [B, L] and the number o
 written so far (`length`, a traced int32 scalar shared by the batch) to filtered logits, with
 the reference implementation's semantics (its `SuppressBlank`, `SuppressTokens`,
 `ApplyTimestampRules`), applied in that order by `apply_rules`.
+
+Before them, off by default, faster-whisper's (CTranslate2's) repetition guards
+(`apply_repetition_guards`): `repetition_penalty` (CTRL's: a positive logit of a token already
+sampled in this window is divided by it, a negative one multiplied) and `no_repeat_ngram_size`
+(a token that would repeat an n-gram already sampled in this window is forbidden). Both look at
+the window's sampled tokens only (not the prompt, which holds earlier windows' text on purpose)
+and act on text tokens only: timestamps repeat by design.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ class LogitRules:
     blank_ids: tuple[int, ...] = ()  # suppressed at the first sampled position (" " and EOT)
     suppress_ids: tuple[int, ...] = ()  # suppressed everywhere
     max_initial_timestamp_index: Optional[int] = 50  # 1.0 s / 0.02 s
+    repetition_penalty: float = 1.0  # > 1 discourages text tokens already sampled (1: off)
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this many tokens sampled twice (0: off)
 
 
 def _mask_ids(logits: jax.Array, ids: tuple[int, ...], where: jax.Array | bool = True) -> jax.Array:
@@ -90,8 +99,50 @@ def apply_timestamp_rules(logits: jax.Array, tokens: jax.Array, length: jax.Arra
     return jnp.where(force & (vocab < ts), NEG_INF, logits)
 
 
+def _sampled_text(tokens: jax.Array, length: jax.Array, rules: LogitRules) -> jax.Array:
+    """[B, L] bool: the positions holding a text token sampled in this window."""
+    positions = jnp.arange(tokens.shape[1])[None, :]
+    return (positions >= rules.sample_begin) & (positions < length) & (tokens < rules.eot)
+
+
+def _scatter_rows(mask: jax.Array, tokens: jax.Array, vocab_size: int) -> jax.Array:
+    """[B, L] bool at token ids [B, L] -> [B, V] bool: row b has id t where some mask[b, j] names t."""
+    rows = jnp.broadcast_to(jnp.arange(tokens.shape[0])[:, None], tokens.shape)
+    ids = jnp.clip(tokens, 0, vocab_size - 1)
+    return jnp.zeros((tokens.shape[0], vocab_size), bool).at[rows, ids].max(mask)
+
+
+def apply_repetition_guards(logits: jax.Array, tokens: jax.Array, length: jax.Array,
+                            rules: LogitRules) -> jax.Array:
+    """The repetition penalty, then the n-gram ban (see the module docstring); logits [B, V],
+    tokens [B, L] -> [B, V]."""
+    vocab = logits.shape[-1]
+    if rules.repetition_penalty != 1.0:
+        seen = _scatter_rows(_sampled_text(tokens, length, rules), tokens, vocab)
+        penalized = jnp.where(logits > 0, logits / rules.repetition_penalty, logits * rules.repetition_penalty)
+        logits = jnp.where(seen, penalized, logits)
+    n = rules.no_repeat_ngram_size
+    if n > 0:
+        buffer = tokens.shape[1]
+        starts = jnp.arange(buffer)[None, :]  # j: an n-gram tokens[j : j + n]
+        ends = starts + n - 1  # the token it would ban
+        match = (starts >= rules.sample_begin) & (ends < length)
+        for k in range(n - 1):  # tokens[j + k] == the k-th of the last n - 1 sampled tokens
+            shifted = jnp.take(tokens, jnp.minimum(starts + k, buffer - 1)[0], axis=1)
+            tail = jnp.take(tokens, jnp.maximum(length - (n - 1) + k, 0), axis=1)[:, None]
+            match = match & (shifted == tail)
+        match = match & (length - rules.sample_begin >= n - 1)
+        banned_ids = jnp.take(tokens, jnp.minimum(ends, buffer - 1)[0], axis=1)
+        banned = _scatter_rows(match & (banned_ids < rules.eot), banned_ids, vocab)
+        logits = jnp.where(banned, NEG_INF, logits)
+    return logits
+
+
 def apply_rules(logits: jax.Array, tokens: jax.Array, length: jax.Array, rules: LogitRules) -> jax.Array:
-    """All rules in the reference's order: blank, suppressed set, timestamps."""
+    """All rules: the repetition guards (when on), then the reference's order: blank,
+    suppressed set, timestamps."""
+    if rules.repetition_penalty != 1.0 or rules.no_repeat_ngram_size > 0:
+        logits = apply_repetition_guards(logits, tokens, length, rules)
     logits = suppress_blank(logits, length, rules)
     logits = suppress_tokens(logits, rules)
     if rules.timestamp_begin is not None:

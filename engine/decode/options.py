@@ -71,8 +71,14 @@ class RuleOptions:
     without_timestamps: bool = False  # <|notimestamps|>: text only, no segment times
     suppress_blank: bool = True  # no blank or EOT as the first sampled token
     suppress_tokens: str = "-1"  # comma-separated ids; "-1" = the non-speech set
+    repetition_penalty: float = 1.0  # faster-whisper's: > 1 discourages text tokens already sampled (1: off)
+    no_repeat_ngram_size: int = 0  # faster-whisper's: no n-gram of this many tokens sampled twice (0: off)
 
     def __post_init__(self) -> None:
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         try:
             _ = self.listed_suppress_ids
         except ValueError as err:

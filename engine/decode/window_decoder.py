@@ -215,7 +215,9 @@ class WindowDecoder:
             sample_begin=prompt_len, eot=tokenizer.eot, no_timestamps=tokenizer.no_timestamps,
             timestamp_begin=None if options.rules.without_timestamps else tokenizer.timestamp_begin,
             blank_ids=blank,
-            suppress_ids=suppressed_ids(tokenizer, options.rules.listed_suppress_ids, self.dims.n_vocab))
+            suppress_ids=suppressed_ids(tokenizer, options.rules.listed_suppress_ids, self.dims.n_vocab),
+            repetition_penalty=float(options.rules.repetition_penalty),
+            no_repeat_ngram_size=int(options.rules.no_repeat_ngram_size))
 
     def decode(self, mel: jax.Array, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
                options: DecodeOptions, seeds: Optional[Sequence[int]] = None) -> list[DecodedWindow]:
