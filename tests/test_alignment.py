@@ -73,19 +73,23 @@ def test_default_alignment_heads_are_the_upper_half():
 
 @pytest.mark.slow
 def test_word_timestamps_match_the_reference(setup, data_dir):
-    """75 s of the long-form recording (three windows, seeks moved by word ends) through the
-    reference's transcribe(word_timestamps=True) and ours: the same words, at least 90% of
-    them within 0.1 s at both ends (the issue's bar; measured: all within 0.005 s)."""
+    """The whole long-form recording (3.5 minutes, seeks moved by word ends) through the
+    reference's transcribe(word_timestamps=True) and ours: the same words; every start and end
+    within one 20 ms alignment step of the reference's, and at least 99% of words within 5 ms at
+    both ends (what README states; measured: one boundary among 584 words one step apart, where
+    float32 sums in another order tip the time warping's path)."""
     ours, ref, _ = setup
-    audio = load_audio(data_dir / "longform" / "lecture.ogg")[:75 * 16000]
+    audio = load_audio(data_dir / "longform" / "lecture.ogg")
     got = ours.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, word_timestamps=True))[0]
     expected = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, word_timestamps=True)
     got_words = [w for s in got["segments"] for w in s["words"]]
     expected_words = [w for s in expected["segments"] for w in s["words"]]
     assert [w["word"] for w in got_words] == [w["word"] for w in expected_words]
-    close = [abs(a["start"] - b["start"]) <= 0.1 and abs(a["end"] - b["end"]) <= 0.1
-             for a, b in zip(got_words, expected_words)]
-    assert len(close) > 150 and sum(close) >= 0.9 * len(close)
+    assert len(got_words) > 500
+    deltas = [(a["word"], a["start"] - b["start"], a["end"] - b["end"]) for a, b in zip(got_words, expected_words)]
+    assert max(max(abs(d[1]), abs(d[2])) for d in deltas) <= 0.02 + 1e-6
+    off = [d for d in deltas if abs(d[1]) > 0.005 or abs(d[2]) > 0.005]
+    assert len(off) <= 0.01 * len(deltas), off[:10]
     assert all(abs(a["probability"] - b["probability"]) < 1e-3 for a, b in zip(got_words, expected_words))
     assert [(s["start"], s["end"]) for s in got["segments"]] == \
         [(round(s["start"], 2), round(s["end"], 2)) for s in expected["segments"] if s["text"]]
