@@ -18,7 +18,7 @@ requests of which files share a device batch. Times are seconds from the start o
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -46,10 +46,23 @@ class LongFormOptions:
     carry_initial_prompt: bool = False  # sequential: keep the initial prompt in every window's prompt
     chunk_stride_s: float = 5.0  # chunked: overlap kept on each side of a chunk's interior
     word_timestamps: bool = False  # words with times in each segment
+    # sequential: only these spans, as the reference's clip_timestamps: "start,end,start,end,..."
+    # seconds (a last start without an end runs to the end of the file); None: the whole file
+    clip_timestamps: Optional[tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "chunked"):
             raise ValueError(f"long-form mode must be sequential or chunked, got {self.mode!r}")
+        if isinstance(self.clip_timestamps, str):  # the reference's and the CLI's spelling
+            text = self.clip_timestamps.strip()
+            object.__setattr__(self, "clip_timestamps", tuple(float(t) for t in text.split(",")) if text else ())
+        elif self.clip_timestamps is not None:
+            object.__setattr__(self, "clip_timestamps", tuple(float(t) for t in self.clip_timestamps))
+        if self.clip_timestamps is not None:
+            if self.mode != "sequential":
+                raise ValueError("clip_timestamps applies to sequential long-form (the reference's seek loop)")
+            if any(t < 0 for t in self.clip_timestamps):
+                raise ValueError(f"clip_timestamps must be >= 0 seconds, got {self.clip_timestamps}")
         if not 0 <= self.chunk_stride_s < CHUNK_LENGTH / 2:
             raise ValueError(f"chunk stride must be in [0, {CHUNK_LENGTH / 2}) s, got {self.chunk_stride_s}")
 
@@ -183,7 +196,11 @@ class SequentialFile(FileJob):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.seek = 0
+        self.clips = seek_clips(self.long_form.clip_timestamps, self.audio.audio_frames)
+        self.clip = 0  # the clip being decoded
+        self.seek = self.clips[0][0] if self.clips else 0
+        self.requested = 0
+        self._enter_clip()
         prompt = self.long_form.initial_prompt
         self.initial = self.tokenizer.encode(" " + prompt.strip()) if prompt else []
         self.all_tokens = list(self.initial)
@@ -191,9 +208,21 @@ class SequentialFile(FileJob):
         self.last_speech = 0.0  # end of the last word heard (word timestamps)
         self.waiting = False  # a request is out
 
+    def _enter_clip(self) -> None:
+        """Move `seek` into the current clip, or on to the next clip once this one is done
+        (the reference's loop over `seek_clips`)."""
+        while self.clip < len(self.clips):
+            start, end = self.clips[self.clip]
+            self.seek = max(self.seek, start)
+            if self.seek < end:
+                return
+            self.clip += 1
+            if self.clip < len(self.clips):
+                self.seek = self.clips[self.clip][0]
+
     @property
     def done(self) -> bool:
-        return self.silent or self.seek >= self.audio.audio_frames
+        return self.silent or self.clip >= len(self.clips)
 
     def _previous(self) -> list[int]:
         if self.long_form.carry_initial_prompt:
@@ -206,9 +235,10 @@ class SequentialFile(FileJob):
         if self.done or self.waiting:
             return []
         self.waiting = True
-        audio_frames = min(N_FRAMES, self.audio.audio_frames - self.seek)
+        audio_frames = min(N_FRAMES, self.audio.audio_frames - self.seek, self.clips[self.clip][1] - self.seek)
+        self.requested += 1
         return [WindowRequest(self, None, self.seek, audio_frames, self.log_mel_max,
-                              self.start_prompt(self._previous(), first=self.seek == 0))]
+                              self.start_prompt(self._previous(), first=self.requested == 1))]
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
         self.waiting = False
@@ -216,6 +246,7 @@ class SequentialFile(FileJob):
         segment_size = request.audio_frames
         if is_silence(window, self.options):
             self.seek += segment_size
+            self._enter_clip()
             return
         offset = self.seek * HOP_LENGTH / SAMPLE_RATE
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
@@ -233,6 +264,7 @@ class SequentialFile(FileJob):
         self.all_tokens += [t for s in kept for t in s.tokens]
         if not self.long_form.condition_on_previous_text or window.temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)
+        self._enter_clip()
 
 
     def _add_words(self, segments: list[Segment], window: DecodedWindow, offset: float, single_ending: bool) -> None:
@@ -314,6 +346,15 @@ class ChunkedFile(FileJob):
     @property
     def done(self) -> bool:
         return not self.open
+
+
+def seek_clips(clip_timestamps: Optional[Sequence[float]], audio_frames: int) -> list[tuple[int, int]]:
+    """[(first frame, end frame)] to decode, as the reference turns `clip_timestamps` into
+    `seek_clips`: seconds to frames, pairs, an odd last start running to the end."""
+    points = [round(t * FRAMES_PER_SECOND) for t in (clip_timestamps or ())] or [0]
+    if len(points) % 2:
+        points.append(audio_frames)
+    return list(zip(points[::2], points[1::2]))
 
 
 def chunk_starts(audio_frames: int, stride_s: float) -> list[int]:

@@ -61,6 +61,9 @@ class TranscribeOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.vad is not None and self.long_form.clip_timestamps is not None:
+            raise ValueError("clip_timestamps name spans of the file; with vad the decoder sees only its speech: "
+                             "use one or the other")
         if self.chunked and self.decode.rules.without_timestamps:
             logging.warning("chunked long-form without timestamps cannot continue a chunk whose window stops "
                             "early: that chunk's remaining speech is lost (see README, 'Long files')")

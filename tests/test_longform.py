@@ -219,3 +219,36 @@ def test_chunked_without_timestamps_warns(caplog):
         assert not [r for r in caplog.records if "without timestamps" in r.getMessage()]
         TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True)
     assert [r for r in caplog.records if "chunked long-form without timestamps" in r.getMessage()]
+
+
+def test_seek_clips_follow_the_reference():
+    from whisper_nnx.engine.longform import seek_clips
+
+    assert seek_clips(None, 5000) == [(0, 5000)]
+    assert seek_clips((), 5000) == [(0, 5000)]
+    assert seek_clips((1.0, 2.5, 10.0), 5000) == [(100, 250), (1000, 5000)]
+    from whisper_nnx.engine.options import TranscribeOptions
+
+    assert TranscribeOptions.from_kwargs(clip_timestamps="3,4.5").long_form.clip_timestamps == (3.0, 4.5)
+    with pytest.raises(ValueError, match="sequential"):
+        TranscribeOptions.from_kwargs(clip_timestamps="3,4", long_form="chunked")
+    with pytest.raises(ValueError, match="vad"):
+        TranscribeOptions.from_kwargs(clip_timestamps="3,4", vad=True)
+
+
+@pytest.mark.slow
+def test_clip_timestamps_equal_the_reference(tiny):
+    """Only the given spans of the recording (one ending mid-window, one running to the end),
+    through the reference's transcribe(clip_timestamps=...) and ours: the same segments."""
+    audio = load_audio(LECTURE / "lecture.ogg")
+    checkpoint = read_checkpoint(tiny.checkpoint_path)
+    torch.set_num_threads(2)
+    clips = "12.5,47,150"
+    ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
+                             temperature=0.0, fp16=False, clip_timestamps=clips)
+    ours = tiny.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, clip_timestamps=clips))[0]
+    expected = [(s["start"], s["end"], s["text"]) for s in ref["segments"] if s["text"]]
+    got = [(s["start"], s["end"], s["text"]) for s in ours["segments"]]
+    assert [g[2] for g in got] == [e[2] for e in expected] and len(got) >= 5
+    assert max(abs(g[i] - e[i]) for g, e in zip(got, expected) for i in (0, 1)) < 0.021
+    assert got[0][0] >= 12.5 - 0.021 and all(not (47 + 0.5 < g[0] < 150 - 0.5) for g in got)
