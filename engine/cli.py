@@ -291,6 +291,7 @@ def transcribe_options(args: argparse.Namespace):
         prefix=args.prefix, hotwords=args.hotwords, carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
         vad_threshold=args.vad_threshold, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, clip_timestamps=args.clip_timestamps,
+        hallucination_silence_threshold=args.hallucination_silence_threshold,
         spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
         **({} if args.vad_min_silence_ms is None else {"vad_min_silence_ms": args.vad_min_silence_ms}))
 
@@ -403,6 +404,9 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
                         "carries on); chunked, every chunk (chunks decode in parallel, without text before them)")
     g.add_argument("--carry-initial-prompt", action="store_true",
                    help="sequential: keep the initial prompt at the head of every window's prompt")
+    g.add_argument("--hallucination-silence-threshold", type=float, default=None, metavar="SECONDS",
+                   help="sequential with --word-timestamps: drop a likely hallucination between silences longer "
+                        "than this and skip the silence around it (the reference's option; default off)")
     g.add_argument("--clip-timestamps", default=None, metavar="START,END,...",
                    help="sequential: transcribe only these spans, in seconds (the reference's option; a last "
                         "start without an end runs to the end of the file)")

@@ -27,6 +27,7 @@ from .decode.options import DecodeOptions
 from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import DecodedWindow, initial_tokens, is_silence
 from .features import centred_signal, total_frames, window_samples
+from .hallucination import skip_hallucinations, words_end
 from .segments import Segment, split_segments
 from .stitching import stitch_chunks
 from .words import assign_words, word_timings
@@ -49,6 +50,9 @@ class LongFormOptions:
     # sequential: only these spans, as the reference's clip_timestamps: "start,end,start,end,..."
     # seconds (a last start without an end runs to the end of the file); None: the whole file
     clip_timestamps: Optional[tuple[float, ...]] = None
+    # sequential, with word timestamps: drop a likely hallucination between silences longer than
+    # this (seconds) and skip the silence around it (the reference's option); None: off
+    hallucination_silence_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "chunked"):
@@ -63,6 +67,12 @@ class LongFormOptions:
                 raise ValueError("clip_timestamps applies to sequential long-form (the reference's seek loop)")
             if any(t < 0 for t in self.clip_timestamps):
                 raise ValueError(f"clip_timestamps must be >= 0 seconds, got {self.clip_timestamps}")
+        if self.hallucination_silence_threshold is not None:
+            if self.mode != "sequential" or not self.word_timestamps:
+                raise ValueError("hallucination_silence_threshold needs sequential long-form with word timestamps "
+                                 "(as in the reference)")
+            if self.hallucination_silence_threshold < 0:
+                raise ValueError("hallucination_silence_threshold must be >= 0 seconds")
         if not 0 <= self.chunk_stride_s < CHUNK_LENGTH / 2:
             raise ValueError(f"chunk stride must be in [0, {CHUNK_LENGTH / 2}) s, got {self.chunk_stride_s}")
 
@@ -258,7 +268,21 @@ class SequentialFile(FileJob):
         else:
             self.seek += segment_size
         if self.long_form.word_timestamps and window.alignment is not None and segments:
+            heard_before = self.last_speech
             self._add_words(segments, window, offset, _single_ending(tokens, ts_begin))
+            threshold = self.long_form.hallucination_silence_threshold
+            if threshold is not None:
+                self.seek, checked = skip_hallucinations(
+                    segments, threshold=threshold, seek=self.seek, window_frame=request.frame,
+                    segment_frames=segment_size, single_ending=_single_ending(tokens, ts_begin),
+                    last_speech=heard_before, content_frames=self.audio.audio_frames)
+                if checked is None:  # a leading hallucination: the window is skipped altogether
+                    self.last_speech = heard_before
+                    self._enter_clip()
+                    return
+                segments = checked
+                end = words_end(segments)
+                self.last_speech = heard_before if end is None else end
         kept = [s for s in segments if s.start != s.end and s.text.strip()]
         self.segments += kept
         self.all_tokens += [t for s in kept for t in s.tokens]

@@ -118,3 +118,29 @@ def test_chunked_word_timestamps_agree_with_sequential(setup, data_dir):
     assert starts == sorted(starts)
     assert all(s["start"] <= w["start"] and w["end"] <= s["end"] for s in chunked["segments"] for w in s["words"])
     assert chunked["text"] == "".join(s["text"] for s in chunked["segments"]).strip()
+
+
+@pytest.mark.slow
+def test_hallucination_silence_threshold_equals_the_reference(setup, data_dir):
+    """Speech, 90 s of digital silence, speech, 60 s of faint noise (where tiny hears a sentence
+    twice that nobody said), speech: the reference's transcribe(word_timestamps=True,
+    hallucination_silence_threshold=2) and ours give the same segments, and the option removes
+    the made-up ones a plain run keeps."""
+    ours, ref, _ = setup
+    joe, keys = load_audio(data_dir / "sample_joe.flac"), load_audio(data_dir / "corpus" / "joe_keys.flac")
+    noise = (np.random.default_rng(1).standard_normal(60 * 16000) * 3e-3).astype(np.float32)
+    recording = np.concatenate([joe, np.zeros(90 * 16000, np.float32), keys, noise, joe])
+    noise_span = ((joe.size + 90 * 16000 + keys.size) / 16000 + 0.5, (recording.size - joe.size) / 16000 - 1.0)
+    kwargs = dict(temperature=0.0, word_timestamps=True)
+    expected = whisper.transcribe(ref, recording, language="en", fp16=False, hallucination_silence_threshold=2.0,
+                                  **kwargs)
+    got = ours.transcribe([recording], TranscribeOptions.from_kwargs(hallucination_silence_threshold=2.0,
+                                                                     **kwargs))[0]
+    plain = ours.transcribe([recording], TranscribeOptions.from_kwargs(**kwargs))[0]
+    want = [(s["start"], s["end"], s["text"]) for s in expected["segments"] if s["text"]]
+    have = [(s["start"], s["end"], s["text"]) for s in got["segments"]]
+    assert [h[2] for h in have] == [w[2] for w in want]
+    assert max(abs(h[i] - w[i]) for h, w in zip(have, want) for i in (0, 1)) < 0.021
+    in_noise = [s for s in plain["segments"] if noise_span[0] < s["start"] < noise_span[1]]
+    assert in_noise and len(plain["segments"]) == len(have) + len(in_noise)
+    assert not [h for h in have if noise_span[0] < h[0] < noise_span[1]]

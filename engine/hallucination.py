@@ -1,0 +1,95 @@
+"""The reference's `hallucination_silence_threshold` (sequential long-form with word timestamps):
+a segment whose words look made up (improbable, or implausibly short or long) and that sits
+between silences longer than the threshold is dropped, and the seek loop skips the silence
+around it, as `whisper.transcribe` does.
+
+    segments of one window (with words) -> skip_hallucinations -> (next seek, segments kept,
+                                                                   or None: skip the window)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from .segments import Segment
+
+PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"  # words that are only these do not count
+
+
+def word_anomaly_score(word: dict) -> float:
+    """How unlike a spoken word it is: improbable, shorter than 0.133 s, or longer than 2 s."""
+    probability = word.get("probability", 0.0)
+    duration = word["end"] - word["start"]
+    score = 0.0
+    if probability < 0.15:
+        score += 1.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def is_segment_anomaly(segment: Optional[Segment]) -> bool:
+    """Whether the first 8 words of `segment` (punctuation aside) look like a hallucination."""
+    if segment is None or not segment.words:
+        return False
+    words = [w for w in segment.words if w["word"] not in PUNCTUATION][:8]
+    score = sum(word_anomaly_score(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def next_words_segment(segments: Sequence[Segment]) -> Optional[Segment]:
+    return next((s for s in segments if s.words), None)
+
+
+def words_end(segments: Sequence[Segment]) -> Optional[float]:
+    """End of the last word of `segments`, None when they hold no words."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s.words)), None)
+
+
+def skip_hallucinations(segments: list[Segment], *, threshold: float, seek: int, window_frame: int,
+                        segment_frames: int, single_ending: bool, last_speech: float,
+                        content_frames: int) -> tuple[int, Optional[list[Segment]]]:
+    """The window's next seek and the segments to keep (None: drop the whole window and seek
+    past the silence before its first, anomalous segment).
+
+    `seek` is where the loop would go on without this rule, `window_frame` the window's first
+    frame, `segment_frames` the frames of file it decoded, `last_speech` the end of the last word
+    heard before it, `content_frames` the file's frames (all in 10 ms mel frames)."""
+    time_offset = window_frame * HOP_LENGTH / SAMPLE_RATE
+    window_end_time = (window_frame + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE
+    segment_duration = segment_frames * HOP_LENGTH / SAMPLE_RATE
+    content_duration = content_frames * HOP_LENGTH / SAMPLE_RATE
+    if not single_ending:
+        last_word_end = words_end(segments)
+        if last_word_end is not None and last_word_end > time_offset:
+            remaining = window_end_time - last_word_end
+            seek = round(last_word_end * FRAMES_PER_SECOND) if remaining > threshold else window_frame + segment_frames
+
+    first = next_words_segment(segments)
+    if first is not None and is_segment_anomaly(first):  # skip the silence before a leading hallucination
+        gap = first.start - time_offset
+        if gap > threshold:
+            return window_frame + round(gap * FRAMES_PER_SECOND), None
+
+    # Drop a hallucination surrounded by silence (or more hallucinations), and what follows it.
+    last_end = last_speech
+    for i, segment in enumerate(segments):
+        if not segment.words:
+            continue
+        if is_segment_anomaly(segment):
+            after = next_words_segment(segments[i + 1:])
+            next_start = after.words[0]["start"] if after is not None else time_offset + segment_duration
+            silence_before = (segment.start - last_end > threshold or segment.start < threshold
+                              or segment.start - time_offset < 2.0)
+            silence_after = (next_start - segment.end > threshold or is_segment_anomaly(after)
+                             or window_end_time - segment.end < 2.0)
+            if silence_before and silence_after:
+                seek = round(max(time_offset + 1, segment.start) * FRAMES_PER_SECOND)
+                if content_duration - segment.end < threshold:
+                    seek = content_frames
+                return seek, segments[:i]
+        last_end = segment.end
+    return seek, segments
