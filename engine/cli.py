@@ -292,6 +292,8 @@ def transcribe_options(args: argparse.Namespace):
         vad_threshold=args.vad_threshold, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, clip_timestamps=args.clip_timestamps,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
+        language_detection_segments=args.language_detection_segments,
+        language_detection_threshold=args.language_detection_threshold,
         spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
         **({} if args.vad_min_silence_ms is None else {"vad_min_silence_ms": args.vad_min_silence_ms}))
 
@@ -368,6 +370,11 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
 def _decoding_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("decoding")
     g.add_argument("--language", default="auto", help="auto (detect) or a code such as en, de")
+    g.add_argument("--language-detection-segments", type=int, default=1, metavar="N",
+                   help="auto: detect on up to N 30 s windows from the start (the first above the threshold "
+                        "decides, else the majority; faster-whisper's option; 1: the first window, as the reference)")
+    g.add_argument("--language-detection-threshold", type=float, default=0.5, metavar="P",
+                   help="auto: a window decides the language when its top probability exceeds this")
     g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--beam-size", type=int, default=5, help="beams at temperature 0; 0 or 1: greedy-like")

@@ -52,6 +52,11 @@ class TranscribeOptions:
     """How a whole run transcribes its inputs: the run's own fields plus one of each concern."""
 
     language: Optional[str] = None  # None: detect per input (multilingual models)
+    # Detection over up to this many 30 s windows from the start of a file: the first whose
+    # top language is more likely than the threshold decides, else the language most windows
+    # found (faster-whisper's language_detection_segments / _threshold; 1: the first window only)
+    language_detection_segments: int = 1
+    language_detection_threshold: float = 0.5
     batch_size: int = 8  # windows decoded together (from one file or many)
     decode: DecodeOptions = DecodeOptions()
     long_form: LongFormOptions = LongFormOptions()
@@ -61,6 +66,8 @@ class TranscribeOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.language_detection_segments < 1 or not 0 <= self.language_detection_threshold <= 1:
+            raise ValueError("language_detection_segments must be >= 1 and language_detection_threshold in [0, 1]")
         if self.vad is not None and self.long_form.clip_timestamps is not None:
             raise ValueError("clip_timestamps name spans of the file; with vad the decoder sees only its speech: "
                              "use one or the other")
@@ -87,7 +94,7 @@ class TranscribeOptions:
         concerns = {"long_form": LongFormOptions, "reading": ReadOptions}
         decode_names = {f.name for kind in DECODE_CONCERNS.values() for f in dataclasses.fields(kind)} | {"task"}
         decode = {name: flat.pop(name) for name in list(flat) if name in decode_names}
-        own = ("language", "batch_size")
+        own = ("language", "batch_size", "language_detection_segments", "language_detection_threshold")
         kwargs = route(flat, own=own, concerns=concerns, where="TranscribeOptions")
         kwargs["decode"] = DecodeOptions.from_kwargs(**decode)
         kwargs["long_form"] = dataclasses.replace(kwargs.get("long_form", LongFormOptions()),

@@ -56,6 +56,21 @@ def detect_languages(generator: Generator, tokenizer: Tokenizer, mel: jax.Array,
     return [(codes[int(row.argmax())], {c: float(p) for c, p in zip(codes, row)}) for row in probs]
 
 
+def choose_language(windows: list[tuple[str, dict[str, float]]], threshold: float) -> tuple[str, dict[str, float]]:
+    """A file's language from its windows' detections, in order, as faster-whisper decides: the
+    first window whose top language is more likely than `threshold`, else the language that
+    most windows put first (ties: the one found first), with the probabilities of its most
+    confident window."""
+    for code, probs in windows:
+        if probs[code] > threshold:
+            return code, probs
+    votes: dict[str, list[dict[str, float]]] = {}
+    for code, probs in windows:
+        votes.setdefault(code, []).append(probs)
+    code = max(votes, key=lambda c: len(votes[c]))
+    return code, max(votes[code], key=lambda probs: probs[code])
+
+
 @dataclasses.dataclass
 class _Framed:
     """A file as its job will see it."""
@@ -157,8 +172,9 @@ class WindowPipeline:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def _file_languages(self, audios: list, log_mel_maxes: list[float]) -> list[tuple[str, Optional[dict]]]:
-        """Per file (language, probabilities or None): detected on the file's first 30 s as the
-        reference does, unless the model is English-only or the options fix the language."""
+        """Per file (language, probabilities or None), unless the model is English-only or the
+        options fix the language: detected on the file's first 30 s as the reference does, or
+        over its first `language_detection_segments` windows (`choose_language`)."""
         options = self.options
         if not self.tokenizer.multilingual:
             return [("en", None)] * len(audios)
@@ -167,11 +183,22 @@ class WindowPipeline:
         # Every process makes the same detection calls (some with no rows).
         if multihost.global_max(len(audios)) == 0:
             return []
-        samples = np.stack([a.window(0) for a in audios]) if audios else np.zeros((0, WINDOW_SAMPLES), np.float32)
-        mel = self._window_mel(samples, np.full(len(audios), N_FRAMES, np.int32), np.asarray(log_mel_maxes, np.float32))
-        found = detect_languages(self.generator, self.tokenizer, mel, len(audios))
-        top5 = lambda probs: dict(sorted(probs.items(), key=lambda kv: -kv[1])[:5])
-        return [(code, {k: round(v, 4) for k, v in top5(probs).items()}) for code, probs in found]
+        starts = [list(range(0, max(a.audio_frames, 1), N_FRAMES))[:options.language_detection_segments]
+                  for a in audios]
+        rows = [(f, start) for f, file_starts in enumerate(starts) for start in file_starts]
+        samples = np.stack([audios[f].window(start) for f, start in rows]) if rows else \
+            np.zeros((0, WINDOW_SAMPLES), np.float32)
+        # The first window as the reference frames it (its whole 3000 frames); later ones up to the end.
+        frames = np.asarray([N_FRAMES if start == 0 else min(N_FRAMES, audios[f].audio_frames - start)
+                             for f, start in rows], np.int32)
+        mel = self._window_mel(samples, frames, np.asarray([log_mel_maxes[f] for f, _ in rows], np.float32))
+        found = iter(detect_languages(self.generator, self.tokenizer, mel, len(rows)))
+        top5 = lambda probs: {k: round(v, 4) for k, v in sorted(probs.items(), key=lambda kv: -kv[1])[:5]}  # noqa: E731
+        out = []
+        for file_starts in starts:
+            code, probs = choose_language([next(found) for _ in file_starts], options.language_detection_threshold)
+            out.append((code, top5(probs)))
+        return out
 
     def _window_mel(self, samples: np.ndarray, audio_frames: np.ndarray, log_mel_max: np.ndarray) -> jax.Array:
         """Long-form windows: samples [B, WINDOW_SAMPLES] -> log-mel [B', M, 3000], B' = B bucketed

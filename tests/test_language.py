@@ -31,3 +31,31 @@ def test_detected_languages_and_probabilities_match_the_reference(data_dir, tran
         top = sorted(probs.items(), key=lambda kv: -kv[1])[:5]
         assert list(record["language_probs"]) == [code for code, _ in top]
         assert max(abs(record["language_probs"][code] - p) for code, p in top) < 1e-3
+
+
+def test_choose_language_follows_faster_whisper():
+    from whisper_nnx.engine.windows import choose_language
+
+    en, de, nn = ({"en": 0.7, "de": 0.2, "nn": 0.1}, {"de": 0.9, "en": 0.05, "nn": 0.05},
+                  {"nn": 0.4, "en": 0.35, "de": 0.25})
+    assert choose_language([("nn", nn), ("de", de), ("en", en)], 0.5) == ("de", de)  # the first confident window
+    weak_de, weaker_de = {"de": 0.45, "en": 0.3, "nn": 0.25}, {"de": 0.41, "en": 0.3, "nn": 0.29}
+    assert choose_language([("nn", nn), ("de", weaker_de), ("de", weak_de)], 0.5) == ("de", weak_de)  # majority
+    assert choose_language([("nn", nn), ("de", weak_de)], 0.5) == ("nn", nn)  # a tie: the first found
+    assert choose_language([("en", en)], 0.9) == ("en", en)  # one window decides, confident or not
+
+
+@pytest.mark.slow
+def test_detection_over_several_windows_finds_speech_after_a_quiet_start(data_dir):
+    """31 s of faint noise, then German: the first window alone picks a wrong language; with
+    three windows the second one (German, confident) decides."""
+    from whisper_nnx.engine.transcribe import TranscribeOptions
+
+    ours = Transcriber("base")
+    german = load_audio(data_dir / "sample_german.flac")
+    noise = (np.random.default_rng(2).standard_normal(31 * 16000) * 2e-3).astype(np.float32)
+    recording = np.concatenate([noise, german, german])
+    first, several = (ours.transcribe([recording], TranscribeOptions.from_kwargs(
+        temperature=0.0, language_detection_segments=n))[0] for n in (1, 3))
+    assert first["language"] != "de"
+    assert several["language"] == "de" and several["language_probs"]["de"] > 0.5
