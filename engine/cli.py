@@ -293,7 +293,7 @@ def transcribe_options(args: argparse.Namespace):
         no_repeat_ngram_size=args.no_repeat_ngram_size, clip_timestamps=args.clip_timestamps,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
         language_detection_segments=args.language_detection_segments,
-        language_detection_threshold=args.language_detection_threshold,
+        language_detection_threshold=args.language_detection_threshold, language_per_window=args.language_per_window,
         spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
         **({} if args.vad_min_silence_ms is None else {"vad_min_silence_ms": args.vad_min_silence_ms}))
 
@@ -373,6 +373,9 @@ def _decoding_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--language-detection-segments", type=int, default=1, metavar="N",
                    help="auto: detect on up to N 30 s windows from the start (the first above the threshold "
                         "decides, else the majority; faster-whisper's option; 1: the first window, as the reference)")
+    g.add_argument("--language-per-window", action="store_true",
+                   help="auto, sequential: detect the language of every window and decode it in that language "
+                        "(files that switch languages); each segment records its language")
     g.add_argument("--language-detection-threshold", type=float, default=0.5, metavar="P",
                    help="auto: a window decides the language when its top probability exceeds this")
     g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])

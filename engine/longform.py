@@ -89,6 +89,7 @@ class WindowRequest:
     audio_frames: int  # frames of the window that hold the file (the rest decode as mel zeros)
     log_mel_max: float  # the file's (or chunk's) max log10 mel power: the -8 floor is taken from it
     prompt: list[int]  # [<|startofprev|> ...] + start sequence (+ prefix)
+    language: Optional[str] = None  # detected for this window (language per window): its prompt says so
 
 
 @dataclasses.dataclass
@@ -210,6 +211,7 @@ class SequentialFile(FileJob):
         self.clip = 0  # the clip being decoded
         self.seek = self.clips[0][0] if self.clips else 0
         self.requested = 0
+        self.detect_each_window = False  # set by the window work for language per window
         self._enter_clip()
         prompt = self.long_form.initial_prompt
         self.initial = self.tokenizer.encode(" " + prompt.strip()) if prompt else []
@@ -261,6 +263,8 @@ class SequentialFile(FileJob):
         offset = self.seek * HOP_LENGTH / SAMPLE_RATE
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
         segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
+        for s in segments:
+            s.language = request.language
         cut = _cut_at(tokens, ts_begin)
         if cut is not None:
             # Resume at the last complete timestamp pair: the text after it is decoded again.

@@ -57,6 +57,9 @@ class TranscribeOptions:
     # found (faster-whisper's language_detection_segments / _threshold; 1: the first window only)
     language_detection_segments: int = 1
     language_detection_threshold: float = 0.5
+    # sequential, multilingual, detected language: detect again on every window and decode it in
+    # the language found there (a file that switches languages); each segment records its own
+    language_per_window: bool = False
     batch_size: int = 8  # windows decoded together (from one file or many)
     decode: DecodeOptions = DecodeOptions()
     long_form: LongFormOptions = LongFormOptions()
@@ -68,6 +71,9 @@ class TranscribeOptions:
             raise ValueError("batch_size must be >= 1")
         if self.language_detection_segments < 1 or not 0 <= self.language_detection_threshold <= 1:
             raise ValueError("language_detection_segments must be >= 1 and language_detection_threshold in [0, 1]")
+        if self.language_per_window and (self.language is not None or self.chunked):
+            raise ValueError("language_per_window detects each window's language in sequential long-form: "
+                             "it needs the language detected (no language given) and sequential mode")
         if self.vad is not None and self.long_form.clip_timestamps is not None:
             raise ValueError("clip_timestamps name spans of the file; with vad the decoder sees only its speech: "
                              "use one or the other")
@@ -94,7 +100,8 @@ class TranscribeOptions:
         concerns = {"long_form": LongFormOptions, "reading": ReadOptions}
         decode_names = {f.name for kind in DECODE_CONCERNS.values() for f in dataclasses.fields(kind)} | {"task"}
         decode = {name: flat.pop(name) for name in list(flat) if name in decode_names}
-        own = ("language", "batch_size", "language_detection_segments", "language_detection_threshold")
+        own = ("language", "batch_size", "language_detection_segments", "language_detection_threshold",
+               "language_per_window")
         kwargs = route(flat, own=own, concerns=concerns, where="TranscribeOptions")
         kwargs["decode"] = DecodeOptions.from_kwargs(**decode)
         kwargs["long_form"] = dataclasses.replace(kwargs.get("long_form", LongFormOptions()),

@@ -7,6 +7,7 @@ timestamp (no closing pair) still ends its last segment there.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from .audio import TIME_PRECISION
 from .decode.tokenizer import Tokenizer
@@ -20,10 +21,13 @@ class Segment:
     tokens: list[int]
     stats: dict = dataclasses.field(default_factory=dict)  # of the window it came from
     words: list[dict] = dataclasses.field(default_factory=list)  # {word, start, end, probability}
+    language: Optional[str] = None  # detected for its window (language per window), else None
 
     def to_json(self) -> dict:
         out = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
                **{k: round(v, 4) for k, v in self.stats.items()}}
+        if self.language is not None:
+            out["language"] = self.language
         if self.words:
             out["words"] = [{**w, "probability": round(w["probability"], 4)} for w in self.words]
         return out

@@ -156,6 +156,7 @@ class WindowPipeline:
             job = ChunkedFile(*args, chunk_log_mel_max=chunk_log_mel_max, chunks=framed.plan)
         else:
             job = SequentialFile(*args, file_time=framed.file_time)
+            job.detect_each_window = self.options.language_per_window and self.tokenizer.multilingual
         return job, code, probs
 
     def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
@@ -223,12 +224,32 @@ class WindowPipeline:
         prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
         options = self.options
         mel = self._window_mel(samples, audio_frames, log_mel_max)  # bucketed: the decoder takes len(prompts)
+        prompts = self._window_languages(mel, requests, prompts)
         tokenizer = self.tokenizer.with_language(options.language or "en", options.decode.task) \
             if self.tokenizer.multilingual else self.tokenizer
         windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
         if options.long_form.word_timestamps:
             self._align_words(mel, windows, audio_frames[:len(prompts)], prompts)
         return windows
+
+    def _window_languages(self, mel: jax.Array, requests: list[WindowRequest], prompts: list) -> list:
+        """Language per window: the rows of jobs that ask for it get the language detected on
+        their own window, written into their prompt (the token after <|startoftranscript|>)."""
+        rows = [i for i, r in enumerate(requests) if getattr(r.job, "detect_each_window", False)]
+        if multihost.global_max(len(rows)) == 0:  # every process makes the same calls
+            return prompts
+        index = np.zeros((lockstep_rows(len(rows), 1),), np.int32)
+        index[:len(rows)] = rows
+        found = detect_languages(self.generator, self.tokenizer, mel[index], len(rows))
+        prompts = list(prompts)
+        sot = self.tokenizer.sot
+        for row, (code, _) in zip(rows, found):
+            prompt = list(prompts[row])
+            at = len(prompt) - 1 - prompt[::-1].index(sot)  # the start sequence's <|startoftranscript|>
+            prompt[at + 1] = self.tokenizer.to_language_token(code)
+            prompts[row] = requests[row].prompt = prompt
+            requests[row].language = code
+        return prompts
 
     def _align_words(self, mel: jax.Array, windows: list, audio_frames: np.ndarray,
                      prompts: list[list[int]]) -> None:

@@ -59,3 +59,24 @@ def test_detection_over_several_windows_finds_speech_after_a_quiet_start(data_di
         temperature=0.0, language_detection_segments=n))[0] for n in (1, 3))
     assert first["language"] != "de"
     assert several["language"] == "de" and several["language_probs"]["de"] > 0.5
+
+
+@pytest.mark.slow
+def test_language_per_window_follows_a_file_that_switches_language(data_dir):
+    """42 s of English, then 34 s of German: with language per window the windows are decoded
+    in the language found on each, and every segment records it (English first, German last)."""
+    import glob
+
+    ours = Transcriber("base")
+    gap = np.zeros(8000, np.float32)
+    english = [load_audio(f) for f in sorted(glob.glob(str(data_dir / "corpus" / "joe_*.flac")))[:6]]
+    german = load_audio(data_dir / "sample_german.flac")
+    recording = np.concatenate([x for clip in english for x in (clip, gap)] + [gap] + [german, gap] * 6)
+    got = ours.transcribe([recording], TranscribeOptions.from_kwargs(temperature=0.0, language_per_window=True))[0]
+    languages = [s["language"] for s in got["segments"]]
+    assert got["language"] == "en" and languages[0] == "en" and languages[-1] == "de"
+    first_german = languages.index("de")
+    assert languages[first_german:] == ["de"] * (len(languages) - first_german)  # no switch back
+    assert all("Morgen" in s["text"] for s in got["segments"][first_german:])
+    with pytest.raises(ValueError, match="language_per_window"):
+        TranscribeOptions.from_kwargs(language="de", language_per_window=True)
