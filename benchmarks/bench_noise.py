@@ -9,8 +9,9 @@ noise, babble (six of the test corpus's clips reversed and overlaid: speech-like
 silence with faint noise bursts; 5-30 s each. Every file should give no words.
 
 Settings (each tool's defaults where not named): ours, the CLI as a user runs it (sequential,
-beam 5, temperature fallback) plain, with `--vad`, and with `--word-timestamps
---hallucination-silence-threshold 2`; openai-whisper's `transcribe` with its CLI's defaults
+beam 5, temperature fallback) plain, with `--vad`, with `--word-timestamps
+--hallucination-silence-threshold 2`, and with the opt-in `--hallucination-filter` (with and
+without `--vad`); openai-whisper's `transcribe` with its CLI's defaults
 (beam 5, best of 5, fallback) plain and with `hallucination_silence_threshold=2` (and word
 timestamps); faster-whisper's `transcribe` (int8, beam 5) plain and with `vad_filter=True`.
 The table counts words per file and in total; a JSON record keeps every text.
@@ -139,6 +140,8 @@ def main(argv=None) -> None:
         "ours --vad": lambda: run_ours(files, ["--vad"], env),
         "ours --hallucination-silence-threshold 2": lambda: run_ours(
             files, ["--word-timestamps", "--hallucination-silence-threshold", "2"], env),
+        "ours --hallucination-filter": lambda: run_ours(files, ["--hallucination-filter"], env),
+        "ours --vad --hallucination-filter": lambda: run_ours(files, ["--vad", "--hallucination-filter"], env),
         "openai-whisper": lambda: run_openai(files, checkpoint),
         "openai-whisper hallucination_silence_threshold=2": lambda: run_openai(
             files, checkpoint, word_timestamps=True, hallucination_silence_threshold=2.0),

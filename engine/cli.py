@@ -292,6 +292,7 @@ def transcribe_options(args: argparse.Namespace):
         vad_threshold=args.vad_threshold, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, clip_timestamps=args.clip_timestamps,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
+        hallucination_filter=args.hallucination_filter,
         language_detection_segments=args.language_detection_segments,
         language_detection_threshold=args.language_detection_threshold, language_per_window=args.language_per_window,
         spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
@@ -417,6 +418,10 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hallucination-silence-threshold", type=float, default=None, metavar="SECONDS",
                    help="sequential with --word-timestamps: drop a likely hallucination between silences longer "
                         "than this and skip the silence around it (the reference's option; default off)")
+    g.add_argument("--hallucination-filter", action="store_true",
+                   help="drop segments that match known hallucination patterns (improbable or repetitive at every "
+                        "fallback temperature, text over likely non-speech, one phrase repeated) from the text; "
+                        "the record keeps them in dropped_segments with the reason")
     g.add_argument("--clip-timestamps", default=None, metavar="START,END,...",
                    help="sequential: transcribe only these spans, in seconds (the reference's option; a last "
                         "start without an end runs to the end of the file)")

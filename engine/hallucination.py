@@ -93,3 +93,33 @@ def skip_hallucinations(segments: list[Segment], *, threshold: float, seek: int,
                 return seek, segments[:i]
         last_end = segment.end
     return seek, segments
+
+
+# --- the opt-in output filter (`--hallucination-filter`) ---------------------------------------
+
+def repeated_ngram(text: str, longest: int = 4, times: int = 3) -> bool:
+    """The text's words are one n-gram (n <= `longest`) said `times` or more times over."""
+    words = ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
+    words = [w for w in words if w]
+    for n in range(1, longest + 1):
+        if len(words) >= n * times and len(words) % n == 0 and words == words[:n] * (len(words) // n):
+            return True
+    return False
+
+
+def suspect_reason(segment: Segment, logprob_threshold: Optional[float], no_speech_threshold: Optional[float],
+                   compression_ratio_threshold: Optional[float]) -> Optional[str]:
+    """Why a segment looks like a known hallucination pattern, None when it does not: its window
+    stayed improbable or repetitive at every fallback temperature, the model itself gave the
+    window more chance of holding no speech than the no-speech threshold, or its words are one
+    short phrase repeated."""
+    stats = segment.stats
+    if logprob_threshold is not None and stats.get("avg_logprob", 0.0) < logprob_threshold:
+        return "improbable at every fallback temperature"
+    if compression_ratio_threshold is not None and stats.get("compression_ratio", 0.0) > compression_ratio_threshold:
+        return "repetitive at every fallback temperature"
+    if no_speech_threshold is not None and stats.get("no_speech_prob", 0.0) > no_speech_threshold:
+        return "text over likely non-speech"
+    if repeated_ngram(segment.text):
+        return "repeated n-gram"
+    return None

@@ -27,7 +27,7 @@ from .decode.options import DecodeOptions
 from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import DecodedWindow, initial_tokens, is_silence
 from .features import centred_signal, total_frames, window_samples
-from .hallucination import skip_hallucinations, words_end
+from .hallucination import skip_hallucinations, suspect_reason, words_end
 from .segments import Segment, split_segments
 from .stitching import stitch_chunks
 from .words import assign_words, word_timings
@@ -53,6 +53,9 @@ class LongFormOptions:
     # sequential, with word timestamps: drop a likely hallucination between silences longer than
     # this (seconds) and skip the silence around it (the reference's option); None: off
     hallucination_silence_threshold: Optional[float] = None
+    # drop segments that match known hallucination patterns (hallucination.suspect_reason) from
+    # the text, keeping them in the record's `dropped_segments` with the reason; off by default
+    hallucination_filter: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "chunked"):
@@ -178,19 +181,30 @@ class FileJob:
     def result(self) -> dict:
         """The file's transcript: text, segments (with the stats of the window each came from)."""
         segments = [s for s in self.segments if s.text.strip()]
-        for s in segments:  # a last timestamp may point past the end of the audio
+        dropped = []
+        if self.long_form.hallucination_filter:
+            fallback = self.options.fallback
+            reasons = [suspect_reason(s, fallback.logprob_threshold, fallback.no_speech_threshold,
+                                      fallback.compression_ratio_threshold) for s in segments]
+            dropped = [(s, r) for s, r in zip(segments, reasons) if r is not None]
+            segments = [s for s, r in zip(segments, reasons) if r is None]
+        every = [*segments, *(d for d, _ in dropped)]
+        for s in every:  # a last timestamp may point past the end of the audio
             s.end = min(s.end, self.audio.duration) if self.file_time is None else s.end
             s.start = min(s.start, s.end)
         if self.file_time is not None:
-            for s in segments:
+            for s in every:
                 s.start, s.end = self.file_time(s.start), self.file_time(s.end, is_end=True)
                 for w in s.words:
                     w["start"] = round(self.file_time(w["start"]), 2)
                     w["end"] = round(self.file_time(w["end"], True), 2)
-        return {"text": "".join(s.text for s in segments).strip(),
-                "segments": [s.to_json() for s in segments],
-                "tokens": [t for s in segments for t in s.tokens],
-                "windows": self.windows_decoded}
+        out = {"text": "".join(s.text for s in segments).strip(),
+               "segments": [s.to_json() for s in segments],
+               "tokens": [t for s in segments for t in s.tokens],
+               "windows": self.windows_decoded}
+        if self.long_form.hallucination_filter:
+            out["dropped_segments"] = [{**s.to_json(), "dropped": reason} for s, reason in dropped]
+        return out
 
 
 def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float,
