@@ -13,7 +13,8 @@ Every record has the same keys, whichever path made it (`Transcriber.transcribe`
     error_kind  None, or INPUT (the file is bad: final), RUN (the run failed it: `--resume` redoes
                 it), DUPLICATE (a repeated entry; `duplicate_of` names the 1-based entry it repeats)
 
-plus optional extras (`language_probs`; `decode_clips`' window statistics and `tokens`; the
+plus optional extras (`language_probs`; `dropped_segments` with `--hallucination-filter`, each a
+segment with its `dropped` reason; a segment's `language` with `--language-per-window`; `decode_clips`' window statistics and `tokens`; the
 CLI's `model`, `dtype`, `long_form`, `mesh`, `sharding`).
 """
 
