@@ -342,6 +342,7 @@ def test_streaming_refuses_multichannel_pieces():
 
 MEASURE = r"""
 import json, re, sys
+import av, soxr  # the engine imports its decoders on first use: here before the baseline, as all imports
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.spool import spool_audio, iter_windows, floor_spans
 
