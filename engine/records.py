@@ -14,8 +14,9 @@ Every record has the same keys, whichever path made it (`Transcriber.transcribe`
                 it), DUPLICATE (a repeated entry; `duplicate_of` names the 1-based entry it repeats)
 
 plus optional extras (`language_probs`; `dropped_segments` with `--hallucination-filter`, each a
-segment with its `dropped` reason; a segment's `language` with `--language-per-window`; `decode_clips`' window statistics and `tokens`; the
-CLI's `model`, `dtype`, `long_form`, `mesh`, `sharding`).
+segment with its `dropped` reason; a segment's `language` with `--language-per-window`;
+`decode_clips`' window statistics and `tokens`; the CLI's `model`, `dtype`, `long_form`, `mesh`,
+`sharding`).
 """
 
 from __future__ import annotations
