@@ -16,6 +16,7 @@ can record the reason per input and carry on with the rest of a batch.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,6 +89,13 @@ def _stream_is_empty(stream: BinaryIO) -> bool:
         return not stream.read(1)
     except (OSError, ValueError):
         return False
+
+
+def named_stream(data: bytes, name: str) -> io.BytesIO:
+    """`data` as a binary file object whose `name` (records, errors) is `name`."""
+    stream = io.BytesIO(bytes(data))
+    stream.name = name
+    return stream
 
 
 def source_name(source: "AudioSource") -> str:

@@ -31,7 +31,7 @@ import threading
 from pathlib import PurePosixPath
 from typing import Callable, Iterator, Optional
 
-from .audio import AudioDecodeError
+from .audio import AudioDecodeError, named_stream
 from .entry import MEDIA_SUFFIXES, Entry
 from .storage import is_url, join, open_binary, parent
 
@@ -47,12 +47,6 @@ class Columns:
     audio: Optional[str] = None
     id: Optional[str] = None
     text: str = "text"
-
-
-def _named_stream(data: bytes, name: str) -> io.BytesIO:
-    stream = io.BytesIO(data)
-    stream.name = name
-    return stream
 
 
 def audio_column(schema, wanted: Optional[str], where: str) -> str:
@@ -127,10 +121,10 @@ class TableRows:
         """Row `index` of group `group`'s audio: a binary stream of its bytes, or its path."""
         value = self._audio_of(group)[index].as_py()
         if isinstance(value, (bytes, bytearray)):
-            return _named_stream(bytes(value), name)
+            return named_stream(bytes(value), name)
         if isinstance(value, dict):
             if value.get("bytes"):
-                return _named_stream(value["bytes"], name)
+                return named_stream(value["bytes"], name)
             if value.get("path"):
                 path = value["path"]
                 return path if is_url(path) or os.path.isabs(path) else join(parent(self.name), path)
@@ -205,7 +199,7 @@ def _read_member(shard: str, offset: int, size: int, name: str) -> io.BytesIO:
         data = handle.read(size)
     if len(data) != size:
         raise AudioDecodeError(name, f"tar member ends {size - len(data)} bytes early")
-    return _named_stream(data, name)
+    return named_stream(data, name)
 
 
 def webdataset_entries(shard: str, text_field: str = "text") -> Iterator[Entry]:

@@ -51,9 +51,10 @@ def _span_name(path: str, offset: float, duration: Optional[float]) -> str:
     return f"{path}#t={offset:g},{offset + duration:g}"
 
 
-def _seconds(item: dict, field: str, where: str, allow_none: bool) -> Optional[float]:
+def _seconds(item: dict, field: str, where: str) -> Optional[float]:
+    """A manifest line's optional number of seconds (None when absent)."""
     value = item.get(field)
-    if value is None and allow_none:
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f'{where}: "{field}" must be a number of seconds >= 0, got {value!r}')
@@ -77,8 +78,8 @@ def _jsonl_entry(manifest: str, number: int, line: str, text_field: str) -> Entr
         if not storage.is_url(path) and not os.path.isabs(path):
             path = storage.join(storage.parent(manifest), path)
     try:
-        offset = _seconds(item, "offset", name, allow_none=True) or 0.0
-        duration = _seconds(item, "duration", name, allow_none=True)
+        offset = _seconds(item, "offset", name) or 0.0
+        duration = _seconds(item, "duration", name)
     except ValueError as err:
         return Entry(name, str(err), text=text)
     if duration is not None and "offset" not in item:
@@ -110,9 +111,7 @@ def _folder_entries(folder: str, options: SourceOptions) -> Iterator[Entry]:
         for arrow in saved:
             yield from _dataset_entries(arrow, options)
         return
-    files = [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()] if not storage.is_url(folder) \
-        else storage.walk_files(folder)
-    for name in files:
+    for name in storage.walk_files(folder):
         suffix = Path(name).suffix.lower()
         if suffix in MEDIA_SUFFIXES:
             yield Entry(name)

@@ -223,7 +223,7 @@ class SequentialFile(FileJob):
         super().__init__(*args, **kwargs)
         self.clips = seek_clips(self.long_form.clip_timestamps, self.audio.audio_frames)
         self.clip = 0  # the clip being decoded
-        self.seek = self.clips[0][0] if self.clips else 0
+        self.seek = 0  # _enter_clip moves it to the first clip's start
         self.requested = 0
         self.detect_each_window = False  # set by the window work for language per window
         self._enter_clip()
@@ -286,13 +286,13 @@ class SequentialFile(FileJob):
         else:
             self.seek += segment_size
         if self.long_form.word_timestamps and window.alignment is not None and segments:
-            heard_before = self.last_speech
-            self._add_words(segments, window, offset, _single_ending(tokens, ts_begin))
+            heard_before, single = self.last_speech, _single_ending(tokens, ts_begin)
+            self._add_words(segments, window, offset, single)
             threshold = self.long_form.hallucination_silence_threshold
             if threshold is not None:
                 self.seek, checked = skip_hallucinations(
                     segments, threshold=threshold, seek=self.seek, window_frame=request.frame,
-                    segment_frames=segment_size, single_ending=_single_ending(tokens, ts_begin),
+                    segment_frames=segment_size, single_ending=single,
                     last_speech=heard_before, content_frames=self.audio.audio_frames)
                 if checked is None:  # a leading hallucination: the window is skipped altogether
                     self.last_speech = heard_before
@@ -314,7 +314,9 @@ class SequentialFile(FileJob):
         reference does); without a single timestamp at its end, the next window starts at the
         end of the last word."""
         _attach_words(segments, window, self.tokenizer, offset, self.last_speech)
-        last_word_end = next((w["end"] for s in reversed(segments) for w in reversed(s.words)), segments[-1].end)
+        last_word_end = words_end(segments)
+        if last_word_end is None:  # no words: the last segment's end
+            last_word_end = segments[-1].end
         if not single_ending and last_word_end > offset:
             self.seek = round(last_word_end * FRAMES_PER_SECOND)
         self.last_speech = last_word_end

@@ -19,7 +19,6 @@ from its results.jsonl. Records are small next to audio; the actors do the work.
 
 from __future__ import annotations
 
-import io
 import json
 import logging as std_logging
 import os
@@ -28,6 +27,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from . import records
+from .audio import named_stream
 from .entry import Entry
 
 # Environment the actors get from the driver (where set there): offline hub, compilation cache,
@@ -36,13 +36,7 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "JAX_COMPILATION_CACHE_DIR", "JAX_
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "JAX_PLATFORMS", "XLA_FLAGS", "WHISPER_NNX_COMPILE_CACHE",
                  "WHISPER_NNX_ATTENTION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_DEFAULT_REGION", "XDG_CACHE_HOME")
-RECORD_COLUMNS = ("path", "text", "language", "duration_s", "windows", "error", "error_kind", "record")
-
-
-def _named_bytes(data: bytes, name: str) -> io.BytesIO:
-    stream = io.BytesIO(bytes(data))
-    stream.name = name
-    return stream
+RECORD_COLUMNS = (*records.CORE_FIELDS, "record")
 
 
 def batch_items(batch: dict) -> list:
@@ -52,7 +46,7 @@ def batch_items(batch: dict) -> list:
     n = len(next(iter(batch.values())))
     names = batch.get("path", batch.get("name"))
     if "bytes" in batch:
-        return [_named_bytes(batch["bytes"][i], str(names[i]) if names is not None else f"<row {i}>")
+        return [named_stream(batch["bytes"][i], str(names[i]) if names is not None else f"<row {i}>")
                 for i in range(n)]
     if "array" in batch:
         return [np.asarray(batch["array"][i], np.float32) for i in range(n)]
@@ -62,7 +56,7 @@ def batch_items(batch: dict) -> list:
 
 
 def record_columns(rows: Sequence[dict]) -> dict[str, list]:
-    return {**{k: [r.get(k) for r in rows] for k in RECORD_COLUMNS[:-1]},
+    return {**{k: [r.get(k) for r in rows] for k in records.CORE_FIELDS},
             "record": [json.dumps(r, ensure_ascii=False) for r in rows]}
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Optional
 
 INPUT, RUN, DUPLICATE = "input", "run", "duplicate"  # the error kinds
+# The scalar fields every record has: the typed columns of record tables (results.parquet, Ray's output)
+CORE_FIELDS = ("path", "text", "language", "duration_s", "windows", "error", "error_kind")
 
 
 def transcript(path: str, *, text: str, language: Optional[str], duration_s: Optional[float],

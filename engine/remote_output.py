@@ -31,6 +31,7 @@ from absl import logging
 from . import storage
 from .results import RESULTS
 from .sink import output_stem
+from .writers import output_path
 
 PARTS = "parts"
 RUN_FILES = ("summary.json", "eval.json", "eval.md", "results.parquet")
@@ -100,7 +101,7 @@ class RemoteOutput:
             if record.get("error") is None:
                 stem = output_stem(record["path"])
                 for fmt in self.formats:
-                    local = self.staging / f"{stem}.{fmt}"
+                    local = output_path(self.staging, stem, fmt)
                     if local.exists():
                         self.fs.put_file(str(local), self._path(local.name))
         self._parts += 1

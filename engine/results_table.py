@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .records import CORE_FIELDS
+
 PARQUET = "results.parquet"
 
 
@@ -30,9 +32,7 @@ def to_table(records: Sequence[dict]):
     """pyarrow Table [len(records) rows] of `schema()`."""
     import pyarrow as pa
 
-    rows = [{"path": r["path"], "text": r.get("text"), "language": r.get("language"),
-             "duration_s": r.get("duration_s"), "windows": r.get("windows"), "error": r.get("error"),
-             "error_kind": r.get("error_kind"),
+    rows = [{**{k: r.get(k) for k in CORE_FIELDS},
              "segments": [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in r.get("segments") or []],
              "record": json.dumps(r, ensure_ascii=False)} for r in records]
     return pa.Table.from_pylist(rows, schema=schema())

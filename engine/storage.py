@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from pathlib import Path
 from typing import BinaryIO
 
 
@@ -67,9 +68,10 @@ def is_file(name: str) -> bool:
 
 
 def walk_files(folder: str) -> list[str]:
-    """Every file under `folder`, recursively, sorted (URLs keep their protocol)."""
+    """Every file under `folder`, recursively, sorted (local paths in path order, as `Path.rglob`
+    sorts them; URLs keep their protocol)."""
     if not is_url(folder):
-        return sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files)
+        return [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()]
     fs, path = filesystem(folder)
     protocol = folder.split("://", 1)[0]
     return sorted(f"{protocol}://{p}" for p in fs.find(path))

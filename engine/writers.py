@@ -201,6 +201,11 @@ def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
     return formats
 
 
+def output_path(output_dir: str | os.PathLike, stem: str, fmt: str) -> Path:
+    """Where a transcript's file of format `fmt` goes: `output_dir/stem.fmt`."""
+    return Path(output_dir) / f"{stem}.{fmt}"
+
+
 def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str, ...], *,
                   highlight_words: bool = False, max_line_width: int | None = None,
                   max_line_count: int | None = None, max_words_per_line: int | None = None) -> list[Path]:
@@ -215,7 +220,7 @@ def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str,
                "max_line_count": max_line_count or None, "max_words_per_line": max_words_per_line or None}
     written = []
     for fmt in formats:
-        path = Path(output_dir) / f"{stem}.{fmt}"
+        path = output_path(output_dir, stem, fmt)
         atomic_write_text(path, _RENDERERS[fmt](result, **options))
         written.append(path)
     return written
