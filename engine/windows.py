@@ -235,6 +235,8 @@ class WindowPipeline:
     def _window_languages(self, mel: jax.Array, requests: list[WindowRequest], prompts: list) -> list:
         """Language per window: the rows of jobs that ask for it get the language detected on
         their own window, written into their prompt (the token after <|startoftranscript|>)."""
+        if not self.options.language_per_window:  # the same on every process: no call to agree on
+            return prompts
         rows = [i for i, r in enumerate(requests) if getattr(r.job, "detect_each_window", False)]
         if multihost.global_max(len(rows)) == 0:  # every process makes the same calls
             return prompts
