@@ -15,7 +15,7 @@ import contextlib
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import flags, logging
 
@@ -61,13 +61,14 @@ def _check_options(args: argparse.Namespace):
     if layout.used and not args.word_timestamps:
         raise UsageError("--highlight-words / --max-line-width / --max-line-count / --max-words-per-line "
                          "need --word-timestamps")
-    if args.vad:
+    if args.vad or args.skip_non_speech is not None:
         from .vad import VadUnavailable, check_available
 
         try:
             check_available()
         except VadUnavailable as err:
-            raise UsageError(f"--vad: {err}") from None
+            flag = "--vad" if args.vad else "--skip-non-speech (on by default; off: --skip-non-speech off)"
+            raise UsageError(f"{flag}: {err}") from None
     try:
         options = transcribe_options(args)
     except ValueError as err:
@@ -292,7 +293,7 @@ def transcribe_options(args: argparse.Namespace):
         vad_threshold=args.vad_threshold, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, clip_timestamps=args.clip_timestamps,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
-        hallucination_filter=args.hallucination_filter,
+        hallucination_filter=args.hallucination_filter, skip_non_speech_s=args.skip_non_speech,
         language_detection_segments=args.language_detection_segments,
         language_detection_threshold=args.language_detection_threshold, language_per_window=args.language_per_window,
         spool_after_s=args.spool_after, spool_dir=args.spool_dir, max_audio_in_memory_s=args.max_audio_in_memory,
@@ -425,9 +426,13 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-timestamps", default=None, metavar="START,END,...",
                    help="sequential: transcribe only these spans, in seconds (the reference's option; a last "
                         "start without an end runs to the end of the file)")
+    g.add_argument("--skip-non-speech", type=_seconds_or_off, default=5.0, metavar="SECONDS|off",
+                   help="files over 30 s: stretches this long without speech (Silero voice activity) are not "
+                        "decoded, and a window after 30 s or more of them starts without the text before "
+                        "(default 5; off: every window is decoded, as the reference does)")
     g.add_argument("--vad", action="store_true",
-                   help="voice-activity detection (Silero, pip install 'whisper-nnx[vad]'): decode speech only; "
-                        "chunked: chunks cut at pauses")
+                   help="voice-activity detection (Silero): decode only the speech, put back to back "
+                        "(faster-whisper's vad_filter); chunked: chunks cut at pauses")
     g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
     g.add_argument("--vad-min-silence-ms", type=int, default=None,
                    help="shorter pauses stay inside speech (default 2000; chunked: 160, so regions pack fuller chunks)")
@@ -439,6 +444,16 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
                    help="where spools go (default: the system temp folder; use a disk, not tmpfs)")
     g.add_argument("--max-audio-in-memory", type=float, default=7200.0, metavar="SECONDS",
                    help="audio held in memory by files read ahead and being decoded (spooled files hold none)")
+
+
+def _seconds_or_off(text: str) -> Optional[float]:
+    """A --skip-non-speech value: seconds (>= 0), or off (None)."""
+    if text.strip().lower() == "off":
+        return None
+    seconds = float(text)
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 or off, got {text!r}")
+    return seconds
 
 
 def _word_flags(parser: argparse.ArgumentParser) -> None:

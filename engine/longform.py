@@ -56,6 +56,10 @@ class LongFormOptions:
     # drop segments that match known hallucination patterns (hallucination.suspect_reason) from
     # the text, keeping them in the record's `dropped_segments` with the reason; off by default
     hallucination_filter: bool = False
+    # files longer than one window: stretches without speech (Silero voice activity) of at least
+    # this many seconds are not decoded (speech_spans); a window after a whole window's worth of
+    # skipped audio is prompted afresh. None: every window is decoded, as the reference does
+    skip_non_speech_s: Optional[float] = 5.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "chunked"):
@@ -76,6 +80,8 @@ class LongFormOptions:
                                  "(as in the reference)")
             if self.hallucination_silence_threshold < 0:
                 raise ValueError("hallucination_silence_threshold must be >= 0 seconds")
+        if self.skip_non_speech_s is not None and not self.skip_non_speech_s >= 0:
+            raise ValueError(f"skip_non_speech_s must be >= 0 seconds or None, got {self.skip_non_speech_s}")
         if not 0 <= self.chunk_stride_s < CHUNK_LENGTH / 2:
             raise ValueError(f"chunk stride must be in [0, {CHUNK_LENGTH / 2}) s, got {self.chunk_stride_s}")
 
@@ -217,26 +223,32 @@ def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float,
 
 
 class SequentialFile(FileJob):
-    """The reference's seek loop over one file."""
+    """The reference's seek loop over one file, inside its spans of speech when they are given."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, speech_spans: Optional[list[tuple[int, int]]] = None, **kwargs):
+        """`speech_spans`: (first frame, end frame) of the stretches to decode (`speech_spans`);
+        None: the whole file. The reference's clip_timestamps apply within them."""
         super().__init__(*args, **kwargs)
         self.clips = seek_clips(self.long_form.clip_timestamps, self.audio.audio_frames)
+        if speech_spans is not None:
+            self.clips = intersect_spans(self.clips, speech_spans)
         self.clip = 0  # the clip being decoded
         self.seek = 0  # _enter_clip moves it to the first clip's start
         self.requested = 0
         self.detect_each_window = False  # set by the window work for language per window
-        self._enter_clip()
         prompt = self.long_form.initial_prompt
         self.initial = self.tokenizer.encode(" " + prompt.strip()) if prompt else []
         self.all_tokens = list(self.initial)
         self.prompt_reset_since = 0
+        self.forget_after_gaps = speech_spans is not None
+        self._enter_clip()
         self.last_speech = 0.0  # end of the last word heard (word timestamps)
         self.waiting = False  # a request is out
 
     def _enter_clip(self) -> None:
         """Move `seek` into the current clip, or on to the next clip once this one is done
-        (the reference's loop over `seek_clips`)."""
+        (the reference's loop over `seek_clips`). With spans of speech, a jump over a whole
+        window's worth of audio starts the prompt afresh (no text from before the gap)."""
         while self.clip < len(self.clips):
             start, end = self.clips[self.clip]
             self.seek = max(self.seek, start)
@@ -244,6 +256,8 @@ class SequentialFile(FileJob):
                 return
             self.clip += 1
             if self.clip < len(self.clips):
+                if self.forget_after_gaps and self.clips[self.clip][0] - self.seek >= N_FRAMES:
+                    self.prompt_reset_since = len(self.all_tokens)
                 self.seek = self.clips[self.clip][0]
 
     @property
@@ -401,6 +415,39 @@ def seek_clips(clip_timestamps: Optional[Sequence[float]], audio_frames: int) ->
     return list(zip(points[::2], points[1::2]))
 
 
+def speech_spans(regions: Sequence[tuple[int, int]], audio_frames: int, min_gap_s: float) -> list[tuple[int, int]]:
+    """The stretches of a file worth decoding: voice-activity regions [(start, end)] in samples ->
+    [(first frame, end frame)], merged across gaps shorter than `min_gap_s`. A lead or a tail
+    that short stays with its span, so a file with speech throughout is one span, the whole file."""
+    gap = round(min_gap_s * FRAMES_PER_SECOND)
+    spans: list[list[int]] = []
+    for start, end in regions:
+        first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), audio_frames)
+        if spans and first - spans[-1][1] < gap:
+            spans[-1][1] = max(spans[-1][1], last)
+        elif last > first:
+            spans.append([first, last])
+    if spans and spans[0][0] < gap:
+        spans[0][0] = 0
+    if spans and audio_frames - spans[-1][1] < gap:
+        spans[-1][1] = audio_frames
+    return [(first, last) for first, last in spans]
+
+
+def intersect_spans(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The overlaps of two sorted lists of disjoint [start, end) spans, sorted."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
 def chunk_starts(audio_frames: int, stride_s: float) -> list[int]:
     """First frame of each chunk: every 30 - 2 * stride seconds until a chunk reaches the end."""
     step = N_FRAMES - 2 * round(stride_s * FRAMES_PER_SECOND)
@@ -410,9 +457,13 @@ def chunk_starts(audio_frames: int, stride_s: float) -> list[int]:
     return starts
 
 
-def stride_chunks(audio_frames: int, stride_s: float) -> list[tuple[int, int]]:
-    """(first frame, frames) of the 30 s chunks that overlap by `stride_s` on each side."""
-    return [(start, min(N_FRAMES, audio_frames - start)) for start in chunk_starts(audio_frames, stride_s)]
+def stride_chunks(audio_frames: int, stride_s: float, spans: Optional[Sequence[tuple[int, int]]] = None
+                  ) -> list[tuple[int, int]]:
+    """(first frame, frames) of the 30 s chunks that overlap by `stride_s` on each side, over the
+    whole file or laid out anew inside each of `spans` [(first frame, end frame)]."""
+    return [(first + start, min(N_FRAMES, last - first - start))
+            for first, last in (spans if spans is not None else [(0, audio_frames)])
+            for start in chunk_starts(last - first, stride_s)]
 
 
 def speech_chunks(regions: list[tuple[int, int]], audio_frames: int) -> list[tuple[int, int]]:

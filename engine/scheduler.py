@@ -79,7 +79,7 @@ class AudioPrefetcher:
 
     def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
                  max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
-                 find_speech: Optional[Callable[[Windowed], list[tuple[int, int]]]] = None):
+                 find_speech: Optional[Callable[[Windowed], Optional[list[tuple[int, int]]]]] = None):
         """`find_speech` (voice-activity detection) runs on the same threads, after decoding."""
         self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
         self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir

@@ -10,7 +10,7 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,11 +44,26 @@ from .features import log_mel_spectrogram_jit
 from .options import TranscribeOptions
 from .scheduler import AudioPrefetcher, WindowScheduler, expected_windows
 from .segments import split_segments
+from .spool import Windowed
 from .vad import check_available as check_vad_available
 from .vad import speech_regions_streaming
 from .windows import WindowPipeline, detect_languages
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _speech_finder(options: TranscribeOptions) -> Optional[Callable[[Windowed], Optional[list[tuple[int, int]]]]]:
+    """What finds a file's speech regions (samples), if the options need them: every file's with
+    `vad`; with non-speech skipped, those of files longer than one window (a shorter one is
+    decoded whole)."""
+    if options.vad is None and options.long_form.skip_non_speech_s is None:
+        return None
+    check_vad_available()  # once, before any record: not one error per file
+    if options.vad is not None:
+        # chunked: regions of at most one window, split at their longest pause
+        vad = dataclasses.replace(options.vad, max_speech_duration_s=29.0) if options.chunked else options.vad
+        return lambda audio: speech_regions_streaming(audio.pieces(), vad)
+    return lambda audio: speech_regions_streaming(audio.pieces()) if audio.n_samples > N_SAMPLES else None
 
 
 class Transcriber:
@@ -120,12 +135,7 @@ class Transcriber:
         """(input index, record) for every input, in the order files finish; audio is decoded
         on `options.audio_workers` threads while the device works."""
         self.warn_ignored_options(options)
-        find_speech = None
-        if options.vad is not None:
-            check_vad_available()  # once, before any record: not one error per file
-            # chunked: regions of at most one window, split at their longest pause
-            vad = dataclasses.replace(options.vad, max_speech_duration_s=29.0) if options.chunked else options.vad
-            find_speech = lambda audio: speech_regions_streaming(audio.pieces(), vad)
+        find_speech = _speech_finder(options)
         reading = options.reading
         files = AudioPrefetcher(inputs, workers=reading.audio_workers, max_ahead=max(8, 2 * options.batch_size),
                                 max_seconds=reading.max_audio_in_memory_s / 2, spool_after_s=reading.spool_after_s,

@@ -1,9 +1,9 @@
 """Voice activity detection with Silero VAD (ONNX): find the speech in long recordings, skip the silence.
 
-Optional (`pip install 'whisper-nnx[vad]'`). The Silero v6 weights are the ONNX file that the
-faster-whisper wheel ships; we only read that file and never import faster-whisper (which would load
-CTranslate2). The region logic reproduces faster-whisper's `get_speech_timestamps` exactly, so the
-same options keep the same audio.
+Part of the base install (skipping stretches without speech is on by default). The Silero v6
+weights are the ONNX file that the faster-whisper wheel ships; we only read that file and never
+import faster-whisper (which would load CTranslate2). The region logic reproduces faster-whisper's
+`get_speech_timestamps` exactly, so the same options keep the same audio.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ CONTEXT = 64  # samples of the previous frame that the model sees before each fr
 STATE = (1, 1, 128)  # shape of each LSTM state (h, c) carried from frame to frame
 CUT_SILENCE = SAMPLE_RATE * 98 / 1000  # samples: a silence longer than this may end an over-long region
 WEIGHTS = ("faster_whisper", "assets/silero_vad_v6.onnx")  # (package, file inside it)
-INSTALL = "pip install 'whisper-nnx[vad]'"
+INSTALL = "reinstall whisper-nnx (pip install whisper-nnx installs onnxruntime and the weights' package)"
 
 
 # Chunked long-form's default pause (faster-whisper's batched pipeline's): regions cut at short

@@ -36,6 +36,7 @@ from .longform import (
     WindowRequest,
     aligned_tokens,
     speech_chunks,
+    speech_spans,
     stride_chunks,
 )
 from .options import TranscribeOptions
@@ -78,6 +79,12 @@ class _Framed:
     audio: object  # Windowed: the samples the job decodes
     plan: Optional[list[tuple[int, int]]]  # chunked: (first frame, frames) of each chunk
     file_time: Optional[Callable]  # voice activity, sequential: decoded time -> the file's time
+    spans: Optional[list[tuple[int, int]]] = None  # skipping non-speech: (first, end frame) to decode
+
+    @property
+    def first_frame(self) -> int:
+        """Where the file's speech starts (0 unless a long lead without speech is skipped)."""
+        return self.spans[0][0] if self.spans else 0
 
 
 def _attempt(step: Callable, *args):
@@ -108,27 +115,31 @@ class WindowPipeline:
         that file raised. Frames each file, finds its loudness maximum (the log-mel floor) and
         its language, and builds its job. With voice activity, a sequential job decodes the
         speech put back to back (times mapped back at the end) and a chunked job gets chunks
-        cut at pauses. A file that fails on the host fails alone, and the batched device calls
-        (the same on every process) go on for the others."""
+        cut at pauses; skipping non-speech, jobs decode only the file's spans of speech. A file
+        that fails on the host fails alone, and the batched device calls (the same on every
+        process) go on for the others."""
         framed = [_attempt(self._frame, loaded) for loaded in arrivals]
         good = [f for f in framed if not isinstance(f, BaseException)]
         log_mel_maxes, chunk_log_mel_max = self._maxima(good)
-        languages = self._file_languages([f.audio for f in good], log_mel_maxes)
+        languages = self._file_languages([f.audio for f in good], log_mel_maxes, [f.first_frame for f in good])
         jobs = iter([_attempt(self._job, f, log_mel_max, chunk_max, language)
                      for f, log_mel_max, chunk_max, language in zip(good, log_mel_maxes, chunk_log_mel_max, languages)])
         return [f if isinstance(f, BaseException) else next(jobs) for f in framed]
 
     def _frame(self, loaded: LoadedInput) -> "_Framed":
-        """The audio a file's job decodes (a view of its speech, sequential with voice activity)
-        and, chunked, its chunk plan."""
-        chunked = self.options.chunked
-        if loaded.speech is not None and not chunked:  # the speech is a view over the file (no copy)
+        """The audio a file's job decodes (a view of its speech, sequential with voice activity),
+        the spans it decodes when non-speech is skipped, and, chunked, its chunk plan."""
+        chunked, long_form = self.options.chunked, self.options.long_form
+        vad = loaded.speech is not None and self.options.vad is not None
+        if vad and not chunked:  # the speech is a view over the file (no copy)
             return _Framed(SpeechView(loaded.audio, loaded.speech), None, SpeechMap(loaded.speech).restore)
+        frames = loaded.audio.audio_frames
+        spans = speech_spans(loaded.speech, frames, long_form.skip_non_speech_s) \
+            if loaded.speech is not None and not vad else None
         if not chunked:
-            return _Framed(loaded.audio, None, None)
-        plan = speech_chunks(loaded.speech, loaded.audio.audio_frames) if loaded.speech is not None else \
-            stride_chunks(loaded.audio.audio_frames, self.options.long_form.chunk_stride_s)
-        return _Framed(loaded.audio, plan, None)
+            return _Framed(loaded.audio, None, None, spans)
+        plan = speech_chunks(loaded.speech, frames) if vad else stride_chunks(frames, long_form.chunk_stride_s, spans)
+        return _Framed(loaded.audio, plan, None, spans)
 
     def _maxima(self, files: list["_Framed"]) -> tuple[list[float], list[list[float]]]:
         """Each file's whole-file maximum log10 mel power (its -8 floor) and, chunked, each of
@@ -155,7 +166,7 @@ class WindowPipeline:
         if framed.plan is not None:
             job = ChunkedFile(*args, chunk_log_mel_max=chunk_log_mel_max, chunks=framed.plan)
         else:
-            job = SequentialFile(*args, file_time=framed.file_time)
+            job = SequentialFile(*args, file_time=framed.file_time, speech_spans=framed.spans)
             job.detect_each_window = self.options.language_per_window and self.tokenizer.multilingual
         return job, code, probs
 
@@ -172,10 +183,13 @@ class WindowPipeline:
             out.append(np.asarray(window_log_mel_max(samples, audio_frames, n_mels=self.dims.n_mels))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def _file_languages(self, audios: list, log_mel_maxes: list[float]) -> list[tuple[str, Optional[dict]]]:
+    def _file_languages(self, audios: list, log_mel_maxes: list[float], first_frames: list[int]
+                        ) -> list[tuple[str, Optional[dict]]]:
         """Per file (language, probabilities or None), unless the model is English-only or the
-        options fix the language: detected on the file's first 30 s as the reference does, or
-        over its first `language_detection_segments` windows (`choose_language`)."""
+        options fix the language: detected on the first 30 s from `first_frames` (the file's
+        start, as the reference does, or where its speech starts when a lead without speech
+        is skipped), or over the first `language_detection_segments` windows from there
+        (`choose_language`)."""
         options = self.options
         if not self.tokenizer.multilingual:
             return [("en", None)] * len(audios)
@@ -184,8 +198,8 @@ class WindowPipeline:
         # Every process makes the same detection calls (some with no rows).
         if multihost.global_max(len(audios)) == 0:
             return []
-        starts = [list(range(0, max(a.audio_frames, 1), N_FRAMES))[:options.language_detection_segments]
-                  for a in audios]
+        starts = [list(range(first, max(a.audio_frames, 1), N_FRAMES))[:options.language_detection_segments] or [0]
+                  for a, first in zip(audios, first_frames)]
         rows = [(f, start) for f, file_starts in enumerate(starts) for start in file_starts]
         samples = np.stack([audios[f].window(start) for f, start in rows]) if rows else \
             np.zeros((0, WINDOW_SAMPLES), np.float32)

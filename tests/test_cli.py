@@ -113,8 +113,12 @@ def test_bad_formats_fail_before_the_model_loads(tmp_path, data_dir):
     assert not (out / "results.jsonl").exists()
 
 
-def test_vad_without_its_dependency_fails_once_at_start(tmp_path, data_dir):
-    """onnxruntime hidden from the interpreter: one clear error, exit 2, no records."""
+@pytest.mark.parametrize("flags, named", [(["--vad"], "--vad"), ([], "--skip-non-speech"),
+                                          (["--skip-non-speech", "off"], None)])
+def test_vad_without_its_dependency_fails_once_at_start(tmp_path, data_dir, flags, named):
+    """onnxruntime hidden from the interpreter: with --vad, or with the default skipping of
+    non-speech, one clear error naming the flag, exit 2, no records; with skipping off the run
+    needs no voice activity and goes on."""
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "onnxruntime.py").write_text("raise ImportError('onnxruntime is not installed')\n")
@@ -122,11 +126,15 @@ def test_vad_without_its_dependency_fails_once_at_start(tmp_path, data_dir):
     path = f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe",
-                           str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac"), "--vad",
-                           "--output-dir", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac"), *flags,
+                           "--output-dir", str(out), "--beam-size", "0"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if named is None:
+        assert proc.returncode == 0, proc.stderr
+        assert len((out / "results.jsonl").read_text().splitlines()) == 2
+        return
     assert proc.returncode == 2, proc.stderr
-    assert "--vad" in proc.stderr and "pip install 'whisper-nnx[vad]'" in proc.stderr
+    assert named in proc.stderr and "reinstall whisper-nnx" in proc.stderr
     assert not (out / "results.jsonl").exists()
 
 

@@ -47,18 +47,23 @@ def test_choose_language_follows_faster_whisper():
 
 @pytest.mark.slow
 def test_detection_over_several_windows_finds_speech_after_a_quiet_start(data_dir):
-    """31 s of faint noise, then German: the first window alone picks a wrong language; with
-    three windows the second one (German, confident) decides."""
+    """31 s of faint noise, then German: decoding every window (the reference's way), the first
+    window alone picks a wrong language; with three windows the second one (German, confident)
+    decides. By default the noise is skipped, and the one window detected is the German one."""
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     ours = Transcriber("base")
     german = load_audio(data_dir / "sample_german.flac")
     noise = (np.random.default_rng(2).standard_normal(31 * 16000) * 2e-3).astype(np.float32)
     recording = np.concatenate([noise, german, german])
-    first, several = (ours.transcribe([recording], TranscribeOptions.from_kwargs(
-        temperature=0.0, language_detection_segments=n))[0] for n in (1, 3))
+    first, several, default = (ours.transcribe([recording], TranscribeOptions.from_kwargs(
+        temperature=0.0, **kwargs))[0] for kwargs in (
+            {"language_detection_segments": 1, "skip_non_speech_s": None},
+            {"language_detection_segments": 3, "skip_non_speech_s": None}, {}))
     assert first["language"] != "de"
     assert several["language"] == "de" and several["language_probs"]["de"] > 0.5
+    assert default["language"] == "de" and default["language_probs"]["de"] > 0.5
+    assert default["segments"][0]["start"] >= 30.0
 
 
 @pytest.mark.slow

@@ -176,8 +176,10 @@ def lecture_runs(tiny):
     torch.set_num_threads(2)
     ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
                              temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), fp16=False)
-    ours = {mode: tiny.transcribe([audio], TranscribeOptions.from_kwargs(long_form=mode, batch_size=8))[0]
-            for mode in ("sequential", "chunked")}
+    # sequential as the reference runs (every window decoded); chunked with the defaults
+    ours = {mode: tiny.transcribe([audio], TranscribeOptions.from_kwargs(long_form=mode, batch_size=8, **pin))[0]
+            for mode, pin in (("sequential", {"skip_non_speech_s": None}), ("chunked", {}))}
+    ours["sequential, default"] = tiny.transcribe([audio], TranscribeOptions.from_kwargs(batch_size=8))[0]
     return truth, ref, ours
 
 
@@ -192,6 +194,17 @@ def test_sequential_long_form_equals_the_reference(lecture_runs):
     assert [g[2] for g in got] == [e[2] for e in expected]
     assert max(abs(g[i] - e[i]) for g, e in zip(got, expected) for i in (0, 1)) < 0.021
     assert _wer(truth["text"], seq["text"]) <= _wer(truth["text"], ref["text"]) + 0.003
+
+
+@pytest.mark.slow
+def test_skipping_the_pause_keeps_the_reference_wer(lecture_runs):
+    """The default skips the recording's 6 s pause (one window fewer, a fresh prompt after it is
+    not due: the gap is under 30 s); its WER stays within 0.5 points of the reference's run."""
+    truth, ref, ours = lecture_runs
+    default = ours["sequential, default"]
+    gap = truth["silence"]
+    assert not [s for s in default["segments"] if s["start"] > gap["start"] + 0.5 and s["end"] < gap["end"] - 0.5]
+    assert _wer(truth["text"], default["text"]) <= _wer(truth["text"], ref["text"]) + 0.005
 
 
 @pytest.mark.slow
@@ -246,7 +259,8 @@ def test_clip_timestamps_equal_the_reference(tiny):
     clips = "12.5,47,150"
     ref = whisper.transcribe(reference_model(checkpoint.dims, checkpoint.params), audio, language="en",
                              temperature=0.0, fp16=False, clip_timestamps=clips)
-    ours = tiny.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, clip_timestamps=clips))[0]
+    ours = tiny.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, clip_timestamps=clips,
+                                                                  skip_non_speech_s=None))[0]
     expected = [(s["start"], s["end"], s["text"]) for s in ref["segments"] if s["text"]]
     got = [(s["start"], s["end"], s["text"]) for s in ours["segments"]]
     assert [g[2] for g in got] == [e[2] for e in expected] and len(got) >= 5

