@@ -131,7 +131,8 @@ def main(argv=None) -> None:
     out = write_record(rec)
     print(f"record: {out}")
     if args.results_md:
-        fields = report_fields(rec, out, command="benchmarks/bench_gaps.py " + " ".join(argv or sys.argv[1:]))
+        command = "benchmarks/bench_gaps.py " + " ".join(argv or sys.argv[1:])
+        fields = {**report_fields(rec, out, command=command), "command": command}
         update_results_md(machine_title(rec), SUBSECTION.format(**fields), REPORT.format(**fields) + "\n\n" + table)
 
 
