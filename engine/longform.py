@@ -356,6 +356,7 @@ class ChunkedFile(FileJob):
         self.waiting: list[WindowRequest] = []
         previous = self.tokenizer.encode(" " + self.long_form.initial_prompt.strip()) \
             if self.long_form.initial_prompt else []
+        self.initial = previous
         for k, start in enumerate(self.starts):
             if self.chunk_log_mel_max[k] < SILENT_LOG_POWER or self.silent:
                 self.open.discard(k)  # nothing to hear: no decode
@@ -390,10 +391,19 @@ class ChunkedFile(FileJob):
                 if request.frame < resume < self._covered_until(k):
                     chunk_end = self.starts[k] + self.lengths[k]
                     self.waiting.append(WindowRequest(self, k, resume, min(N_FRAMES, chunk_end - resume),
-                                                      self.chunk_log_mel_max[k], request.prompt))
+                                                      self.chunk_log_mel_max[k], self._next_prompt(k, window)))
                     return
         self.open.discard(k)
         self._finish_if_done()
+
+    def _next_prompt(self, k: int, window: DecodedWindow) -> list[int]:
+        """The prompt of chunk k's next window: the chunk's text so far after the initial prompt,
+        as the seek loop prompts its next window (none after a window decoded at a temperature
+        over 0.5, or without condition_on_previous_text)."""
+        if not self.long_form.condition_on_previous_text or window.temperature > 0.5:
+            return self.start_prompt(self.initial, first=False)
+        text = [t for s in self.decoded[k] for t in s.tokens]
+        return self.start_prompt(self.initial + text, first=False)
 
     def _finish_if_done(self) -> None:
         if not self.open:

@@ -135,6 +135,7 @@ class Transcriber:
         """(input index, record) for every input, in the order files finish; audio is decoded
         on `options.audio_workers` threads while the device works."""
         self.warn_ignored_options(options)
+        options = options.as_decoded()
         find_speech = _speech_finder(options)
         reading = options.reading
         files = AudioPrefetcher(inputs, workers=reading.audio_workers, max_ahead=max(8, 2 * options.batch_size),
