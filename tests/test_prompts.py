@@ -98,13 +98,14 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
 
 def test_per_window_prompts_do_not_revalidate_the_run_options(tiny, caplog):
     """Prompts are arguments of each window, not copies of the run's options: the warning about
-    chunked mode without timestamps is given once, when the options are made, not per chunk."""
+    chunked mode with vad and without timestamps is given once, when the options are made, not per chunk."""
     import logging
 
     from whisper_nnx.engine.longform import ChunkedFile, stride_chunks
 
     with caplog.at_level(logging.WARNING):
-        options = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, initial_prompt="Stella")
+        options = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, initial_prompt="Stella",
+                                                vad=True)
         audio = FileAudio.of(np.full(16000 * 90, 0.01, np.float32))
         chunks = stride_chunks(audio.audio_frames, 5.0)
         job = ChunkedFile(audio, -2.0, tiny.tokenizer, options.decode, options.long_form, 448, chunks=chunks,
