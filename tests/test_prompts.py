@@ -96,6 +96,32 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
         in readme
 
 
+@pytest.mark.parametrize("temperature, keeps_text", [(0.0, True), (0.6, False)])
+def test_a_chunks_continuation_is_prompted_with_its_text_so_far(tiny, temperature, keeps_text):
+    """Chunks cut at pauses, the first stopping at a timestamp pair 12 s into its 25 s: the window
+    that continues it is prompted as the seek loop prompts its next window (the initial prompt,
+    then the chunk's text; none after a window decoded above temperature 0.5) and is not forced
+    the file's prefix again."""
+    from whisper_nnx.engine.longform import ChunkedFile
+
+    tok = tiny.tokenizer
+    options = TranscribeOptions.from_kwargs(long_form="chunked", initial_prompt="Stella", prefix="Well")
+    audio = FileAudio.of(np.full(16000 * 50, 0.01, np.float32))
+    chunks = [(0, 2500), (2600, 2000)]
+    job = ChunkedFile(audio, -2.0, tok, options.decode, options.long_form, 448, chunks=chunks,
+                      chunk_log_mel_max=[-2.0, -2.0])
+    first, second = job.requests()
+    assert first.prompt == [tok.sot_prev, *tok.encode(" Stella"), *tok.sot_sequence, *tok.encode(" Well")]
+    ts = tok.timestamp_begin
+    said = [ts, *tok.encode(" Well, hello."), ts + 600]
+    job.accept(first, DecodedWindow([*said, ts + 600], "Well, hello.", -1.0, -0.2, 0.0, 1.0, temperature))
+    (resume,) = job.requests()
+    assert (resume.chunk, resume.frame, resume.audio_frames) == (0, 1200, 1300)
+    kept = said if keeps_text else []
+    assert resume.prompt == [tok.sot_prev, *tok.encode(" Stella"), *kept, *tok.sot_sequence]
+    assert second.prompt == [tok.sot_prev, *tok.encode(" Stella"), *tok.sot_sequence]
+
+
 def test_per_window_prompts_do_not_revalidate_the_run_options(tiny, caplog):
     """Prompts are arguments of each window, not copies of the run's options: the warning about
     chunked mode with vad and without timestamps is given once, when the options are made, not per chunk."""
