@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 from bench_gaps import run_cli, wer
-from common import REPO, git_info, machine_info, machine_title, record, report_fields, update_results_md, write_record
+from common import REPO, git_info, machine_info, publish, record
 
 MODES = {"sequential": ["--long-form", "sequential"], "chunked": ["--long-form", "chunked"],
          "chunked --vad": ["--long-form", "chunked", "--vad"]}
@@ -68,14 +67,8 @@ def main(argv=None) -> None:
                 rows.append(row)
     table = "\n".join(["| recording | timestamps | mode | WER % | vs sequential (points) | windows | wall s |",
                        "|---|---|---|---|---|---|---|", *rows])
-    print(table)
     rec = record("chunked", {"model": "tiny.en", "modes": MODES, "timestamps": TIMESTAMPS}, results, git, machine)
-    out = write_record(rec)
-    print(f"record: {out}")
-    if args.results_md:
-        command = "benchmarks/bench_chunked.py " + " ".join(argv or sys.argv[1:])
-        fields = {**report_fields(rec, out, command=command), "command": command}
-        update_results_md(machine_title(rec), SUBSECTION.format(**fields), REPORT.format(**fields) + "\n\n" + table)
+    publish(rec, table, SUBSECTION, REPORT, "bench_chunked.py", argv, args.results_md)
 
 
 if __name__ == "__main__":

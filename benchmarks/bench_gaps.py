@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, git_info, machine_info, machine_title, record, report_fields, update_results_md, write_record
+from common import REPO, git_info, machine_info, publish, record
 
 RATE = 16000
 SETTINGS = {"default": [], "off (reference)": ["--skip-non-speech", "off"], "--vad": ["--vad"]}
@@ -125,15 +125,9 @@ def main(argv=None) -> None:
             rows.append(row)
     table = "\n".join(["| recording | setting | words written (of spoken) | windows | wall s | WER % |",
                        "|---|---|---|---|---|---|", *rows])
-    print(table)
     rec = record("gaps", {"hours": args.hours, "off_hours": args.off_hours, "model": "tiny.en"}, results, git,
                  machine)
-    out = write_record(rec)
-    print(f"record: {out}")
-    if args.results_md:
-        command = "benchmarks/bench_gaps.py " + " ".join(argv or sys.argv[1:])
-        fields = {**report_fields(rec, out, command=command), "command": command}
-        update_results_md(machine_title(rec), SUBSECTION.format(**fields), REPORT.format(**fields) + "\n\n" + table)
+    publish(rec, table, SUBSECTION, REPORT, "bench_gaps.py", argv, args.results_md)
 
 
 if __name__ == "__main__":

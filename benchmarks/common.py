@@ -15,6 +15,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -299,6 +300,21 @@ def report_fields(rec: dict, path: Path, command: Optional[str] = None, unknown:
     versions = {k: fields.get(k) for k in ("jax", "flax", "faster_whisper", "ctranslate2")}
     fields.update(versions=VERSIONS.format(**versions), peer_versions=PEER_VERSIONS.format(**versions))
     return fields
+
+
+def publish(rec: dict, table: str, subsection: str, report: str, script: str, argv: Optional[list[str]],
+            results_md: bool) -> Path:
+    """Print a benchmark's table, write its record and, with `results_md`, put its section into
+    RESULTS.md: `subsection` and `report` are templates of `report_fields` plus `command` (the
+    script's command line)."""
+    print(table)
+    out = write_record(rec)
+    print(f"record: {out}")
+    if results_md:
+        command = " ".join([f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+        fields = {**report_fields(rec, out, command=command), "command": command}
+        update_results_md(machine_title(rec), subsection.format(**fields), report.format(**fields) + "\n\n" + table)
+    return out
 
 
 def notes(texts: list[str]) -> list[str]:
