@@ -8,7 +8,15 @@ import pytest
 
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.decode.window_decoder import DecodedWindow
-from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile, intersect_spans, speech_spans
+from whisper_nnx.engine.longform import (
+    ChunkedFile,
+    FileAudio,
+    LongFormOptions,
+    SequentialFile,
+    intersect_spans,
+    speech_spans,
+    stride_chunks,
+)
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
 
 SECOND = 16000  # samples
@@ -72,9 +80,21 @@ def test_sequential_job_skips_gaps_and_forgets_the_prompt_after_a_whole_window(t
 
 def test_a_file_without_speech_needs_no_window(tiny):
     options = TranscribeOptions()
-    job = SequentialFile(FileAudio.of(np.full(SECOND * 70, 0.01, np.float32)), -2.0, tiny.tokenizer,
-                         options.decode, LongFormOptions(), 448, speech_spans=[])
+    audio = FileAudio.of(np.full(SECOND * 70, 0.01, np.float32))
+    job = SequentialFile(audio, -2.0, tiny.tokenizer, options.decode, LongFormOptions(), 448, speech_spans=[])
     assert job.done and job.requests() == [] and job.result()["text"] == ""
+    chunks = stride_chunks(audio.audio_frames, 5.0, spans=[])
+    chunked = ChunkedFile(audio, -2.0, tiny.tokenizer, options.decode, LongFormOptions(mode="chunked"), 448,
+                          chunks=chunks, chunk_log_mel_max=[])
+    assert chunks == [] and chunked.done and chunked.requests() == [] and chunked.result()["segments"] == []
+
+
+def test_stride_chunks_are_laid_out_inside_each_span():
+    # spans (frames) of 50 s and 20 s: 30 s chunks every 20 s from each span's start until one reaches
+    # its end, none across the gap
+    assert stride_chunks(9000, 5.0, spans=[(0, 5000), (7000, 9000)]) == \
+        [(0, 3000), (2000, 3000), (7000, 2000)]
+    assert stride_chunks(9000, 5.0) == stride_chunks(9000, 5.0, spans=[(0, 9000)])
 
 
 def test_option_checks():
