@@ -450,7 +450,10 @@ def _seconds_or_off(text: str) -> Optional[float]:
     """A --skip-non-speech value: seconds (>= 0), or off (None)."""
     if text.strip().lower() == "off":
         return None
-    seconds = float(text)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
     if not seconds >= 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0 or off, got {text!r}")
     return seconds

@@ -97,6 +97,19 @@ def test_stride_chunks_are_laid_out_inside_each_span():
     assert stride_chunks(9000, 5.0) == stride_chunks(9000, 5.0, spans=[(0, 9000)])
 
 
+def test_cli_flag(capsys):
+    from whisper_nnx.engine.cli import build_parser, transcribe_options
+
+    parse = lambda *flags: build_parser().parse_args(["transcribe", "a.wav", *flags])  # noqa: E731
+    assert transcribe_options(parse()).long_form.skip_non_speech_s == 5.0
+    assert transcribe_options(parse("--skip-non-speech", "2.5")).long_form.skip_non_speech_s == 2.5
+    assert transcribe_options(parse("--skip-non-speech", "off")).long_form.skip_non_speech_s is None
+    for bad in ("-1", "soon"):
+        with pytest.raises(SystemExit):
+            parse("--skip-non-speech", bad)
+        assert f"expected seconds >= 0 or off, got '{bad}'" in capsys.readouterr().err
+
+
 def test_option_checks():
     assert LongFormOptions().skip_non_speech_s == 5.0
     assert TranscribeOptions.from_kwargs(skip_non_speech_s=None).long_form.skip_non_speech_s is None
