@@ -167,6 +167,8 @@ class FileJob:
         self.windows_decoded = 0
         self.silent = log_mel_max < SILENT_LOG_POWER or audio.n_samples == 0
         self.file_time = file_time
+        prompt = long_form.initial_prompt  # its tokens lead the prompts (as previous text)
+        self.initial: list[int] = tokenizer.encode(" " + prompt.strip()) if prompt else []
 
     def start_prompt(self, previous: list[int], first: bool) -> list[int]:
         """The prompt of a window; a prefix applies to the file's first window only (as in
@@ -236,8 +238,6 @@ class SequentialFile(FileJob):
         self.seek = 0  # _enter_clip moves it to the first clip's start
         self.requested = 0
         self.detect_each_window = False  # set by the window work for language per window
-        prompt = self.long_form.initial_prompt
-        self.initial = self.tokenizer.encode(" " + prompt.strip()) if prompt else []
         self.all_tokens = list(self.initial)
         self.prompt_reset_since = 0
         self.forget_after_gaps = speech_spans is not None
@@ -354,15 +354,12 @@ class ChunkedFile(FileJob):
         self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(self.starts))}
         self.open: set[int] = set(range(len(self.starts)))  # chunks with a window still to decode
         self.waiting: list[WindowRequest] = []
-        previous = self.tokenizer.encode(" " + self.long_form.initial_prompt.strip()) \
-            if self.long_form.initial_prompt else []
-        self.initial = previous
         for k, start in enumerate(self.starts):
             if self.chunk_log_mel_max[k] < SILENT_LOG_POWER or self.silent:
                 self.open.discard(k)  # nothing to hear: no decode
             else:
                 self.waiting.append(WindowRequest(self, k, start, self.lengths[k], self.chunk_log_mel_max[k],
-                                                  self.start_prompt(previous, first=k == 0)))
+                                                  self.start_prompt(self.initial, first=k == 0)))
         self._finish_if_done()
 
     def requests(self) -> list[WindowRequest]:
