@@ -4,7 +4,7 @@ what skipping does to WER on the long speech recordings.
 
     .venv/bin/python benchmarks/bench_gaps.py [--hours 4] [--off-hours 0.5] [--results-md]
 
-Recordings (generated here, 16 kHz FLAC, tiny.en's CLI defaults: beam 5, temperature fallback):
+Recordings (generated here, 16 kHz 16-bit, tiny.en's CLI defaults: beam 5, temperature fallback):
 - "gappy-5min": a sentence, 150 s of digital silence, 150 s of faint white noise (-50 dBFS), a
   sentence (27 spoken words);
 - "silent-Nh": a sentence, N hours of digital silence, the sentence again (30 spoken words); the
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_noise import write_wav
 from common import REPO, git_info, machine_info, publish, record
 
 RATE = 16000
@@ -34,14 +35,6 @@ SETTINGS = {"default": [], "off (reference)": ["--skip-non-speech", "off"], "--v
 SUBSECTION = "non-speech inside recordings, {commit_label}"
 REPORT = ("`{command}`; {versions}; tiny.en, CLI defaults (beam 5, temperature fallback), one whole process per "
           "cell. Record: `{record}`.")
-
-
-def _flac(path: Path, samples: np.ndarray) -> Path:
-    """16-bit FLAC of float samples, through ffmpeg (stdin: raw s16le)."""
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "s16le", "-ar", str(RATE), "-ac", "1", "-i", "-",
-                    str(path)], input=pcm, check=True)
-    return path
 
 
 def _silent_recording(path: Path, sentence: Path, hours: float) -> Path:
@@ -66,7 +59,7 @@ def recordings(directory: Path, hours: float, off_hours: float) -> list[dict]:
     noise = np.random.default_rng(1).standard_normal(150 * RATE) * 3e-3
     gappy = np.concatenate([joe, np.zeros(150 * RATE), noise, keys])
     joe_words = len(scripts["sample_joe.flac"].split())
-    out = [{"name": "gappy-5min", "path": _flac(directory / "gappy-5min.flac", gappy),
+    out = [{"name": "gappy-5min", "path": write_wav(directory / "gappy-5min.wav", gappy),
             "spoken": joe_words + len(corpus["joe_keys.flac"].split()), "script": None, "settings": list(SETTINGS)}]
     for h, settings in ((hours, ["default", "--vad"]), (off_hours, list(SETTINGS))):
         out.append({"name": f"silent-{h:g}h", "spoken": 2 * joe_words, "script": None, "settings": settings,
