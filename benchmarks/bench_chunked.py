@@ -20,8 +20,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench_gaps import run_cli, wer
-from common import REPO, git_info, machine_info, publish, record
+from common import REPO, git_info, machine_info, publish, record, run_cli
+
+from whisper_nnx.engine.evaluation import wer
 
 MODES = {"sequential": ["--long-form", "sequential"], "chunked": ["--long-form", "chunked"],
          "chunked --vad": ["--long-form", "chunked", "--vad"]}

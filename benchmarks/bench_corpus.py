@@ -49,7 +49,6 @@ from common import (  # the script's own folder is on sys.path
     timed_process,
     update_results_md,
     versions,
-    wer,
     write_record,
 )
 
@@ -166,9 +165,11 @@ def run_theirs(args, checkpoint: Path, beam: int, files: list[Path], env: dict) 
 
 def scored(result: dict, items: list[tuple[Path, str]]) -> dict:
     """`result` with its WER (percent) over `items` and without the texts."""
+    from whisper_nnx.engine.evaluation import wer
+
     texts = result.pop("texts")
     result["missing"] = sum(str(p) not in texts for p, _ in items)
-    result["wer"] = 100 * wer([t for _, t in items], [texts.get(str(p), "") for p, _ in items])
+    result["wer"] = 100 * wer(" ".join(t for _, t in items), " ".join(texts.get(str(p), "") for p, _ in items))
     result.pop("text", None)
     return result
 

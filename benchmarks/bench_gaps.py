@@ -21,14 +21,14 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from bench_noise import write_wav
-from common import REPO, git_info, machine_info, publish, record
+from common import REPO, git_info, machine_info, publish, record, run_cli
+from speech import write_wav
+
+from whisper_nnx.engine.evaluation import wer
 
 RATE = 16000
 SETTINGS = {"default": [], "off (reference)": ["--skip-non-speech", "off"], "--vad": ["--vad"]}
@@ -71,28 +71,6 @@ def recordings(directory: Path, hours: float, off_hours: float) -> list[dict]:
         out.append({"name": name, "path": path, "spoken": len(text.split()), "script": text,
                     "settings": list(SETTINGS)})
     return out
-
-
-def run_cli(path: Path, flags: list[str], env: dict, out: Path) -> dict:
-    """One whole `whisper-nnx transcribe` process on one file into `out`: its text, words,
-    segments, windows and wall time (or its error)."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe", str(path), "--output-dir",
-                           str(out), "--quiet", "--no-progress", *flags], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        return {"error": proc.stderr.strip().splitlines()[-1:], "wall_s": wall}
-    rec = json.loads((out / "results.jsonl").read_text().splitlines()[0])
-    return {"text": rec["text"], "words": len(rec["text"].split()), "segments": len(rec["segments"]),
-            "windows": rec.get("windows"), "wall_s": wall, "error": rec.get("error")}
-
-
-def wer(script: str, text: str) -> float:
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    normalize = EnglishTextNormalizer()
-    return jiwer.wer(normalize(script), normalize(text))
 
 
 def main(argv=None) -> None:

@@ -25,11 +25,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
 from common import REPO, git_info, machine_info, machine_title, record, report_fields, update_results_md, write_record
+from speech import write_wav
 
 RATE = 16000
 SUBSECTION = "words on noise (no speech), {commit_label}"
@@ -73,15 +73,6 @@ def noise_set(seed: int = 0) -> dict[str, np.ndarray]:
             "silence-bursts": bursts,
             "white-short": rng.standard_normal(int(5 * RATE)) * 0.03}
     return {k: np.clip(v, -1, 1).astype(np.float32) for k, v in sets.items()}
-
-
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def run_ours(files: list[Path], flags: list[str], env: dict) -> dict[str, str]:

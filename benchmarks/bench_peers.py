@@ -23,8 +23,8 @@ the last sentence boundary before that time. Rows pair a setting of ours with th
 
 Every (engine, setting, workload) runs in a fresh subprocess (this script with `--worker`): load the
 model, run the workload once (warm-up: compiles on our side), then `--repeats` timed runs (medians);
-peak RSS is that process's ru_maxrss (host memory only). WER: jiwer on openai-whisper's
-EnglishTextNormalizer of the joined hypotheses against the joined known text, both sides alike.
+peak RSS is that process's ru_maxrss (host memory only). WER: jiwer on Whisper's EnglishTextNormalizer
+of the joined hypotheses against the joined known text (`whisper_nnx.engine.evaluation.wer`), both sides alike.
 Each table line is one engine and dtype on one setting; `÷ theirs <type>` divides its wall time by
 faster-whisper's on the same setting in float32 (or the first of --peer-compute-types), and the
 lines under the table compare the best batched throughput of each side over all settings.
@@ -57,7 +57,6 @@ from common import (  # the script's own folder is on sys.path
     report_fields,
     update_results_md,
     versions,
-    wer,
     write_record,
 )
 
@@ -432,8 +431,10 @@ def main(argv=None) -> int:
                               f"batch {job['batch']} {_beam(beam)}", flush=True)
                         res = run_worker(job, args.worker_timeout, env)
                         if "error" not in res:
+                            from whisper_nnx.engine.evaluation import wer
+
                             res["audio_s_per_s"] = data[workload]["audio_s"] / res["median_s"]
-                            res["wer"] = wer(data[workload]["reference"], res["texts"])
+                            res["wer"] = wer(" ".join(data[workload]["reference"]), " ".join(res["texts"]))
                         cache[key] = {"mode": mode, **res}
                     row[side][dtype] = dict(cache[key])
             base = row["theirs"][reference].get("median_s")

@@ -45,7 +45,6 @@ from common import (  # the script's own folder is on sys.path
     timed_process,
     update_results_md,
     versions,
-    wer,
     write_record,
 )
 
@@ -142,6 +141,8 @@ def known_text(clip: Path):
 
 def summarize(runs: dict[str, list[dict]], known) -> dict:
     """Per setting: medians over the repeats that worked, and the WER of the first transcript."""
+    from whisper_nnx.engine.evaluation import wer
+
     out = {}
     for name, results in runs.items():
         good = [r for r in results if "error" not in r]
@@ -149,7 +150,7 @@ def summarize(runs: dict[str, list[dict]], known) -> dict:
                      "wall_min_s": min((r["wall_s"] for r in good), default=None),
                      **{key: _median(good, key) for key in ("wall_s", "first_result_s", "peak_rss_bytes",
                                                             "cache_bytes", "cache_files")},
-                     "wer": wer([known], [good[0]["text"]]) if good and known else None}
+                     "wer": wer(known, good[0]["text"]) if good and known else None}
     return out
 
 

@@ -106,14 +106,18 @@ def aot_compile(fn, *args, **static) -> Compiled:
     return Compiled(compiled, seconds, temp, {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed")})
 
 
-def wer(reference: list[str], texts: list[str]) -> float:
-    """Word error rate of `texts` against `reference`, both joined and normalized as the
-    reference implementation's English normalizer does."""
-    import jiwer
-    from whisper.normalizers import EnglishTextNormalizer
-
-    norm = EnglishTextNormalizer()
-    return jiwer.wer(norm(" ".join(reference)), norm(" ".join(texts)))
+def run_cli(path: Path, flags: list[str], env: dict, out: Path) -> dict:
+    """One whole `whisper-nnx transcribe` process on one file into `out`: its text, words,
+    segments, windows and wall time (or its error)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "whisper_nnx.engine.cli", "transcribe", str(path), "--output-dir",
+                           str(out), "--quiet", "--no-progress", *flags], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1:], "wall_s": wall}
+    rec = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    return {"text": rec["text"], "words": len(rec["text"].split()), "segments": len(rec["segments"]),
+            "windows": rec.get("windows"), "wall_s": wall, "error": rec.get("error")}
 
 
 def die_with_parent() -> None:

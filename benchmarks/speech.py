@@ -1,15 +1,17 @@
 """Speech synthesis toolkit: deterministic English (and German) speech from piper-tts and espeak-ng.
 
 The pieces that turn text into 16 kHz samples and samples into files, shared by the test-fixture
-generators in tests/fixtures/ (make_speech.py, make_longform.py, make_corpus.py, make_bad_inputs.py,
-which put this folder on sys.path) and by the benchmarks (make_bench_audio.py, which finds it
-beside itself):
+generators in tests/fixtures/ (make_speech.py, make_longform.py, make_corpus.py, make_bad_inputs.py:
+a plain `import speech`, with this folder on the path through pytest's `pythonpath` setting, or
+`PYTHONPATH=benchmarks` when a generator is run by hand) and by the benchmarks (make_bench_audio.py,
+bench_noise.py, bench_gaps.py, which find it beside themselves):
 
 - `piper_speech(text, length_scale)`: the piper-tts voice "joe" without sampling noise;
 - `espeak_speech(text, voice, speed)`: espeak-ng at a voice (language[+variant]) and speed;
 - `sentence(text, ...)`: one piper sentence at SAMPLE_RATE, cut to its speech plus a margin,
   with the bounds of that speech (read-aloud recordings are built from these);
-- `write_flac` (lossless, 16-bit) and `write_opus` (Ogg/Opus, bit-exact muxing).
+- `write_flac` (lossless, 16-bit), `write_wav` (16-bit PCM) and `write_opus` (Ogg/Opus, bit-exact
+  muxing).
 
 Needs (from the repository root):
 
@@ -108,6 +110,17 @@ def write_flac(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE, frame_sam
         stream = container.add_stream("flac", rate=rate, layout="mono")
         stream.format = "s16"
         _encode(container, stream, audio, rate, frame_samples)
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    """Write float audio [N] at `rate` as a 16-bit mono WAV (clipped to [-1, 1], scaled by 32767 and
+    truncated toward zero, as the benchmarks' recordings have always been written); returns `path`."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
 
 
 def write_opus(path: Path, audio: np.ndarray, bitrate: int = 24000) -> None:

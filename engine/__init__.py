@@ -9,21 +9,28 @@ The names below are the public surface; they are imported on first use, so impor
 package stays cheap (no JAX until a name is touched). The pipeline stages sit here in flow
 order; the network is `model/`, weights come from `checkpoints/`, a window is decoded by `decode/`:
 
-- A file becomes windows in `windows.py` (`WindowPipeline`: framing, floor, language, VAD, chunk
-  plans), `longform.py` (per-file jobs: which 30 s windows, which prompts) and `scheduler.py`
-  (audio read ahead, windows of many files packed into device batches).
-- A window is decoded in `windows.py` (a batch of requests: mel, words), `decode/window_decoder.py`
-  (prompts, temperature fallback, ranking), `decode/strategies.py` (greedy, sampling, beam
-  search), `decode/programs.py` (the pure jitted encode / prefill / `lax.while_loop` programs over
-  `model/whisper.py`) and `decode/generate.py` (the host runner: placement, fetch, shrinking;
-  `Generator.programs`).
-- A record is built in `records.py` and written by `sink.py` (`ResultSink`: each record's
-  per-format files through `writers.py`, then its line of `results.jsonl`, whose rules of
-  repair, resume and merge are `results.py`'s); `cli.py` maps flags onto all of this.
+- A file is read in `reading.py` (`AudioPrefetcher`: decoded by `audio.py` and its speech found
+  on threads, ahead of the device and bounded in memory).
+- A file becomes windows in `windows.py` (`WindowPipeline`: framing, floor, language, VAD),
+  `spans.py` (clips, spans of speech, chunk plans, as `Span(first, end)` mel frames),
+  `longform.py` (per-file jobs: which 30 s windows, which prompts) and `scheduler.py`
+  (windows of many files packed into device batches).
+- A window is decoded in `windows.py` (a batch of requests: mel, words), `decode/prompts.py`
+  (a window's prompt), `decode/window_decoder.py` (temperature fallback, ranking),
+  `decode/strategies.py` (greedy, sampling, beam search), `decode/programs.py` (the pure
+  jitted encode / prefill / `lax.while_loop` programs over `model/whisper.py`) and
+  `decode/generate.py` (the host runner: placement, fetch, shrinking; `Generator.programs`).
+- A record is a `Transcript` built and serialized in `records.py` (tokens kept off what is
+  written) and written by `sink.py` (`ResultSink`: each record's per-format files through
+  `writers.py`, then its line of `results.jsonl`, whose rules of repair, resume and merge are
+  `results.py`'s; `files.py`: atomic writes and output names). A whole run (lock, resume, the
+  share of each process, duplicates, merge, summary, the bucket mirror of `remote_output.py`)
+  is `run.py`'s `BulkRun`, which the CLI (`cli.py` maps flags onto it), `--ray` and Python share.
 - A new output format is a formatter in `writers.py` and its name in `FORMATS`; a new decoding
   strategy one class in `decode/strategies.py` (a token strategy only writes `choose`), chosen per
   window in `window_decoder.strategy_for`; a new input source a new kind of entry in `inputs.py`
-  whose `open` gives a path or binary file object, which `audio.load_audio` decodes.
+  (an `entry.Entry` whose `opener` gives a path or binary file object, which `audio.load_audio`
+  decodes).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ _HOMES = {
     "load_audio": "audio",
     "write_outputs": "writers",
     "FORMATS": "writers",
+    "Transcript": "records",
+    "BulkRun": "run",
 }
 __all__ = sorted(_HOMES)
 
@@ -57,6 +66,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .decode.options import DecodeOptions, FallbackOptions, PromptOptions, RuleOptions, SearchOptions
     from .longform import LongFormOptions
     from .options import ReadOptions
+    from .records import Transcript
+    from .run import BulkRun
     from .transcribe import TranscribeOptions, Transcriber, transcribe
     from .vad import VadOptions
     from .writers import FORMATS, write_outputs

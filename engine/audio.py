@@ -15,14 +15,15 @@ can record the reason per input and carry on with the rest of a batch.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 import numpy as np
+
+from .entry import Entry, open_url_or_path
 
 if TYPE_CHECKING:  # PyAV (~0.2 s to import) and soxr load on the first decode, not with the engine
     import av
@@ -99,8 +100,8 @@ def named_stream(data: bytes, name: str) -> io.BytesIO:
 
 
 def source_name(source: "AudioSource") -> str:
-    """How an input is named in errors and records: its path, a ref's or a file object's `name`."""
-    if isinstance(source, AudioRef):
+    """How an input is named in errors and records: its path, an entry's or a file object's `name`."""
+    if isinstance(source, Entry):
         return source.name
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -205,20 +206,8 @@ def _decoded_pieces(
     yield last
 
 
-@dataclasses.dataclass(frozen=True)
-class AudioRef:
-    """An input named `name` whose bytes come from `opener` (a dataset row's bytes, an object in
-    storage, a member of a tar shard), optionally only the span [offset_s, offset_s + duration_s)
-    of what it decodes to (a NeMo manifest's `offset` and `duration`). `opener` returns a path or
-    a binary file object and is called on the decoding thread, when the input's turn comes."""
-
-    name: str
-    opener: Callable[[], Union[str, os.PathLike, BinaryIO]]
-    offset_s: float = 0.0
-    duration_s: Optional[float] = None
-
-
-AudioSource = Union[str, os.PathLike, BinaryIO, AudioRef]  # a path, a binary file object (read from its start), a ref
+# a path, a binary file object (read from its start), an input entry (engine/entry.py)
+AudioSource = Union[str, os.PathLike, BinaryIO, Entry]
 AudioInput = Union[AudioSource, np.ndarray]  # what the engine transcribes: a source, or 16 kHz samples [N]
 
 
@@ -246,21 +235,24 @@ def _span_of(pieces: Iterator[np.ndarray], name: str, offset_s: float, duration_
                                      f"({at / sample_rate:.3f} s)")
 
 
-def _decoded_ref(ref: AudioRef, sample_rate: int) -> Iterator[np.ndarray]:
-    """`iter_decoded` of what `ref.opener` gives, cut to the ref's span; errors name the ref."""
+def _decoded_entry(entry: Entry, sample_rate: int) -> Iterator[np.ndarray]:
+    """`iter_decoded` of what the entry's `opener` gives (else of its file or URL `name`), cut to
+    its span; errors name the entry, and an entry naming no audio raises its own `error`."""
+    if entry.error is not None:
+        raise AudioDecodeError(entry.name, entry.error.removeprefix(f"{entry.name}: "))
     try:
-        source = ref.opener()
+        source = entry.opener() if entry.opener is not None else open_url_or_path(entry.name)
     except FileNotFoundError as err:  # the input's fault: final, like a missing local file
-        raise AudioDecodeError(ref.name, "file not found") from err
+        raise AudioDecodeError(entry.name, "file not found") from err
     pieces = iter_decoded(source, sample_rate)
-    if ref.offset_s or ref.duration_s is not None:
-        pieces = _span_of(pieces, ref.name, ref.offset_s, ref.duration_s, sample_rate)
+    if entry.offset_s or entry.duration_s is not None:
+        pieces = _span_of(pieces, entry.name, entry.offset_s, entry.duration_s, sample_rate)
     try:
         yield from pieces
     except AudioDecodeError as err:
-        if err.path == ref.name:
+        if err.path == entry.name:
             raise
-        raise AudioDecodeError(ref.name, err.reason) from err
+        raise AudioDecodeError(entry.name, err.reason) from err
 
 
 def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
@@ -272,8 +264,8 @@ def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[
     `next()`, and a truncation or an empty stream only after the last piece, so a consumer must
     drain the iterator before trusting what it received.
     """
-    if isinstance(path, AudioRef):
-        yield from _decoded_ref(path, sample_rate)
+    if isinstance(path, Entry):
+        yield from _decoded_entry(path, sample_rate)
         return
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)

@@ -2,8 +2,9 @@
 `to_parquet`, and the Hub's Parquet files), folders saved by `Dataset.save_to_disk` (Arrow
 stream files), and WebDataset `.tar` shards.
 
-    data.parquet -> TableRows (row groups, read lazily) -> Entry per row, its opener reading
-                    that row's audio bytes when the decoder's turn comes
+    data.parquet -> TABLES.open -> TableRows (row groups, read lazily) -> Entry per row, its
+                    opener reading that row's audio bytes (from the table TABLES holds open)
+                    when the decoder's turn comes
 
 Listing reads only the small columns (the id and the reference text); a row's audio is read
 with its row group when the decoder first asks for a row of it, and at most `CACHED_GROUPS`
@@ -36,17 +37,19 @@ from .entry import MEDIA_SUFFIXES, Entry
 from .storage import is_url, join, open_binary, parent
 
 CACHED_GROUPS = 2  # row groups of audio held per file (the prefetcher reads rows in order)
-TEXT_FIELDS = ("text",)  # default reference-text column / WebDataset member / manifest field
+OPEN_TABLES = 16  # tables kept open per process (file handles, cached row groups)
 
 
 @dataclasses.dataclass(frozen=True)
-class Columns:
-    """Which dataset columns hold the audio, the record id and the reference text (None: detect
-    the audio column; no id column: FILE:ROW names; a missing text column: no references)."""
+class SourceOptions:
+    """How dataset inputs are read (the CLI's --audio-column, --id-column, --text-column): which
+    columns hold the audio (None: detected), the record id (None: FILE:ROW names) and the
+    reference text (a missing column: no references; also a manifest's field and a WebDataset
+    sample's `.json` field)."""
 
-    audio: Optional[str] = None
-    id: Optional[str] = None
-    text: str = "text"
+    audio_column: Optional[str] = None
+    id_column: Optional[str] = None
+    text_column: str = "text"
 
 
 def audio_column(schema, wanted: Optional[str], where: str) -> str:
@@ -77,28 +80,28 @@ class TableRows:
     for its rows, and their audio on demand (thread-safe, `CACHED_GROUPS` groups of audio cached)."""
 
     def __init__(self, kind: str, name: str, schema, group_sizes: list[int],
-                 read_group: Callable[[int, list[str]], object], columns: Columns):
-        self.kind, self.name, self.schema, self.columns = kind, name, schema, columns
+                 read_group: Callable[[int, list[str]], object], options: SourceOptions):
+        self.kind, self.name, self.schema, self.options = kind, name, schema, options
         self.group_sizes, self.read_group = group_sizes, read_group
-        self.audio = audio_column(schema, columns.audio, name)
+        self.audio = audio_column(schema, options.audio_column, name)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
-        _register(self)
 
     def entries(self) -> Iterator[Entry]:
-        if self.columns.id is not None and self.columns.id not in self.schema.names:
-            raise ValueError(f"{self.name}: no id column {self.columns.id!r} (columns: {', '.join(self.schema.names)})")
-        small = [c for c in (self.columns.id, self.columns.text) if c is not None and c in self.schema.names]
+        id_column, text_column = self.options.id_column, self.options.text_column
+        if id_column is not None and id_column not in self.schema.names:
+            raise ValueError(f"{self.name}: no id column {id_column!r} (columns: {', '.join(self.schema.names)})")
+        small = [c for c in (id_column, text_column) if c is not None and c in self.schema.names]
         row = 0
         for group, size in enumerate(self.group_sizes):
             table = self.read_group(group, small) if small else None
-            ids = table.column(self.columns.id).to_pylist() if self.columns.id else None
-            texts = table.column(self.columns.text).to_pylist() if self.columns.text in small else None
+            ids = table.column(id_column).to_pylist() if id_column else None
+            texts = table.column(text_column).to_pylist() if text_column in small else None
             for i in range(size):
                 name = f"{self.name}:{row}" if ids is None else str(ids[i])
                 text = None if texts is None or texts[i] is None else str(texts[i])
                 if ids is not None and ids[i] is None:
-                    yield Entry(f"{self.name}:{row}", f"{self.name}:{row}: the id column {self.columns.id!r} is null",
+                    yield Entry(f"{self.name}:{row}", f"{self.name}:{row}: the id column {id_column!r} is null",
                                 text=text)
                 else:
                     # a module function of plain values: the entry pickles (Ray ships entries to its actors)
@@ -131,31 +134,48 @@ class TableRows:
         raise AudioDecodeError(name, f"the row has no audio (column {self.audio!r} is empty)")
 
 
-_TABLES: collections.OrderedDict = collections.OrderedDict()  # (kind, path, audio column) -> TableRows
-_TABLES_LOCK = threading.Lock()
-OPEN_TABLES = 16  # tables kept open per process (file handles, cached row groups)
+class OpenTables:
+    """The tables a process keeps open (file handles, cached row groups of audio): at most
+    `limit`, the least recently used let go first. A listing opens its table here and its rows'
+    openers find it here; in another process (a Ray actor) the first opener opens it again."""
+
+    def __init__(self, limit: int = OPEN_TABLES):
+        self.limit = limit
+        self._tables: collections.OrderedDict = collections.OrderedDict()  # (kind, path, audio column) -> rows
+        self._lock = threading.Lock()
+
+    def open(self, kind: str, path: str, options: SourceOptions) -> TableRows:
+        """The table at `path` ("parquet": a Parquet file; "arrow": a save_to_disk stream file),
+        opened now and kept."""
+        rows = (parquet_rows if kind == "parquet" else arrow_rows)(path, options)
+        with self._lock:
+            self._tables[(kind, path, rows.audio)] = rows
+            while len(self._tables) > self.limit:
+                self._tables.popitem(last=False)
+        return rows
+
+    def open_row(self, kind: str, path: str, audio: str, group: int, index: int, name: str):
+        """Row `index` of row group `group` of the table's audio column `audio` (TableRows.open_row)."""
+        with self._lock:
+            rows = self._tables.get((kind, path, audio))
+            if rows is not None:
+                self._tables.move_to_end((kind, path, audio))
+        if rows is None:
+            rows = self.open(kind, path, SourceOptions(audio_column=audio))
+        return rows.open_row(group, index, name)
 
 
-def _register(rows: TableRows) -> None:
-    with _TABLES_LOCK:
-        _TABLES[(rows.kind, rows.name, rows.audio)] = rows
-        while len(_TABLES) > OPEN_TABLES:
-            _TABLES.popitem(last=False)
+TABLES = OpenTables()  # this process's: an opener is a module function of plain values, so it finds its table here
 
 
 def open_table_row(kind: str, path: str, audio: str, group: int, index: int, name: str):
-    """An entry's opener: row `index` of row group `group` of the table at `path`, opened in
-    this process on first use (the listing process has it open already)."""
-    with _TABLES_LOCK:
-        rows = _TABLES.get((kind, path, audio))
-        if rows is not None:
-            _TABLES.move_to_end((kind, path, audio))
-    if rows is None:
-        rows = (parquet_rows if kind == "parquet" else arrow_rows)(path, Columns(audio=audio))
-    return rows.open_row(group, index, name)
+    """A row entry's opener: its audio, from the table `TABLES` holds open (or opens)."""
+    return TABLES.open_row(kind, path, audio, group, index, name)
 
 
-def parquet_rows(path: str, columns: Columns) -> TableRows:
+def parquet_rows(path: str, options: SourceOptions) -> TableRows:
+    """A Parquet file's rows, read a row group at a time (`TABLES.open` keeps it open for its
+    entries' openers)."""
     import pyarrow.parquet as pq
 
     handle = open_binary(path)
@@ -163,15 +183,15 @@ def parquet_rows(path: str, columns: Columns) -> TableRows:
     metadata = parquet.metadata
     sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
     return TableRows("parquet", path, parquet.schema_arrow, sizes,
-                     lambda group, cols: parquet.read_row_group(group, columns=cols), columns)
+                     lambda group, cols: parquet.read_row_group(group, columns=cols), options)
 
 
-def arrow_rows(path: str, columns: Columns) -> TableRows:
+def arrow_rows(path: str, options: SourceOptions) -> TableRows:
     """An Arrow stream file of `save_to_disk` (local), memory-mapped: one group, nothing resident."""
     import pyarrow as pa
 
     table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
-    return TableRows("arrow", path, table.schema, [table.num_rows], lambda group, cols: table.select(cols), columns)
+    return TableRows("arrow", path, table.schema, [table.num_rows], lambda group, cols: table.select(cols), options)
 
 
 def saved_dataset_files(folder: str) -> Optional[list[str]]:

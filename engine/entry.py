@@ -1,15 +1,14 @@
 """One input entry: the name its record carries, its stable key, and how its audio is opened
-(engine/inputs.py makes entries from the command line; engine/datasets.py from dataset rows)."""
+(engine/inputs.py makes entries from the command line; engine/datasets.py from dataset rows;
+engine/audio.py decodes them, calling `opener` on the decoding thread)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import BinaryIO, Callable, Optional, Union
 
 from . import storage
-from .audio import AudioInput, AudioRef
 
 MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
                   ".mp4", ".mkv", ".mov", ".avi", ".aiff", ".aif", ".amr", ".3gp"}
@@ -25,12 +24,16 @@ def entry_key(name: str) -> str:
 class Entry:
     """One input entry: `name` as given (a record's `path`), or an entry naming no file (`error`).
 
-    `opener` gives the entry's bytes where they are not the file `name` (a dataset row, a tar
-    member, the file of a manifest span); `offset_s`/`duration_s` cut a span of what it decodes to."""
+    `opener` gives the entry's bytes where they are not the file or URL `name` (a dataset row, a
+    tar member, the file of a manifest span): a path or a binary file object, asked for on the
+    decoding thread when the entry's turn comes (a module function of plain values, so that the
+    entry pickles: Ray ships entries to its actors). `offset_s`/`duration_s` cut the span
+    [offset_s, offset_s + duration_s) of what it decodes to (a NeMo manifest's `offset` and
+    `duration`)."""
 
     name: str
     error: Optional[str] = None  # why this entry names no audio (a bad manifest line or row)
-    opener: Optional[Callable[[], Union[str, BinaryIO]]] = dataclasses.field(default=None, compare=False)
+    opener: Optional[Callable[[], Union[str, os.PathLike, BinaryIO]]] = dataclasses.field(default=None, compare=False)
     offset_s: float = 0.0
     duration_s: Optional[float] = None
     text: Optional[str] = None  # reference transcript, when the source has one
@@ -39,19 +42,15 @@ class Entry:
     def key(self) -> str:
         return entry_key(self.name)
 
-    def open(self) -> BinaryIO:
-        """The entry's bytes (a missing or unreadable file raises OSError here; the decoder
-        reports it as the entry's error when given the name instead)."""
-        source = self.opener() if self.opener is not None else self.name
-        return storage.open_binary(source) if isinstance(source, str) else source
-
-    def source(self) -> AudioInput:
-        """What the engine decodes: the local path itself, or a ref that opens the bytes."""
-        if self.opener is None and not storage.is_url(self.name) and not self.offset_s and self.duration_s is None:
+    def source(self) -> Union[str, "Entry"]:
+        """What the engine decodes (audio.iter_decoded): a plain local file as its path, anything
+        else (an opener, a URL, a span, an error) as the entry itself."""
+        if self.error is None and self.opener is None and not storage.is_url(self.name) \
+                and not self.offset_s and self.duration_s is None:
             return self.name
-        opener = self.opener or functools.partial(open_url_or_path, self.name)
-        return AudioRef(self.name, opener, self.offset_s, self.duration_s)
+        return self
 
 
 def open_url_or_path(name: str) -> Union[str, BinaryIO]:
+    """A URL opened through fsspec; a local path as it is (the decoder opens it itself)."""
     return storage.open_binary(name) if storage.is_url(name) else name

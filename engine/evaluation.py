@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from .entry import Entry, entry_key
 from .records import DUPLICATE, error_kind
-from .writers import atomic_write_text
+from .files import atomic_write_text
 
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
 
@@ -51,8 +51,33 @@ def check_available() -> None:
     _tools()
 
 
-def score(entries: Sequence[Entry], records: Iterable[dict]) -> dict:
-    """Per-input and corpus word error counts of `records` against the entries' references."""
+def wer(references: str | Sequence[str], hypotheses: str | Sequence[str], language: str = "en") -> float:
+    """Word error rate, a fraction, of `hypotheses` against `references` (one string each, or
+    equal-length sequences of pairs), normalized as `score` normalizes: Whisper's English
+    normalizer for "en", the basic one otherwise. Over several pairs it is the corpus rate, the
+    errors of every pair over the words of every reference, as `score`'s `wer` (in percent) and
+    `jiwer.wer(references, hypotheses)` on the normalized pairs. The benchmarks score with it."""
+    jiwer, english, basic = _tools()
+    normalize = english if language == "en" else basic
+    pairs = [(references, hypotheses)] if isinstance(references, str) else list(zip(references, hypotheses,
+                                                                                       strict=True))
+    errors = words = 0
+    for reference, hypothesis in pairs:
+        reference, hypothesis = " ".join(normalize(reference).split()), " ".join(normalize(hypothesis).split())
+        if not reference:  # nothing said: every written word is inserted (jiwer wants a reference)
+            errors += len(hypothesis.split())
+            continue
+        counts = _counts(jiwer, reference, hypothesis)
+        errors += counts["substitutions"] + counts["deletions"] + counts["insertions"]
+        words += len(reference.split())
+    if not words:
+        raise ValueError("no reference words to score against")
+    return errors / words
+
+
+def score(entries: Sequence[Entry], records: Iterable[Mapping]) -> dict:
+    """Per-input and corpus word error counts of `records` (read back from results.jsonl, or
+    Transcripts) against the entries' references."""
     jiwer, english, basic = _tools()
     by_key = {entry_key(r["path"]): r for r in records if error_kind(r) != DUPLICATE}
     rows, failed, without, seen = [], [], 0, set()

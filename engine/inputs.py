@@ -1,7 +1,7 @@
 """What an input is: command-line arguments expanded into entries, each with a stable key.
 
     INPUT... -> expand_inputs -> [Entry(name, error, opener, span, text)] -> Entry.source()
-             -> a path or an audio.AudioRef, which audio.iter_decoded decodes
+             -> a path or the entry, which audio.iter_decoded decodes (reading.py, on its threads)
 
 - A file is an entry as given (its `name` is the record's `path`); a URL (`s3://...`, any
   protocol fsspec knows; engine/storage.py) likewise, read through fsspec.
@@ -23,26 +23,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from . import storage
+from . import datasets, storage
+from .datasets import SourceOptions
 from .entry import MEDIA_SUFFIXES, Entry, entry_key, open_url_or_path  # noqa: F401 - Entry, entry_key: re-exported
 
 DATASET_SUFFIXES = {".parquet", ".arrow", ".tar"}
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceOptions:
-    """How dataset inputs are read (the CLI's --audio-column, --id-column, --text-column)."""
-
-    audio_column: Optional[str] = None
-    id_column: Optional[str] = None
-    text_column: str = "text"
 
 
 def _span_name(path: str, offset: float, duration: Optional[float]) -> str:
@@ -91,21 +82,14 @@ def _jsonl_entry(manifest: str, number: int, line: str, text_field: str) -> Entr
 
 
 def _dataset_entries(name: str, options: SourceOptions) -> Iterator[Entry]:
-    from . import datasets
-
-    columns = datasets.Columns(options.audio_column, options.id_column, options.text_column)
     suffix = Path(name).suffix.lower()
     if suffix == ".tar":
         yield from datasets.webdataset_entries(name, options.text_column)
-    elif suffix == ".arrow":
-        yield from datasets.arrow_rows(name, columns).entries()
     else:
-        yield from datasets.parquet_rows(name, columns).entries()
+        yield from datasets.TABLES.open("arrow" if suffix == ".arrow" else "parquet", name, options).entries()
 
 
 def _folder_entries(folder: str, options: SourceOptions) -> Iterator[Entry]:
-    from . import datasets
-
     saved = datasets.saved_dataset_files(folder) if not storage.is_url(folder) else None
     if saved is not None:
         for arrow in saved:

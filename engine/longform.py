@@ -18,17 +18,17 @@ requests of which files share a device batch. Times are seconds from the start o
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
-
-import numpy as np
+from typing import Callable, NamedTuple, Optional
 
 from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, FRAMES_PER_TIMESTAMP, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decode.options import DecodeOptions
+from .decode.prompts import initial_tokens
 from .decode.tokenizer import Tokenizer
-from .decode.window_decoder import DecodedWindow, initial_tokens, is_silence
-from .features import centred_signal, total_frames, window_samples
+from .decode.window_decoder import DecodedWindow, is_silence
 from .hallucination import skip_hallucinations, suspect_reason, words_end
-from .segments import Segment, split_segments
+from .segments import Segment, cut_at, single_ending, split_segments
+from .spans import Span, intersect_spans, seek_clips
+from .spool import Windowed
 from .stitching import stitch_chunks
 from .words import assign_words, word_timings
 
@@ -98,49 +98,15 @@ class WindowRequest:
     audio_frames: int  # frames of the window that hold the file (the rest decode as mel zeros)
     log_mel_max: float  # the file's (or chunk's) max log10 mel power: the -8 floor is taken from it
     prompt: list[int]  # [<|startofprev|> ...] + start sequence (+ prefix)
-    language: Optional[str] = None  # detected for this window (language per window): its prompt says so
+    detect_language: bool = False  # language per window: detected on this window, its prompt set to it
 
 
-@dataclasses.dataclass
-class FileAudio:
-    """A decoded file, framed as the reference frames a long file."""
+class PreparedFile(NamedTuple):
+    """A file ready to decode (`scheduler.WindowWork.prepare`): its job and its language."""
 
-    signal: np.ndarray  # centred samples (features.centred_signal)
-    n_samples: int
-
-    @classmethod
-    def of(cls, audio: np.ndarray) -> "FileAudio":
-        return cls(centred_signal(audio), int(audio.shape[0]))
-
-    @property
-    def audio_frames(self) -> int:
-        return total_frames(self.n_samples) - N_FRAMES
-
-    @property
-    def duration(self) -> float:
-        return self.n_samples / SAMPLE_RATE
-
-    def window(self, frame: int) -> np.ndarray:
-        return window_samples(self.signal, frame)
-
-
-def _single_ending(tokens: list[int], timestamp_begin: int) -> bool:
-    """Whether a window ends in one timestamp after text (no closing pair)."""
-    return [t >= timestamp_begin for t in tokens[-2:]] == [False, True]
-
-
-def _cut_at(tokens: list[int], timestamp_begin: int) -> Optional[int]:
-    """Index just after a window's last complete timestamp pair, where the reference cuts it and
-    seeks to (None: the window is used to its end: no pair, or a single timestamp ending)."""
-    ends = [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= timestamp_begin and tokens[i + 1] >= timestamp_begin]
-    return ends[-1] if ends and not _single_ending(tokens, timestamp_begin) else None
-
-
-def aligned_tokens(tokens: list[int], timestamp_begin: int) -> list[int]:
-    """The part of a window's tokens that becomes segments (the reference drops text after the
-    last timestamp pair unless the window ends in a single timestamp)."""
-    cut = _cut_at(tokens, timestamp_begin)
-    return tokens if cut is None else tokens[:cut]
+    job: "FileJob"
+    language: Optional[str]  # the file's language (None: not known)
+    language_probs: Optional[dict[str, float]]  # the detection's top languages (None: not detected)
 
 
 def _attach_words(segments: list[Segment], window: DecodedWindow, tokenizer: Tokenizer, offset: float,
@@ -157,10 +123,12 @@ def _attach_words(segments: list[Segment], window: DecodedWindow, tokenizer: Tok
 class FileJob:
     """What every long-form job shares: the file, its language, its decoded segments."""
 
-    def __init__(self, audio: FileAudio, log_mel_max: float, tokenizer: Tokenizer, options: DecodeOptions,
+    def __init__(self, audio: Windowed, log_mel_max: float, tokenizer: Tokenizer, options: DecodeOptions,
                  long_form: LongFormOptions, n_text_ctx: int, file_time: Optional[Callable] = None):
-        """`file_time`: decoded time -> the file's time, where the job decodes a view of the file
-        (its speech, under voice activity); None: the job decodes the file itself."""
+        """`audio`: the samples the job decodes (`spool.Windowed`); `log_mel_max`: their maximum
+        log10 mel power (the -8 floor); `n_text_ctx`: the model's text context. `file_time`:
+        decoded time -> the file's time, where the job decodes a view of the file (its speech,
+        under voice activity); None: the job decodes the file itself."""
         self.audio, self.log_mel_max, self.tokenizer = audio, log_mel_max, tokenizer
         self.options, self.long_form, self.n_text_ctx = options, long_form, n_text_ctx
         self.segments: list[Segment] = []
@@ -227,17 +195,20 @@ def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float,
 class SequentialFile(FileJob):
     """The reference's seek loop over one file, inside its spans of speech when they are given."""
 
-    def __init__(self, *args, speech_spans: Optional[list[tuple[int, int]]] = None, **kwargs):
-        """`speech_spans`: (first frame, end frame) of the stretches to decode (`speech_spans`);
-        None: the whole file. The reference's clip_timestamps apply within them."""
-        super().__init__(*args, **kwargs)
+    def __init__(self, audio: Windowed, log_mel_max: float, tokenizer: Tokenizer, options: DecodeOptions,
+                 long_form: LongFormOptions, n_text_ctx: int, file_time: Optional[Callable] = None, *,
+                 speech_spans: Optional[list[Span]] = None, language_per_window: bool = False):
+        """FileJob's arguments, and `speech_spans`: the stretches to decode (`spans.speech_spans`);
+        None: the whole file. The reference's clip_timestamps apply within them.
+        `language_per_window`: each window asks for its language to be detected on it."""
+        super().__init__(audio, log_mel_max, tokenizer, options, long_form, n_text_ctx, file_time)
         self.clips = seek_clips(self.long_form.clip_timestamps, self.audio.audio_frames)
         if speech_spans is not None:
             self.clips = intersect_spans(self.clips, speech_spans)
         self.clip = 0  # the clip being decoded
         self.seek = 0  # _enter_clip moves it to the first clip's start
         self.requested = 0
-        self.detect_each_window = False  # set by the window work for language per window
+        self.language_per_window = language_per_window
         self.all_tokens = list(self.initial)
         self.prompt_reset_since = 0
         self.forget_after_gaps = speech_spans is not None
@@ -256,9 +227,9 @@ class SequentialFile(FileJob):
                 return
             self.clip += 1
             if self.clip < len(self.clips):
-                if self.forget_after_gaps and self.clips[self.clip][0] - self.seek >= N_FRAMES:
+                if self.forget_after_gaps and self.clips[self.clip].first - self.seek >= N_FRAMES:
                     self.prompt_reset_since = len(self.all_tokens)
-                self.seek = self.clips[self.clip][0]
+                self.seek = self.clips[self.clip].first
 
     @property
     def done(self) -> bool:
@@ -275,10 +246,11 @@ class SequentialFile(FileJob):
         if self.done or self.waiting:
             return []
         self.waiting = True
-        audio_frames = min(N_FRAMES, self.audio.audio_frames - self.seek, self.clips[self.clip][1] - self.seek)
+        audio_frames = min(N_FRAMES, self.audio.audio_frames - self.seek, self.clips[self.clip].end - self.seek)
         self.requested += 1
         return [WindowRequest(self, None, self.seek, audio_frames, self.log_mel_max,
-                              self.start_prompt(self._previous(), first=self.requested == 1))]
+                              self.start_prompt(self._previous(), first=self.requested == 1),
+                              detect_language=self.language_per_window)]
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
         self.waiting = False
@@ -292,15 +264,15 @@ class SequentialFile(FileJob):
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
         segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
         for s in segments:
-            s.language = request.language
-        cut = _cut_at(tokens, ts_begin)
+            s.language = window.language
+        cut = cut_at(tokens, ts_begin)
         if cut is not None:
             # Resume at the last complete timestamp pair: the text after it is decoded again.
             self.seek += (tokens[cut - 1] - ts_begin) * FRAMES_PER_TIMESTAMP
         else:
             self.seek += segment_size
         if self.long_form.word_timestamps and window.alignment is not None and segments:
-            heard_before, single = self.last_speech, _single_ending(tokens, ts_begin)
+            heard_before, single = self.last_speech, single_ending(tokens, ts_begin)
             self._add_words(segments, window, offset, single)
             threshold = self.long_form.hallucination_silence_threshold
             if threshold is not None:
@@ -345,20 +317,23 @@ class ChunkedFile(FileJob):
     the last chunk, in chunks cut at pauses, and where a gap before the next chunk is left.
     """
 
-    def __init__(self, *args, chunks: list[tuple[int, int]], chunk_log_mel_max: list[float], **kwargs):
-        """`chunks`: (first frame, frames) of each chunk (`stride_chunks`, or `speech_chunks`
-        when voice activity chose them); `chunk_log_mel_max`: each chunk's maximum log10 mel power."""
-        super().__init__(*args, **kwargs)
-        self.starts, self.lengths = [c[0] for c in chunks], [c[1] for c in chunks]
+    def __init__(self, audio: Windowed, log_mel_max: float, tokenizer: Tokenizer, options: DecodeOptions,
+                 long_form: LongFormOptions, n_text_ctx: int, file_time: Optional[Callable] = None, *,
+                 chunks: list[Span], chunk_log_mel_max: list[float]):
+        """FileJob's arguments, and `chunks`: the chunks' spans (`spans.stride_chunks`, or
+        `spans.speech_chunks` when voice activity chose them); `chunk_log_mel_max`: each chunk's
+        maximum log10 mel power."""
+        super().__init__(audio, log_mel_max, tokenizer, options, long_form, n_text_ctx, file_time)
+        self.chunks = chunks
         self.chunk_log_mel_max = chunk_log_mel_max
-        self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(self.starts))}
-        self.open: set[int] = set(range(len(self.starts)))  # chunks with a window still to decode
+        self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(chunks))}
+        self.open: set[int] = set(range(len(chunks)))  # chunks with a window still to decode
         self.waiting: list[WindowRequest] = []
-        for k, start in enumerate(self.starts):
+        for k, chunk in enumerate(chunks):
             if self.chunk_log_mel_max[k] < SILENT_LOG_POWER or self.silent:
                 self.open.discard(k)  # nothing to hear: no decode
             else:
-                self.waiting.append(WindowRequest(self, k, start, self.lengths[k], self.chunk_log_mel_max[k],
+                self.waiting.append(WindowRequest(self, k, chunk.first, chunk.frames, self.chunk_log_mel_max[k],
                                                   self.start_prompt(self.initial, first=k == 0)))
         self._finish_if_done()
 
@@ -368,9 +343,9 @@ class ChunkedFile(FileJob):
 
     def _covered_until(self, k: int) -> int:
         """Frame up to which chunk k must transcribe itself."""
-        end = self.starts[k] + self.lengths[k]
-        if k + 1 < len(self.starts) and self.starts[k + 1] < end:
-            return self.starts[k + 1]  # the next chunk overlaps: it takes over from its start
+        end = self.chunks[k].end
+        if k + 1 < len(self.chunks) and self.chunks[k + 1].first < end:
+            return self.chunks[k + 1].first  # the next chunk overlaps: it takes over from its start
         return end
 
     def accept(self, request: WindowRequest, window: DecodedWindow) -> None:
@@ -382,12 +357,11 @@ class ChunkedFile(FileJob):
             if self.long_form.word_timestamps and window.alignment is not None and segments:
                 _attach_words(segments, window, self.tokenizer, offset, 0.0)
             self.decoded[k] += segments
-            cut = _cut_at(window.tokens, ts_begin)
+            cut = cut_at(window.tokens, ts_begin)
             if cut is not None:
                 resume = request.frame + (window.tokens[cut - 1] - ts_begin) * FRAMES_PER_TIMESTAMP
                 if request.frame < resume < self._covered_until(k):
-                    chunk_end = self.starts[k] + self.lengths[k]
-                    self.waiting.append(WindowRequest(self, k, resume, min(N_FRAMES, chunk_end - resume),
+                    self.waiting.append(WindowRequest(self, k, resume, min(N_FRAMES, self.chunks[k].end - resume),
                                                       self.chunk_log_mel_max[k], self._next_prompt(k, window)))
                     return
         self.open.discard(k)
@@ -404,88 +378,9 @@ class ChunkedFile(FileJob):
 
     def _finish_if_done(self) -> None:
         if not self.open:
-            bounds = [(s / FRAMES_PER_SECOND, (s + n) / FRAMES_PER_SECOND) for s, n in zip(self.starts, self.lengths)]
-            self.segments = stitch_chunks([self.decoded[k] for k in range(len(self.starts))], bounds,
-                                          self.tokenizer)
+            bounds = [(c.first / FRAMES_PER_SECOND, c.end / FRAMES_PER_SECOND) for c in self.chunks]
+            self.segments = stitch_chunks([self.decoded[k] for k in range(len(self.chunks))], bounds, self.tokenizer)
 
     @property
     def done(self) -> bool:
         return not self.open
-
-
-def seek_clips(clip_timestamps: Optional[Sequence[float]], audio_frames: int) -> list[tuple[int, int]]:
-    """[(first frame, end frame)] to decode, as the reference turns `clip_timestamps` into
-    `seek_clips`: seconds to frames, pairs, an odd last start running to the end."""
-    points = [round(t * FRAMES_PER_SECOND) for t in (clip_timestamps or ())] or [0]
-    if len(points) % 2:
-        points.append(audio_frames)
-    return list(zip(points[::2], points[1::2]))
-
-
-def speech_spans(regions: Sequence[tuple[int, int]], audio_frames: int, min_gap_s: float) -> list[tuple[int, int]]:
-    """The stretches of a file worth decoding: voice-activity regions [(start, end)] in samples ->
-    [(first frame, end frame)], merged across gaps shorter than `min_gap_s`. A lead or a tail
-    that short stays with its span, so a file with speech throughout is one span, the whole file."""
-    gap = round(min_gap_s * FRAMES_PER_SECOND)
-    spans: list[list[int]] = []
-    for start, end in regions:
-        first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), audio_frames)
-        if spans and first - spans[-1][1] < gap:
-            spans[-1][1] = max(spans[-1][1], last)
-        elif last > first:
-            spans.append([first, last])
-    if spans and spans[0][0] < gap:
-        spans[0][0] = 0
-    if spans and audio_frames - spans[-1][1] < gap:
-        spans[-1][1] = audio_frames
-    return [(first, last) for first, last in spans]
-
-
-def intersect_spans(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The overlaps of two sorted lists of disjoint [start, end) spans, sorted."""
-    out, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
-def chunk_starts(audio_frames: int, stride_s: float) -> list[int]:
-    """First frame of each chunk: every 30 - 2 * stride seconds until a chunk reaches the end."""
-    step = N_FRAMES - 2 * round(stride_s * FRAMES_PER_SECOND)
-    starts = [0]
-    while starts[-1] + N_FRAMES < audio_frames:
-        starts.append(starts[-1] + step)
-    return starts
-
-
-def stride_chunks(audio_frames: int, stride_s: float, spans: Optional[Sequence[tuple[int, int]]] = None
-                  ) -> list[tuple[int, int]]:
-    """(first frame, frames) of the 30 s chunks that overlap by `stride_s` on each side, over the
-    whole file or laid out anew inside each of `spans` [(first frame, end frame)]."""
-    return [(first + start, min(N_FRAMES, last - first - start))
-            for first, last in (spans if spans is not None else [(0, audio_frames)])
-            for start in chunk_starts(last - first, stride_s)]
-
-
-def speech_chunks(regions: list[tuple[int, int]], audio_frames: int) -> list[tuple[int, int]]:
-    """Voice-activity regions (samples) grouped into chunks of at most 30 s that start and end
-    at pauses: (first frame, frames) each, disjoint. A region longer than 30 s is cut into 30 s pieces."""
-    chunks: list[list[int]] = []
-    for start, end in regions:
-        first, last = start // HOP_LENGTH, min(-(-end // HOP_LENGTH), audio_frames)
-        if chunks:  # regions a few samples apart round into one frame: chunks stay disjoint
-            first = max(first, chunks[-1][1])
-        while last - first > N_FRAMES:  # only when the detector allows regions over 30 s
-            chunks.append([first, first + N_FRAMES])
-            first += N_FRAMES
-        if chunks and last - chunks[-1][0] <= N_FRAMES:
-            chunks[-1][1] = last
-        elif last > first:
-            chunks.append([first, last])
-    return [(first, last - first) for first, last in chunks]

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Optional, TextIO
 
-from .writers import atomic_write_text
+from .files import atomic_write_text
+
+SUMMARY = "summary.json"  # the run's totals, beside results.jsonl
 
 
 def _clock(seconds: float) -> str:
@@ -80,7 +82,7 @@ class Progress:
                 "skipped_already_done": skipped}
 
 
-def write_summary(out: Path, summary: dict, name: str = "summary.json") -> None:
+def write_summary(out: Path, summary: dict, name: str = SUMMARY) -> None:
     atomic_write_text(out / name, json.dumps(summary, indent=2) + "\n")
 
 

@@ -2,13 +2,17 @@
 local devices, fed blocks of input rows; Ray retries the blocks of an actor or node that dies.
 
     driver: entries to do -> ray.data.from_items -> map_batches(RayTranscriber, actor pool)
-            -> records streamed back -> the CLI's ResultSink (results.jsonl, per-format files)
+            -> records streamed back -> the run's ResultSink (results.jsonl, per-format files)
+
+`RayRecords` is that driver side as `run.BulkRun`'s record producer: `BulkRun(...,
+producer=RayRecords(address, model=..., actors=N)).run()` (what `whisper-nnx transcribe --ray` does).
 
 `RayTranscriber` is a callable class for `Dataset.map_batches` on datasets of any of these
 columns: `entry` (this package's input entries, as the CLI makes them), `bytes` (encoded audio,
 named by `path`/`name` when present), `array` (16 kHz float samples), or `path` (a local path or
 an fsspec URL). It returns the record columns: `path`, `text`, `language`, `duration_s`,
-`windows`, `error`, `error_kind`, and `record` (the whole results.jsonl record as JSON).
+`windows`, `error`, `error_kind`, and `record` (the whole results.jsonl record as JSON, without
+tokens: `results.record_json`).
 
 Why the driver writes the results: every record passes through the same crash-safe sink as a
 single-process run (one line each, fsynced, after its files; `--resume` plans from it; an
@@ -22,13 +26,15 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from . import records
 from .audio import named_stream
 from .entry import Entry
+from .results import record_json
 
 # Environment the actors get from the driver (where set there): offline hub, compilation cache,
 # JAX platform and flags, the engine's own settings.
@@ -55,9 +61,9 @@ def batch_items(batch: dict) -> list:
     raise ValueError(f"a batch needs an entry, bytes, array or path column; got {sorted(batch)}")
 
 
-def record_columns(rows: Sequence[dict]) -> dict[str, list]:
+def record_columns(rows: Sequence[Mapping]) -> dict[str, list]:
     return {**{k: [r.get(k) for r in rows] for k in records.CORE_FIELDS},
-            "record": [json.dumps(r, ensure_ascii=False) for r in rows]}
+            "record": [record_json(r) for r in rows]}
 
 
 class RayTranscriber:
@@ -86,7 +92,7 @@ class RayTranscriber:
 
     def __call__(self, batch: dict) -> dict[str, list]:
         items = batch_items(batch)
-        out: list[Optional[dict]] = [None] * len(items)
+        out: list[Optional[records.Transcript]] = [None] * len(items)
         todo = []
         for i, item in enumerate(items):
             if isinstance(item, Entry) and item.error is not None:
@@ -95,7 +101,7 @@ class RayTranscriber:
                 todo.append(i)
         sources = [items[i].source() if isinstance(items[i], Entry) else items[i] for i in todo]
         for index, record in self.transcriber.transcribe_iter(sources, self.options):
-            out[todo[index]] = {k: v for k, v in record.items() if k != "tokens"}
+            out[todo[index]] = record
         return record_columns(out)  # type: ignore[arg-type]
 
 
@@ -134,3 +140,33 @@ def transcribe_on_ray(entries: Sequence[Entry], *, actors: int, rows_per_call: i
                 continue
             seen.add(record["path"])
             yield record
+
+
+class RayRecords:
+    """`BulkRun`'s record producer on Ray Data: `start` joins the cluster at `address` (None or
+    "": a local one started for the run), `records` streams the actors' records back; the model
+    loads in each actor, this process only writes."""
+
+    def __init__(self, address: Optional[str] = None, *, model: str = "tiny.en", dtype: str = "float32",
+                 quantize: Optional[str] = None, compile_cache: Optional[str] = None, actors: int = 1,
+                 rows_per_call: Optional[int] = None, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                 resources: Optional[dict] = None):
+        """`rows_per_call`: input rows per actor call (None: 4 x the options' batch size)."""
+        self.address, self.model, self.dtype, self.quantize = address, model, dtype, quantize
+        self.compile_cache, self.actors, self.rows_per_call = compile_cache, actors, rows_per_call
+        self.cpus_per_actor, self.gpus_per_actor, self.resources = cpus_per_actor, gpus_per_actor, resources
+
+    def start(self, options) -> dict:
+        """Join the cluster; returns the run facts every record carries (no mesh: each actor
+        places the model on its own host)."""
+        connect(self.address)
+        return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize,
+                "long_form": options.long_form.mode, "mesh": None, "sharding": None}
+
+    def records(self, entries: Sequence[Entry], options) -> Iterator[dict]:
+        logging.info("Ray: %d actors for %d inputs", self.actors, len(entries))
+        return transcribe_on_ray(
+            entries, actors=self.actors, rows_per_call=self.rows_per_call or 4 * options.batch_size,
+            actor_args={"model": self.model, "dtype": self.dtype, "options": options, "quantize": self.quantize,
+                        "compile_cache": self.compile_cache},
+            cpus_per_actor=self.cpus_per_actor, gpus_per_actor=self.gpus_per_actor, resources=self.resources)

@@ -1,7 +1,7 @@
-"""The record: one JSON object per input entry, built here and nowhere else.
+"""The record: one `Transcript` per input entry, built here and serialized here.
 
 Every record has the same keys, whichever path made it (`Transcriber.transcribe`,
-`decode_clips`, the CLI's manifest and duplicate entries):
+`decode_clips`, the run's manifest and duplicate entries):
 
     path        the entry as given (a record is matched to its entry by `inputs.entry_key`)
     text        the transcript ("" for a failure or a silent file)
@@ -15,35 +15,85 @@ Every record has the same keys, whichever path made it (`Transcriber.transcribe`
 
 plus optional extras (`language_probs`; `dropped_segments` with `--hallucination-filter`, each a
 segment with its `dropped` reason; a segment's `language` with `--language-per-window`;
-`decode_clips`' window statistics and `tokens`; the CLI's `model`, `dtype`, `long_form`, `mesh`,
-`sharding`).
+`decode_clips`' window statistics; the run's `model`, `dtype`, `long_form`, `mesh`, `sharding`).
+
+A `Transcript` also carries the decoded `tokens` (for Python users: `transcript["tokens"]`);
+they are never written: `as_dict` (the one serialization: results.jsonl lines, per-format files,
+Ray's rows, Parquet) leaves them out. A Transcript reads like the dict it serializes to
+(`record["text"]`, `record.get("error")`, `"language_probs" in record`); records read back from
+results.jsonl are plain dicts with the same keys.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Any, Iterator, Mapping, Optional
 
 INPUT, RUN, DUPLICATE = "input", "run", "duplicate"  # the error kinds
 # The scalar fields every record has: the typed columns of record tables (results.parquet, Ray's output)
 CORE_FIELDS = ("path", "text", "language", "duration_s", "windows", "error", "error_kind")
+_FIELDS = ("path", "text", "language", "duration_s", "segments", "windows", "error", "error_kind")
+TOKENS = "tokens"  # a Transcript's decoded tokens: never part of a written record
+
+
+@dataclasses.dataclass(eq=False)
+class Transcript(Mapping[str, Any]):
+    """One input entry's result (see the module docstring); a read-only mapping of its record's
+    keys plus `tokens`, equal to a dict with the same items."""
+
+    path: str
+    text: str = ""
+    language: Optional[str] = None
+    duration_s: Optional[float] = None
+    segments: list = dataclasses.field(default_factory=list)
+    windows: int = 0
+    error: Optional[str] = None
+    error_kind: Optional[str] = None
+    tokens: Optional[list] = None  # the decoded text tokens; None for a failure
+    extra: dict = dataclasses.field(default_factory=dict)  # the optional keys, in record order
+
+    def to_record(self) -> dict:
+        """The record as results.jsonl holds it: every key but `tokens`."""
+        return {**{name: getattr(self, name) for name in _FIELDS}, **self.extra}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _FIELDS:
+            return getattr(self, key)
+        if key == TOKENS and self.tokens is not None:
+            return self.tokens
+        return self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _FIELDS
+        if self.tokens is not None:
+            yield TOKENS
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(_FIELDS) + (self.tokens is not None) + len(self.extra)
+
+
+def as_dict(record: Mapping) -> dict:
+    """The written form of a record (a Transcript, or a record read back): a new dict, no tokens."""
+    if isinstance(record, Transcript):
+        return record.to_record()
+    return {key: value for key, value in record.items() if key != TOKENS}
 
 
 def transcript(path: str, *, text: str, language: Optional[str], duration_s: Optional[float],
-               segments: list[dict], windows: int, **extra) -> dict:
+               segments: list[dict], windows: int, tokens: Optional[list] = None, **extra) -> Transcript:
     """The record of an entry that was transcribed (silence included: empty text)."""
-    return {"path": path, "text": text, "language": language, "duration_s": duration_s, "segments": segments,
-            "windows": windows, "error": None, "error_kind": None, **extra}
+    return Transcript(path, text, language, duration_s, segments, windows, tokens=tokens, extra=extra)
 
 
-def failure(path: str, error: str, kind: str, *, duration_s: Optional[float] = None, **extra) -> dict:
+def failure(path: str, error: str, kind: str, *, duration_s: Optional[float] = None, **extra) -> Transcript:
     """The record of an entry without a transcript; `error` is one line naming the entry."""
     if kind not in (INPUT, RUN, DUPLICATE):
         raise ValueError(f"error kind must be {INPUT}, {RUN} or {DUPLICATE}, got {kind!r}")
-    return {"path": path, "text": "", "language": None, "duration_s": duration_s, "segments": [], "windows": 0,
-            "error": " ".join(error.split()), "error_kind": kind, **extra}
+    return Transcript(path, duration_s=duration_s, error=" ".join(error.split()), error_kind=kind, extra=extra)
 
 
-def duplicate(path: str, first_index: int) -> dict:
+def duplicate(path: str, first_index: int) -> Transcript:
     """The record of a repeated entry: the same file as entry `first_index` (0-based)."""
     return failure(path, f"{path}: duplicate entry: the same file is listed as entry {first_index + 1}, "
                          "transcribed once there", DUPLICATE, duplicate_of=first_index + 1)
@@ -57,13 +107,13 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def is_failure(record: dict) -> bool:
+def is_failure(record: Mapping) -> bool:
     """Whether the entry has no transcript because of an input or run error (a duplicate
     listing is not a failure: its file is transcribed at its first listing)."""
     return error_kind(record) in (INPUT, RUN)
 
 
-def error_kind(record: dict) -> Optional[str]:
+def error_kind(record: Mapping) -> Optional[str]:
     """None for a transcript, else INPUT, RUN or DUPLICATE (records from before error kinds
     existed: duplicates by their message, other errors count as input errors)."""
     if record.get("error") is None:

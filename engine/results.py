@@ -1,5 +1,7 @@
 """`results.jsonl`: one JSON record per input entry, safe against a kill at any moment.
 
+- A line is `record_line(record)` (JSON of `records.as_dict`: no tokens) and is read back by
+  `parse_record`; the bucket mirror (remote_output.py) and Ray's rows use the same two.
 - A record is appended as one line, flushed and fsynced before the next input is reported;
   its per-format files are written (atomically, fsynced) before it, so a record never points
   at files that are not there.
@@ -28,19 +30,44 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, Iterable, Optional, Sequence
+from typing import IO, Iterable, Mapping, Optional, Sequence
 
 from .entry import Entry, entry_key
-from .records import DUPLICATE, INPUT, RUN, error_kind
-from .writers import atomic_write_text, fsync_directory
+from .files import atomic_write_text, fsync_directory
+from .records import DUPLICATE, INPUT, RUN, as_dict, error_kind
 
 RESULTS = "results.jsonl"
 MERGE_MARK = ".results-merge.json"  # a merge in progress: sizes before and after, and its parts
 
 
+def process_file(index: int) -> str:
+    """The name of process `index`'s own results file in a multi-process run."""
+    return f"results.process-{index:05d}.jsonl"
+
 
 def process_files(out: Path) -> list[Path]:
     return sorted(out.glob("results.process-*.jsonl"))
+
+
+def record_json(record: Mapping) -> str:
+    """A record (a Transcript or a record read back) as JSON, without tokens: the one serializer
+    of records (results files, the bucket's parts, Ray's rows, the Parquet table's `record`)."""
+    return json.dumps(as_dict(record), ensure_ascii=False)
+
+
+def record_line(record: Mapping) -> str:
+    """A record as its line of a results file (with the newline)."""
+    return record_json(record) + "\n"
+
+
+def parse_record(line: str | bytes) -> Optional[dict]:
+    """The record on a results-file line, or None for anything else (a line cut short, a
+    foreign line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "path" in record else None
 
 
 def repair(path: Path) -> int:
@@ -69,11 +96,8 @@ def read_records(path: Path) -> Iterable[dict]:
     if not path.exists():
         return
     for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # only a torn line can fail, and repair removes those
-        if isinstance(record, dict) and "path" in record:
+        record = parse_record(line)  # only a torn line can fail, and repair removes those
+        if record is not None:
             yield record
 
 
@@ -105,11 +129,8 @@ def drop_retried(out: Path, retry_errors: bool) -> int:
 
 
 def _retried_line(line: str, retry_errors: bool) -> bool:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and is_retried(record, retry_errors)
+    record = parse_record(line)
+    return record is not None and is_retried(record, retry_errors)
 
 
 @dataclasses.dataclass
@@ -165,9 +186,9 @@ def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
     return plan
 
 
-def append_record(handle: IO[str], record: dict) -> None:
+def append_record(handle: IO[str], record: Mapping) -> None:
     """One line, on disk before this returns."""
-    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.write(record_line(record))
     handle.flush()
     os.fsync(handle.fileno())
 

@@ -9,12 +9,12 @@ whole record as JSON, so that nothing results.jsonl holds is lost (words, statis
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .records import CORE_FIELDS
+from .results import record_json
 
 PARQUET = "results.parquet"
 
@@ -28,13 +28,13 @@ def schema():
                       ("error_kind", pa.string()), ("segments", pa.list_(segment)), ("record", pa.string())])
 
 
-def to_table(records: Sequence[dict]):
+def to_table(records: Sequence[Mapping]):
     """pyarrow Table [len(records) rows] of `schema()`."""
     import pyarrow as pa
 
     rows = [{**{k: r.get(k) for k in CORE_FIELDS},
              "segments": [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in r.get("segments") or []],
-             "record": json.dumps(r, ensure_ascii=False)} for r in records]
+             "record": record_json(r)} for r in records]
     return pa.Table.from_pylist(rows, schema=schema())
 
 
@@ -45,7 +45,7 @@ def check_available() -> None:
         raise ValueError(f"--formats parquet needs pyarrow: pip install 'whisper-nnx[data]' ({err})") from err
 
 
-def write_parquet(out: Path, records: Sequence[dict]) -> Path:
+def write_parquet(out: Path, records: Sequence[Mapping]) -> Path:
     """`out`/results.parquet holding `records`, replaced atomically."""
     import pyarrow.parquet as pq
 

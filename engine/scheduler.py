@@ -1,7 +1,6 @@
-"""Keeping the device busy over a corpus: audio decoded ahead on threads, windows of many
-files packed into full batches.
+"""Keeping the device busy over a corpus: windows of many files packed into full batches.
 
-    inputs -> AudioPrefetcher (threads, bounded)  -> files, in input order
+    reading.AudioPrefetcher (audio decoded ahead on threads, bounded) -> files, in input order
            -> WindowScheduler: WindowWork.prepare makes each file's job (longform.py), which
               hands out window requests
               -> batches of `batch_size` windows from any files, similar lengths together
@@ -21,114 +20,22 @@ first (`multihost.global_max`), so processes with less work join with empty rows
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol
 
 import jax
-import numpy as np
 
 from whisper_nnx.sharding import multihost
 
 from . import records
-from .audio import N_FRAMES, SAMPLE_RATE, AudioInput, input_name
+from .audio import N_FRAMES, input_name
 from .decode.window_decoder import DecodedWindow
 from .features import total_frames
-from .longform import FileJob, WindowRequest, chunk_starts
-from .records import INPUT, RUN, one_line
-from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
-
-
-@dataclass
-class LoadedInput:
-    index: int  # position in the inputs
-    item: AudioInput
-    audio: Optional[Windowed]  # 16 kHz mono samples, in memory or spooled to disk; None when `error`
-    error: Optional[str] = None
-    speech: Optional[list[tuple[int, int]]] = None  # voice-activity regions (samples), when asked for
-    error_kind: Optional[str] = None  # INPUT or RUN with `error`
-
-    @property
-    def duration(self) -> float:
-        """Seconds of the decoded file (before voice activity keeps only its speech)."""
-        return 0.0 if self.audio is None else self.audio.n_samples / SAMPLE_RATE
-
-    @property
-    def seconds_in_memory(self) -> float:
-        """Seconds of its samples held in memory (a spooled file holds none)."""
-        return self.duration if isinstance(self.audio, ArrayAudio) else 0.0
-
-    def close(self) -> None:
-        """Release a spooled file's disk space (nothing to do for samples in memory)."""
-        if isinstance(self.audio, SpooledAudio):
-            self.audio.close()
-
-
-def error_record(loaded: LoadedInput, reason: str, kind: str = RUN) -> dict:
-    name = input_name(loaded.item)
-    return records.failure(name, f"{name}: {reason}", kind)
-
-
-class AudioPrefetcher:
-    """Decodes inputs on `workers` threads ahead of the consumer, yielding them in input
-    order. At most `max_ahead` files are in flight and decoding pauses while more than
-    `max_seconds` of decoded audio wait in memory to be `release`d. A file longer than
-    `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
-    from there, so no file holds more than that much audio in memory, whatever its length."""
-
-    def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
-                 max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
-                 find_speech: Optional[Callable[[Windowed], Optional[list[tuple[int, int]]]]] = None):
-        """`find_speech` (voice-activity detection) runs on the same threads, after decoding."""
-        self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
-        self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir
-        self.find_speech = find_speech
-        self._buffered = 0.0
-        self._lock = threading.Lock()
-
-    def release(self, seconds: float) -> None:
-        """A consumer is done with `seconds` of audio it was given."""
-        with self._lock:
-            self._buffered -= seconds
-
-    def _load(self, index: int) -> LoadedInput:
-        item = self.items[index]
-        loaded = LoadedInput(index, item, None)
-        try:
-            loaded.audio = self._decode(item)
-            if self.find_speech is not None:
-                loaded.speech = self.find_speech(loaded.audio)
-        except ValueError as err:  # the input's own fault (AudioDecodeError is one): final
-            loaded.close()
-            return LoadedInput(index, item, None, one_line(err), error_kind=INPUT)
-        except Exception as err:  # noqa: BLE001 - out of memory, a full spool disk: retried by --resume
-            loaded.close()
-            return LoadedInput(index, item, None, f"{input_name(item)}: {one_line(err)}", error_kind=RUN)
-        with self._lock:
-            self._buffered += loaded.seconds_in_memory
-        return loaded
-
-    def _decode(self, item: AudioInput) -> Windowed:
-        if not isinstance(item, np.ndarray):
-            return decode_bounded(item, self.spool_after, self.spool_dir)
-        audio = np.asarray(item, np.float32)
-        if audio.ndim != 1 or audio.shape[0] == 0:
-            raise ValueError(f"{input_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
-        if not np.isfinite(audio).all():
-            raise ValueError(f"{input_name(item)}: samples contain NaN or infinity")
-        return ArrayAudio(audio)
-
-    def __iter__(self) -> Iterator[LoadedInput]:
-        pending: collections.deque = collections.deque()
-        submitted = 0
-        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="whisper-nnx-audio") as pool:
-            while submitted < len(self.items) or pending:
-                while (submitted < len(self.items) and len(pending) < self.max_ahead
-                       and (self._buffered < self.max_seconds or not pending)):
-                    pending.append(pool.submit(self._load, submitted))
-                    submitted += 1
-                yield pending.popleft().result()
+from .longform import FileJob, PreparedFile, WindowRequest
+from .reading import AudioPrefetcher, LoadedInput, error_record
+from .records import one_line
+from .spans import chunk_starts
+from .spool import Windowed
 
 
 @dataclass
@@ -142,8 +49,8 @@ class _Active:
 class WindowWork(Protocol):
     """What the scheduler asks of the model side (windows.WindowPipeline; a fake in tests)."""
 
-    def prepare(self, files: list[LoadedInput]) -> list[tuple[FileJob, Optional[str], Optional[dict]]]:
-        """Per new file: (its long-form job, its language, the language probabilities or None)."""
+    def prepare(self, files: list[LoadedInput]) -> list[PreparedFile | BaseException]:
+        """Per new file: its long-form job and language, or the exception that file raised."""
 
     def decode(self, requests: list[WindowRequest]) -> list[DecodedWindow]:
         """One decoded window per request, in order."""
@@ -192,8 +99,8 @@ class WindowScheduler:
                     loaded.close()
                     yield loaded.index, error_record(loaded, f"preparing the file failed: {one_line(prepared)}")
                     continue
-                job, language, probs = prepared
-                active[id(job)] = _Active(loaded, job, language, probs)
+                job = prepared.job
+                active[id(job)] = _Active(loaded, job, prepared.language, prepared.language_probs)
                 yield from self._give_back(active, files, queue, job, lambda j: j.requests())
             yield from self._finished(active, files)
             if multihost.global_max(int(bool(queue) or not exhausted or bool(active))) == 0:
@@ -210,10 +117,10 @@ class WindowScheduler:
             queue = collections.deque(r for r in queue if id(r.job) in active)
             yield from self._finished(active, files)
 
-    def _prepare(self, arrivals: list[LoadedInput]) -> list:
+    def _prepare(self, arrivals: list[LoadedInput]) -> list[PreparedFile | BaseException]:
         """Jobs of newly admitted files, prepared together (their device calls batched); when
         that fails, one file at a time (one process), so only the file at fault fails. Each
-        entry is (job, language, probabilities) or the exception of its file."""
+        entry is a PreparedFile or the exception of its file."""
         if not arrivals:
             return []
         try:

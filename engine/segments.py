@@ -33,15 +33,39 @@ class Segment:
         return out
 
 
+def pair_ends(tokens: list[int], timestamp_begin: int) -> list[int]:
+    """Index just after each pair of consecutive timestamps in a window's tokens (where its
+    segments end)."""
+    return [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= timestamp_begin and tokens[i + 1] >= timestamp_begin]
+
+
+def single_ending(tokens: list[int], timestamp_begin: int) -> bool:
+    """Whether a window ends in one timestamp after text (no closing pair)."""
+    return [t >= timestamp_begin for t in tokens[-2:]] == [False, True]
+
+
+def cut_at(tokens: list[int], timestamp_begin: int) -> Optional[int]:
+    """Index just after a window's last complete timestamp pair, where the reference cuts it and
+    seeks to (None: the window is used to its end: no pair, or a single timestamp ending)."""
+    ends = pair_ends(tokens, timestamp_begin)
+    return ends[-1] if ends and not single_ending(tokens, timestamp_begin) else None
+
+
+def aligned_tokens(tokens: list[int], timestamp_begin: int) -> list[int]:
+    """The part of a window's tokens that becomes segments (the reference drops text after the
+    last timestamp pair unless the window ends in a single timestamp)."""
+    cut = cut_at(tokens, timestamp_begin)
+    return tokens if cut is None else tokens[:cut]
+
+
 def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,
                    window_duration: float) -> list[Segment]:
     """Segments of one window's sampled tokens (no prompt, no EOT), times offset by the window."""
     ts_begin = tokenizer.timestamp_begin
-    is_ts = [t >= ts_begin for t in tokens]
-    pair_ends = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+    ends = pair_ends(tokens, ts_begin)
     segments = []
-    if pair_ends:
-        slices = pair_ends + ([len(tokens)] if is_ts[-2:] == [False, True] else [])
+    if ends:
+        slices = ends + ([len(tokens)] if single_ending(tokens, ts_begin) else [])
         start = 0
         for end in slices:
             piece = tokens[start:end]

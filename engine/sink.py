@@ -4,26 +4,30 @@
         for _, record in transcriber.transcribe_iter(paths):       # usable from Python as is
             sink.write(record)
 
-A transcript's files (`<stem>-<hash8>.<format>`, `output_stem`) are written atomically *before*
-its record, so a record never points at missing files; a failure to write them turns the record
-into a run error (redone by `--resume`) and the run goes on. Records are appended one line at a
-time, flushed and fsynced (results.py has the file's rules: repair, resume, merge, lock).
+A transcript's files (`<stem>-<hash8>.<format>`, `files.output_stem`) are written atomically
+*before* its record, so a record never points at missing files; a failure to write them turns the
+record into a run error (redone by `--resume`) and the run goes on. Records are appended one line
+at a time, flushed and fsynced, without their tokens (results.py has the file's rules: repair,
+resume, merge, lock). A whole run (resume, duplicates, summaries, several processes) is
+`run.BulkRun`, which writes through this sink.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Callable, Mapping, Optional
 
 from absl import logging
 
 from . import records
+from .files import output_stem
 from .progress import Progress
 from .results import RESULTS, append_record, repair
 from .writers import check_formats, write_outputs
+
+__all__ = ["ResultSink", "SubtitleLayout", "output_stem"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,30 +50,27 @@ class SubtitleLayout:
         return self != SubtitleLayout()
 
 
-def output_stem(path: str) -> str:
-    """File stem plus a short hash of the full path, so equal names in two folders differ."""
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
-    return f"{Path(path).stem}-{digest}"
-
-
 class ResultSink:
     """Writes records to `out_dir/file_name` and each transcript's files beside it."""
 
     def __init__(self, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("json", "txt"),
                  layout: SubtitleLayout = SubtitleLayout(), *, file_name: str = RESULTS,
                  extra: Optional[dict] = None, progress: Optional[Progress] = None,
-                 echo: Optional[Callable[[dict], None]] = None):
-        """`extra`: keys added to every record (the CLI's model and run settings); `progress`
-        counts records; `echo` is called with each record once it is on disk."""
+                 echo: Optional[Callable[[dict], None]] = None, repair: bool = True):
+        """`extra`: keys added to every record (the run's model and settings); `progress`
+        counts records; `echo` is called with each record once it is on disk; `repair`: cut a
+        line a kill left torn off the file first (False: the caller did, as `BulkRun` does for
+        every results file before it plans)."""
         self.out, self.formats, self.layout = Path(out_dir), check_formats(tuple(formats)), layout
         self.path = self.out / file_name
         self.extra, self.progress, self.echo = dict(extra or {}), progress, echo
+        self.repair = repair
         self.failed = 0  # input and run errors written
         self._handle: Optional[IO[str]] = None
 
     def __enter__(self) -> "ResultSink":
         self.out.mkdir(parents=True, exist_ok=True)
-        if repair(self.path):
+        if self.repair and repair(self.path):
             logging.warning("%s: removed a record cut short by an earlier kill", self.path)
         self._handle = open(self.path, "a", encoding="utf-8")
         return self
@@ -79,12 +80,12 @@ class ResultSink:
             self._handle.close()
             self._handle = None
 
-    def write(self, record: dict) -> dict:
-        """Write a transcript's files, then append its record; returns the record as written."""
+    def write(self, record: Mapping) -> dict:
+        """Write a transcript's files, then append its record (a Transcript or a record dict);
+        returns the record as written."""
         if self._handle is None:
             raise RuntimeError("ResultSink.write outside its `with` block")
-        record = {key: value for key, value in record.items() if key != "tokens"}
-        record.update(self.extra)
+        record = {**records.as_dict(record), **self.extra}
         if record["error"] is None:
             record = self._write_files(record)
         append_record(self._handle, record)
@@ -103,7 +104,7 @@ class ResultSink:
             write_outputs(record, self.out, output_stem(record["path"]), self.formats,
                           **dataclasses.asdict(self.layout))
         except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
-            return {**records.failure(record["path"], f"{record['path']}: writing outputs failed: "
-                                                      f"{records.one_line(err)}", records.RUN),
-                    **self.extra}
+            failed = records.failure(record["path"], f"{record['path']}: writing outputs failed: "
+                                                     f"{records.one_line(err)}", records.RUN)
+            return {**failed.to_record(), **self.extra}
         return record

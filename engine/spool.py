@@ -1,14 +1,14 @@
 """Decoded audio on disk: long files framed one 30 s window at a time, memory independent of length.
 
-`longform.FileAudio` keeps a file's whole centred signal in memory (200 reflected samples, the
-audio, 30 s + 200 zeros): 0.9 GB for 4 hours, and voice activity adds a second copy of the speech.
-Here a file is decoded piece by piece (`audio.iter_decoded`) into an unnamed temporary file of
-float32 samples, and each window reads only the samples it covers, so memory stays at one decoded
-piece while spooling and one window per `window()` call afterwards.
+A file's whole centred signal in memory (`features.centred_signal`: 200 reflected samples, the
+audio, 30 s + 200 zeros) would be 0.9 GB for 4 hours, and voice activity would add a second copy
+of the speech. Here a file is decoded piece by piece (`audio.iter_decoded`) into an unnamed
+temporary file of float32 samples, and each window reads only the samples it covers, so memory
+stays at one decoded piece while spooling and one window per `window()` call afterwards.
 
-Every source offers FileAudio's interface with the same numbers, bit for bit:
+Every source offers one interface (`Windowed`), framed as the reference frames a long file:
 `n_samples`, `duration` (s), `audio_frames`, and `window(frame)`, equal to
-`features.window_samples(features.centred_signal(samples), frame)` for every frame >= 0.
+`features.window_samples(features.centred_signal(samples), frame)` for every frame >= 0, bit for bit.
 
 - `SpooledAudio` (from `spool_audio(path, directory)`): the file's samples on disk.
 - `SpeechView(source, regions)`: the speech regions of any source put back to back, the samples
@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 import numpy as np
@@ -51,7 +51,7 @@ class SampleSource(Protocol):
 
 
 class Windowed:
-    """FileAudio's interface over samples [n_samples] that subclasses read with `read_into`."""
+    """A file's samples [n_samples], framed into windows; subclasses read them with `read_into`."""
 
     n_samples: int
 
@@ -66,7 +66,7 @@ class Windowed:
 
     @property
     def audio_frames(self) -> int:
-        """Mel frames that hold the audio (as FileAudio.audio_frames)."""
+        """Mel frames that hold the audio (the file's mel without its 30 s of padding)."""
         return total_frames(self.n_samples) - N_FRAMES
 
     def samples(self, start: int, stop: int) -> np.ndarray:
@@ -120,7 +120,7 @@ class Windowed:
 
 
 class ArrayAudio(Windowed):
-    """Samples already in memory [N], windowed without FileAudio's centred copy."""
+    """Samples already in memory [N], windowed without a centred copy."""
 
     def __init__(self, samples: np.ndarray):
         samples = np.ascontiguousarray(samples, dtype=np.float32)
@@ -202,7 +202,7 @@ def spool_audio(path: str | os.PathLike, directory: str | os.PathLike | None = N
 
 class SpeechView(Windowed):
     """The speech regions of a source put back to back: the samples of
-    `vad.SpeechMap(regions).collect(source samples)`, framed like FileAudio of them.
+    `vad.SpeechMap(regions).collect(source samples)`, framed like ArrayAudio of them.
 
     `source` is any object with `n_samples` and `read_into(out, start)` (SpooledAudio, ArrayAudio,
     another SpeechView) or a 1-D numpy array; `regions` are [start, end) sample ranges of it with
@@ -232,31 +232,6 @@ class SpeechView(Windowed):
             take = min(region_end - region_start - offset, out.shape[0] - done)
             self.source.read_into(out[done:done + take], region_start + offset)
             done += take
-
-
-def iter_windows(audio, frames: Iterable[int], group: int = 16) -> Iterator[np.ndarray]:
-    """`audio.window(f)` for each frame, `group` at a time: fresh float32 arrays [g, WINDOW_SAMPLES],
-    g = group except possibly the last, so callers never hold every window of a file at once.
-
-    `audio` is any object with `window(frame)` (FileAudio too); `window_into` is used when present.
-    """
-    fill = getattr(audio, "window_into", None)
-    if fill is None:
-        def fill(row: np.ndarray, frame: int) -> None:
-            row[:] = audio.window(frame)
-    frames = iter(frames)
-    while chosen := [int(f) for _, f in zip(range(group), frames)]:
-        out = np.empty((len(chosen), WINDOW_SAMPLES), np.float32)
-        for row, frame in zip(out, chosen):
-            fill(row, frame)
-        yield out
-
-
-def floor_spans(audio) -> list[tuple[int, int]]:
-    """The whole-file windows the -8 log-mel floor is the maximum over: [(first frame, valid frames)],
-    every 3000 frames across audio_frames + 3000 (the mel of the file and its 30 s of zeros)."""
-    total = audio.audio_frames + N_FRAMES
-    return [(start, min(N_FRAMES, total - start)) for start in range(0, total, N_FRAMES)]
 
 
 def decode_bounded(path: str | os.PathLike, max_in_memory: int,

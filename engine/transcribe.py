@@ -9,8 +9,7 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,32 +37,17 @@ from .decode.alignment import default_alignment_heads
 from .decode.generate import Generator
 from .decode.languages import LANGUAGES
 from .decode.options import DecodeOptions
+from .decode.prompts import initial_tokens
 from .decode.tokenizer import Tokenizer
-from .decode.window_decoder import WindowDecoder, bucket, initial_tokens, is_silence
+from .decode.window_decoder import WindowDecoder, bucket, is_silence
 from .features import log_mel_spectrogram_jit
 from .options import TranscribeOptions
-from .scheduler import AudioPrefetcher, WindowScheduler, expected_windows
+from .reading import AudioPrefetcher, speech_finder
+from .scheduler import WindowScheduler, expected_windows
 from .segments import split_segments
-from .spool import Windowed
-from .vad import check_available as check_vad_available
-from .vad import speech_regions_streaming
 from .windows import WindowPipeline, detect_languages
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _speech_finder(options: TranscribeOptions) -> Optional[Callable[[Windowed], Optional[list[tuple[int, int]]]]]:
-    """What finds a file's speech regions (samples), if the options need them: every file's with
-    `vad`; with non-speech skipped, those of files longer than one window (a shorter one is
-    decoded whole)."""
-    if options.vad is None and options.long_form.skip_non_speech_s is None:
-        return None
-    check_vad_available()  # once, before any record: not one error per file
-    if options.vad is not None:
-        # chunked: regions of at most one window, split at their longest pause
-        vad = dataclasses.replace(options.vad, max_speech_duration_s=29.0) if options.chunked else options.vad
-        return lambda audio: speech_regions_streaming(audio.pieces(), vad)
-    return lambda audio: speech_regions_streaming(audio.pieces()) if audio.n_samples > N_SAMPLES else None
 
 
 class Transcriber:
@@ -111,9 +95,10 @@ class Transcriber:
     # --- long-form transcription of files of any length -------------------------------------
 
     def transcribe(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
-                   ) -> list[dict]:
-        """One result record per input, in input order (see DESIGN.md's results.jsonl contract)."""
-        results: list[Optional[dict]] = [None] * len(inputs)
+                   ) -> list[records.Transcript]:
+        """One record per input, in input order: a `records.Transcript`, read like the record
+        results.jsonl holds (`record["text"]`), plus its `tokens`."""
+        results: list[Optional[records.Transcript]] = [None] * len(inputs)
         for index, record in self.transcribe_iter(inputs, options):
             results[index] = record
         return results  # type: ignore[return-value]
@@ -131,12 +116,12 @@ class Transcriber:
                             self.model_name)
 
     def transcribe_iter(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
-                        ) -> Iterator[tuple[int, dict]]:
+                        ) -> Iterator[tuple[int, records.Transcript]]:
         """(input index, record) for every input, in the order files finish; audio is decoded
         on `options.audio_workers` threads while the device works."""
         self.warn_ignored_options(options)
         options = options.as_decoded()
-        find_speech = _speech_finder(options)
+        find_speech = speech_finder(options.vad, options.long_form.skip_non_speech_s is not None, options.chunked)
         reading = options.reading
         files = AudioPrefetcher(inputs, workers=reading.audio_workers, max_ahead=max(8, 2 * options.batch_size),
                                 max_seconds=reading.max_audio_in_memory_s / 2, spool_after_s=reading.spool_after_s,
@@ -152,11 +137,11 @@ class Transcriber:
     # --- single windows (clips of up to 30 s, as whisper.decode) ---------------------------
 
     def decode_clips(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
-                     ) -> list[dict]:
+                     ) -> list[records.Transcript]:
         """One record per input clip of up to 30 s, each decoded as one window of its audio
         zero-padded to 30 s (the reference's `whisper.decode`); longer clips get an error."""
         self.warn_ignored_options(options)
-        results: list[Optional[dict]] = [None] * len(inputs)
+        results: list[Optional[records.Transcript]] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray]] = []
         for i, item in enumerate(inputs):
             try:
@@ -209,7 +194,7 @@ class Transcriber:
         return out  # type: ignore[return-value]
 
 
-def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **options) -> list[dict]:
+def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **options) -> list[records.Transcript]:
     """One-shot convenience: load `model`, transcribe `inputs`, return the records."""
     return Transcriber(model).transcribe(list(inputs), TranscribeOptions.from_kwargs(**options))
 

@@ -4,11 +4,14 @@
 (`scheduler.WindowWork`):
 
 - `prepare(files)`: frames each new file, finds its log-mel floor (the whole file's maximum,
-  cut a group of windows at a time), its language and, for chunked files, the chunk plan (cut at
-  pauses with voice activity), and builds its long-form job (`longform.py`);
-- `decode(requests)`: cuts each request's samples, makes the batch's log-mel, decodes it with
-  temperature fallback (`decoding.WindowDecoder`) and, with word timestamps, aligns the words,
-  padding the batch and agreeing its shape with the other processes.
+  cut a group of windows at a time), its language and the spans it decodes (`spans.py`: spans of
+  speech, chunk plans cut at pauses with voice activity), and builds its long-form job
+  (`longform.py`), returned with the file's language as a `PreparedFile`;
+- `decode(requests)`: cuts each request's samples, makes the batch's log-mel, detects the
+  language of the windows that ask for it (language per window: set in their prompts, and
+  handed back on their `DecodedWindow`), decodes it with temperature fallback
+  (`decode.window_decoder.WindowDecoder`) and, with word timestamps, aligns the words, padding
+  the batch and agreeing its shape with the other processes.
 
 Shapes: B windows, M mels, N frames (3000), W = WINDOW_SAMPLES.
 """
@@ -29,19 +32,12 @@ from .decode.generate import Generator
 from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, fit_rows, is_silence, lockstep_rows, pad_rows
 from .features import WINDOW_SAMPLES, window_log_mel, window_log_mel_max
-from .longform import (
-    ChunkedFile,
-    FileJob,
-    SequentialFile,
-    WindowRequest,
-    aligned_tokens,
-    speech_chunks,
-    speech_spans,
-    stride_chunks,
-)
+from .longform import ChunkedFile, PreparedFile, SequentialFile, WindowRequest
 from .options import TranscribeOptions
-from .scheduler import LoadedInput
-from .spool import SpeechView, floor_spans
+from .reading import LoadedInput
+from .segments import aligned_tokens
+from .spans import Span, floor_spans, speech_chunks, speech_spans, stride_chunks
+from .spool import SpeechView, Windowed
 from .vad import SpeechMap
 
 
@@ -76,15 +72,15 @@ def choose_language(windows: list[tuple[str, dict[str, float]]], threshold: floa
 class _Framed:
     """A file as its job will see it."""
 
-    audio: object  # Windowed: the samples the job decodes
-    plan: Optional[list[tuple[int, int]]]  # chunked: (first frame, frames) of each chunk
+    audio: Windowed  # the samples the job decodes
+    plan: Optional[list[Span]]  # chunked: each chunk
     file_time: Optional[Callable]  # voice activity, sequential: decoded time -> the file's time
-    spans: Optional[list[tuple[int, int]]] = None  # skipping non-speech: (first, end frame) to decode
+    spans: Optional[list[Span]] = None  # skipping non-speech: the spans to decode
 
     @property
     def first_frame(self) -> int:
         """Where the file's speech starts (0 unless a long lead without speech is skipped)."""
-        return self.spans[0][0] if self.spans else 0
+        return self.spans[0].first if self.spans else 0
 
 
 def _attempt(step: Callable, *args):
@@ -110,9 +106,9 @@ class WindowPipeline:
         self.generator, self.decoder, self.tokenizer = generator, decoder, tokenizer
         self.dims, self.alignment_heads, self.options = decoder.dims, alignment_heads, options
 
-    def prepare(self, arrivals: list[LoadedInput]) -> list:
-        """Per new file: (its long-form job, language, language probabilities), or the exception
-        that file raised. Frames each file, finds its loudness maximum (the log-mel floor) and
+    def prepare(self, arrivals: list[LoadedInput]) -> list[PreparedFile | BaseException]:
+        """Per new file: its long-form job and language (`PreparedFile`), or the exception that
+        file raised. Frames each file, finds its loudness maximum (the log-mel floor) and
         its language, and builds its job. With voice activity, a sequential job decodes the
         speech put back to back (times mapped back at the end) and a chunked job gets chunks
         cut at pauses; skipping non-speech, jobs decode only the file's spans of speech. A file
@@ -144,13 +140,13 @@ class WindowPipeline:
     def _maxima(self, files: list["_Framed"]) -> tuple[list[float], list[list[float]]]:
         """Each file's whole-file maximum log10 mel power (its -8 floor) and, chunked, each of
         its chunks' maxima, from the windows of all `files` in groups."""
-        spans = []  # (file, first frame, frames): the whole file's windows, then its chunks
+        spans = []  # (file, span): the whole file's windows, then its chunks
         for f, framed in enumerate(files):
-            spans += [(f, start, frames) for start, frames in [*floor_spans(framed.audio), *(framed.plan or ())]]
+            spans += [(f, span) for span in [*floor_spans(framed.audio.audio_frames), *(framed.plan or ())]]
         maxima = self._window_maxima(spans, [f.audio for f in files])
         log_mel_maxes, chunk_log_mel_max, at = [], [], 0
         for framed in files:
-            n_whole = len(floor_spans(framed.audio))
+            n_whole = len(floor_spans(framed.audio.audio_frames))
             n_chunks = len(framed.plan or ())
             log_mel_maxes.append(float(maxima[at:at + n_whole].max()))
             chunk_log_mel_max.append([float(m) for m in maxima[at + n_whole:at + n_whole + n_chunks]])
@@ -158,7 +154,7 @@ class WindowPipeline:
         return log_mel_maxes, chunk_log_mel_max
 
     def _job(self, framed: "_Framed", log_mel_max: float, chunk_log_mel_max: list[float],
-             language: tuple[str, Optional[dict]]) -> tuple[FileJob, Optional[str], Optional[dict]]:
+             language: tuple[str, Optional[dict]]) -> PreparedFile:
         code, probs = language
         tokenizer = self.tokenizer.with_language(code, self.options.decode.task) if self.tokenizer.multilingual \
             else self.tokenizer
@@ -166,20 +162,20 @@ class WindowPipeline:
         if framed.plan is not None:
             job = ChunkedFile(*args, chunk_log_mel_max=chunk_log_mel_max, chunks=framed.plan)
         else:
-            job = SequentialFile(*args, file_time=framed.file_time, speech_spans=framed.spans)
-            job.detect_each_window = self.options.language_per_window and self.tokenizer.multilingual
-        return job, code, probs
+            job = SequentialFile(*args, file_time=framed.file_time, speech_spans=framed.spans,
+                                 language_per_window=self.options.language_per_window and self.tokenizer.multilingual)
+        return PreparedFile(job, code, probs)
 
-    def _window_maxima(self, spans: list[tuple[int, int, int]], audios: list, group: int = 16) -> np.ndarray:
-        """Max log10 mel power of each span (file, first frame, frames of audio): [len(spans)].
-        Windows are cut `group` at a time, so a long file never has all its windows in memory."""
+    def _window_maxima(self, spans: list[tuple[int, Span]], audios: list[Windowed], group: int = 16) -> np.ndarray:
+        """Max log10 mel power of each (file, span of its frames): [len(spans)]. Windows are cut
+        `group` at a time, so a long file never has all its windows in memory."""
         out = []
         for i in range(0, len(spans), group):
             part = spans[i:i + group]
             samples = np.zeros((group, WINDOW_SAMPLES), np.float32)
             audio_frames = np.zeros((group,), np.int32)
-            for row, (f, start, frames) in enumerate(part):
-                samples[row], audio_frames[row] = audios[f].window(start), frames
+            for row, (f, span) in enumerate(part):
+                samples[row], audio_frames[row] = audios[f].window(span.first), span.frames
             out.append(np.asarray(window_log_mel_max(samples, audio_frames, n_mels=self.dims.n_mels))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -238,34 +234,40 @@ class WindowPipeline:
         prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
         options = self.options
         mel = self._window_mel(samples, audio_frames, log_mel_max)  # bucketed: the decoder takes len(prompts)
-        prompts = self._window_languages(mel, requests, prompts)
+        languages = self._window_languages(mel, requests)
+        prompts = [p if code is None else self._with_language(p, code) for p, code in zip(prompts, languages)]
         tokenizer = self.tokenizer.with_language(options.language or "en", options.decode.task) \
             if self.tokenizer.multilingual else self.tokenizer
         windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
+        for window, code in zip(windows, languages):
+            window.language = code
         if options.long_form.word_timestamps:
             self._align_words(mel, windows, audio_frames[:len(prompts)], prompts)
         return windows
 
-    def _window_languages(self, mel: jax.Array, requests: list[WindowRequest], prompts: list) -> list:
-        """Language per window: the rows of jobs that ask for it get the language detected on
-        their own window, written into their prompt (the token after <|startoftranscript|>)."""
+    def _window_languages(self, mel: jax.Array, requests: list[WindowRequest]) -> list[Optional[str]]:
+        """Language per window: per request, the language detected on its own window when it
+        asks for one (`WindowRequest.detect_language`), else None."""
+        languages: list[Optional[str]] = [None] * len(requests)
         if not self.options.language_per_window:  # the same on every process: no call to agree on
-            return prompts
-        rows = [i for i, r in enumerate(requests) if getattr(r.job, "detect_each_window", False)]
+            return languages
+        rows = [i for i, r in enumerate(requests) if r.detect_language]
         if multihost.global_max(len(rows)) == 0:  # every process makes the same calls
-            return prompts
+            return languages
         index = np.zeros((lockstep_rows(len(rows), 1),), np.int32)
         index[:len(rows)] = rows
         found = detect_languages(self.generator, self.tokenizer, mel[index], len(rows))
-        prompts = list(prompts)
-        sot = self.tokenizer.sot
         for row, (code, _) in zip(rows, found):
-            prompt = list(prompts[row])
-            at = len(prompt) - 1 - prompt[::-1].index(sot)  # the start sequence's <|startoftranscript|>
-            prompt[at + 1] = self.tokenizer.to_language_token(code)
-            prompts[row] = requests[row].prompt = prompt
-            requests[row].language = code
-        return prompts
+            languages[row] = code
+        return languages
+
+    def _with_language(self, prompt: list[int], code: str) -> list[int]:
+        """`prompt` with its language token (the one after the start sequence's
+        <|startoftranscript|>) set to `code`'s."""
+        prompt = list(prompt)
+        at = len(prompt) - 1 - prompt[::-1].index(self.tokenizer.sot)
+        prompt[at + 1] = self.tokenizer.to_language_token(code)
+        return prompt
 
     def _align_words(self, mel: jax.Array, windows: list, audio_frames: np.ndarray,
                      prompts: list[list[int]]) -> None:

@@ -9,11 +9,12 @@ json holds the same fields and values as the reference's, laid out for reading (
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
+
+from .files import atomic_write_text, output_path
+from .records import as_dict
 
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 
@@ -158,41 +159,6 @@ _RENDERERS: dict[str, Callable[..., str]] = {
 }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + rename: readers never see half a file,
-    and the file and the rename are fsynced before this returns (a crash keeps one or the other).
-
-    The temp file is made with open(..., "x"), so the result gets the usual permissions (0666
-    less the umask) rather than mkstemp's 0600.
-    """
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            handle = open(tmp, "x", encoding="utf-8")
-            break
-        except FileExistsError:
-            continue
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in `directory` durable (a crash cannot bring the old entry back)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
     """`formats` if every one is known, else ValueError naming the unknown ones."""
     unknown = [f for f in formats if f not in _RENDERERS]
@@ -201,21 +167,17 @@ def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
     return formats
 
 
-def output_path(output_dir: str | os.PathLike, stem: str, fmt: str) -> Path:
-    """Where a transcript's file of format `fmt` goes: `output_dir/stem.fmt`."""
-    return Path(output_dir) / f"{stem}.{fmt}"
-
-
-def write_outputs(result: dict, output_dir: Path, stem: str, formats: tuple[str, ...], *,
+def write_outputs(result: Mapping, output_dir: Path, stem: str, formats: tuple[str, ...], *,
                   highlight_words: bool = False, max_line_width: int | None = None,
                   max_line_count: int | None = None, max_words_per_line: int | None = None) -> list[Path]:
-    """Write `result` (the results.jsonl record) as each format, named `stem.<format>`.
+    """Write `result` (a Transcript or a results.jsonl record) as each format, named `stem.<format>`.
 
     The keyword options shape srt and vtt when the segments carry "words" (as the reference's
     --highlight_words, --max_line_width, --max_line_count, --max_words_per_line); 0 or None
     means unset, and without words they have no effect.
     """
     check_formats(formats)
+    result = as_dict(result)  # what results.jsonl holds: tokens are not written
     options = {"highlight_words": bool(highlight_words), "max_line_width": max_line_width or None,
                "max_line_count": max_line_count or None, "max_words_per_line": max_words_per_line or None}
     written = []

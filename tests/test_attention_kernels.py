@@ -70,6 +70,7 @@ _DIMS = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4,
                   n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
 
 
+@pytest.mark.slow  # compiles two encoders
 def test_encoder_is_the_same_with_either_kernel():
     models = {name: build_model(_DIMS, attention_kernel=name) for name in ("dense", "tiled")}
     mel = np.random.default_rng(2).standard_normal((2, 80, 3000)).astype(np.float32)

@@ -273,6 +273,7 @@ def test_a_binary_file_object_decodes_as_its_path(data_dir, tmp_path):
         load_audio(io.BytesIO(half))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_decoders_are_imported_only_when_a_file_is_decoded():
     """PyAV (~0.2 s to import) and soxr load on the first decode, not with the engine: arrays and
     dataset features transcribe without them, and start-up does not pay for them."""

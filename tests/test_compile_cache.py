@@ -15,6 +15,8 @@ import pytest
 
 from whisper_nnx.engine import compile_cache
 
+pytestmark = pytest.mark.slow  # fresh interpreters that compile
+
 _PROGRAM = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp

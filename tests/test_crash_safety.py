@@ -22,15 +22,10 @@ from cli_runs import cli_environment, complete_records, kill_after_records
 
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.longform import SequentialFile
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.transcribe import TranscribeOptions
 from whisper_nnx.engine.windows import WindowPipeline
 
 GREEDY = dict(language="en", beam_size=None, temperature=0.0, batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return Transcriber("tiny.en")
 
 
 @pytest.fixture(scope="module")

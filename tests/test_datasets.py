@@ -22,7 +22,8 @@ from whisper_nnx.engine.results import plan_run  # noqa: E402
 
 
 def _bytes(entry) -> bytes:
-    with entry.open() as handle:
+    """The bytes the decoder is given for a dataset entry: what its opener returns."""
+    with entry.opener() as handle:
         return handle.read()
 
 
@@ -42,7 +43,7 @@ def test_parquet_reads_audio_one_row_group_at_a_time(tmp_path):
     clips = CLIPS * 3
     path = write_parquet(tmp_path / "many.parquet", clips, row_group_size=1)
     assert pq.ParquetFile(path).metadata.num_row_groups == len(clips)
-    rows = ds.parquet_rows(str(path), ds.Columns())
+    rows = ds.TABLES.open("parquet", str(path), SourceOptions())
     reads = []
     read_group = rows.read_group
     rows.read_group = lambda group, cols: reads.append((group, tuple(cols))) or read_group(group, cols)
@@ -55,6 +56,26 @@ def test_parquet_reads_audio_one_row_group_at_a_time(tmp_path):
     assert [g for g, cols in reads] == list(range(len(clips)))  # each group's audio read once, in order
 
 
+def test_open_tables_serve_their_rows_openers_and_let_the_oldest_go(tmp_path, monkeypatch):
+    """A row's opener reads from the table its listing opened; a table let go (past `limit`, or
+    in another process such as a Ray actor) is opened again by its first opener."""
+    paths = [str(write_parquet(tmp_path / f"t{i}.parquet", CLIPS[i:i + 1])) for i in range(3)]
+    tables = ds.OpenTables(limit=2)
+    monkeypatch.setattr(ds, "TABLES", tables)
+    opened = []
+    parquet_rows = ds.parquet_rows
+    monkeypatch.setattr(ds, "parquet_rows", lambda path, options: opened.append(path) or parquet_rows(path, options))
+    entries = [next(tables.open("parquet", path, SourceOptions()).entries()) for path in paths]
+    assert opened == paths
+    assert [_bytes(e) for e in entries[:0:-1]] == [(CORPUS / n).read_bytes() for n in CLIPS[:0:-1]]
+    assert opened == paths  # both still open: read from the listing's tables
+    assert _bytes(entries[0]) == (CORPUS / CLIPS[0]).read_bytes()
+    assert opened == paths + paths[:1]  # the first was let go: opened again
+    fresh = ds.OpenTables()  # another process
+    monkeypatch.setattr(ds, "TABLES", fresh)
+    assert _bytes(entries[1]) == (CORPUS / CLIPS[1]).read_bytes() and opened[-1] == paths[1]
+
+
 def test_audio_column_detection_and_errors(tmp_path):
     clip = (CORPUS / CLIPS[0]).read_bytes()
     plain = tmp_path / "plain.parquet"  # no Hugging Face metadata: the struct with `bytes` is found
@@ -63,7 +84,7 @@ def test_audio_column_detection_and_errors(tmp_path):
     entries = list(expand_inputs([str(plain)]))
     assert _bytes(entries[0]) == clip
     with pytest.raises(AudioDecodeError, match="has no audio"):
-        entries[1].open()
+        load_audio(entries[1].source())
     binary = tmp_path / "binary.parquet"
     pq.write_table(pa.table({"audio": pa.array([clip], pa.binary())}), binary)
     assert _bytes(next(expand_inputs([str(binary)]))) == clip

@@ -42,48 +42,41 @@ def test_pick_best_uses_length_normalized_scores():
     assert pick_best(candidates, 0.0) == ([1], -1.5)
 
 
-@pytest.fixture(scope="module")
-def transcriber():
-    from whisper_nnx.engine.transcribe import Transcriber
-
-    return Transcriber("tiny.en")
-
-
 @pytest.mark.slow
-def test_fallback_walks_the_temperatures(transcriber, data_dir):
+def test_fallback_walks_the_temperatures(tiny, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     files = [data_dir / "sample_joe.flac", data_dir / "sample_espeak.flac"]
-    easy = transcriber.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=(0.0, 0.5, 1.0)))
+    easy = tiny.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=(0.0, 0.5, 1.0)))
     assert [r["temperature"] for r in easy] == [0.0, 0.0]
     # An unreachable log-probability threshold: every window is retried up to the last temperature.
     hard = TranscribeOptions.from_kwargs(language="en", temperature=(0.0, 0.5, 1.0), best_of=3, logprob_threshold=0.0)
-    records = transcriber.decode_clips(files, hard)
+    records = tiny.decode_clips(files, hard)
     assert [r["temperature"] for r in records] == [1.0, 1.0]
     assert all(r["text"] for r in records)
-    again = transcriber.decode_clips(files, hard)  # sampling is seeded: the same run gives the same text
+    again = tiny.decode_clips(files, hard)  # sampling is seeded: the same run gives the same text
     assert [r["tokens"] for r in again] == [r["tokens"] for r in records]
 
 
 @pytest.mark.slow
-def test_sampling_best_of_picks_the_most_likely_sample(transcriber, data_dir):
+def test_sampling_best_of_picks_the_most_likely_sample(tiny, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     path = [data_dir / "sample_espeak.flac"]
     sampled = dict(language="en", temperature=1.0, seed=4)
-    one = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(**sampled, best_of=1))[0]
-    many = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(**sampled, best_of=8))[0]
-    greedy = transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=0.0))[0]
+    one = tiny.decode_clips(path, TranscribeOptions.from_kwargs(**sampled, best_of=1))[0]
+    many = tiny.decode_clips(path, TranscribeOptions.from_kwargs(**sampled, best_of=8))[0]
+    greedy = tiny.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=0.0))[0]
     # The best of 8 is at least as likely (per token) as a single sample, and sampling at T=1 is
     # really sampling: some draw differs from the greedy tokens.
     assert many["avg_logprob"] >= one["avg_logprob"] - 1e-6
-    samples = [transcriber.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=1,
+    samples = [tiny.decode_clips(path, TranscribeOptions.from_kwargs(language="en", temperature=1.0, best_of=1,
                                                               seed=s))[0]["tokens"] for s in range(3)]
     assert any(s != greedy["tokens"] for s in samples + [one["tokens"]])
 
 
 @pytest.mark.slow
-def test_silence_rule_on_silent_audio(transcriber):
+def test_silence_rule_on_silent_audio(tiny):
     """tiny.en famously says "you" to silence with avg log-prob about -0.7: under the default
     -1.0 threshold the reference keeps that text; under -0.5 the window counts as silence and
     gives an empty transcript, without temperature fallback."""
@@ -91,9 +84,9 @@ def test_silence_rule_on_silent_audio(transcriber):
 
     silence = np.zeros(16000 * 5, np.float32)
     noise = np.random.default_rng(0).normal(0, 1e-4, 16000 * 5).astype(np.float32)
-    default = transcriber.decode_clips([silence, noise], TranscribeOptions(language="en"))
+    default = tiny.decode_clips([silence, noise], TranscribeOptions(language="en"))
     options = TranscribeOptions.from_kwargs(language="en", logprob_threshold=-0.5)
-    strict = transcriber.decode_clips([silence, noise], options)
+    strict = tiny.decode_clips([silence, noise], options)
     for kept, skipped in zip(default, strict):
         assert kept["no_speech_prob"] > 0.6 and -1.0 < kept["avg_logprob"] <= -0.5
         assert kept["text"] != "" and kept["segments"]
@@ -102,27 +95,27 @@ def test_silence_rule_on_silent_audio(transcriber):
 
 
 @pytest.mark.slow
-def test_repetition_guards_change_a_repetitive_window(transcriber, data_dir):
+def test_repetition_guards_change_a_repetitive_window(tiny, data_dir):
     """"Thank you." said eight times: with no_repeat_ngram_size 3 no sampled 3-gram ending in a text
     token repeats (timestamps may); a strong repetition penalty changes the text; both are off by default."""
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     clip = [data_dir / "sample_thanks.flac"]
     base = dict(language="en", temperature=0.0)
-    plain = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base))[0]
-    default = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base, no_repeat_ngram_size=0,
+    plain = tiny.decode_clips(clip, TranscribeOptions.from_kwargs(**base))[0]
+    default = tiny.decode_clips(clip, TranscribeOptions.from_kwargs(**base, no_repeat_ngram_size=0,
                                                                             repetition_penalty=1.0))[0]
     assert plain["tokens"] == default["tokens"]
-    eot = transcriber.tokenizer.eot
+    eot = tiny.tokenizer.eot
 
     def ngrams(tokens, n):  # the sampled n-grams that end in a text token (the ones the guard forbids twice)
         return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1) if tokens[i + n - 1] < eot]
 
     assert len(set(ngrams(plain["tokens"], 3))) < len(ngrams(plain["tokens"], 3))  # it does repeat
-    guarded = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base, no_repeat_ngram_size=3))[0]
+    guarded = tiny.decode_clips(clip, TranscribeOptions.from_kwargs(**base, no_repeat_ngram_size=3))[0]
     grams = ngrams(guarded["tokens"], 3)
     assert grams and len(set(grams)) == len(grams)
-    penalized = transcriber.decode_clips(clip, TranscribeOptions.from_kwargs(**base, repetition_penalty=3.0))[0]
+    penalized = tiny.decode_clips(clip, TranscribeOptions.from_kwargs(**base, repetition_penalty=3.0))[0]
     assert penalized["tokens"] != plain["tokens"]
     with pytest.raises(ValueError, match="repetition_penalty"):
         TranscribeOptions.from_kwargs(repetition_penalty=0.0)

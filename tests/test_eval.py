@@ -51,6 +51,12 @@ def test_score_equals_jiwer_on_the_same_pairs():
     assert (result["substitutions"], result["deletions"], result["insertions"]) == \
         (out.substitutions, out.deletions, out.insertions)
     assert result["audio_s"] == pytest.approx(6.0)
+    # The benchmarks' WER (a fraction) is the same corpus rate, and jiwer's on one pair.
+    assert evaluation.wer(refs, hyps) == pytest.approx(expected, abs=1e-12)
+    assert evaluation.wer(refs[2], hyps[2]) == pytest.approx(jiwer.wer(norm(refs[2]), norm(hyps[2])), abs=1e-12)
+    basic = BasicTextNormalizer()
+    assert evaluation.wer(SAMPLES[5], "ich möchte ein cafe bitte", language="de") == \
+        pytest.approx(jiwer.wer(basic(SAMPLES[5]), basic("ich möchte ein cafe bitte")), abs=1e-12)
 
 
 def test_failures_count_as_deleted_words_and_duplicates_once():

@@ -49,21 +49,14 @@ def test_fallback_temperatures_without_increment():
     assert fallback_temperatures(0.0, 0.0) == (0.0,)
 
 
-@pytest.fixture(scope="module")
-def transcriber():
-    from whisper_nnx.engine.transcribe import Transcriber
-
-    return Transcriber("tiny.en")
-
-
 @pytest.mark.slow
-def test_one_program_per_prompt_bucket_in_a_sequential_run(transcriber, data_dir):
+def test_one_program_per_prompt_bucket_in_a_sequential_run(tiny, data_dir):
     """A file decoded alone (every batch has one row, so one exact prompt length) traces the
     decode program once per prompt-length bucket, not once per length (the encoder is part of
     that program, so a per-length program recompiles everything)."""
     import jax
 
-    from whisper_nnx.engine.decode.window_decoder import _PROMPT_BUCKETS
+    from whisper_nnx.engine.decode.prompts import _PROMPT_BUCKETS
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     traces: list[str] = []
@@ -74,19 +67,19 @@ def test_one_program_per_prompt_bucket_in_a_sequential_run(transcriber, data_dir
             traces.append(kwargs["fun_name"])
 
     lengths: list[int] = []
-    decode = transcriber.decoder.decode
+    decode = tiny.decoder.decode
 
     def recording_decode(mel, tokenizer, prompts, options, seeds=None):
         lengths.extend(len(p) for p in prompts)
         return decode(mel, tokenizer, prompts, options, seeds=seeds)
 
-    transcriber.decoder.decode = recording_decode
+    tiny.decoder.decode = recording_decode
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         options = TranscribeOptions.from_kwargs(language="en", temperature=0.0, beam_size=None, batch_size=1)
-        record = transcriber.transcribe([data_dir / "longform" / "lecture.ogg"], options)[0]
+        record = tiny.transcribe([data_dir / "longform" / "lecture.ogg"], options)[0]
     finally:
-        transcriber.decoder.decode = decode
+        tiny.decoder.decode = decode
         jax.monitoring.unregister_event_duration_listener(listen)
     assert record["error"] is None and record["windows"] >= 6
     buckets = {next((b for b in _PROMPT_BUCKETS if b >= n), n) for n in lengths}
@@ -95,7 +88,7 @@ def test_one_program_per_prompt_bucket_in_a_sequential_run(transcriber, data_dir
 
 
 @pytest.mark.slow
-def test_a_looping_window_falls_back_as_in_the_reference(transcriber, data_dir):
+def test_a_looping_window_falls_back_as_in_the_reference(tiny, data_dir):
     """"Thank you." x 8: the greedy decode repeats itself (zlib ratio far above 2.4), so the
     reference decodes the window again at 0.2, 0.4, ...: ours must reach the same fallback and
     report the same first-pass ratio."""
@@ -110,10 +103,10 @@ def test_a_looping_window_falls_back_as_in_the_reference(transcriber, data_dir):
     audio = load_audio(data_dir / "sample_thanks.flac")
     temperatures = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     options = TranscribeOptions.from_kwargs(language="en", beam_size=None, temperature=0.0)
-    first = transcriber.transcribe([audio], options)[0]
-    ours = transcriber.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None,
+    first = tiny.transcribe([audio], options)[0]
+    ours = tiny.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None,
                                                              temperature=temperatures))[0]
-    checkpoint = read_checkpoint(transcriber.checkpoint_path)
+    checkpoint = read_checkpoint(tiny.checkpoint_path)
     torch.set_num_threads(2)
     model = reference_model(checkpoint.dims, checkpoint.params)
     ref_first = whisper.transcribe(model, audio, language="en", temperature=0.0, fp16=False)
@@ -134,7 +127,7 @@ def test_a_looping_window_falls_back_as_in_the_reference(transcriber, data_dir):
     ({"language": "de"}, "English-only model but was given language 'de'; using English instead"),
     ({"task": "translate"}, "an English-only model cannot translate; transcribing in English"),
 ])
-def test_english_only_model_warns_about_ignored_options(transcriber, data_dir, caplog, settings, expected):
+def test_english_only_model_warns_about_ignored_options(tiny, data_dir, caplog, settings, expected):
     """As the reference's CLI: the option is ignored with a warning, and the text is English."""
     import logging
 
@@ -142,13 +135,13 @@ def test_english_only_model_warns_about_ignored_options(transcriber, data_dir, c
 
     options = TranscribeOptions.from_kwargs(beam_size=None, temperature=0.0, **settings)
     with caplog.at_level(logging.WARNING):
-        record = transcriber.transcribe([data_dir / "sample_joe.flac"], options)[0]
+        record = tiny.transcribe([data_dir / "sample_joe.flac"], options)[0]
     assert record["error"] is None and record["language"] == "en"
     assert "quick brown fox" in record["text"]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(expected in message for message in warned), warned
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        transcriber.transcribe([data_dir / "sample_joe.flac"],
+        tiny.transcribe([data_dir / "sample_joe.flac"],
                                TranscribeOptions.from_kwargs(beam_size=None, temperature=0.0))
     assert not any("English-only" in r.getMessage() for r in caplog.records)

@@ -135,6 +135,7 @@ def dense_attention(monkeypatch):
     monkeypatch.setenv("WHISPER_NNX_ATTENTION", "dense")
 
 
+@pytest.mark.slow  # compiles tiny's encoder
 @pytest.mark.usefixtures("dense_attention")
 def test_xla_counts_the_same_encoder():
     """XLA counts every matmul as we do plus the elementwise work we leave out. For tiny that is
@@ -148,6 +149,7 @@ def test_xla_counts_the_same_encoder():
     assert ours <= xla <= 1.05 * ours, xla / ours
 
 
+@pytest.mark.slow  # compiles tiny's prefill and step
 def test_xla_counts_the_same_decoder():
     """Prefill (cross K/V + 3 prompt tokens) and one step against a 40-position cache, counted as
     the engine runs them (attention over the whole cache). XLA also counts the 104 padding rows

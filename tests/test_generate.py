@@ -28,6 +28,7 @@ SMALL = ModelDims(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n
                   n_vocab=51864, n_text_ctx=40, n_text_state=64, n_text_head=4, n_text_layer=2)
 
 
+@pytest.mark.slow  # compiles a model's decode loop (about 100 s on a busy 2-core machine)
 def test_greedy_equals_argmax_rollout_of_uncached_forward():
     model = build_model(SMALL, seed=5)
     rng = np.random.default_rng(1)
@@ -58,6 +59,7 @@ def test_shrink_width_halves_at_least():
     assert shrunk_width(1, 1) == 1
 
 
+@pytest.mark.slow  # compiles a model's decode loop
 @pytest.mark.parametrize("sample", [False, True])
 def test_dropping_finished_rows_changes_no_row(sample):
     """Rows stopped at different limits: stretches of 3 steps with finished rows dropped between
@@ -169,9 +171,8 @@ def test_beam_phases_compose_to_the_beam_window(tiny_en_model, data_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_en_model():
-    transcriber = Transcriber("tiny.en")
-    return nnx.merge(transcriber.generator.graphdef, transcriber.generator.state), transcriber.tokenizer
+def tiny_en_model(tiny):
+    return nnx.merge(tiny.generator.graphdef, tiny.generator.state), tiny.tokenizer
 
 
 def _mels(model, data_dir, names: list[str]) -> np.ndarray:
@@ -185,16 +186,17 @@ def _tiny_config(tokenizer, prompt_len: int, sample_len: int = 12) -> DecodeConf
                         sample_len=sample_len, no_speech=tokenizer.no_speech)
 
 
-def _with_reference(name: str):
+def _with_reference(name_or_transcriber):
     """Our Transcriber and the reference model holding the same real weights."""
-    ours = Transcriber(name)
+    ours = Transcriber(name_or_transcriber) if isinstance(name_or_transcriber, str) else name_or_transcriber
     checkpoint = read_checkpoint(ours.checkpoint_path)
     return ours, reference_model(checkpoint.dims, checkpoint.params)
 
 
 @pytest.fixture(scope="module", params=["tiny.en", "base"])
-def both(request):
-    return _with_reference(request.param)
+def both(request, tiny):
+    """tiny.en: the session's Transcriber."""
+    return _with_reference(tiny if request.param == "tiny.en" else request.param)
 
 
 @pytest.mark.slow

@@ -41,11 +41,10 @@ def test_switched_off_thresholds_do_not_flag():
 
 
 @pytest.mark.slow
-def test_filter_drops_made_up_text_on_noise_and_keeps_speech(data_dir):
+def test_filter_drops_made_up_text_on_noise_and_keeps_speech(tiny, data_dir):
     from whisper_nnx.engine.audio import load_audio
-    from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+    from whisper_nnx.engine.transcribe import TranscribeOptions
 
-    tiny = Transcriber("tiny.en")
     clips = sorted((data_dir / "corpus").glob("*.flac"))[:6]
     babble = np.zeros(12 * 16000, np.float32)  # six clips reversed and overlaid: speech-like, no words
     for i, clip in enumerate(clips):

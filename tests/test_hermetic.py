@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_the_suite_runs_offline_with_an_empty_hub_cache():
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert not any(os.scandir(os.environ["HF_HUB_CACHE"]))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_short_names_resolve_to_the_offline_packages():
     from whisper_nnx.engine.checkpoints.hub import offline_package_checkpoint, resolve_model
 

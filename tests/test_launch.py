@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # bash subprocesses (the launch scripts with fake ssh/gcloud)
+
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 
 

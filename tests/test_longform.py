@@ -19,11 +19,11 @@ from whisper_nnx.engine import features
 from whisper_nnx.engine.audio import N_SAMPLES, load_audio
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.options import DecodeOptions
-from whisper_nnx.engine.decode.window_decoder import initial_tokens
-from whisper_nnx.engine.longform import chunk_starts, speech_chunks
+from whisper_nnx.engine.decode.prompts import initial_tokens
 from whisper_nnx.engine.segments import Segment
+from whisper_nnx.engine.spans import Span, chunk_starts, speech_chunks
 from whisper_nnx.engine.stitching import stitch_chunks
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.transcribe import TranscribeOptions
 
 LECTURE = Path(__file__).parent / "data" / "longform"
 _normalize = EnglishTextNormalizer()
@@ -70,16 +70,12 @@ def test_speech_chunks_never_overlap_when_regions_share_a_frame():
     hop = 160
     regions = [(0, 25 * 16000 + 5), (25 * 16000 + 10, 50 * 16000), (50 * 16000 + 100, 52 * 16000)]
     chunks = speech_chunks(regions, 5200)
-    assert chunks == [(0, 2501), (2501, 2699)]
-    for (first, frames), (next_first, _) in zip(chunks, chunks[1:]):
-        assert next_first >= first + frames
+    assert chunks == [Span(0, 2501), Span(2501, 5200)]
+    for chunk, after in zip(chunks, chunks[1:]):
+        assert after.first >= chunk.end
     # a region inside the previous chunk's last frame still yields frames of its own
-    assert speech_chunks([(0, 10 * hop + 5), (10 * hop + 20, 3200 * hop)], 3300) == [(0, 11), (11, 3000), (3011, 189)]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return Transcriber("tiny.en")
+    assert speech_chunks([(0, 10 * hop + 5), (10 * hop + 20, 3200 * hop)], 3300) == \
+        [Span(0, 11), Span(11, 3011), Span(3011, 3200)]
 
 
 def _segment(tokenizer, start: float, end: float, text: str) -> Segment:
@@ -88,8 +84,8 @@ def _segment(tokenizer, start: float, end: float, text: str) -> Segment:
     return Segment(start, end, text, tokens)
 
 
-def test_stitching_cuts_in_the_middle_of_the_agreed_words(tiny):
-    tok = tiny.tokenizer
+def test_stitching_cuts_in_the_middle_of_the_agreed_words(tiny_tokenizer):
+    tok = tiny_tokenizer
     left = [_segment(tok, 0.0, 12.0, " one two three four five"),
             _segment(tok, 12.0, 29.0, " six seven eight nine ten")]
     # The right chunk (from 20 s) starts mid-sentence with a misheard first word.
@@ -101,8 +97,8 @@ def test_stitching_cuts_in_the_middle_of_the_agreed_words(tiny):
     assert [(s.start, s.end) for s in out] == [(0.0, 12.0), (12.0, 29.0), (29.0, 40.0)]
 
 
-def test_stitching_without_agreement_cuts_at_the_middle_of_the_overlap(tiny):
-    tok = tiny.tokenizer
+def test_stitching_without_agreement_cuts_at_the_middle_of_the_overlap(tiny_tokenizer):
+    tok = tiny_tokenizer
     left = [_segment(tok, 0.0, 18.0, " alpha beta"), _segment(tok, 18.0, 24.0, " gamma"),
             _segment(tok, 26.0, 29.0, " noise")]
     right = [_segment(tok, 20.0, 23.0, " gamut"), _segment(tok, 26.0, 30.0, " delta"), _segment(tok, 30.0, 45.0, " pi")]
@@ -253,11 +249,11 @@ def test_chunked_text_only_decodes_with_timestamps_and_warns_only_with_vad(caplo
 
 
 def test_seek_clips_follow_the_reference():
-    from whisper_nnx.engine.longform import seek_clips
+    from whisper_nnx.engine.spans import seek_clips
 
-    assert seek_clips(None, 5000) == [(0, 5000)]
-    assert seek_clips((), 5000) == [(0, 5000)]
-    assert seek_clips((1.0, 2.5, 10.0), 5000) == [(100, 250), (1000, 5000)]
+    assert seek_clips(None, 5000) == [Span(0, 5000)]
+    assert seek_clips((), 5000) == [Span(0, 5000)]
+    assert seek_clips((1.0, 2.5, 10.0), 5000) == [Span(100, 250), Span(1000, 5000)]
     from whisper_nnx.engine.options import TranscribeOptions
 
     assert TranscribeOptions.from_kwargs(clip_timestamps="3,4.5").long_form.clip_timestamps == (3.0, 4.5)

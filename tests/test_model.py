@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_sizes import parameter_count
 from simulated_devices import run_on_8_devices
 
 from whisper_nnx.engine.audio import load_audio, pad_or_trim
@@ -19,6 +20,7 @@ from whisper_nnx.engine.model.whisper import Whisper
 from whisper_nnx.sharding import AXES, PRESETS
 
 
+@pytest.mark.slow  # traces large-v3's initialisation (15-30 s)
 def test_every_parameter_has_logical_names_from_the_vocabulary():
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: Whisper(DIMS["large-v3"], rngs=nnx.Rngs(0)))
@@ -40,17 +42,8 @@ def test_parameter_counts_match_the_published_sizes():
     def count(dims: ModelDims) -> int:
         return sum(int(np.prod(s)) for s in expected_shapes(dims).values())
 
-    def by_hand(d: ModelDims) -> int:
-        w, f = d.n_text_state, 4 * d.n_text_state
-        attn = 4 * w * w + 3 * w  # q, k, v, out kernels; q, v, out biases
-        mlp = 2 * w * f + f + w
-        enc_block, dec_block = attn + mlp + 4 * w, 2 * attn + mlp + 6 * w
-        encoder = 3 * d.n_mels * w + w + 3 * w * w + w + d.n_audio_ctx * w + d.n_audio_layer * enc_block + 2 * w
-        decoder = d.n_vocab * w + d.n_text_ctx * w + d.n_text_layer * dec_block + 2 * w
-        return encoder + decoder
-
     for name in ("tiny.en", "base", "small", "medium", "large-v3", "large-v3-turbo"):
-        assert count(DIMS[name]) == by_hand(DIMS[name])
+        assert count(DIMS[name]) == parameter_count(DIMS[name])
     # Published sizes in millions (the reference README), encoder positional table included.
     assert round(count(DIMS["tiny.en"]) / 1e6) == 38
     assert round(count(DIMS["large-v3"]) / 1e6) == 1543
@@ -117,6 +110,7 @@ def test_encoder_groups_are_the_largest_divisor_within_the_setting(setting, batc
     assert encoder_group(setting, batch) == rows
 
 
+@pytest.mark.slow  # compiles the encoder
 def test_encoding_in_groups_gives_the_whole_batch_features():
     """`encoder_rows` changes how many windows one encoder call holds, not what it computes."""
     from whisper_nnx.engine.model.whisper import build_model, encoder_group

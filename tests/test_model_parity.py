@@ -43,6 +43,7 @@ def _compare(ours, ref, mel: np.ndarray, tokens: np.ndarray, prompt_len: int):
     assert (np.asarray(full).argmax(-1) == ref_logits.argmax(-1)).mean() == 1.0
 
 
+@pytest.mark.slow  # builds and runs two models
 @pytest.mark.parametrize("n_vocab", [51864, 51866])
 def test_random_weights_match_reference(n_vocab):
     dims = ModelDims(n_mels=80 if n_vocab == 51864 else 128, n_audio_ctx=50, n_audio_state=64,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures.make_speech import _write_flac
+from speech import write_flac
 
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.results import merge_process_results
@@ -38,7 +38,7 @@ def test_two_processes_equal_one(tmp_path, data_dir):
     # 37 s of the long-form fixture: two windows in sequential long-form. (Natural text: a
     # repetitive one would fall back to sampling, whose draws depend on the batch's makeup.)
     long_file = tmp_path / "long lecture.flac"
-    _write_flac(long_file, load_audio(data_dir / "longform" / "lecture.ogg")[:37 * 16000])
+    write_flac(long_file, load_audio(data_dir / "longform" / "lecture.ogg")[:37 * 16000])
     files += [str(tmp_path / "missing.wav"), str(long_file)]
     common = ["--model", "base", "--beam-size", "5", "--quiet", "--formats", "json"]
     single = _cli(*files, *common, "--output-dir", str(tmp_path / "one"), env={"JAX_PLATFORMS": "cpu"})

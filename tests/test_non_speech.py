@@ -1,5 +1,5 @@
 """Stretches without speech inside a long recording: skipped by default (voice activity decides,
-longform.speech_spans), decoded as the reference decodes them with `skip_non_speech_s=None`."""
+spans.speech_spans), decoded as the reference decodes them with `skip_non_speech_s=None`."""
 
 from __future__ import annotations
 
@@ -8,24 +8,13 @@ import pytest
 
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.decode.window_decoder import DecodedWindow
-from whisper_nnx.engine.longform import (
-    ChunkedFile,
-    FileAudio,
-    LongFormOptions,
-    SequentialFile,
-    intersect_spans,
-    speech_spans,
-    stride_chunks,
-)
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.longform import ChunkedFile, LongFormOptions, SequentialFile
+from whisper_nnx.engine.spans import Span, intersect_spans, speech_spans, stride_chunks
+from whisper_nnx.engine.spool import ArrayAudio
+from whisper_nnx.engine.transcribe import TranscribeOptions
 
 SECOND = 16000  # samples
 FPS = 100  # mel frames per second
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return Transcriber("tiny.en")
 
 
 def test_speech_spans_by_hand():
@@ -43,7 +32,7 @@ def test_speech_spans_by_hand():
 
 
 def test_intersect_spans_by_hand():
-    assert intersect_spans([(0, 100), (200, 300)], [(50, 250)]) == [(50, 100), (200, 250)]
+    assert intersect_spans([Span(0, 100), Span(200, 300)], [Span(50, 250)]) == [Span(50, 100), Span(200, 250)]
     assert intersect_spans([(0, 100)], [(100, 200)]) == []
     assert intersect_spans([(0, 1000)], [(10, 20), (30, 40)]) == [(10, 20), (30, 40)]
 
@@ -53,15 +42,15 @@ def _window(tok, text: str, end: int) -> DecodedWindow:
     return DecodedWindow([ts, *tok.encode(text), ts + end, ts + end], text, -0.2, -0.1, 0.0, 1.0, 0.0)
 
 
-def test_sequential_job_skips_gaps_and_forgets_the_prompt_after_a_whole_window(tiny):
+def test_sequential_job_skips_gaps_and_forgets_the_prompt_after_a_whole_window(tiny_tokenizer):
     """Spans (frames) [0, 500), [1500, 2500), [6000, end): the seek loop decodes only inside them,
     each window ends at its span's end; after the 35 s gap the prompt starts fresh, after the
     10 s gap it keeps the text so far."""
-    tok = tiny.tokenizer
+    tok = tiny_tokenizer
     options = TranscribeOptions()
-    audio = FileAudio.of(np.full(SECOND * 70, 0.01, np.float32))
+    audio = ArrayAudio(np.full(SECOND * 70, 0.01, np.float32))
     job = SequentialFile(audio, -2.0, tok, options.decode, LongFormOptions(), 448,
-                         speech_spans=[(0, 500), (1500, 2500), (6000, 7000)])
+                         speech_spans=[Span(0, 500), Span(1500, 2500), Span(6000, 7000)])
     first = job.requests()[0]
     assert (first.frame, first.audio_frames) == (0, 500)
     job.accept(first, _window(tok, " One.", 250))  # 5 s: the whole span
@@ -78,13 +67,13 @@ def test_sequential_job_skips_gaps_and_forgets_the_prompt_after_a_whole_window(t
                                                                  (60.0, 70.0, " Three.")]
 
 
-def test_a_file_without_speech_needs_no_window(tiny):
+def test_a_file_without_speech_needs_no_window(tiny_tokenizer):
     options = TranscribeOptions()
-    audio = FileAudio.of(np.full(SECOND * 70, 0.01, np.float32))
-    job = SequentialFile(audio, -2.0, tiny.tokenizer, options.decode, LongFormOptions(), 448, speech_spans=[])
+    audio = ArrayAudio(np.full(SECOND * 70, 0.01, np.float32))
+    job = SequentialFile(audio, -2.0, tiny_tokenizer, options.decode, LongFormOptions(), 448, speech_spans=[])
     assert job.done and job.requests() == [] and job.result()["text"] == ""
     chunks = stride_chunks(audio.audio_frames, 5.0, spans=[])
-    chunked = ChunkedFile(audio, -2.0, tiny.tokenizer, options.decode, LongFormOptions(mode="chunked"), 448,
+    chunked = ChunkedFile(audio, -2.0, tiny_tokenizer, options.decode, LongFormOptions(mode="chunked"), 448,
                           chunks=chunks, chunk_log_mel_max=[])
     assert chunks == [] and chunked.done and chunked.requests() == [] and chunked.result()["segments"] == []
 
@@ -92,9 +81,9 @@ def test_a_file_without_speech_needs_no_window(tiny):
 def test_stride_chunks_are_laid_out_inside_each_span():
     # spans (frames) of 50 s and 20 s: 30 s chunks every 20 s from each span's start until one reaches
     # its end, none across the gap
-    assert stride_chunks(9000, 5.0, spans=[(0, 5000), (7000, 9000)]) == \
-        [(0, 3000), (2000, 3000), (7000, 2000)]
-    assert stride_chunks(9000, 5.0) == stride_chunks(9000, 5.0, spans=[(0, 9000)])
+    assert stride_chunks(9000, 5.0, spans=[Span(0, 5000), Span(7000, 9000)]) == \
+        [Span(0, 3000), Span(2000, 5000), Span(7000, 9000)]
+    assert stride_chunks(9000, 5.0) == stride_chunks(9000, 5.0, spans=[Span(0, 9000)])
 
 
 def test_cli_flag(capsys):

@@ -47,8 +47,8 @@ def test_single_row_bfloat16_matmul_equals_the_batched_row(spec, x_shape, w_shap
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return Transcriber("tiny.en"), Transcriber("tiny.en", dtype="bfloat16")
+def pair(tiny):
+    return tiny, Transcriber("tiny.en", dtype="bfloat16")
 
 
 def test_bfloat16_weights_and_encoder_output(pair, data_dir):

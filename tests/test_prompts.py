@@ -11,18 +11,16 @@ from reference import reference_model
 from whisper_nnx.engine.audio import load_audio
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.decode.options import DecodeOptions
-from whisper_nnx.engine.decode.window_decoder import DecodedWindow, initial_tokens
-from whisper_nnx.engine.longform import FileAudio, LongFormOptions, SequentialFile
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.decode.prompts import initial_tokens
+from whisper_nnx.engine.decode.window_decoder import DecodedWindow
+from whisper_nnx.engine.longform import LongFormOptions, SequentialFile
+from whisper_nnx.engine.spans import Span, stride_chunks
+from whisper_nnx.engine.spool import ArrayAudio
+from whisper_nnx.engine.transcribe import TranscribeOptions
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return Transcriber("tiny.en")
-
-
-def test_hotwords_lead_the_prompt_and_previous_text_fills_the_rest(tiny):
-    tok = tiny.tokenizer
+def test_hotwords_lead_the_prompt_and_previous_text_fills_the_rest(tiny_tokenizer):
+    tok = tiny_tokenizer
     hot, previous = tok.encode(" Stella tickets"), tok.encode(" word") * 300
     got = initial_tokens(tok, DecodeOptions.from_kwargs(hotwords="Stella tickets", prompt=previous), 448)
     room = 448 // 2 - 1 - len(hot)
@@ -34,10 +32,10 @@ def test_hotwords_lead_the_prompt_and_previous_text_fills_the_rest(tiny):
         [tok.sot_prev, *tok.encode(" Stella"), *tok.sot_sequence]
 
 
-def test_prefix_applies_to_the_first_window_only(tiny):
-    tok = tiny.tokenizer
+def test_prefix_applies_to_the_first_window_only(tiny_tokenizer):
+    tok = tiny_tokenizer
     options = TranscribeOptions.from_kwargs(prefix="Once upon")
-    job = SequentialFile(FileAudio.of(np.full(16000 * 45, 0.01, np.float32)), -2.0, tok, options.decode,
+    job = SequentialFile(ArrayAudio(np.full(16000 * 45, 0.01, np.float32)), -2.0, tok, options.decode,
                          LongFormOptions(), 448)
     first = job.requests()[0]
     assert first.prompt == [*tok.sot_sequence, *tok.encode(" Once upon")]
@@ -67,17 +65,17 @@ def test_initial_prompt_matches_the_reference(tiny, data_dir, carry):
         [(round(s["start"], 2), round(s["end"], 2), s["text"]) for s in ref["segments"] if s["text"]]
 
 
-def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
+def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny_tokenizer):
     """Chunked mode decodes its chunks in parallel, none with text before it: the initial
     prompt is the only context any chunk has, so it prompts every chunk (sequential mode
     prompts the first window, whose text then carries on). README and --help say which."""
     from pathlib import Path
 
     from whisper_nnx.engine.cli import build_parser
-    from whisper_nnx.engine.longform import ChunkedFile, stride_chunks
+    from whisper_nnx.engine.longform import ChunkedFile
 
-    tok = tiny.tokenizer
-    audio = FileAudio.of(np.full(16000 * 70, 0.01, np.float32))
+    tok = tiny_tokenizer
+    audio = ArrayAudio(np.full(16000 * 70, 0.01, np.float32))
     chunks = stride_chunks(audio.audio_frames, 5.0)
     options = TranscribeOptions.from_kwargs(long_form="chunked", initial_prompt="Stella's tickets")
     long_form = LongFormOptions(mode="chunked", initial_prompt="Stella's tickets")
@@ -97,17 +95,17 @@ def test_initial_prompt_prompts_every_chunk_and_the_docs_say_so(tiny):
 
 
 @pytest.mark.parametrize("temperature, keeps_text", [(0.0, True), (0.6, False)])
-def test_a_chunks_continuation_is_prompted_with_its_text_so_far(tiny, temperature, keeps_text):
+def test_a_chunks_continuation_is_prompted_with_its_text_so_far(tiny_tokenizer, temperature, keeps_text):
     """Chunks cut at pauses, the first stopping at a timestamp pair 12 s into its 25 s: the window
     that continues it is prompted as the seek loop prompts its next window (the initial prompt,
     then the chunk's text; none after a window decoded above temperature 0.5) and is not forced
     the file's prefix again."""
     from whisper_nnx.engine.longform import ChunkedFile
 
-    tok = tiny.tokenizer
+    tok = tiny_tokenizer
     options = TranscribeOptions.from_kwargs(long_form="chunked", initial_prompt="Stella", prefix="Well")
-    audio = FileAudio.of(np.full(16000 * 50, 0.01, np.float32))
-    chunks = [(0, 2500), (2600, 2000)]
+    audio = ArrayAudio(np.full(16000 * 50, 0.01, np.float32))
+    chunks = [Span(0, 2500), Span(2600, 4600)]
     job = ChunkedFile(audio, -2.0, tok, options.decode, options.long_form, 448, chunks=chunks,
                       chunk_log_mel_max=[-2.0, -2.0])
     first, second = job.requests()
@@ -122,19 +120,19 @@ def test_a_chunks_continuation_is_prompted_with_its_text_so_far(tiny, temperatur
     assert second.prompt == [tok.sot_prev, *tok.encode(" Stella"), *tok.sot_sequence]
 
 
-def test_per_window_prompts_do_not_revalidate_the_run_options(tiny, caplog):
+def test_per_window_prompts_do_not_revalidate_the_run_options(tiny_tokenizer, caplog):
     """Prompts are arguments of each window, not copies of the run's options: the warning about
     chunked mode with vad and without timestamps is given once, when the options are made, not per chunk."""
     import logging
 
-    from whisper_nnx.engine.longform import ChunkedFile, stride_chunks
+    from whisper_nnx.engine.longform import ChunkedFile
 
     with caplog.at_level(logging.WARNING):
         options = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, initial_prompt="Stella",
                                                 vad=True)
-        audio = FileAudio.of(np.full(16000 * 90, 0.01, np.float32))
+        audio = ArrayAudio(np.full(16000 * 90, 0.01, np.float32))
         chunks = stride_chunks(audio.audio_frames, 5.0)
-        job = ChunkedFile(audio, -2.0, tiny.tokenizer, options.decode, options.long_form, 448, chunks=chunks,
+        job = ChunkedFile(audio, -2.0, tiny_tokenizer, options.decode, options.long_form, 448, chunks=chunks,
                           chunk_log_mel_max=[-2.0] * len(chunks))
         assert len(job.requests()) == len(chunks) >= 4
     warned = [r for r in caplog.records if "without timestamps" in r.getMessage()]

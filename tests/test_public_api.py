@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import whisper_nnx.engine as engine
 
 PUBLIC = {
@@ -16,6 +18,7 @@ PUBLIC = {
     "DecodeOptions": "decode.options", "load_audio": "audio", "write_outputs": "writers", "FORMATS": "writers",
     **{name: "decode.options" for name in ("SearchOptions", "FallbackOptions", "RuleOptions", "PromptOptions")},
     "LongFormOptions": "longform", "VadOptions": "vad", "ReadOptions": "options",
+    "Transcript": "records", "BulkRun": "run",
 }
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"engine": "whisper_nnx.engine", "sharding": "whisper_nnx.sharding"}
@@ -48,6 +51,7 @@ def test_importing_the_package_does_not_import_jax():
     assert heavy == "[]"
 
 
+@pytest.mark.slow  # a fresh interpreter importing the model code (seconds)
 def test_transcribe_stays_the_function_whichever_is_imported_first():
     """Importing the submodule `transcribe` (directly, or through another name) does not replace
     the exported function of the same name."""

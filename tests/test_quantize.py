@@ -25,7 +25,7 @@ from whisper_nnx.engine.model.quantize import (
     quantized_names,
     weight_bytes,
 )
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.transcribe import TranscribeOptions
 
 
 def test_quantize_array_by_hand():
@@ -65,16 +65,15 @@ def test_rejects_unknown_modes_and_names():
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def quantized(tiny):
     """(float Transcriber, its model, the int8 copy of that model)."""
-    transcriber = Transcriber("tiny.en")
-    model = nnx.merge(transcriber.generator.graphdef, transcriber.generator.state)
-    return transcriber, model, quantize_weights(model)
+    model = nnx.merge(tiny.generator.graphdef, tiny.generator.state)
+    return tiny, model, quantize_weights(model)
 
 
 @pytest.mark.slow
-def test_quantizes_the_selected_weights_and_shrinks_them(tiny):
-    _, model, qmodel = tiny
+def test_quantizes_the_selected_weights_and_shrinks_them(quantized):
+    _, model, qmodel = quantized
     names = quantized_names(qmodel)
     # 4 encoder blocks x 6 + 4 decoder blocks x 10 + 2 convs + the embedding
     assert len(names) == 4 * 6 + 4 * 10 + 3
@@ -88,8 +87,8 @@ def test_quantizes_the_selected_weights_and_shrinks_them(tiny):
 
 
 @pytest.mark.slow
-def test_int8_logits_stay_close_to_float_on_real_speech(tiny, data_dir, transcripts):
-    _, model, qmodel = tiny
+def test_int8_logits_stay_close_to_float_on_real_speech(quantized, data_dir, transcripts):
+    _, model, qmodel = quantized
     audio = pad_or_trim(load_audio(data_dir / "sample_joe.flac"))
     mel = log_mel_spectrogram(jnp.asarray(audio)[None], model.dims.n_mels)
     tok = whisper.tokenizer.get_tokenizer(False)
@@ -107,8 +106,8 @@ def test_int8_logits_stay_close_to_float_on_real_speech(tiny, data_dir, transcri
 
 
 @pytest.mark.slow
-def test_int8_greedy_transcripts_keep_the_words(tiny, data_dir, transcripts):
-    transcriber, _, qmodel = tiny
+def test_int8_greedy_transcripts_keep_the_words(quantized, data_dir, transcripts):
+    transcriber, _, qmodel = quantized
     int8 = copy.copy(transcriber)  # same tokenizer and settings, the int8 weights
     int8.generator = Generator(qmodel)
     int8.decoder = WindowDecoder(int8.generator, int8.dims)

@@ -129,6 +129,7 @@ def test_the_actor_takes_bytes_array_and_path_columns(tmp_path):
     by_array = actor({"array": np.array([load_audio(c) for c in clips], dtype=object)})
     assert by_array["text"] == texts and by_array["path"] == ["<array>", "<array>"]
     assert json.loads(by_array["record"][0])["text"] == texts[0]
+    assert "tokens" not in json.loads(by_array["record"][0])  # kept off every written record
     bad = actor({"bytes": np.array([b"not audio"], dtype=object), "path": np.array(["x.wav"], dtype=object)})
     assert bad["error_kind"] == ["input"] and "x.wav" in bad["error"][0]
     with pytest.raises(ValueError, match="entry, bytes, array or path"):

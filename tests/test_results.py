@@ -4,7 +4,6 @@ the lock against two runs in one output directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def test_run_errors_are_retried_input_errors_only_when_asked(tmp_path):
              {"path": "b.wav", "error": "b.wav: out of memory", "error_kind": RUN},
              {"path": "c.wav", "error": "c.wav: file not found", "error_kind": "input"},
              records.duplicate("a.wav", 0)]
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (out / "results.jsonl").write_text("".join(map(results.record_line, lines)))
     assert results.drop_retried(out, retry_errors=False) == 1
     kept = list(results.read_records(out / "results.jsonl"))
     assert [r["path"] for r in kept] == ["a.wav", "c.wav", "a.wav"]
@@ -85,11 +84,24 @@ def test_run_errors_are_retried_input_errors_only_when_asked(tmp_path):
     assert [e.name for e in again.todo] == ["b.wav", "c.wav"]
 
 
+def test_a_line_holds_the_record_without_its_tokens_and_reads_back():
+    record = records.transcript("a.wav", text="héllo", language="en", duration_s=1.0, segments=[], windows=1,
+                                tokens=[50364, 7, 50414], language_probs={"en": 0.9})
+    line = results.record_line(record)
+    assert line.endswith("}\n") and line.count("\n") == 1 and "héllo" in line  # UTF-8, not escaped
+    back = results.parse_record(line)
+    assert back == {"path": "a.wav", "text": "héllo", "language": "en", "duration_s": 1.0, "segments": [],
+                    "windows": 1, "error": None, "error_kind": None, "language_probs": {"en": 0.9}}
+    assert record["tokens"] == [50364, 7, 50414] and dict(record) == {**back, "tokens": [50364, 7, 50414]}
+    assert results.parse_record(line[:-10]) is None  # cut short by a kill
+    assert results.parse_record('{"text": "no path"}') is None and results.parse_record("[1, 2]") is None
+
+
 def _process_files(out, n: int = 2) -> list[str]:
     lines = []
     for p in range(n):
         records = [_transcript(f"p{p}-{i}.wav") for i in range(3)]
-        (out / f"results.process-{p:05d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out / f"results.process-{p:05d}.jsonl").write_text("".join(map(results.record_line, records)))
         lines += [r["path"] for r in records]
     return lines
 
@@ -99,7 +111,7 @@ def test_a_merge_cut_short_finishes_without_duplicates(tmp_path, monkeypatch, cr
     """A crash between the merged file's write and the removal of its sources, or before the
     write: the next start finishes the merge and every record is there exactly once."""
     out = tmp_path
-    (out / "results.jsonl").write_text(json.dumps(_transcript("old.wav")) + "\n")
+    (out / "results.jsonl").write_text(results.record_line(_transcript("old.wav")))
     expected = ["old.wav", *_process_files(out)]
 
     def crash_at_finish(*args):

@@ -11,9 +11,10 @@ import pytest
 from whisper_nnx.engine import records, results
 from whisper_nnx.engine.decode.window_decoder import DecodedWindow
 from whisper_nnx.engine.inputs import Entry
-from whisper_nnx.engine.longform import WindowRequest
+from whisper_nnx.engine.longform import PreparedFile, WindowRequest
 from whisper_nnx.engine.progress import Progress
-from whisper_nnx.engine.scheduler import AudioPrefetcher, WindowScheduler
+from whisper_nnx.engine.reading import AudioPrefetcher
+from whisper_nnx.engine.scheduler import WindowScheduler
 
 
 class _Audio:
@@ -62,7 +63,8 @@ def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str
 
     class FakeWork:  # the model side, as scheduler.WindowWork
         def prepare(self, arrivals):
-            return [(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None) for a in arrivals]
+            return [PreparedFile(_FakeJob(names[a.index], files[names[a.index]], sequential), "en", None)
+                    for a in arrivals]
 
         def decode(self, requests):
             batches.append([r.audio_frames for r in requests])
@@ -108,16 +110,6 @@ def test_bad_inputs_and_failed_batches_become_error_records():
     assert "decoding failed" in records["doomed"]["error"] and "device fell over" in records["doomed"]["error"]
     assert records["later"]["error"] is None and records["later"]["text"] == "later"
     assert len(records) == 4
-
-
-def test_prefetcher_keeps_input_order_and_reports_bad_samples(tmp_path):
-    items = [np.ones(1600 * (i + 1), np.float32) for i in range(6)]
-    items[3] = np.zeros((0,), np.float32)
-    items.append(str(tmp_path / "missing.wav"))
-    got = list(AudioPrefetcher(items, workers=3, max_ahead=2))
-    assert [g.index for g in got] == list(range(7))
-    assert [g.audio.n_samples for g in got if g.error is None] == [1600, 3200, 4800, 8000, 9600]
-    assert "non-empty" in got[3].error and "not found" in got[6].error
 
 
 def test_repair_cuts_only_a_torn_last_line(tmp_path):

@@ -91,13 +91,12 @@ def test_beam_search_matches_reference_decoder(seed, beams, patience, length_pen
 
 
 @pytest.mark.slow
-def test_beam_of_one_equals_greedy(data_dir):
-    from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+def test_beam_of_one_equals_greedy(tiny, data_dir):
+    from whisper_nnx.engine.transcribe import TranscribeOptions
 
-    transcriber = Transcriber("tiny.en")
     files = [data_dir / "sample_joe.flac", data_dir / "sample_espeak.flac"]
-    greedy = transcriber.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=0.0))
-    beam1 = transcriber.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=0.0, beam_size=1))
+    greedy = tiny.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=0.0))
+    beam1 = tiny.decode_clips(files, TranscribeOptions.from_kwargs(language="en", temperature=0.0, beam_size=1))
     for g, b in zip(greedy, beam1):
         assert g["tokens"] == b["tokens"] and len(g["tokens"]) > 5
         assert abs(g["avg_logprob"] - b["avg_logprob"]) < 1e-5

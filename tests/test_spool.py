@@ -24,15 +24,8 @@ from fixtures.make_bad_inputs import (
 from whisper_nnx.engine import vad
 from whisper_nnx.engine.audio import SAMPLE_RATE, AudioDecodeError, iter_decoded, load_audio
 from whisper_nnx.engine.features import WINDOW_SAMPLES, centred_signal, total_frames, window_samples
-from whisper_nnx.engine.longform import FileAudio
-from whisper_nnx.engine.spool import (
-    ArrayAudio,
-    SpeechView,
-    SpooledAudio,
-    floor_spans,
-    iter_windows,
-    spool_audio,
-)
+from whisper_nnx.engine.spans import floor_spans
+from whisper_nnx.engine.spool import ArrayAudio, SpeechView, SpooledAudio, spool_audio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,10 +118,10 @@ def test_spooled_windows_equal_in_memory(files, tmp_path, name):
         assert isinstance(spooled, SpooledAudio) and spooled.nbytes == 4 * audio.size
         assert np.array_equal(np.concatenate(list(spooled.pieces(size=40_000))), audio)
         assert_windows_equal(spooled, audio)
-        reference = FileAudio.of(audio)
+        # the numbers the reference frames a long file with: its samples, seconds, mel frames
         assert (spooled.n_samples, spooled.duration, spooled.audio_frames) == (
-            reference.n_samples, reference.duration, reference.audio_frames)
-        assert np.array_equal(spooled.window(3000), reference.window(3000))
+            audio.size, audio.size / SAMPLE_RATE, total_frames(audio.size) - 3000)
+        assert np.array_equal(spooled.window(3000), window_samples(centred_signal(audio), 3000))
 
 
 def test_every_window_of_a_short_file(files, tmp_path):
@@ -170,21 +163,21 @@ def test_reads_from_threads_agree(files, tmp_path):
     assert all(np.array_equal(w, window_samples(signal, f)) for w, f in zip(windows, frames))
 
 
-def test_iter_windows_and_floor_spans(files, tmp_path):
+def test_floor_spans_and_their_windows(files, tmp_path):
     audio = load_audio(files["stereo.flac"])
-    reference = FileAudio.of(audio)
+    signal = centred_signal(audio)
     with spool_audio(files["stereo.flac"], tmp_path) as spooled:
-        spans = floor_spans(spooled)
+        spans = floor_spans(spooled.audio_frames)
         total = spooled.audio_frames + 3000
-        assert [f for f, _ in spans] == list(range(0, total, 3000))
-        assert sum(valid for _, valid in spans) == total and spans[-1][1] == total - spans[-1][0]
-        frames = [f for f, _ in spans] + [5, 17, 4321]
-        for source in (spooled, reference):  # FileAudio has window() only
-            groups = list(iter_windows(source, frames, group=3))
-            assert [g.shape[0] for g in groups] == [3] * (len(frames) // 3) + ([len(frames) % 3] if len(frames) % 3
-                                                                                 else [])
-            assert np.array_equal(np.concatenate(groups), np.stack([reference.window(f) for f in frames]))
-        assert list(iter_windows(spooled, [])) == []
+        assert [s.first for s in spans] == list(range(0, total, 3000))
+        assert sum(s.frames for s in spans) == total and spans[-1].end == total
+        frames = [s.first for s in spans] + [5, 17, 4321]
+        rows = np.empty((len(frames), WINDOW_SAMPLES), np.float32)  # rows of a batch, filled in place
+        for row, frame in zip(rows, frames):
+            spooled.window_into(row, frame)
+        expected = np.stack([window_samples(signal, f) for f in frames])
+        assert np.array_equal(rows, expected)
+        assert np.array_equal(np.stack([spooled.window(f) for f in frames]), expected)
 
 
 # --- the temporary file's lifetime ------------------------------------------------------------
@@ -266,7 +259,7 @@ def test_speech_view_equals_collected_audio(files, tmp_path, name):
     with spool_audio(files["stereo.flac"], tmp_path) as spooled:
         view = SpeechView(spooled, regions)
         assert_windows_equal(view, collected)
-        assert view.audio_frames == FileAudio.of(collected).audio_frames
+        assert view.audio_frames == total_frames(collected.size) - 3000
         assert np.array_equal(np.concatenate([np.zeros(0, np.float32), *view.pieces(size=77_777)]), collected)
     assert_windows_equal(SpeechView(audio, regions), collected)  # over an in-memory array too
 
@@ -344,7 +337,8 @@ MEASURE = r"""
 import json, re, sys
 import av, soxr  # the engine imports its decoders on first use: here before the baseline, as all imports
 from whisper_nnx.engine.audio import load_audio
-from whisper_nnx.engine.spool import spool_audio, iter_windows, floor_spans
+from whisper_nnx.engine.spans import floor_spans
+from whisper_nnx.engine.spool import spool_audio
 
 def status(key):  # kB -> bytes
     return 1024 * int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
@@ -355,8 +349,8 @@ base = status("VmRSS")
 if how == "spool":
     with spool_audio(path, folder) as spooled:
         out = {"n_samples": spooled.n_samples, "spool": status("VmHWM") - base}
-        for group in iter_windows(spooled, [f for f, _ in floor_spans(spooled)], group=2):
-            pass
+        for span in floor_spans(spooled.audio_frames):  # every window, as the log-mel floor reads them
+            spooled.window(span.first)
         out["windows"] = status("VmHWM") - base
 else:
     out = {"n_samples": load_audio(path).size, "load": status("VmHWM") - base}
@@ -397,12 +391,11 @@ def test_spooling_memory_does_not_grow_with_length(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_spooled_long_file_transcribes_exactly_as_in_memory(data_dir):
+def test_a_spooled_long_file_transcribes_exactly_as_in_memory(tiny, data_dir):
     """The lecture (3.5 min) spooled to disk after 60 s against held in memory: the same
     records in both long-form modes, and no spool left open afterwards."""
-    from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+    from whisper_nnx.engine.transcribe import TranscribeOptions
 
-    tiny = Transcriber("tiny.en")
     lecture = data_dir / "longform" / "lecture.ogg"
     fds = len(os.listdir("/proc/self/fd"))
     for mode in ("sequential", "chunked"):

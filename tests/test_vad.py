@@ -214,7 +214,7 @@ def test_rejects_multichannel_audio():
 
 
 @pytest.mark.slow
-def test_vad_decodes_fewer_windows_without_losing_words():
+def test_vad_decodes_fewer_windows_without_losing_words(tiny):
     """Three pieces of the long-form recording with 45 s of faint noise after each: with voice
     activity (--vad, or the default skipping of non-speech) both modes decode fewer windows than
     the reference's every-window run, drop no more words, and err on at most one word more
@@ -225,7 +225,7 @@ def test_vad_decodes_fewer_windows_without_losing_words():
     import jiwer
     from whisper.normalizers import EnglishTextNormalizer
 
-    from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+    from whisper_nnx.engine.transcribe import TranscribeOptions
 
     folder = Path(__file__).parent / "data" / "longform"
     meta = json.loads((folder / "lecture.json").read_text())
@@ -240,7 +240,6 @@ def test_vad_decodes_fewer_windows_without_losing_words():
         said += [s["text"] for s in sentences]
     recording, truth = np.concatenate(parts), " ".join(said)
     normalize = EnglishTextNormalizer()
-    tiny = Transcriber("tiny.en")
     for mode in ("sequential", "chunked"):
         plain, voiced, default = (tiny.transcribe([recording], TranscribeOptions.from_kwargs(
             long_form=mode, batch_size=8, **kwargs))[0]

@@ -1,0 +1,192 @@
+"""The flags of `whisper-nnx transcribe` and `eval`, one argparse group per concern (cli.py maps
+them onto the run)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Every flag of a run (transcribe and eval take the same)."""
+    _input_flags(parser)
+    _decoding_flags(parser)
+    _long_form_flags(parser)
+    _word_flags(parser)
+    _model_flags(parser)
+
+
+def _input_flags(parser: argparse.ArgumentParser) -> None:
+    from .writers import FORMATS
+
+    g = parser.add_argument_group("inputs and outputs")
+    g.add_argument("inputs", nargs="+", metavar="INPUT")
+    g.add_argument("--output-dir", default="whisper-nnx-out")
+    g.add_argument("--formats", default="json,txt",
+                   help=f"comma-separated from {','.join(FORMATS)},parquet (parquet: one results.parquet "
+                        "of every record, written at the end of the run)")
+    g.add_argument("--staging-dir", default=None,
+                   help="an --output-dir URL: the local folder the run writes before uploading "
+                        "(default: ~/.cache/whisper-nnx/staging/<hash of the URL>)")
+    g.add_argument("--upload-every", type=float, default=30.0, metavar="SECONDS",
+                   help="an --output-dir URL: upload the records written so far this often (a kill "
+                        "loses at most this much work)")
+    g.add_argument("--audio-column", default=None, help="dataset inputs: the audio column (default: detected)")
+    g.add_argument("--id-column", default=None,
+                   help="dataset inputs: a column naming each row's record (default: FILE:ROW)")
+    g.add_argument("--text-column", default="text",
+                   help="reference text: the dataset column / manifest field / WebDataset member (eval)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue a run in --output-dir: skip entries with a record, redo the rest and "
+                        "entries whose record is a run error (out of memory, device failure)")
+    g.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: also redo entries whose record is an input error (bad audio)")
+    g.add_argument("--quiet", action="store_true", help="do not print each transcript")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="log INFO lines (JAX backends, model loading, resuming); default: warnings and errors")
+
+
+def _decoding_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--language", default="auto", help="auto (detect) or a code such as en, de")
+    g.add_argument("--language-detection-segments", type=int, default=1, metavar="N",
+                   help="auto: detect on up to N 30 s windows from the start (the first above the threshold "
+                        "decides, else the majority; faster-whisper's option; 1: the first window, as the reference)")
+    g.add_argument("--language-per-window", action="store_true",
+                   help="auto, sequential: detect the language of every window and decode it in that language "
+                        "(files that switch languages); each segment records its language")
+    g.add_argument("--language-detection-threshold", type=float, default=0.5, metavar="P",
+                   help="auto: a window decides the language when its top probability exceeds this")
+    g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--beam-size", type=int, default=5, help="beams at temperature 0; 0 or 1: greedy-like")
+    g.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
+    g.add_argument("--patience", type=float, default=None)
+    g.add_argument("--length-penalty", type=float, default=None,
+                   help="alpha of ((5 + len) / 6) ** alpha; default: divide by length")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
+                   help="retry failing windows at temperature + k * this, up to 1.0; 0 disables")
+    g.add_argument("--compression-ratio-threshold", type=float, default=2.4)
+    g.add_argument("--logprob-threshold", type=float, default=-1.0)
+    g.add_argument("--no-speech-threshold", type=float, default=0.6)
+    g.add_argument("--without-timestamps", action="store_true")
+    g.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
+    g.add_argument("--hotwords", default=None,
+                   help="words to favour (names, jargon): put in every window's prompt, before the previous text")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages text tokens already sampled in a window (faster-whisper's; 1: off)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="forbid repeating any n-gram of this many tokens within a window (faster-whisper's; 0: off)")
+
+
+def _long_form_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("long files")
+    g.add_argument("--long-form", default="sequential", choices=["sequential", "chunked"],
+                   help="files over 30 s: the reference's seek loop, or 30 s chunks with stride decoded in "
+                        "parallel and stitched")
+    g.add_argument("--chunk-stride", type=float, default=5.0, help="chunked: seconds of overlap on each side")
+    g.add_argument("--condition-on-previous-text", default=True, action=argparse.BooleanOptionalAction,
+                   help="sequential: prompt each window with the text before it")
+    g.add_argument("--initial-prompt", default=None,
+                   help="text to prompt with: sequential, the first window of every file (its text then "
+                        "carries on); chunked, every chunk (chunks decode in parallel, without text before them)")
+    g.add_argument("--carry-initial-prompt", action="store_true",
+                   help="sequential: keep the initial prompt at the head of every window's prompt")
+    g.add_argument("--hallucination-silence-threshold", type=float, default=None, metavar="SECONDS",
+                   help="sequential with --word-timestamps: drop a likely hallucination between silences longer "
+                        "than this and skip the silence around it (the reference's option; default off)")
+    g.add_argument("--hallucination-filter", action="store_true",
+                   help="drop segments that match known hallucination patterns (improbable or repetitive at every "
+                        "fallback temperature, text over likely non-speech, one phrase repeated) from the text; "
+                        "the record keeps them in dropped_segments with the reason")
+    g.add_argument("--clip-timestamps", default=None, metavar="START,END,...",
+                   help="sequential: transcribe only these spans, in seconds (the reference's option; a last "
+                        "start without an end runs to the end of the file)")
+    g.add_argument("--skip-non-speech", type=_seconds_or_off, default=5.0, metavar="SECONDS|off",
+                   help="files over 30 s: stretches this long without speech (Silero voice activity) are not "
+                        "decoded, and a window after 30 s or more of them starts without the text before "
+                        "(default 5; off: every window is decoded, as the reference does)")
+    g.add_argument("--vad", action="store_true",
+                   help="voice-activity detection (Silero): decode only the speech, put back to back "
+                        "(faster-whisper's vad_filter); chunked: chunks cut at pauses")
+    g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
+    g.add_argument("--vad-min-silence-ms", type=int, default=None,
+                   help="shorter pauses stay inside speech (default 2000; chunked: 160, so regions pack fuller chunks)")
+    g.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
+    g.add_argument("--spool-after", type=float, default=600.0, metavar="SECONDS",
+                   help="files longer than this are decoded to a spool on disk and framed from there "
+                        "(memory does not grow with a file's length)")
+    g.add_argument("--spool-dir", default=None,
+                   help="where spools go (default: the system temp folder; use a disk, not tmpfs)")
+    g.add_argument("--max-audio-in-memory", type=float, default=7200.0, metavar="SECONDS",
+                   help="audio held in memory by files read ahead and being decoded (spooled files hold none)")
+
+
+def _seconds_or_off(text: str) -> Optional[float]:
+    """A --skip-non-speech value: seconds (>= 0), or off (None)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 or off, got {text!r}")
+    return seconds
+
+
+def _word_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("words and subtitles")
+    g.add_argument("--word-timestamps", action="store_true",
+                   help="start/end/probability of every word, in each segment's 'words'")
+    g.add_argument("--highlight-words", action="store_true",
+                   help="srt/vtt with --word-timestamps: underline each word as it is spoken")
+    g.add_argument("--max-line-width", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: characters per line before a break")
+    g.add_argument("--max-line-count", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: lines per cue")
+    g.add_argument("--max-words-per-line", type=int, default=None,
+                   help="srt/vtt with --word-timestamps: words per cue (without --max-line-width)")
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    from .checkpoints.hub import DEFAULT_MODEL
+
+    g = parser.add_argument_group("model, devices and processes")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"local checkpoint, hub repo id or short name (default {DEFAULT_MODEL})")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute and weight dtype; bfloat16 runs matmuls on native bf16 units (TPU, GPU, "
+                        "CPUs with AVX512-BF16/AMX): see benchmarks/RESULTS.md for speed and WER")
+    g.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weight-only quantization: less weight memory, not faster on CPU")
+    g.add_argument("--mesh", default=None,
+                   help="device mesh data=D,model=M (-1: the rest), e.g. data=-1 or data=4,model=2; "
+                        "default: one device")
+    g.add_argument("--dcn-mesh", default=None,
+                   help="multi-host: how data/model span hosts, e.g. data=2 (then --mesh is per host)")
+    g.add_argument("--allow-replicated-weights", action="store_true",
+                   help="accept weights of >= 1 MiB that the mesh cannot split (replicated instead)")
+    g.add_argument("--sharding", default="dp+tp", choices=["dp", "tp", "dp+tp"],
+                   help="partition-rule preset mapping logical axes onto the mesh")
+    g.add_argument("--coordinator", default=None,
+                   help="multi-process: host:port of process 0 (or WHISPER_NNX_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: an actor pool on the cluster at ADDRESS (none: a local cluster "
+                        "started for the run); this process writes the results")
+    g.add_argument("--ray-actors", type=int, default=1, help="--ray: actors, one per accelerator host")
+    g.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
+    g.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
+    g.add_argument("--ray-resources", default=None, metavar="JSON",
+                   help='--ray: custom resources per actor, e.g. \'{"TPU": 4}\'')
+    g.add_argument("--ray-rows", type=int, default=None,
+                   help="--ray: input rows per actor call (default 4 x --batch-size)")
+    g.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="JAX persistent compilation cache, so later runs skip compiling (default: "
+                        "$WHISPER_NNX_COMPILE_CACHE, else ~/.cache/whisper-nnx/jax-compile; 'off' disables)")

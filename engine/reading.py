@@ -1,0 +1,140 @@
+"""Reading: inputs -> decoded 16 kHz audio and its speech regions, ahead of the device, bounded
+in memory.
+
+    inputs (paths, entry.Entry, file objects, sample arrays)
+      -> AudioPrefetcher: on `workers` threads, each input decoded (audio.py; a long file to a
+         spool on disk, spool.py) and, when asked, its speech found (vad.py, `speech_finder`)
+      -> LoadedInput per input, in input order -> scheduler.WindowScheduler, which `release`s
+         the audio of the files it is done with
+
+At most `max_ahead` files are in flight and decoding pauses while more than `max_seconds` of
+decoded audio wait in memory. An input that cannot be read is a LoadedInput with an `error`:
+INPUT when the input is at fault (final), RUN otherwise (`--resume` tries it again).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import threading
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import records
+from .audio import N_SAMPLES, SAMPLE_RATE, AudioInput, input_name
+from .records import INPUT, RUN, one_line
+from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
+from .vad import VadOptions
+from .vad import check_available as check_vad_available
+from .vad import speech_regions_streaming
+
+SpeechFinder = Callable[[Windowed], Optional[list[tuple[int, int]]]]  # a file's speech regions (samples)
+
+
+@dataclasses.dataclass
+class LoadedInput:
+    index: int  # position in the inputs
+    item: AudioInput
+    audio: Optional[Windowed]  # 16 kHz mono samples, in memory or spooled to disk; None when `error`
+    error: Optional[str] = None
+    speech: Optional[list[tuple[int, int]]] = None  # voice-activity regions (samples), when asked for
+    error_kind: Optional[str] = None  # INPUT or RUN with `error`
+
+    @property
+    def duration(self) -> float:
+        """Seconds of the decoded file (before voice activity keeps only its speech)."""
+        return 0.0 if self.audio is None else self.audio.n_samples / SAMPLE_RATE
+
+    @property
+    def seconds_in_memory(self) -> float:
+        """Seconds of its samples held in memory (a spooled file holds none)."""
+        return self.duration if isinstance(self.audio, ArrayAudio) else 0.0
+
+    def close(self) -> None:
+        """Release a spooled file's disk space (nothing to do for samples in memory)."""
+        if isinstance(self.audio, SpooledAudio):
+            self.audio.close()
+
+
+def error_record(loaded: LoadedInput, reason: str, kind: str = RUN) -> dict:
+    """The record of a loaded input that failed later (preparing, decoding, assembling it)."""
+    name = input_name(loaded.item)
+    return records.failure(name, f"{name}: {reason}", kind)
+
+
+def speech_finder(vad: Optional[VadOptions], skip_non_speech: bool, chunked: bool) -> Optional[SpeechFinder]:
+    """What finds a file's speech regions (samples), if they are needed: every file's with `vad`;
+    with non-speech skipped, those of files longer than one window (a shorter one is decoded
+    whole). VAD's availability is checked here, once, before any record: not one error per file."""
+    if vad is None and not skip_non_speech:
+        return None
+    check_vad_available()
+    if vad is not None:
+        # chunked: regions of at most one window, split at their longest pause
+        vad = dataclasses.replace(vad, max_speech_duration_s=29.0) if chunked else vad
+        return lambda audio: speech_regions_streaming(audio.pieces(), vad)
+    return lambda audio: speech_regions_streaming(audio.pieces()) if audio.n_samples > N_SAMPLES else None
+
+
+class AudioPrefetcher:
+    """Decodes inputs on `workers` threads ahead of the consumer, yielding them in input
+    order. At most `max_ahead` files are in flight and decoding pauses while more than
+    `max_seconds` of decoded audio wait in memory to be `release`d. A file longer than
+    `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
+    from there, so no file holds more than that much audio in memory, whatever its length."""
+
+    def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
+                 max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
+                 find_speech: Optional[SpeechFinder] = None):
+        """`find_speech` (voice-activity detection, `speech_finder`) runs on the same threads,
+        after decoding."""
+        self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
+        self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir
+        self.find_speech = find_speech
+        self._buffered = 0.0
+        self._lock = threading.Lock()
+
+    def release(self, seconds: float) -> None:
+        """A consumer is done with `seconds` of audio it was given."""
+        with self._lock:
+            self._buffered -= seconds
+
+    def _load(self, index: int) -> LoadedInput:
+        item = self.items[index]
+        loaded = LoadedInput(index, item, None)
+        try:
+            loaded.audio = self._decode(item)
+            if self.find_speech is not None:
+                loaded.speech = self.find_speech(loaded.audio)
+        except ValueError as err:  # the input's own fault (AudioDecodeError is one): final
+            loaded.close()
+            return LoadedInput(index, item, None, one_line(err), error_kind=INPUT)
+        except Exception as err:  # noqa: BLE001 - out of memory, a full spool disk: retried by --resume
+            loaded.close()
+            return LoadedInput(index, item, None, f"{input_name(item)}: {one_line(err)}", error_kind=RUN)
+        with self._lock:
+            self._buffered += loaded.seconds_in_memory
+        return loaded
+
+    def _decode(self, item: AudioInput) -> Windowed:
+        if not isinstance(item, np.ndarray):
+            return decode_bounded(item, self.spool_after, self.spool_dir)
+        audio = np.asarray(item, np.float32)
+        if audio.ndim != 1 or audio.shape[0] == 0:
+            raise ValueError(f"{input_name(item)}: expected non-empty mono samples, got shape {audio.shape}")
+        if not np.isfinite(audio).all():
+            raise ValueError(f"{input_name(item)}: samples contain NaN or infinity")
+        return ArrayAudio(audio)
+
+    def __iter__(self) -> Iterator[LoadedInput]:
+        pending: collections.deque = collections.deque()
+        submitted = 0
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="whisper-nnx-audio") as pool:
+            while submitted < len(self.items) or pending:
+                while (submitted < len(self.items) and len(pending) < self.max_ahead
+                       and (self._buffered < self.max_seconds or not pending)):
+                    pending.append(pool.submit(self._load, submitted))
+                    submitted += 1
+                yield pending.popleft().result()

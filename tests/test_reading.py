@@ -1,0 +1,69 @@
+"""The reading side without a model: inputs decoded ahead in input order, bad inputs reported per
+input, and which files' speech is looked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisper_nnx.engine import reading
+from whisper_nnx.engine.audio import N_SAMPLES, SAMPLE_RATE, load_audio
+from whisper_nnx.engine.inputs import Entry
+from whisper_nnx.engine.reading import AudioPrefetcher, LoadedInput, error_record, speech_finder
+from whisper_nnx.engine.records import INPUT, RUN
+from whisper_nnx.engine.spool import ArrayAudio
+from whisper_nnx.engine.vad import VadOptions
+
+CLIP = Path(__file__).parent / "data" / "corpus" / "joe_cat.flac"
+
+
+def test_prefetcher_keeps_input_order_and_reports_bad_samples(tmp_path):
+    items = [np.ones(1600 * (i + 1), np.float32) for i in range(6)]
+    items[3] = np.zeros((0,), np.float32)
+    items.append(str(tmp_path / "missing.wav"))
+    got = list(AudioPrefetcher(items, workers=3, max_ahead=2))
+    assert [g.index for g in got] == list(range(7))
+    assert [g.audio.n_samples for g in got if g.error is None] == [1600, 3200, 4800, 8000, 9600]
+    assert "non-empty" in got[3].error and "not found" in got[6].error
+
+
+def test_prefetcher_decodes_entries_and_keeps_their_errors(tmp_path):
+    (tmp_path / "a.flac").write_bytes(CLIP.read_bytes())
+    entries = [Entry(str(tmp_path / "a.flac")),
+               Entry("a#t=0.5", opener=lambda: str(tmp_path / "a.flac"), offset_s=0.5),
+               Entry("list.jsonl:2", "list.jsonl:2: manifest line is not JSON (Expecting value)")]
+    got = list(AudioPrefetcher([e.source() for e in entries], workers=2))
+    clip = load_audio(CLIP)
+    assert [g.error for g in got] == [None, None, "list.jsonl:2: manifest line is not JSON (Expecting value)"]
+    assert got[2].error_kind == INPUT
+    assert [g.audio.n_samples for g in got[:2]] == [clip.size, clip.size - SAMPLE_RATE // 2]
+    assert got[0].duration == pytest.approx(clip.size / SAMPLE_RATE)
+    assert got[0].seconds_in_memory == got[0].duration  # a short file is held in memory, not spooled
+    record = error_record(got[1], "decoding failed: boom")
+    assert record["path"] == "a#t=0.5" and record["error"] == "a#t=0.5: decoding failed: boom"
+    assert record["error_kind"] == RUN
+
+
+def test_speech_finder_asks_only_what_the_options_need(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    assert speech_finder(None, skip_non_speech=False, chunked=False) is None
+    asked = []
+    monkeypatch.setattr(reading, "speech_regions_streaming",
+                        lambda pieces, options=None: asked.append(options) or [(0, 1)])
+    short, long = ArrayAudio(np.zeros(N_SAMPLES, np.float32)), ArrayAudio(np.zeros(N_SAMPLES + 1, np.float32))
+    vad = VadOptions(threshold=0.3)
+    assert speech_finder(vad, skip_non_speech=False, chunked=False)(short) == [(0, 1)]
+    assert speech_finder(vad, skip_non_speech=True, chunked=True)(short) == [(0, 1)]
+    assert asked == [vad, VadOptions(threshold=0.3, max_speech_duration_s=29.0)]  # chunked: one window at most
+    asked.clear()
+    skip = speech_finder(None, skip_non_speech=True, chunked=False)
+    assert skip(short) is None and asked == []  # a file of one window is decoded whole
+    assert skip(long) == [(0, 1)] and asked == [None]
+
+
+def test_loaded_input_without_audio_holds_nothing():
+    failed = LoadedInput(3, "x.wav", None, "x.wav: file not found", error_kind=INPUT)
+    assert failed.duration == 0.0 and failed.seconds_in_memory == 0.0
+    failed.close()
