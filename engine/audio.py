@@ -6,7 +6,10 @@ by averaging the channels (what the ffmpeg CLI's `-ac 1` to s16 in openai-whispe
 `load_audio` amounts to for stereo; libswresample's float down-mix would instead scale stereo
 by 1/sqrt(2)), then resampled to 16 kHz by soxr in streaming mode so a long file never holds
 more than its 16 kHz copy plus one decoded frame in memory. `iter_decoded` yields the same
-samples piece by piece for callers that must not hold the whole file (engine/spool.py).
+samples piece by piece for callers that must not hold the whole file (engine/spool.py). An
+entry's span (a NeMo manifest's offset) is decoded from a seek to shortly before it where the
+file's timestamps count samples (WAV, FLAC, MP3, MP4, Ogg; not Matroska's milliseconds), else
+from the start; either way its samples are those of the whole file's decode.
 
 Every failure a user can cause (missing, empty, corrupt or truncated file, no audio stream,
 zero samples, NaN/inf samples) raises `AudioDecodeError` with a one-line reason, so callers
@@ -16,8 +19,11 @@ can record the reason per input and carry on with the rest of a batch.
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
@@ -53,6 +59,13 @@ TIME_PRECISION = 1 / TOKENS_PER_SECOND  # 0.02 s, one timestamp token step
 # both of these (headers of VBR MP3s without a Xing frame only estimate their duration).
 _TRUNCATION_SLACK_S = 0.5
 _TRUNCATION_SLACK_FRACTION = 0.1
+
+# A span (a NeMo manifest's offset) starting this far into its file or more is decoded from a
+# seek to _SEEK_BACK_S before its start, and at least _SPAN_WARM_UP_S of that decoded and dropped
+# (the decoder's and the resampler's warm-up: the samples then equal a full decode's).
+_SEEK_FROM_S = 2.0
+_SEEK_BACK_S = 1.0
+_SPAN_WARM_UP_S = 0.5
 
 
 class AudioDecodeError(ValueError):
@@ -147,15 +160,17 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.AudioSt
 
 
 def _native_mono_chunks(
-    container: av.container.InputContainer, stream: av.AudioStream, path: Path
+    container: av.container.InputContainer, stream: av.AudioStream, path: Path,
+    frames: Optional[Iterable[av.AudioFrame]] = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (float32 mono samples [n], sample rate) per decoded frame, at the native rate."""
+    """Yield (float32 mono samples [n], sample rate) per decoded frame (of `frames`, else of the
+    whole stream), at the native rate."""
     import av
 
     # Sample-format conversion only: layout and rate stay native; we down-mix, soxr resamples.
     to_float = av.AudioResampler(format="fltp", layout=None, rate=None)
     try:
-        for frame in container.decode(stream):
+        for frame in container.decode(stream) if frames is None else frames:
             for f in to_float.resample(frame):
                 yield f.to_ndarray().mean(axis=0, dtype=np.float32), f.sample_rate  # [C, n]
         for f in to_float.resample(None):  # flush swresample's delay line
@@ -174,13 +189,28 @@ def _decoded_pieces(
     problems only the end reveals (no samples at all, a file shorter than its header declares):
     a consumer must not treat what it received as the file's audio until the iterator is spent.
     """
+    stream = _audio_stream(container, path)
+    n_native, in_rate, last = yield from _resampled(_native_mono_chunks(container, stream, path), path,
+                                                    sample_rate)
+    # Decoders stop quietly at a cut inside some formats (e.g. MP3); catch the cut when the
+    # header promised much more. The margin tolerates estimated durations and codec padding.
+    declared, decoded = _declared_seconds(container, stream), n_native / in_rate
+    if declared - decoded > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_FRACTION * declared):
+        raise AudioDecodeError(
+            path, f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the header declares"
+        )
+    yield last
+
+
+def _resampled(chunks: Iterator[tuple[np.ndarray, int]], path: Path, sample_rate: int):
+    """Generator: native `chunks` resampled to `sample_rate`, piece by piece, but for the last
+    piece (soxr's flushed delay line), which it returns with (native samples, native rate)."""
     import soxr
 
-    stream = _audio_stream(container, path)
     resampler: soxr.ResampleStream | None = None
     in_rate = 0
     n_native = 0
-    for x, rate in _native_mono_chunks(container, stream, path):
+    for x, rate in chunks:
         if not np.isfinite(x).all():
             raise AudioDecodeError(path, "audio contains non-finite samples (NaN or inf)")
         if resampler is None:
@@ -194,16 +224,7 @@ def _decoded_pieces(
         yield resampler.resample_chunk(x)
     if resampler is None or n_native == 0:
         raise AudioDecodeError(path, "no audio samples could be decoded (truncated or empty)")
-    last = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-
-    # Decoders stop quietly at a cut inside some formats (e.g. MP3); catch the cut when the
-    # header promised much more. The margin tolerates estimated durations and codec padding.
-    declared, decoded = _declared_seconds(container, stream), n_native / in_rate
-    if declared - decoded > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_FRACTION * declared):
-        raise AudioDecodeError(
-            path, f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the header declares"
-        )
-    yield last
+    return n_native, in_rate, resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 # a path, a binary file object (read from its start), an input entry (engine/entry.py)
@@ -216,13 +237,10 @@ def input_name(item: AudioInput) -> str:
     return "<array>" if isinstance(item, np.ndarray) else source_name(item)
 
 
-def _span_of(pieces: Iterator[np.ndarray], name: str, offset_s: float, duration_s: Optional[float],
-             sample_rate: int) -> Iterator[np.ndarray]:
-    """The samples [offset, offset + duration) of the decoded `pieces` (to the end for None); the
-    decoding stops once the span is complete."""
-    start = round(offset_s * sample_rate)
-    end = None if duration_s is None else start + round(duration_s * sample_rate)
-    at = 0  # samples of the whole decode seen so far
+def _span_of(pieces: Iterator[np.ndarray], name: str, start: int, end: Optional[int], sample_rate: int,
+             at: int = 0) -> Iterator[np.ndarray]:
+    """The samples [start, end) of the decoded `pieces` (to the end for None), the first piece
+    being sample `at`; the decoding stops once the span is complete."""
     for piece in pieces:
         lo, hi = max(start - at, 0), piece.size if end is None else min(end - at, piece.size)
         at += piece.size
@@ -231,8 +249,100 @@ def _span_of(pieces: Iterator[np.ndarray], name: str, offset_s: float, duration_
         if end is not None and at >= end:
             return
     if at <= start:
-        raise AudioDecodeError(name, f"offset {offset_s:.3f} s is at or past the end of the audio "
+        raise AudioDecodeError(name, f"offset {start / sample_rate:.3f} s is at or past the end of the audio "
                                      f"({at / sample_rate:.3f} s)")
+
+
+class _SeekMissed(Exception):
+    """A seek cannot be placed on the sample (no timestamps, timestamps coarser than a sample, a
+    gap in them): the span is decoded from the start of its file instead."""
+
+
+def _seeked(container: av.container.InputContainer, path: Path, seek_s: float, latest: int,
+            sample_rate: int) -> tuple[int, Iterator[np.ndarray]]:
+    """(index at `sample_rate` of the first piece, pieces) of the first audio stream decoded from
+    a seek to `seek_s` or before: sample-exact, the first piece at sample `latest` or before
+    (else _SeekMissed). Sample n of the full decode is at (pts - start_time) * time_base = n / rate."""
+    import av
+
+    stream = _audio_stream(container, path)
+    base, rate, origin = stream.time_base, stream.rate, stream.start_time or 0
+    if not base or not rate or (base * rate).numerator != 1:
+        raise _SeekMissed()
+    try:
+        container.seek(origin + int(seek_s / base), stream=stream)
+        frames = container.decode(stream)
+        first = next(frames, None)
+    except av.error.FFmpegError as err:
+        raise _SeekMissed() from err
+
+    def index(frame) -> Optional[int]:
+        at = None if frame.pts is None else (frame.pts * (frame.time_base or base) - origin * base) * rate
+        return int(at) if at is not None and Fraction(at).denominator == 1 else None
+
+    native = None if first is None or first.sample_rate != rate else index(first)
+    step = rate // math.gcd(rate, sample_rate)  # native samples per whole number of output samples
+    aligned = None if native is None else -(-native // step) * step
+    if aligned is None or native < 0 or aligned * sample_rate // rate > latest:
+        raise _SeekMissed()
+
+    def checked(frames: Iterable[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+        expected, before = native, latest * rate // sample_rate
+        for frame in frames:
+            if expected < before and index(frame) != expected:  # a gap before the span: not exact
+                raise _SeekMissed()
+            expected += frame.samples
+            yield frame
+
+    chunks = _native_mono_chunks(container, stream, path, checked(itertools.chain([first], frames)))
+    return aligned * sample_rate // rate, _flushed(_resampled(_skipped(chunks, aligned - native), path, sample_rate))
+
+
+def _skipped(chunks: Iterator[tuple[np.ndarray, int]], n: int) -> Iterator[tuple[np.ndarray, int]]:
+    """`chunks` without their first `n` samples."""
+    for x, rate in chunks:
+        if n < x.size:
+            yield x[n:], rate
+        n = max(n - x.size, 0)
+
+
+def _flushed(resampled) -> Iterator[np.ndarray]:
+    """The pieces of `_resampled`, its last one included."""
+    _, _, last = yield from resampled
+    yield last
+
+
+def _span_pieces(entry: Entry, source: AudioSource, sample_rate: int) -> Iterator[np.ndarray]:
+    """The entry's span of what `source` decodes to: decoded from a seek to shortly before its
+    start (a long file's spans do not each decode it from its start), else from the start."""
+    start = round(entry.offset_s * sample_rate)
+    end = None if entry.duration_s is None else start + round(entry.duration_s * sample_rate)
+    if entry.offset_s >= _SEEK_FROM_S:
+        container, path = _container_of(source)
+        started = False
+        with container:
+            try:
+                at, pieces = _seeked(container, path, entry.offset_s - _SEEK_BACK_S,
+                                     start - round(_SPAN_WARM_UP_S * sample_rate), sample_rate)
+                for piece in _span_of(pieces, entry.name, start, end, sample_rate, at):
+                    started = True
+                    yield piece
+                return
+            except _SeekMissed:
+                if started:  # pragma: no cover - checked() stops before the span's first sample
+                    raise
+        if not isinstance(source, (str, os.PathLike)):
+            source.close()
+            source = _entry_source(entry)  # afresh: the container may have moved or closed it
+    yield from _span_of(iter_decoded(source, sample_rate), entry.name, start, end, sample_rate)
+
+
+def _entry_source(entry: Entry) -> AudioSource:
+    """What the entry's audio is decoded from: its opener's path or stream, else its file or URL."""
+    try:
+        return entry.opener() if entry.opener is not None else open_url_or_path(entry.name)
+    except FileNotFoundError as err:  # the input's fault: final, like a missing local file
+        raise AudioDecodeError(entry.name, "file not found") from err
 
 
 def _decoded_entry(entry: Entry, sample_rate: int) -> Iterator[np.ndarray]:
@@ -240,19 +350,24 @@ def _decoded_entry(entry: Entry, sample_rate: int) -> Iterator[np.ndarray]:
     its span; errors name the entry, and an entry naming no audio raises its own `error`."""
     if entry.error is not None:
         raise AudioDecodeError(entry.name, entry.error.removeprefix(f"{entry.name}: "))
-    try:
-        source = entry.opener() if entry.opener is not None else open_url_or_path(entry.name)
-    except FileNotFoundError as err:  # the input's fault: final, like a missing local file
-        raise AudioDecodeError(entry.name, "file not found") from err
-    pieces = iter_decoded(source, sample_rate)
+    source = _entry_source(entry)
     if entry.offset_s or entry.duration_s is not None:
-        pieces = _span_of(pieces, entry.name, entry.offset_s, entry.duration_s, sample_rate)
+        pieces = _span_pieces(entry, source, sample_rate)
+    else:
+        pieces = iter_decoded(source, sample_rate)
     try:
         yield from pieces
     except AudioDecodeError as err:
         if err.path == entry.name:
             raise
         raise AudioDecodeError(entry.name, err.reason) from err
+
+
+def _container_of(source: Union[str, os.PathLike, BinaryIO]) -> tuple[av.container.InputContainer, Path]:
+    """(opened container, the path errors name) of a path or a binary file object."""
+    if isinstance(source, (str, os.PathLike)):
+        return _open_container(Path(source)), Path(source)
+    return _open_stream(source, source_name(source)), Path(source_name(source))
 
 
 def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
@@ -267,12 +382,7 @@ def iter_decoded(path: AudioSource, sample_rate: int = SAMPLE_RATE) -> Iterator[
     if isinstance(path, Entry):
         yield from _decoded_entry(path, sample_rate)
         return
-    if isinstance(path, (str, os.PathLike)):
-        path = Path(path)
-        container = _open_container(path)
-    else:  # a binary file object
-        container = _open_stream(path, source_name(path))
-        path = Path(source_name(path))
+    container, path = _container_of(path)
     with container:
         yield from _decoded_pieces(container, path, sample_rate)
 

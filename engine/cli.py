@@ -96,7 +96,7 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
     enable_compilation_cache(args.compile_cache)
     outcome = BulkRun(args.inputs, args.output_dir, options=options, formats=formats, layout=_layout(args),
                       producer=_producer(args), sources=SourceOptions(args.audio_column, args.id_column,
-                                                                      args.text_column),
+                                                                      args.text_column, args.follow_row_paths),
                       resume=args.resume, retry_errors=args.retry_errors, staging_dir=args.staging_dir,
                       upload_every_s=args.upload_every, show=not args.quiet, progress=not args.no_progress,
                       finish=finish).run()

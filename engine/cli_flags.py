@@ -36,6 +36,9 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
                    help="dataset inputs: a column naming each row's record (default: FILE:ROW)")
     g.add_argument("--text-column", default="text",
                    help="reference text: the dataset column / manifest field / WebDataset member (eval)")
+    g.add_argument("--follow-row-paths", action="store_true",
+                   help="dataset inputs: follow a row's audio path that is absolute, climbs out with '..' or "
+                        "is a URL (dataset rows are untrusted: by default such a row is an error record)")
     g.add_argument("--resume", action="store_true",
                    help="continue a run in --output-dir: skip entries with a record, redo the rest and "
                         "entries whose record is a run error (out of memory, device failure)")

@@ -12,7 +12,9 @@ groups of audio are held per file: a corpus larger than memory streams through. 
 column holds `{bytes, path}` structs (the `datasets` Audio feature) or plain binary: it is the
 column the schema's `huggingface` metadata declares as Audio, else the first struct column with
 a `bytes` field, else a binary column named `audio`; `--audio-column` names it outright. A row
-with null bytes is read from its `path` (relative to the dataset's folder).
+with null bytes is read from its `path` (relative to the dataset's folder; an absolute path, a
+path through `..` or a URL only with `SourceOptions.follow_row_paths`, the CLI's
+--follow-row-paths: else the row's record is an error naming the option).
 
 Record names (`path` in results.jsonl, the key `--resume` matches): `FILE:ROW` (0-based over
 the whole file), or the row's `--id-column` value; `SHARD:KEY` for a WebDataset sample
@@ -33,7 +35,7 @@ from pathlib import PurePosixPath
 from typing import Callable, Iterator, Optional
 
 from .audio import AudioDecodeError, named_stream
-from .entry import MEDIA_SUFFIXES, Entry
+from .entry import MEDIA_SUFFIXES, Entry, open_url_or_path
 from .storage import is_url, join, open_binary, parent
 
 CACHED_GROUPS = 2  # row groups of audio held per file (the prefetcher reads rows in order)
@@ -45,11 +47,13 @@ class SourceOptions:
     """How dataset inputs are read (the CLI's --audio-column, --id-column, --text-column): which
     columns hold the audio (None: detected), the record id (None: FILE:ROW names) and the
     reference text (a missing column: no references; also a manifest's field and a WebDataset
-    sample's `.json` field)."""
+    sample's `.json` field), and whether a row's audio `path` may lead outside the dataset's
+    folder (an absolute path, `..`, a URL: any file or host the dataset's author names)."""
 
     audio_column: Optional[str] = None
     id_column: Optional[str] = None
     text_column: str = "text"
+    follow_row_paths: bool = False  # --follow-row-paths: rows may name absolute paths, `..` and URLs
 
 
 def audio_column(schema, wanted: Optional[str], where: str) -> str:
@@ -105,7 +109,8 @@ class TableRows:
                                 text=text)
                 else:
                     # a module function of plain values: the entry pickles (Ray ships entries to its actors)
-                    opener = functools.partial(open_table_row, self.kind, self.name, self.audio, group, i, name)
+                    opener = functools.partial(open_table_row, self.kind, self.name, self.audio, group, i, name,
+                                               self.options.follow_row_paths)
                     yield Entry(name, opener=opener, text=text)
                 row += 1
 
@@ -120,8 +125,9 @@ class TableRows:
                 self._cache.popitem(last=False)
             return column
 
-    def open_row(self, group: int, index: int, name: str):
-        """Row `index` of group `group`'s audio: a binary stream of its bytes, or its path."""
+    def open_row(self, group: int, index: int, name: str, follow: bool = False):
+        """Row `index` of group `group`'s audio: a binary stream of its bytes, or its path (one
+        outside the dataset's folder only when `follow`: SourceOptions.follow_row_paths)."""
         value = self._audio_of(group)[index].as_py()
         if isinstance(value, (bytes, bytearray)):
             return named_stream(bytes(value), name)
@@ -129,8 +135,7 @@ class TableRows:
             if value.get("bytes"):
                 return named_stream(value["bytes"], name)
             if value.get("path"):
-                path = value["path"]
-                return path if is_url(path) or os.path.isabs(path) else join(parent(self.name), path)
+                return row_path(self.name, value["path"], name, follow)
         raise AudioDecodeError(name, f"the row has no audio (column {self.audio!r} is empty)")
 
 
@@ -154,7 +159,7 @@ class OpenTables:
                 self._tables.popitem(last=False)
         return rows
 
-    def open_row(self, kind: str, path: str, audio: str, group: int, index: int, name: str):
+    def open_row(self, kind: str, path: str, audio: str, group: int, index: int, name: str, follow: bool = False):
         """Row `index` of row group `group` of the table's audio column `audio` (TableRows.open_row)."""
         with self._lock:
             rows = self._tables.get((kind, path, audio))
@@ -162,15 +167,25 @@ class OpenTables:
                 self._tables.move_to_end((kind, path, audio))
         if rows is None:
             rows = self.open(kind, path, SourceOptions(audio_column=audio))
-        return rows.open_row(group, index, name)
+        return rows.open_row(group, index, name, follow)
 
 
 TABLES = OpenTables()  # this process's: an opener is a module function of plain values, so it finds its table here
 
 
-def open_table_row(kind: str, path: str, audio: str, group: int, index: int, name: str):
+def open_table_row(kind: str, path: str, audio: str, group: int, index: int, name: str, follow: bool = False):
     """A row entry's opener: its audio, from the table `TABLES` holds open (or opens)."""
-    return TABLES.open_row(kind, path, audio, group, index, name)
+    return TABLES.open_row(kind, path, audio, group, index, name, follow)
+
+
+def row_path(table: str, path: str, name: str, follow: bool):
+    """The file a row's audio `path` names (a URL opened): relative to the dataset's folder; an absolute path,
+    a URL or a path through `..` only when `follow` (else AudioDecodeError naming the option)."""
+    outside = is_url(path) or os.path.isabs(path) or ".." in path.replace("\\", "/").split("/")
+    if outside and not follow:
+        raise AudioDecodeError(name, f"the row's audio path {path!r} leads outside the dataset's folder "
+                                     "(an absolute path, '..' or a URL): pass --follow-row-paths to read it")
+    return open_url_or_path(path if is_url(path) or os.path.isabs(path) else join(parent(table), path))
 
 
 def parquet_rows(path: str, options: SourceOptions) -> TableRows:
@@ -200,8 +215,12 @@ def saved_dataset_files(folder: str) -> Optional[list[str]]:
     if not os.path.isfile(state):
         return None
     with open(state, encoding="utf-8") as f:
-        files = [item["filename"] for item in json.load(f).get("_data_files", [])]
-    return [os.path.join(folder, name) for name in files]
+        items = json.load(f)
+    items = items.get("_data_files", []) if isinstance(items, dict) else None
+    if not isinstance(items, list) or not all(isinstance(x, dict) and isinstance(x.get("filename"), str)
+                                              for x in items):
+        raise ValueError(f'{state}: not a save_to_disk state ("_data_files" must list {{"filename": ...}})')
+    return [os.path.join(folder, item["filename"]) for item in items]
 
 
 # --- WebDataset ---------------------------------------------------------------------------------

@@ -48,9 +48,10 @@ def open_binary(name: str) -> BinaryIO:
     return fs.open(path, "rb")
 
 
-def read_text(name: str) -> str:
+def read_text(name: str, errors: str = "strict") -> str:
+    """The file as UTF-8 text (`errors`: what undecodable bytes become, as for `bytes.decode`)."""
     with open_binary(name) as handle:
-        return handle.read().decode("utf-8")
+        return handle.read().decode("utf-8", errors)
 
 
 def is_dir(name: str) -> bool:

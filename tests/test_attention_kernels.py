@@ -99,6 +99,7 @@ def _encoder_primitives(model) -> set[str]:
     return names
 
 
+@pytest.mark.slow  # builds four models
 def test_each_model_traces_its_own_kernel(monkeypatch):
     """The kernel is a setting of the model, not of the process: two models built with different
     settings keep them, whatever the environment says when their programs are traced. The tiled

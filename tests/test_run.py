@@ -24,13 +24,6 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from whisper_nnx.engine.transcribe import Transcriber
-
-    return Transcriber("tiny.en")
-
-
 @pytest.mark.slow
 def test_bulk_run_from_python_writes_one_checked_record_per_entry(tiny, tmp_path, data_dir, transcripts):
     joe = str(data_dir / "sample_joe.flac")
