@@ -31,6 +31,7 @@ from .run import (
     FinishHook,
     LocalRecords,
     ModelSpec,
+    RunFailed,
     UsageError,
 )
 
@@ -99,7 +100,7 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
                                                                       args.text_column, args.follow_row_paths),
                       resume=args.resume, retry_errors=args.retry_errors, staging_dir=args.staging_dir,
                       upload_every_s=args.upload_every, show=not args.quiet, progress=not args.no_progress,
-                      finish=finish).run()
+                      finish=finish, output_layout=args.output_layout).run()
     if outcome.lead:
         print(outcome.line(), file=sys.stderr)
     return outcome.exit_code
@@ -211,13 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(getattr(args, "verbose", False))
     try:
         return args.run(args)
-    # UsageError, AudioDecodeError and ShardingError are ValueErrors: setup, before any work
+    # UsageError, AudioDecodeError and ShardingError are ValueErrors: setup, before any record (a
+    # ValueError once records are being written comes as RunFailed: the run failing, exit 1)
     except (ValueError, RunLocked, CheckpointError) as err:
         print(f"whisper-nnx: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - the run failed: say so, with the traceback in the log
         logging.exception("the run failed")
-        print(f"whisper-nnx: run failed: {type(err).__name__}: {err}; rerun with --resume", file=sys.stderr)
+        reason = str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"
+        print(f"whisper-nnx: run failed: {reason}; rerun with --resume", file=sys.stderr)
         return EXIT_FAILED
 
 

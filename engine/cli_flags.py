@@ -25,6 +25,11 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--formats", default="json,txt",
                    help=f"comma-separated from {','.join(FORMATS)},parquet (parquet: one results.parquet "
                         "of every record, written at the end of the run)")
+    g.add_argument("--output-layout", choices=("tree", "flat"), default="tree",
+                   help="where each input's files go: tree (default) keeps the input's folders under "
+                        "--output-dir (corpus/a/movie.mp4 -> a/movie.srt), so that a large tree's many "
+                        "equal names (every */audio.flac) stay apart and findable; flat puts every file in "
+                        "--output-dir (a second equal name gets stem~2). Each record lists its files")
     g.add_argument("--staging-dir", default=None,
                    help="an --output-dir URL: the local folder the run writes before uploading "
                         "(default: ~/.cache/whisper-nnx/staging/<hash of the URL>)")

@@ -16,9 +16,10 @@ with null bytes is read from its `path` (relative to the dataset's folder; an ab
 path through `..` or a URL only with `SourceOptions.follow_row_paths`, the CLI's
 --follow-row-paths: else the row's record is an error naming the option).
 
-Record names (`path` in results.jsonl, the key `--resume` matches): `FILE:ROW` (0-based over
-the whole file), or the row's `--id-column` value; `SHARD:KEY` for a WebDataset sample
-(`__key__`: the member name up to the first dot of its file name).
+Record names (`path` in results.jsonl): `FILE:ROW` (0-based over the whole file), or the row's
+`--id-column` value (a name, not an identity: rows may share one; the record then carries its
+row as `row`, the key `--resume` matches); `SHARD:KEY` for a WebDataset sample (`__key__`: the
+member name up to the first dot of its file name).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class TableRows:
                     # a module function of plain values: the entry pickles (Ray ships entries to its actors)
                     opener = functools.partial(open_table_row, self.kind, self.name, self.audio, group, i, name,
                                                self.options.follow_row_paths)
-                    yield Entry(name, opener=opener, text=text)
+                    yield Entry(name, opener=opener, text=text, row=None if ids is None else f"{self.name}:{row}")
                 row += 1
 
     def _audio_of(self, group: int):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Mapping, Optional, Union
 
 from . import storage
 
@@ -18,6 +18,12 @@ def entry_key(name: str) -> str:
     """The identity of the audio behind an entry or a record's `path`: its absolute path (a URL
     or a dataset row's name as it is)."""
     return name if storage.is_url(name) else os.path.abspath(name)
+
+
+def record_key(record: Mapping) -> str:
+    """The identity of the entry a record belongs to: its dataset `row` when it has one (an
+    --id-column value names the record, and several rows may share it), else its `path`."""
+    return entry_key(record.get("row") or record["path"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +43,18 @@ class Entry:
     offset_s: float = 0.0
     duration_s: Optional[float] = None
     text: Optional[str] = None  # reference transcript, when the source has one
+    # the dataset row (`FILE:ROW`) behind an entry named by its --id-column value: the entry's
+    # identity (ids are names: rows may share one); its records carry it as `row`
+    row: Optional[str] = None
 
     @property
     def key(self) -> str:
-        return entry_key(self.name)
+        return entry_key(self.row or self.name)
+
+    def for_producer(self) -> "Entry":
+        """The entry as a record producer gets it: named by its identity, so that each record
+        comes back to its own entry (`BulkRun` names the record by `name` again)."""
+        return self if self.row is None else dataclasses.replace(self, name=self.row)
 
     def source(self) -> Union[str, "Entry"]:
         """What the engine decodes (audio.iter_decoded): a plain local file as its path, anything

@@ -25,9 +25,9 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .entry import Entry, entry_key
-from .records import DUPLICATE, error_kind
+from .entry import Entry, record_key
 from .files import atomic_write_text
+from .records import DUPLICATE, error_kind
 
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
 
@@ -79,7 +79,7 @@ def score(entries: Sequence[Entry], records: Iterable[Mapping]) -> dict:
     """Per-input and corpus word error counts of `records` (read back from results.jsonl, or
     Transcripts) against the entries' references."""
     jiwer, english, basic = _tools()
-    by_key = {entry_key(r["path"]): r for r in records if error_kind(r) != DUPLICATE}
+    by_key = {record_key(r): r for r in records if error_kind(r) != DUPLICATE}
     rows, failed, without, seen = [], [], 0, set()
     for entry in entries:
         if entry.key in seen or entry.error is not None and entry.text is None:

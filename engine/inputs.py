@@ -176,11 +176,11 @@ def _expand_one(item: str, options: SourceOptions) -> Iterator[Entry]:
     elif suffix in DATASET_SUFFIXES and storage.is_file(item):
         yield from _dataset_entries(item, options)
     elif suffix == ".jsonl" and storage.is_file(item):
-        for number, line in enumerate(storage.read_text(item, "surrogateescape").splitlines(), 1):
+        for number, line in enumerate(storage.read_text(item, "surrogateescape").split("\n"), 1):
             if line.strip():
                 yield _jsonl_entry(item, number, line, options.text_column)
     elif suffix == ".txt" and storage.is_file(item):
-        yield from (Entry(line.strip()) for line in storage.read_text(item, "surrogateescape").splitlines()
+        yield from (Entry(line.strip()) for line in storage.read_text(item, "surrogateescape").split("\n")
                     if line.strip() and not line.strip().startswith("#"))
     else:
         yield Entry(item)  # a missing or odd file becomes an error record, not a crash

@@ -26,9 +26,8 @@ from . import records
 from .audio import N_SAMPLES, SAMPLE_RATE, AudioInput, input_name
 from .records import INPUT, RUN, one_line
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
-from .vad import VadOptions
+from .vad import VadOptions, speech_regions_streaming
 from .vad import check_available as check_vad_available
-from .vad import speech_regions_streaming
 
 SpeechFinder = Callable[[Windowed], Optional[list[tuple[int, int]]]]  # a file's speech regions (samples)
 

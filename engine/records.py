@@ -3,7 +3,7 @@
 Every record has the same keys, whichever path made it (`Transcriber.transcribe`,
 `decode_clips`, the run's manifest and duplicate entries):
 
-    path        the entry as given (a record is matched to its entry by `inputs.entry_key`)
+    path        the entry as given (a record is matched to its entry by `entry.record_key`)
     text        the transcript ("" for a failure or a silent file)
     language    code of the language decoded in, or None
     duration_s  seconds of the file (before voice activity keeps its speech), None when unknown
@@ -15,7 +15,9 @@ Every record has the same keys, whichever path made it (`Transcriber.transcribe`
 
 plus optional extras (`language_probs`; `dropped_segments` with `--hallucination-filter`, each a
 segment with its `dropped` reason; a segment's `language` with `--language-per-window`;
-`decode_clips`' window statistics; the run's `model`, `dtype`, `long_form`, `mesh`, `sharding`).
+`decode_clips`' window statistics; the run's `model`, `dtype`, `long_form`, `mesh`, `sharding`;
+`row`: the dataset row `FILE:ROW` of an entry named by its --id-column value, which rows may share:
+the record's identity then, `entry.record_key`).
 
 A `Transcript` also carries the decoded `tokens` (for Python users: `transcript["tokens"]`);
 they are never written: `as_dict` (the one serialization: results.jsonl lines, per-format files,
@@ -93,10 +95,10 @@ def failure(path: str, error: str, kind: str, *, duration_s: Optional[float] = N
     return Transcript(path, duration_s=duration_s, error=" ".join(error.split()), error_kind=kind, extra=extra)
 
 
-def duplicate(path: str, first_index: int) -> Transcript:
+def duplicate(path: str, first_index: int, **extra) -> Transcript:
     """The record of a repeated entry: the same file as entry `first_index` (0-based)."""
     return failure(path, f"{path}: duplicate entry: the same file is listed as entry {first_index + 1}, "
-                         "transcribed once there", DUPLICATE, duplicate_of=first_index + 1)
+                         "transcribed once there", DUPLICATE, duplicate_of=first_index + 1, **extra)
 
 
 def one_line(err: BaseException) -> str:

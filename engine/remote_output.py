@@ -1,20 +1,29 @@
 """`--output-dir` in object storage (any fsspec URL): a local staging folder mirrored to the URL
 in append-only parts, so that a killed run resumes from what reached the bucket.
 
-    start   pull: the bucket's records (results.jsonl plus any parts/*.jsonl) become the staging
+    start   lease: `lease.json` in the bucket names this run (a uuid) until an expiry, renewed at
+            each upload and by a thread every third of `lease_s`; a live lease of another run
+            refuses this one (`OutputLeased`, a `results.RunLocked`: exit 2) before any work; an
+            expired one (or one of a dead process on this host) is taken over. Then pull: the
+            bucket's records (results.jsonl plus any parts/*.jsonl) become the staging
             folder's results.jsonl; the bucket is the truth, whatever the staging folder held
     run     the run writes to the staging folder as to any local --output-dir; every
             `upload_every_s` seconds (and at the end, and when the run fails) the records written
             since the last upload go up as one new object `parts/<run>-<n>.jsonl`, after the
-            per-format files of those records (a record in the bucket never names a missing file)
-    end     results.jsonl (every record) and the run's own files (those named by `run_file`:
-            summary.json, results.parquet, eval.json, eval.md) are put, then the parts are deleted
+            files each of those records lists in `files` (a record in the bucket never names a
+            missing file)
+    end     the run's own files (those named by `run_file`: summary.json, results.parquet,
+            eval.json, eval.md) are put; the bucket's records are read again and results.jsonl
+            becomes their union with this run's (less the records this run dropped to redo
+            them), then only the parts read for it are deleted (a part another run put
+            meanwhile stays for the next pull); the lease is released
 
 Each object is written by one PUT, which object stores make atomic: a kill loses at most the
 records of the last `upload_every_s` seconds, which the resumed run redoes; none is duplicated
 (a kill between the final results.jsonl and the deletion of the parts leaves the same lines in
 both, and `pull` keeps each line once). Only a single-process run writes to a URL (several
-processes would each stage their own part of the run).
+processes would each stage their own part of the run). The lease is written, then read back
+after `settle_s`: of two runs starting together, the one whose lease was overwritten stops.
 
 `BucketSink` is the run's second sink, driven by `run.BulkRun`: entered (pull) under the run's lock,
 handed each record once `ResultSink` has it on the staging disk (`write`), and left with the run
@@ -26,18 +35,37 @@ staging results.jsonl is replaced atomically.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Mapping, Optional
 
 from absl import logging
 
 from . import storage
-from .files import atomic_write_text, output_path, output_stem
-from .results import RESULTS, parse_record, process_files, record_line
+from .files import atomic_write_text
+from .results import RESULTS, RunLocked, parse_record, process_files, record_line
 
 PARTS = "parts"
+LEASE = "lease.json"
+
+
+class OutputLeased(RunLocked):
+    """Another run holds the output URL (its lease in the bucket is live)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def default_staging(url: str) -> Path:
@@ -50,18 +78,25 @@ class BucketSink:
     """The mirror of a staging folder to `url` (see the module docstring)."""
 
     def __init__(self, url: str, staging: Optional[str | os.PathLike] = None, formats: tuple[str, ...] = (),
-                 upload_every_s: float = 30.0):
+                 upload_every_s: float = 30.0, lease_s: float = 600.0, renew: bool = True,
+                 settle_s: float = 1.0):
         """`staging`: the local folder the run writes (None: `default_staging(url)`); `formats`:
-        the per-format files each transcript has there."""
+        kept for callers (each record lists its files); `lease_s`: how long the lease holds
+        unrenewed; `renew`: renew it from a thread too (not only at uploads)."""
         self.url = url.rstrip("/")
         self.staging = Path(staging) if staging else default_staging(self.url)
         self.formats, self.upload_every_s = tuple(formats), upload_every_s
+        self.lease_s, self.renew, self.settle_s = lease_s, renew, settle_s
         self.fs, self.root = storage.filesystem(self.url)
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex}"  # unique in any container
         self._pending: list[Mapping] = []
         self._run_files: list[str] = []
+        self._pulled: set[str] = set()
         self._parts = 0
         self._last = time.monotonic()
+        self._lease_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._lost: Optional[str] = None
 
     def _path(self, *names: str) -> str:
         return "/".join([self.root, *names])
@@ -69,23 +104,100 @@ class BucketSink:
     # --- start ---------------------------------------------------------------------------------
 
     def __enter__(self) -> "BucketSink":
-        found = self.pull()  # the bucket's records are the truth
+        self.acquire()
+        try:
+            found = self.pull()  # the bucket's records are the truth
+        except BaseException:
+            self.release()
+            raise
         logging.info("%s holds %d records", self.url, found)
         return self
 
-    def remote_lines(self) -> list[str]:
-        """Every record line in the bucket (results.jsonl, then the parts in name order), each once."""
+    def _lease(self) -> Optional[dict]:
+        try:
+            held = json.loads(self.fs.cat_file(self._path(LEASE)))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not ours to read: counts as none
+            return None
+        return held if isinstance(held, dict) else None
+
+    def _put_lease(self) -> None:
+        self.fs.pipe_file(self._path(LEASE), json.dumps({
+            "owner": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "expires": time.time() + self.lease_s}).encode("utf-8"))
+
+    def _live(self, held: dict) -> bool:
+        """Whether another run's lease still holds: unexpired, and not of a dead process here."""
+        if float(held.get("expires", 0)) < time.time():
+            return False
+        pid = held.get("pid")
+        same_host = held.get("host") == socket.gethostname()
+        return not (same_host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid))
+
+    def acquire(self) -> None:
+        """Take the URL's lease, or raise `OutputLeased` while another run holds it."""
+        held = self._lease()
+        if held is not None and held.get("owner") != self.run_id and self._live(held):
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(held.get("expires", 0))))
+            raise OutputLeased(f"{self.url} is in use by another run (host {held.get('host')}, pid "
+                               f"{held.get('pid')}, lease until {until} UTC); wait for it to finish, or "
+                               "choose another --output-dir")
+        if held is not None:
+            logging.warning("%s: taking over the lease of run %s", self.url, held.get("owner"))
+        self._put_lease()
+        time.sleep(self.settle_s)  # a run that read no lease just before ours was put has put its own
+        if (self._lease() or {}).get("owner") != self.run_id:
+            raise OutputLeased(f"{self.url} is in use by another run that started at the same moment")
+        if self.renew:
+            threading.Thread(target=self._renew_loop, name="bucket-lease", daemon=True).start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.renew_lease()
+            except Exception as err:  # noqa: BLE001 - the next upload tries again and says why
+                logging.warning("%s: renewing the lease failed: %s", self.url, err)
+
+    def renew_lease(self) -> None:
+        """Push the lease's expiry on; `OutputLeased` when another run has taken it meanwhile."""
+        with self._lease_lock:
+            if self._lost is None:
+                held = self._lease()
+                if held is not None and held.get("owner") != self.run_id:
+                    self._lost = f"{self.url}: another run ({held.get('host')}, pid {held.get('pid')}) " \
+                                 "took the lease after it expired; this run stops"
+                else:
+                    self._put_lease()
+            if self._lost is not None:
+                raise OutputLeased(self._lost)
+
+    def release(self) -> None:
+        """Stop renewing; remove the lease while it is still this run's."""
+        self._stop.set()
+        with self._lease_lock:
+            held = self._lease()
+            if held is not None and held.get("owner") == self.run_id:
+                self.fs.rm_file(self._path(LEASE))
+
+    def _read_bucket(self) -> tuple[list[str], list[str]]:
+        """(every record line in the bucket, each once: results.jsonl, then the parts in name
+        order; the parts read)."""
+        self.fs.invalidate_cache()  # another run's parts must be seen
         names = [self._path(RESULTS)] if self.fs.exists(self._path(RESULTS)) else []
-        if self.fs.exists(self._path(PARTS)):
-            names += sorted(self.fs.find(self._path(PARTS)))
+        parts = sorted(self.fs.find(self._path(PARTS))) if self.fs.exists(self._path(PARTS)) else []
         lines, seen = [], set()
-        for name in names:
-            for line in self.fs.cat_file(name).decode("utf-8").splitlines():
+        for name in names + parts:
+            for line in self.fs.cat_file(name).decode("utf-8").split("\n"):
                 # an object cut short cannot exist (one PUT each); a foreign line is skipped
                 if line not in seen and parse_record(line) is not None:
                     seen.add(line)
                     lines.append(line)
-        return lines
+        return lines, parts
+
+    def remote_lines(self) -> list[str]:
+        """Every record line in the bucket (results.jsonl, then the parts in name order), each once."""
+        return self._read_bucket()[0]
 
     def pull(self) -> int:
         """Replace the staging folder's results.jsonl by the bucket's records; returns their count."""
@@ -93,6 +205,7 @@ class BucketSink:
         for stale in process_files(self.staging):
             stale.unlink()
         lines = self.remote_lines()
+        self._pulled = set(lines)
         atomic_write_text(self.staging / RESULTS, "".join(line + "\n" for line in lines))
         return len(lines)
 
@@ -110,17 +223,16 @@ class BucketSink:
             self._run_files.append(name)
 
     def flush(self) -> None:
-        """Put the pending records' per-format files, then the records as one new part."""
+        """Renew the lease; put the files the pending records list, then the records as one new part."""
         self._last = time.monotonic()
         if not self._pending:
             return
+        self.renew_lease()
         for record in self._pending:
-            if record.get("error") is None:
-                stem = output_stem(record["path"])
-                for fmt in self.formats:
-                    local = output_path(self.staging, stem, fmt)
-                    if local.exists():
-                        self.fs.put_file(str(local), self._path(local.name))
+            for name in record.get("files") or ():
+                local = self.staging / name
+                if local.is_file():
+                    self.fs.put_file(str(local), self._path(name))
         self._parts += 1
         body = "".join(record_line(r) for r in self._pending)
         self.fs.pipe_file(self._path(PARTS, f"{self.run_id}-{self._parts:06d}.jsonl"), body.encode("utf-8"))
@@ -130,20 +242,30 @@ class BucketSink:
 
     def __exit__(self, exc_type, *_) -> None:
         """The run ended: `finish`; it failed: `flush` (what was written reaches the bucket; the
-        rest is redone on resume)."""
-        if exc_type is None:
-            self.finish()
-        else:
-            self.flush()
+        rest is redone on resume). The lease goes either way."""
+        try:
+            if exc_type is None:
+                self.finish()
+            else:
+                self.flush()
+        finally:
+            self.release()
 
     def finish(self) -> None:
-        """results.jsonl and the run's files to the bucket, then the parts removed."""
+        """The run's files to the bucket; results.jsonl the union of the bucket's records and this
+        run's; then the parts merged into it removed (only those)."""
         self.flush()
         for name in self._run_files:
             if (self.staging / name).exists():
                 self.fs.put_file(str(self.staging / name), self._path(name))
-        self.fs.put_file(str(self.staging / RESULTS), self._path(RESULTS))
-        if self.fs.exists(self._path(PARTS)):
-            for part in self.fs.find(self._path(PARTS)):
-                self.fs.rm_file(part)
+        remote, parts = self._read_bucket()
+        local = (self.staging / RESULTS).read_text(encoding="utf-8").split("\n")
+        dropped = self._pulled - set(local)  # records this run removed to redo their entries
+        union = list(dict.fromkeys([line for line in remote if line not in dropped]
+                                   + [line for line in local if parse_record(line) is not None]))
+        body = "".join(line + "\n" for line in union)
+        atomic_write_text(self.staging / RESULTS, body)
+        self.fs.pipe_file(self._path(RESULTS), body.encode("utf-8"))
+        for part in parts:
+            self.fs.rm_file(part)
         logging.info("results in %s", self.url)

@@ -19,7 +19,10 @@
   into `results.jsonl` at the end (`merge_process_results`), with a marker that makes a merge
   cut short by a crash finish on the next start without duplicating a record. A run that
   finds process files from an earlier multi-process run merges them first.
-- `RunLock` refuses a second run in the same output directory while one is running.
+- `RunLock` refuses a second run in the same output directory while one is running (a lock
+  file, NFS included); under it, the run's start removes temp files a kill left behind.
+- Lines are split at "\\n" only (`lines_of`), and a record line never holds U+2028, U+2029 or
+  U+0085 raw (`record_json` escapes them): `str.splitlines` would split a record in two.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import IO, Iterable, Mapping, Optional, Sequence
 
-from .entry import Entry, entry_key
+from .entry import Entry, entry_key, record_key
 from .files import atomic_write_text, fsync_directory
 from .records import DUPLICATE, INPUT, RUN, as_dict, error_kind
 
 RESULTS = "results.jsonl"
+LOCK_FILE = ".whisper-nnx.lock"  # RunLock's lock file
 MERGE_MARK = ".results-merge.json"  # a merge in progress: sizes before and after, and its parts
 
 
@@ -52,7 +57,22 @@ def process_files(out: Path) -> list[Path]:
 def record_json(record: Mapping) -> str:
     """A record (a Transcript or a record read back) as JSON, without tokens: the one serializer
     of records (results files, the bucket's parts, Ray's rows, the Parquet table's `record`)."""
-    return json.dumps(as_dict(record), ensure_ascii=False)
+    text = json.dumps(as_dict(record), ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS:  # str.splitlines breaks lines there: never written raw
+        text = text.replace(char, escaped)
+    return text
+
+
+# Characters that JSON leaves raw but str.splitlines (and some readers) break lines at
+_LINE_BREAKS = (("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\x85", "\\u0085"))
+
+
+def lines_of(text: str) -> list[str]:
+    """A results file's lines, each with its newline (a last line cut short without): split at
+    newlines only, never at the separators `str.splitlines` also splits at (U+2028, U+2029,
+    U+0085, written raw in older records' text)."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
 def record_line(record: Mapping) -> str:
@@ -95,7 +115,7 @@ def repair(path: Path) -> int:
 def read_records(path: Path) -> Iterable[dict]:
     if not path.exists():
         return
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines_of(path.read_text(encoding="utf-8")):
         record = parse_record(line)  # only a torn line can fail, and repair removes those
         if record is not None:
             yield record
@@ -120,7 +140,7 @@ def drop_retried(out: Path, retry_errors: bool) -> int:
     for path in [out / RESULTS, *process_files(out)]:
         if not path.exists():
             continue
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = lines_of(path.read_text(encoding="utf-8"))
         kept = [line for line in lines if not _retried_line(line, retry_errors)]
         if len(kept) < len(lines):
             atomic_write_text(path, "".join(kept))
@@ -144,9 +164,10 @@ class RunPlan:
     ready: list[tuple[str, int, int]]  # repeats whose first listing already has its record
     skipped: int  # entries that already have their record
 
-    def repeats_of(self, name: str) -> list[tuple[str, int, int]]:
-        """The repeats to record after the record of entry `name` (each handed out once)."""
-        return self.repeats.pop(entry_key(name), [])
+    def repeats_of(self, name: str, row: Optional[str] = None) -> list[tuple[str, int, int]]:
+        """The repeats to record after the record of entry `name` (its dataset `row`, when it
+        has one: `Entry.row`), each handed out once."""
+        return self.repeats.pop(entry_key(row or name), [])
 
 
 def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
@@ -159,7 +180,7 @@ def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
     finished: set[str] = set()
     repeats_done: collections.Counter = collections.Counter()
     for record in records:
-        key = entry_key(record["path"])
+        key = record_key(record)
         if error_kind(record) == DUPLICATE:
             repeats_done[key] += 1
         else:
@@ -184,6 +205,31 @@ def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
         else:
             plan.repeats.setdefault(key, []).append((entry.name, index, first[key]))
     return plan
+
+
+def missing_entries(entries: Sequence[Entry], records: Iterable[dict]) -> list[str]:
+    """The names of the entries without their record (a file listed n times has n records: its
+    transcript or error, and n - 1 duplicate records), in listing order: none after a whole run."""
+    have = collections.Counter(record_key(record) for record in records)
+    missing = []
+    for entry in entries:
+        key = entry.key
+        if have[key] > 0:
+            have[key] -= 1
+        else:
+            missing.append(entry.name)
+    return missing
+
+
+def repeated_names(entries: Sequence[Entry]) -> list[str]:
+    """Names an entry shares with an earlier entry that is not the same audio (rows whose
+    --id-column values repeat): each is transcribed, and their records share the name."""
+    keys: dict[str, str] = {}
+    repeated = []
+    for entry in entries:
+        if keys.setdefault(entry.name, entry.key) != entry.key:
+            repeated.append(entry.name)
+    return repeated
 
 
 def append_record(handle: IO[str], record: Mapping) -> None:
@@ -241,22 +287,27 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    """An exclusive lock on an output directory for the length of a run: flock on the
-    directory itself (no lock file left behind; released by the kernel when the process
-    dies, so a killed run never leaves a stale lock)."""
+    """An exclusive lock on an output directory for the length of a run: `flock` on the lock file
+    `LOCK_FILE` in it, opened for reading and writing (Linux NFS emulates flock with a byte-range
+    lock, which needs a file open for writing; on a local disk flock refuses a second open file
+    even in the same process). The kernel (or the NFS server's lock manager) releases it when the
+    process dies, so a killed run never leaves a stale lock; the file itself stays."""
 
     def __init__(self, out: Path):
         self.out = out
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "RunLock":
-        fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except (BlockingIOError, PermissionError):
             os.close(fd)
             raise RunLocked(f"{self.out} is in use by another whisper-nnx run; wait for it to finish, "
                             "or choose another --output-dir") from None
+        except BaseException:
+            os.close(fd)
+            raise
         self.fd = fd
         return self
 
@@ -265,3 +316,20 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+# files.atomic_write_text's temp files (`.NAME.<8 hex>.tmp`) and results_table's
+# (`results.parquet.tmp`): left behind only by a killed writer
+_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp|results\.parquet\.tmp")
+
+
+def remove_temp_files(out: Path) -> int:
+    """Remove the temp files of writes a kill cut short, anywhere under `out` (process 0, under
+    the run's lock: no writer of this folder is running); returns how many were removed."""
+    removed = 0
+    for folder, _, names in os.walk(out):
+        for name in names:
+            if _TEMP_FILE.fullmatch(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed

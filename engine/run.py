@@ -3,25 +3,29 @@ kill at any moment. The CLI (`whisper-nnx transcribe` / `eval`), `--ray` and Pyt
 
     outcome = BulkRun(["corpus/", "list.jsonl"], "out", options=TranscribeOptions(language="en"),
                       formats=("json", "srt"), model="tiny.en", resume=True).run()
-    outcome.exit_code, outcome.summary                 # 0 every input transcribed, 3 some failed
+    outcome.exit_code, outcome.summary  # 0 every input transcribed, 3 some failed, 1 records missing
 
     lock     RunLock on the output folder (process 0); a URL: its staging folder, then the
              bucket's records pulled into it (`remote_output.BucketSink`)
-    prepare  process 0: finish a merge cut short, refuse old results without `resume`, repair
-             every results file (the run's one repair), merge an earlier multi-process run's
-             files, drop the records to redo (run errors; input errors with `retry_errors`)
+    prepare  process 0: finish a merge cut short, remove a killed run's temp files, refuse old
+             results without `resume`, repair every results file (the run's one repair), merge
+             an earlier multi-process run's files, drop the records to redo (run errors; input
+             errors with `retry_errors`)
     plan     `results.plan_run`: entries still without a record; `process_share`: this
              process's block of them
     write    the producer's records (`LocalRecords`: a Transcriber in this process; or
              `ray_job.RayRecords`: Ray actors) through `ResultSink`, each repeat of a file
              listed again right after the record it repeats; summary.json
     merge    several processes: process 0 merges their records and summaries
-    end      process 0: results.parquet, the `finish` hook (eval's scores), the exit code; the
-             bucket gets the records and the run's files
+    end      process 0: the check that every listed entry has its record (else EXIT_FAILED),
+             results.parquet, the `finish` hook (eval's scores), the exit code; the bucket gets
+             the records and the run's files
 
 A run raises `UsageError` (a ValueError) for what cannot work, before any record is written,
 `results.RunLocked` when another run holds the folder; anything else is the run failing
-(rerun with `resume=True`).
+(rerun with `resume=True`): after the model started, a ValueError too comes as `RunFailed`.
+At its end a run checks that every listed entry has its record: else its exit code is
+EXIT_FAILED and `RunOutcome.line` names the entries missing.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from . import records, storage
 from . import results as results_io
 from .checkpoints.hub import DEFAULT_MODEL
 from .entry import Entry
+from .files import check_layout
 from .inputs import SourceOptions, expand_inputs
 from .progress import SUMMARY, Progress, merge_summaries, write_summary
 from .sink import ResultSink, SubtitleLayout
@@ -57,6 +62,10 @@ EXIT_INPUT_ERRORS = 3  # the run finished; some inputs have error records (see r
 
 class UsageError(ValueError):
     """Options or setup that cannot work: reported before the model loads."""
+
+
+class RunFailed(RuntimeError):
+    """The run failed once records were being written (a ValueError there is no bad option)."""
 
 
 class RecordProducer(Protocol):
@@ -134,12 +143,18 @@ class RunOutcome:
     summary: dict  # summary.json: files, errors, audio_hours, wall_s, real_time_factor, ...
     results: Path  # results.jsonl (an --output-dir URL: its staging copy, also in the bucket)
     lead: bool = True  # this process wrote the run's end (process 0): the summary is the run's
+    missing: tuple[str, ...] = ()  # the first few entries without a record (summary["missing"]: how many)
 
     def line(self) -> str:
         """The one-line report the CLI prints at the end."""
         s = self.summary
-        return (f"whisper-nnx: {s['files']} files, {s['audio_hours']:.3f} h of audio, {s['errors']} errors, "
+        line = (f"whisper-nnx: {s['files']} files, {s['audio_hours']:.3f} h of audio, {s['errors']} errors, "
                 f"{s['wall_s']:.1f} s ({s['real_time_factor']}x real time); results in {self.results}")
+        if s.get("missing"):
+            more = ", ..." if s["missing"] > len(self.missing) else ""
+            line += (f"; {s['missing']} entries have no record ({', '.join(self.missing)}{more}): "
+                     "rerun with --resume")
+        return line
 
 
 FinishHook = Callable[[list, list, Path, dict], Optional[Iterable[str]]]
@@ -156,14 +171,15 @@ class BulkRun:
                  sources: SourceOptions = SourceOptions(),
                  resume: bool = False, retry_errors: bool = False, staging_dir: Optional[str] = None,
                  upload_every_s: float = 30.0, show: bool = False, progress: bool = True,
-                 finish: Optional[FinishHook] = None):
+                 finish: Optional[FinishHook] = None, output_layout: str = "tree"):
         """`formats`: per-file formats (`writers.FORMATS`) plus "parquet" (results.parquet at the
         end); `producer`: where records come from (default `LocalRecords(model)`); `sources`:
         columns of dataset inputs; `resume` / `retry_errors`: continue a run in `output_dir`;
         `staging_dir` / `upload_every_s`: a URL's local folder and upload period; `show`: print
         each transcript; `progress`: progress bar or lines; `finish(entries, records, out,
         summary)`: runs on process 0 once every record is written, returns names of files it
-        wrote there (eval's scores: mirrored to a bucket)."""
+        wrote there (eval's scores: mirrored to a bucket); `output_layout`: "tree" or "flat" (where
+        the per-format files go, `files.OutputNames`)."""
         formats = tuple(formats)
         self.parquet = "parquet" in formats  # one table of the run's records, written at its end
         self.formats = check_formats(tuple(f for f in formats if f != "parquet"))
@@ -179,7 +195,9 @@ class BulkRun:
         self.sources, self.resume, self.retry_errors = sources, resume, retry_errors
         self.staging_dir, self.upload_every_s = staging_dir, upload_every_s
         self.show, self.progress, self.finish = show, progress, finish
+        self.output_layout = check_layout(output_layout)  # where per-format files go
         self.mirror: Optional["BucketSink"] = None
+        self.writing = False  # records are being written: an error now is the run failing
 
     def run(self) -> RunOutcome:
         """Do the run (every process of a multi-process run calls this, after
@@ -203,8 +221,13 @@ class BulkRun:
         lock = results_io.RunLock(out) if jax.process_index() == 0 else contextlib.nullcontext()
         # entered in order (lock, then the bucket's records pulled), left in reverse: the bucket
         # gets what was written (all of it when the run ended) before the lock goes
-        with lock, self.mirror or contextlib.nullcontext():
-            return self._run_locked(entries, out, multi)
+        try:
+            with lock, self.mirror or contextlib.nullcontext():
+                return self._run_locked(entries, out, multi)
+        except ValueError as err:
+            if not self.writing:
+                raise  # a bad option or setup: nothing written yet
+            raise RunFailed(f"{type(err).__name__}: {err}") from err
 
     def _run_locked(self, entries: list[Entry], out: Path, multi: bool) -> RunOutcome:
         import jax
@@ -219,7 +242,7 @@ class BulkRun:
         if plan.skipped:
             logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
         share = multihost.process_share(plan.todo)  # contiguous block per process, in order
-        summary, failed = self._write(out, plan, share, multi)
+        summary, failed = self._write(out, plan, share, multi, entries)
         if multi:
             summary = self._merge(out, summary)
         if jax.process_index() != 0:  # its own records' failures
@@ -231,6 +254,8 @@ class BulkRun:
         without `resume`, repair records cut short (the run's one repair: its sinks do not repeat
         it), merge an earlier multi-process run's files and drop the records to retry."""
         results_io.finish_merge(out)
+        if results_io.remove_temp_files(out):
+            logging.info("%s: removed temp files of writes an earlier kill cut short", out)
         if results_io.all_records(out) and not self.resume:
             raise UsageError(f"{self.output_dir} already holds results: add --resume to continue that run, "
                              "or choose another --output-dir")
@@ -243,37 +268,44 @@ class BulkRun:
         if retried:
             logging.warning("resuming: retrying %d entries whose records were errors", retried)
 
-    def _write(self, out: Path, plan: results_io.RunPlan, share: list[Entry], multi: bool) -> tuple[dict, int]:
+    def _write(self, out: Path, plan: results_io.RunPlan, share: list[Entry], multi: bool,
+               entries: list[Entry]) -> tuple[dict, int]:
         """Transcribe this process's `share` and write one record per entry (each duplicate after
         the record it repeats): (the progress summary, how many of them are failures)."""
         import jax
 
         index = jax.process_index()
         facts = self.producer.start(self.options)  # the model loads here, after every setup check
-        produced = self.producer.records([e for e in share if e.error is None], self.options)
+        self.writing = True
+        # a dataset row named by its id goes to the producer named by its row (ids may repeat)
+        produced = self.producer.records([e.for_producer() for e in share if e.error is None], self.options)
+        rows = {e.row: e for e in share if e.row is not None}
         ready = plan.ready if index == 0 else []
         progress = Progress(len(share) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in share),
                             enabled=self.progress)
         own_file = results_io.process_file(index) if multi else results_io.RESULTS
+        roots = [name for name in self.inputs if storage.is_dir(name)]  # tree names start below these
         with ResultSink(out, self.formats, self.layout, file_name=own_file, extra=facts, progress=progress,
-                        echo=self._written, repair=False) as sink:
-            for name, _, first in ready:  # repeats of files done in an earlier run
-                sink.write(records.duplicate(name, first))
+                        echo=self._written, repair=False, output_layout=self.output_layout, roots=roots) as sink:
+            for name, at, first in ready:  # repeats of files done in an earlier run
+                sink.write(_duplicate(name, first, entries[at]))
             for entry in share:
                 if entry.error is not None:  # a manifest line that names no file
                     sink.write(records.failure(entry.name, entry.error, records.INPUT))
-                    self._repeats(sink, plan, entry.name)
+                    self._repeats(sink, plan, entries, entry.name)
             for record in produced:
+                record = _named(record, rows)
                 sink.write(record)
-                self._repeats(sink, plan, record["path"])  # after the record they repeat
+                self._repeats(sink, plan, entries, record["path"], record.get("row"))  # after what they repeat
         summary = progress.summary(plan.skipped)
         write_summary(out, summary, f"summary.process-{index:05d}.json" if multi else SUMMARY)
         return summary, sink.failed
 
     @staticmethod
-    def _repeats(sink: ResultSink, plan: results_io.RunPlan, name: str) -> None:
-        for repeat, _, first in plan.repeats_of(name):
-            sink.write(records.duplicate(repeat, first))
+    def _repeats(sink: ResultSink, plan: results_io.RunPlan, entries: list[Entry], name: str,
+                 row: Optional[str] = None) -> None:
+        for repeat, at, first in plan.repeats_of(name, row):
+            sink.write(_duplicate(repeat, first, entries[at]))
 
     def _written(self, record: dict) -> None:
         """A record is on disk: show it, hand it to the bucket."""
@@ -297,9 +329,21 @@ class BulkRun:
         return summary
 
     def _end(self, entries: list[Entry], out: Path, summary: dict) -> RunOutcome:
-        """Process 0, every record written: the table, the finish hook, the exit code."""
+        """Process 0, every record written: the check that each entry has its record, the
+        table, the finish hook, the exit code."""
         written = results_io.all_records(out)  # every process's, earlier runs' too
         failed = sum(map(records.is_failure, written))
+        missing = results_io.missing_entries(entries, written)
+        repeated = results_io.repeated_names(entries)
+        if missing:
+            logging.error("%d listed entries have no record, e.g. %s: rerun with --resume", len(missing),
+                          ", ".join(missing[:SHOWN]))
+        if repeated:
+            logging.warning("%d entries share their name (--id-column value) with an earlier, different entry, "
+                            "e.g. %s: each is transcribed; their records tell them apart by `row`",
+                            len(repeated), ", ".join(repeated[:SHOWN]))
+        summary = {**summary, "missing": len(missing), "repeated_names": len(repeated)}
+        write_summary(out, summary)
         run_files = [SUMMARY]
         if self.parquet:
             from .results_table import write_parquet
@@ -309,4 +353,24 @@ class BulkRun:
         if self.mirror is not None:
             for name in run_files:
                 self.mirror.run_file(name)
-        return RunOutcome(EXIT_INPUT_ERRORS if failed else EXIT_OK, summary, out / results_io.RESULTS)
+        code = EXIT_FAILED if missing else EXIT_INPUT_ERRORS if failed else EXIT_OK
+        return RunOutcome(code, summary, out / results_io.RESULTS, missing=tuple(missing[:SHOWN]))
+
+
+SHOWN = 5  # entries named in a message about many
+
+
+def _named(record: records.Transcript, rows: dict[str, Entry]) -> records.Transcript:
+    """A record of an entry the producer got named by its dataset row (`Entry.for_producer`):
+    named by the entry's name again, with its `row`."""
+    entry = rows.get(record["path"])
+    if entry is None:
+        return record
+    if isinstance(record, records.Transcript):
+        return dataclasses.replace(record, path=entry.name, extra={**record.extra, "row": entry.row})
+    return {**record, "path": entry.name, "row": entry.row}
+
+
+def _duplicate(name: str, first: int, entry: Entry) -> records.Transcript:
+    """The duplicate record of `entry` (listed again: the same audio as entry `first`)."""
+    return records.duplicate(name, first, **({} if entry.row is None else {"row": entry.row}))

@@ -4,11 +4,12 @@
         for _, record in transcriber.transcribe_iter(paths):       # usable from Python as is
             sink.write(record)
 
-A transcript's files (`<stem>-<hash8>.<format>`, `files.output_stem`) are written atomically
-*before* its record, so a record never points at missing files; a failure to write them turns the
-record into a run error (redone by `--resume`) and the run goes on. Records are appended one line
-at a time, flushed and fsynced, without their tokens (results.py has the file's rules: repair,
-resume, merge, lock). A whole run (resume, duplicates, summaries, several processes) is
+A transcript's files (`<stem>.<format>`, named by `files.OutputNames`: a collision gets `stem~2`,
+never another record's file) are written atomically *before* its record, which lists them in `files`
+(relative to the output folder), so a record never points at missing files; a failure to write them
+turns the record into a run error (redone by `--resume`) and the run goes on. Records are appended
+one line at a time, flushed and fsynced, without their tokens (results.py has the file's rules:
+repair, resume, merge, lock). A whole run (resume, duplicates, summaries, several processes) is
 `run.BulkRun`, which writes through this sink.
 """
 
@@ -17,14 +18,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import IO, Callable, Mapping, Optional
+from typing import IO, Callable, Mapping, Optional, Sequence
 
 from absl import logging
 
 from . import records
-from .files import output_stem
+from .files import OutputNames, output_stem
 from .progress import Progress
-from .results import RESULTS, append_record, repair
+from .results import RESULTS, all_records, append_record, repair
 from .writers import check_formats, write_outputs
 
 __all__ = ["ResultSink", "SubtitleLayout", "output_stem"]
@@ -56,15 +57,18 @@ class ResultSink:
     def __init__(self, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("json", "txt"),
                  layout: SubtitleLayout = SubtitleLayout(), *, file_name: str = RESULTS,
                  extra: Optional[dict] = None, progress: Optional[Progress] = None,
-                 echo: Optional[Callable[[dict], None]] = None, repair: bool = True):
+                 echo: Optional[Callable[[dict], None]] = None, repair: bool = True,
+                 output_layout: str = "tree", roots: Sequence[str] = ()):
         """`extra`: keys added to every record (the run's model and settings); `progress`
         counts records; `echo` is called with each record once it is on disk; `repair`: cut a
         line a kill left torn off the file first (False: the caller did, as `BulkRun` does for
-        every results file before it plans)."""
+        every results file before it plans); `output_layout` "tree" (the input's folders kept)
+        or "flat", `roots` the input folders tree names are relative to (`files.OutputNames`)."""
         self.out, self.formats, self.layout = Path(out_dir), check_formats(tuple(formats)), layout
         self.path = self.out / file_name
         self.extra, self.progress, self.echo = dict(extra or {}), progress, echo
         self.repair = repair
+        self.names = OutputNames(self.out, output_layout, roots)
         self.failed = 0  # input and run errors written
         self._handle: Optional[IO[str]] = None
 
@@ -72,6 +76,7 @@ class ResultSink:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.repair and repair(self.path):
             logging.warning("%s: removed a record cut short by an earlier kill", self.path)
+        self.names.reserve(all_records(self.out))  # earlier records keep their names
         self._handle = open(self.path, "a", encoding="utf-8")
         return self
 
@@ -86,6 +91,7 @@ class ResultSink:
         if self._handle is None:
             raise RuntimeError("ResultSink.write outside its `with` block")
         record = {**records.as_dict(record), **self.extra}
+        record["files"] = []
         if record["error"] is None:
             record = self._write_files(record)
         append_record(self._handle, record)
@@ -101,10 +107,12 @@ class ResultSink:
 
     def _write_files(self, record: dict) -> dict:
         try:
-            write_outputs(record, self.out, output_stem(record["path"]), self.formats,
-                          **dataclasses.asdict(self.layout))
+            name = self.names.claim(record["path"], self.formats, record.get("row")) if self.formats else ""
+            shown = {key: value for key, value in record.items() if key != "files"}  # json: the transcript
+            written = write_outputs(shown, self.out, name, self.formats, **dataclasses.asdict(self.layout))
+            record["files"] = [p.relative_to(self.out).as_posix() for p in written]
         except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
             failed = records.failure(record["path"], f"{record['path']}: writing outputs failed: "
                                                      f"{records.one_line(err)}", records.RUN)
-            return {**failed.to_record(), **self.extra}
+            return {**failed.to_record(), **self.extra, "files": []}
         return record

@@ -7,7 +7,7 @@ The contract checked (`whisper-nnx transcribe INPUT... --output-dir DIR`):
   twice gets a second record whose `error` says it duplicates an earlier entry), in completion
   order, with `path` (as given), `text`, `language`, `duration_s`, `segments` and `error` (null
   or one line);
-- every good input gets `DIR/<output_stem>.<format>` files, nothing else does;
+- every good input gets the files its record lists (`files`: one per format, none shared), nothing else does;
 - `DIR/summary.json` has `files`, `errors`, `audio_hours`, `wall_s` and `real_time_factor`;
 - `--resume` skips entries that have a record, redoes the rest and drops a last line a kill cut
   short, so every line of the final file parses;
@@ -39,8 +39,6 @@ from pathlib import Path
 import pytest
 from cli_runs import cli_environment, complete_records, kill_after_records
 from fixtures.make_bad_inputs import build_mixed_corpus
-
-from whisper_nnx.engine.sink import output_stem
 
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 RECORD_KEYS = {"path", "text", "language", "duration_s", "segments", "error"}
@@ -247,12 +245,17 @@ def test_mixed_corpus_good_inputs_transcribed(mixed_run, transcripts):
 def test_mixed_corpus_output_files(mixed_run):
     out = mixed_run["out"]
     records = _records(out / "results.jsonl")
-    good = {r["path"] for r in records if r["error"] is None}
-    want = {f"{output_stem(p)}.{fmt}" for p in good for fmt in FORMATS} | {"results.jsonl"}
-    have = {p.name for p in out.iterdir()} - {"summary.json"}  # (test_mixed_corpus_summary)
+    good = [r for r in records if r["error"] is None]
+    assert all(sorted(Path(f).suffix[1:] for f in r["files"]) == sorted(FORMATS) for r in good)
+    assert all(not r["files"] for r in records if r["error"] is not None)
+    want = {f for r in good for f in r["files"]} | {"results.jsonl"}
+    assert len(want) == len(good) * len(FORMATS) + 1  # no two records share a file
+    have = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"summary.json", ".whisper-nnx.lock"}
     assert have == want, f"missing: {sorted(want - have)}, unexpected: {sorted(have - want)}"
-    silent = str(mixed_run["cases"]["silent_hour"].path)
-    assert (out / f"{output_stem(silent)}.txt").read_text(encoding="utf-8").strip() == ""
+    silent = next(r for r in good if r["path"] == str(mixed_run["cases"]["silent_hour"].path))
+    txt = next(f for f in silent["files"] if f.endswith(".txt"))
+    assert Path(txt).stem == Path(silent["path"]).stem  # the input's own name, as openai-whisper writes it
+    assert (out / txt).read_text(encoding="utf-8").strip() == ""
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_transcribe_writes_one_record_per_input(tmp_path, data_dir, transcripts)
     assert not_audio["error"] and "\n" not in not_audio["error"] and not_audio["text"] == ""
     assert "not found" in missing["error"]
     assert [r["error_kind"] for r in (good, not_audio, missing)] == [None, "input", "input"]
-    stems = sorted(p.name for p in out.iterdir() if p.name not in ("results.jsonl", "summary.json"))
+    stems = sorted(p.name for p in out.iterdir() if p.name not in ("results.jsonl", "summary.json",
+                                                                   ".whisper-nnx.lock"))
     assert [s.rsplit(".", 1)[1] for s in stems] == ["json", "srt", "tsv", "txt", "vtt"]
     txt = next(out.glob("*.txt")).read_text()
     assert _words(txt) == _words(transcripts["sample_joe.flac"])
@@ -158,14 +160,17 @@ def test_bad_manifest_lines_and_unwritable_outputs_are_records(tmp_path, data_di
     whose files cannot be written is a run error that --resume redoes; the run goes on."""
     from whisper_nnx.engine.sink import output_stem
 
-    joe, espeak = str(data_dir / "sample_joe.flac"), str(data_dir / "sample_espeak.flac")
+    joe = str(data_dir / "sample_joe.flac")
+    (tmp_path / "other").mkdir()  # espeak's files go to a folder of their own (--output-layout tree)
+    espeak = str(shutil.copy(data_dir / "sample_espeak.flac", tmp_path / "other" / "sample_espeak.flac"))
     manifest = tmp_path / "list.jsonl"
     manifest.write_text(json.dumps({"path": joe}) + "\n" + json.dumps({"file": "x.wav"}) + "\n" + "[1, 2\n"
                         + json.dumps({"path": espeak}) + "\n")
     out = tmp_path / "out"
     out.mkdir()
-    blocked = out / f"{output_stem(espeak)}.txt"
-    blocked.mkdir()  # a directory where the transcript's txt file must go
+    folder = out / Path(output_stem(espeak)).parent
+    folder.parent.mkdir(parents=True)
+    folder.write_text("")  # a file where the transcript's folder must go
     args = ("transcribe", str(manifest), "--output-dir", str(out), "--beam-size", "0", "--quiet", "--no-progress")
     first = _run(*args, cwd=tmp_path)
     assert first.returncode == 3, first.stderr
@@ -175,14 +180,16 @@ def test_bad_manifest_lines_and_unwritable_outputs_are_records(tmp_path, data_di
     assert records[f"{manifest}:2"]["error_kind"] == "input" and '"path"' in records[f"{manifest}:2"]["error"]
     assert records[f"{manifest}:3"]["error_kind"] == "input" and "not JSON" in records[f"{manifest}:3"]["error"]
     assert records[espeak]["error_kind"] == "run" and "writing outputs failed" in records[espeak]["error"]
-    blocked.rmdir()
+    folder.unlink()
     second = _run(*args, "--resume", cwd=tmp_path)
     assert second.returncode == 3, second.stderr  # the two bad lines stay input errors
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 4
     redone = [r for r in lines if r["path"] == espeak]
     assert len(redone) == 1 and redone[0]["error"] is None
-    assert _words(blocked.read_text()) == _words(redone[0]["text"]) and redone[0]["text"]
+    txt = next(name for name in redone[0]["files"] if name.endswith(".txt"))
+    assert txt == f"{output_stem(espeak)}.txt"
+    assert _words((out / txt).read_text()) == _words(redone[0]["text"]) and redone[0]["text"]
 
 
 @pytest.mark.slow

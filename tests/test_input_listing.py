@@ -9,6 +9,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,16 @@ def test_the_runs_own_files_in_an_input_folder_are_not_inputs(tmp_path):
     (tmp_path / "summary.json").write_text('{"files": 1}')
     (tmp_path / "eval.json").write_text('{"wer": 0.1}')
     assert [e.name for e in expand_inputs([str(tmp_path)])] == [str(tmp_path / "a.flac")]
+
+
+def test_a_manifest_line_whose_text_holds_a_unicode_line_separator_stays_one_entry(tmp_path):
+    """JSON leaves U+2028/U+2029/U+0085 raw; str.splitlines would cut such a line in two (two
+    broken entries instead of one with its reference text)."""
+    manifest = tmp_path / "m.jsonl"
+    text = "first\u2028second\u0085third"
+    manifest.write_text(json.dumps({"path": "a.flac", "text": text}, ensure_ascii=False) + "\r\n"
+                        + json.dumps({"path": "b.flac"}) + "\n", encoding="utf-8")
+    entries = list(expand_inputs([str(manifest)]))
+    assert [e.error for e in entries] == [None, None]
+    assert [Path(e.name).name for e in entries] == ["a.flac", "b.flac"]
+    assert entries[0].text == text

@@ -111,3 +111,112 @@ def test_bucket_inputs_and_results_survive_a_kill_and_resume(s3, tmp_path):
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "--resume" in again.stderr  # old results in the bucket are never overwritten
+
+
+# --- several runs on one output URL (issue 25, H3), in process against the same server -------------
+
+@pytest.fixture()
+def bucket(s3, monkeypatch):
+    """The moto server's client, with s3fs in this process pointed at the server."""
+    import s3fs
+
+    client, env = s3
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached instance would talk to an earlier server
+    yield client
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _record(path: str, files: tuple[str, ...] = ()) -> dict:
+    return {"path": path, "text": f"text of {path}", "error": None, "error_kind": None, "files": list(files)}
+
+
+def _keys(client, prefix: str) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def test_a_second_run_on_one_url_is_refused_while_the_first_holds_the_lease(bucket, tmp_path):
+    from whisper_nnx.engine.remote_output import BucketSink
+    from whisper_nnx.engine.results import RunLocked
+
+    url = f"s3://{BUCKET}/runs/two"
+    first = BucketSink(url, tmp_path / "a", upload_every_s=0)
+    second = BucketSink(url, tmp_path / "b", upload_every_s=0)
+    assert first.run_id != second.run_id and len(first.run_id) >= 32  # uuids, not second+PID
+    with first:
+        first.write(_record("x.wav"))
+        with pytest.raises(RunLocked, match="in use by another run"):
+            second.__enter__()
+        assert [r["path"] for r in _part_lines(bucket, "runs/two/parts/")] == ["x.wav"]  # nothing of B's
+    assert "runs/two/lease.json" not in _keys(bucket, "runs/two/")  # released at the end
+    with second:  # the next run goes, and resumes from the first's records
+        second.write(_record("y.wav"))
+    assert sorted(r["path"] for r in _records(bucket, "runs/two/results.jsonl")) == ["x.wav", "y.wav"]
+
+
+def test_an_expired_lease_is_taken_over(bucket, tmp_path):
+    from whisper_nnx.engine.remote_output import BucketSink
+
+    url = f"s3://{BUCKET}/runs/stale"
+    stalled = BucketSink(url, tmp_path / "a", upload_every_s=0, lease_s=1.0, renew=False)
+    stalled.__enter__()  # never left, never renewed: a run that hangs
+    time.sleep(1.2)
+    with BucketSink(url, tmp_path / "b", upload_every_s=0) as taker:
+        taker.write(_record("y.wav"))
+    assert [r["path"] for r in _records(bucket, "runs/stale/results.jsonl")] == ["y.wav"]
+
+
+def test_finishing_keeps_another_runs_records_and_parts(bucket, tmp_path, monkeypatch):
+    from whisper_nnx.engine.remote_output import BucketSink
+    from whisper_nnx.engine.results import record_line
+
+    url = f"s3://{BUCKET}/runs/three"
+    sink = BucketSink(url, tmp_path / "a", upload_every_s=0)
+    read = BucketSink._read_bucket
+
+    def late_part(self):  # another run's part lands after this run read the bucket to merge
+        found = read(self)
+        bucket.put_object(Bucket=BUCKET, Key="runs/three/parts/late-000001.jsonl",
+                          Body=record_line(_record("late.wav")).encode())
+        return found
+
+    with sink:
+        sink.write(_record("mine.wav"))
+        bucket.put_object(Bucket=BUCKET, Key="runs/three/parts/other-000001.jsonl",
+                          Body=record_line(_record("theirs.wav")).encode())
+        monkeypatch.setattr(BucketSink, "_read_bucket", late_part)
+    assert sorted(r["path"] for r in _records(bucket, "runs/three/results.jsonl")) == ["mine.wav", "theirs.wav"]
+    assert _keys(bucket, "runs/three/parts/") == ["runs/three/parts/late-000001.jsonl"]  # not merged: kept
+
+
+def test_the_bucket_gets_exactly_the_files_each_record_lists(bucket, tmp_path):
+    from whisper_nnx.engine.remote_output import BucketSink
+
+    staging = tmp_path / "a"
+    (staging / "c" / "1").mkdir(parents=True)
+    (staging / "c" / "1" / "audio.txt").write_text("one\n")
+    (staging / "audio~2.txt").write_text("two\n")
+    (staging / "stray.txt").write_text("no record lists it\n")
+    with BucketSink(f"s3://{BUCKET}/runs/four", staging, formats=("txt",), upload_every_s=0) as sink:
+        sink.write(_record("c/1/audio.flac", ("c/1/audio.txt",)))
+        sink.write(_record("d/audio.flac", ("audio~2.txt",)))
+    keys = _keys(bucket, "runs/four/")
+    assert [k for k in keys if k.endswith(".txt")] == ["runs/four/audio~2.txt", "runs/four/c/1/audio.txt"]
+    assert bucket.get_object(Bucket=BUCKET, Key="runs/four/c/1/audio.txt")["Body"].read() == b"one\n"
+
+
+def _part_lines(client, prefix: str) -> list[dict]:
+    return [r for key in _keys(client, prefix) for r in _records(client, key)]
+
+
+def test_the_cli_refuses_a_leased_url_with_exit_2_before_any_work(bucket, tmp_path, capsys):
+    from whisper_nnx.engine import cli
+    from whisper_nnx.engine.remote_output import BucketSink
+
+    url = f"s3://{BUCKET}/runs/five"
+    with BucketSink(url, tmp_path / "a", upload_every_s=0):
+        code = cli.main(["transcribe", str(CORPUS / CLIPS[0]), "--output-dir", url, "--staging-dir",
+                         str(tmp_path / "b"), "--model", "no-such-model-is-loaded", "--quiet", "--no-progress"])
+    assert code == 2 and "in use by another run" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "results.jsonl").exists()  # nothing pulled, nothing written

@@ -43,7 +43,7 @@ def test_bulk_run_from_python_writes_one_checked_record_per_entry(tiny, tmp_path
     assert by_kind["input"]["path"] == missing and "not found" in by_kind["input"]["error"]
     assert by_kind["duplicate"]["duplicate_of"] == 1
     assert lines.index(by_kind["duplicate"]) > lines.index(good)  # written after the record it repeats
-    assert _words(next(out.glob("sample_joe-*.txt")).read_text()) == _words(good["text"])
+    assert _words((out / next(f for f in good["files"] if f.endswith(".txt"))).read_text()) == _words(good["text"])
     summary = json.loads((out / "summary.json").read_text())
     assert outcome.summary == summary and summary["files"] == 3 and summary["errors"] == 2
     with pytest.raises(UsageError, match="--resume"):  # old results are never overwritten
@@ -138,10 +138,11 @@ def test_a_url_output_dir_is_mirrored_with_the_run_files(tmp_path, audio_files):
                       upload_every_s=0.0, progress=False, finish=finish).run()
     assert outcome.exit_code == EXIT_OK and seen == [(2, 2)]
     bucket = BucketSink(url, tmp_path / "other")
-    names = sorted(Path(p).name for p in bucket.fs.find(bucket.root))
-    assert names == sorted(["results.jsonl", "summary.json", "scores.json",
-                            *(Path(p).name for p in (tmp_path / "staging").glob("[ab]-*.json"))])
     remote = [json.loads(line) for line in bucket.remote_lines()]
+    listed = [name for r in remote for name in r["files"]]  # each record's files, relative to the output
+    assert len(listed) == 2 and all(name.endswith(".json") for name in listed)
+    names = sorted(p[len(bucket.root) + 1:] for p in bucket.fs.find(bucket.root))
+    assert names == sorted(["results.jsonl", "summary.json", "scores.json", *listed])
     assert sorted(r["text"] for r in remote) == ["a", "b"] and all("tokens" not in r for r in remote)
     with pytest.raises(UsageError, match="--resume"):
         BulkRun([a], url, producer=_Stand(), staging_dir=str(tmp_path / "staging"), progress=False).run()
@@ -162,5 +163,7 @@ def test_the_bucket_sink_keeps_the_results_file_rules(tmp_path):
         sink.write(records.failure("b.wav", "b.wav: bad", records.INPUT))
         assert not sink.fs.exists(f"{sink.root}/parts/{sink.run_id}-000001.jsonl")  # not yet due
     merged = sink.fs.cat_file(f"{sink.root}/results.jsonl").decode()
-    assert merged == results.record_line(done)  # finish: the staging results.jsonl, parts removed
+    # finish: the bucket's records and this run's (b, uploaded as a part at the end) merged; parts removed
+    assert merged == results.record_line(done) + results.record_line(records.failure("b.wav", "b.wav: bad",
+                                                                                     records.INPUT))
     assert not sink.fs.exists(f"{sink.root}/parts") or not sink.fs.find(f"{sink.root}/parts")

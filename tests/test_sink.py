@@ -32,13 +32,14 @@ def test_sink_writes_files_before_records_and_counts_failures(tmp_path):
     assert [r["error_kind"] for r in lines] == [None, "input", "duplicate"] and lines[2]["duplicate_of"] == 1
     assert (tmp_path / f"{output_stem('a.wav')}.txt").read_text().strip() == "Hello there."
     assert (tmp_path / f"{output_stem('a.wav')}.srt").read_text().startswith("1\n00:00:00,000 --> 00:00:01,500\n")
+    assert [r["files"] for r in lines] == [["a.txt", "a.srt"], [], []]
     assert sink.failed == 1 and progress.files == 3 and progress.errors == 2
 
 
 def test_a_transcript_whose_files_cannot_be_written_is_a_run_error(tmp_path):
-    (tmp_path / f"{output_stem('a.wav')}.txt").mkdir()  # a directory where the file must go
+    (tmp_path / "sub").write_text("")  # a file where the transcript's folder must go (tree layout)
     with ResultSink(tmp_path, ("txt",)) as sink:
-        record = sink.write(_transcript("a.wav"))
+        record = sink.write(_transcript("sub/a.wav"))
     assert record["error_kind"] == "run" and "writing outputs failed" in record["error"] and record["text"] == ""
     assert sink.failed == 1
 

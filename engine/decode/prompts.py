@@ -22,7 +22,6 @@ from .generate import RowSpec
 from .options import DecodeOptions
 from .tokenizer import Tokenizer
 
-
 _FROM_OPTIONS = object()  # initial_tokens: take the prompt / prefix from the options
 
 
