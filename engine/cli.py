@@ -5,7 +5,8 @@
 
 INPUT is audio/video files, directories (searched recursively for media files) or manifests
 (`.jsonl` with a `path` field, `.txt` with one path per line). `DIR/results.jsonl` receives
-one JSON object per input, flushed as each is done; per-format files go beside it.
+one JSON object per input, flushed as each is done; per-format files go beside it. `--dry-run`
+lists the inputs and prints what the run would do (dry_run.py), without the model or JAX.
 
 This module maps the flags (cli_flags.py) onto TranscribeOptions and a `run.BulkRun`, which does
 the run; it turns what the run raises into the exit statuses.
@@ -104,6 +105,25 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
     if outcome.lead:
         print(outcome.line(), file=sys.stderr)
     return outcome.exit_code
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """--dry-run: what the run would do (dry_run.py); no model, no JAX, nothing written."""
+    from .dry_run import dry_run
+    from .writers import check_formats
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    try:
+        check_formats(tuple(f for f in formats if f != "parquet"))
+    except ValueError as err:
+        raise UsageError(f"--formats: {err}") from None
+    if args.dry_run_probe < 0:
+        raise UsageError("--dry-run-probe must be >= 0")
+    sources = SourceOptions(args.audio_column, args.id_column, args.text_column, args.follow_row_paths)
+    for line in dry_run(args.inputs, args.output_dir, sources, resume=args.resume, retry_errors=args.retry_errors,
+                        probe=args.dry_run_probe):
+        print(line)
+    return EXIT_OK
 
 
 def _producer(args: argparse.Namespace):
@@ -211,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
     try:
+        if getattr(args, "dry_run", False):
+            return _dry_run(args)
         return args.run(args)
     # UsageError, AudioDecodeError and ShardingError are ValueErrors: setup, before any record (a
     # ValueError once records are being written comes as RunFailed: the run failing, exit 1)

@@ -49,6 +49,14 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
                         "entries whose record is a run error (out of memory, device failure)")
     g.add_argument("--retry-errors", action="store_true",
                    help="with --resume: also redo entries whose record is an input error (bad audio)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="list the inputs and print what the run would do (entries, unreadable entries and "
+                        "missing files with the first reasons, hours of audio from file headers, what --resume "
+                        "would redo), then exit 0: no model is loaded and nothing is written (the output "
+                        "folder is not created; its results.jsonl is only read); decoding flags are not checked")
+    g.add_argument("--dry-run-probe", type=int, default=200, metavar="N",
+                   help="--dry-run: read the duration of the first N local files from their headers (the rest "
+                        "is estimated from them; every local file is only checked to exist)")
     g.add_argument("--quiet", action="store_true", help="do not print each transcript")
     g.add_argument("--no-progress", action="store_true", help="no progress bar / periodic progress log lines")
     g.add_argument("-v", "--verbose", action="store_true",

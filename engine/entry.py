@@ -16,8 +16,9 @@ MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wm
 
 def entry_key(name: str) -> str:
     """The identity of the audio behind an entry or a record's `path`: its absolute path (a URL
-    or a dataset row's name as it is)."""
-    return name if storage.is_url(name) else os.path.abspath(name)
+    or a dataset row's name as it is; a URL with its credentials REDACTED, as its record names it:
+    `storage.redact`, so presigned URLs of one object signed twice are one entry)."""
+    return storage.redact(name) if storage.is_url(name) else os.path.abspath(name)
 
 
 def record_key(record: Mapping) -> str:

@@ -30,11 +30,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     and the file and the rename are fsynced before this returns (a crash keeps one or the other).
 
     The temp file is made with open(..., "x"), so the result gets the usual permissions (0666
-    less the umask) rather than mkstemp's 0600.
+    less the umask) rather than mkstemp's 0600. Its name, `.NAME.<8 hex>.tmp`, keeps at most the
+    first 100 bytes of NAME: it fits the file system's 255 bytes whatever `path` is named.
     """
     path = Path(path)
+    short = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore") or "_"
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f".{short}.{secrets.token_hex(4)}.tmp"
         try:
             handle = open(tmp, "x", encoding="utf-8")
             break

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple, Optional
 
+from . import records
 from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, FRAMES_PER_TIMESTAMP, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decode.options import DecodeOptions
 from .decode.prompts import initial_tokens
@@ -154,8 +155,10 @@ class FileJob:
     def done(self) -> bool:
         raise NotImplementedError
 
-    def result(self) -> dict:
-        """The file's transcript: text, segments (with the stats of the window each came from)."""
+    def result(self, path: str, *, language: Optional[str], duration_s: Optional[float],
+               **extra) -> records.Transcript:
+        """The file's record, named `path`: text, segments (with the stats of the window each came
+        from), the tokens of the segments kept; `extra`: keys the caller adds (language_probs)."""
         segments = [s for s in self.segments if s.text.strip()]
         dropped = []
         if self.long_form.hallucination_filter:
@@ -174,13 +177,12 @@ class FileJob:
                 for w in s.words:
                     w["start"] = round(self.file_time(w["start"]), 2)
                     w["end"] = round(self.file_time(w["end"], True), 2)
-        out = {"text": "".join(s.text for s in segments).strip(),
-               "segments": [s.to_json() for s in segments],
-               "tokens": [t for s in segments for t in s.tokens],
-               "windows": self.windows_decoded}
         if self.long_form.hallucination_filter:
-            out["dropped_segments"] = [{**s.to_json(), "dropped": reason} for s, reason in dropped]
-        return out
+            extra["dropped_segments"] = [{**s.to_json(), "dropped": reason} for s, reason in dropped]
+        return records.transcript(path, text="".join(s.text for s in segments).strip(), language=language,
+                                  duration_s=duration_s, segments=[s.to_json() for s in segments],
+                                  windows=self.windows_decoded, tokens=[t for s in segments for t in s.tokens],
+                                  **extra)
 
 
 def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float,

@@ -23,6 +23,8 @@ from its results.jsonl. Records are small next to audio; the actors do the work.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging as std_logging
 import os
@@ -31,18 +33,23 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from . import records
+from . import records, storage
 from .audio import named_stream
-from .entry import Entry
+from .entry import Entry, open_url_or_path
 from .results import record_json
 
 # Environment the actors get from the driver (where set there): offline hub, compilation cache,
-# JAX platform and flags, the engine's own settings.
+# JAX platform and flags, the engine's own settings, where object storage is. Never a secret:
+# `runtime_env` is readable through Ray's job and dashboard APIs (see `runtime_env`).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "JAX_PLATFORMS", "XLA_FLAGS", "WHISPER_NNX_COMPILE_CACHE",
-                 "WHISPER_NNX_ATTENTION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_DEFAULT_REGION", "XDG_CACHE_HOME")
+                 "WHISPER_NNX_ATTENTION", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                 "XDG_CACHE_HOME")
 RECORD_COLUMNS = (*records.CORE_FIELDS, "record")
+# A row whose actor dies (out of memory, a crash in the decoder) is retried this many times on a
+# restarted actor, then its block fails; its rows are tried again one per block, and a row that
+# still kills its actor gets a run-error record.
+TASK_RETRIES = 2
 
 
 def batch_items(batch: dict) -> list:
@@ -105,41 +112,107 @@ class RayTranscriber:
         return record_columns(out)  # type: ignore[arg-type]
 
 
+def runtime_env(environ: Mapping[str, str]) -> Optional[dict]:
+    """The `runtime_env` the actors get: FORWARDED_ENV's variables set in `environ`, no secret.
+
+    Credentials for object storage (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    Google's application credentials...) are never copied: a runtime_env is shown by Ray's job
+    APIs and dashboard. Each worker finds its own, as any process of the cloud SDKs does: its own
+    environment variables (set them where `ray start` runs), its `~/.aws` files (AWS_PROFILE is
+    forwarded), or its instance / workload role; temporary credentials (with a session token)
+    work, since nothing is taken from the driver."""
+    env = {k: environ[k] for k in FORWARDED_ENV if k in environ}
+    return {"env_vars": env} if env else None
+
+
 def connect(address: Optional[str]) -> None:
     """ray.init: the cluster at `address`, or a local one started for this run ("" / None)."""
     import ray
 
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    ray.init(address=address or None, runtime_env={"env_vars": env} if env else None, ignore_reinit_error=True,
+    ray.init(address=address or None, runtime_env=runtime_env(os.environ), ignore_reinit_error=True,
              log_to_driver=False, include_dashboard=False, logging_level=std_logging.WARNING)
     # Ray Data explains at WARNING that entries travel pickled, and each execution at INFO.
     std_logging.getLogger("ray.data").setLevel(std_logging.ERROR)
 
 
+def _local_file(arg, cwd: str) -> bool:
+    return isinstance(arg, str) and bool(arg) and not storage.is_url(arg) and not os.path.isabs(arg) \
+        and os.path.exists(os.path.join(cwd, arg))
+
+
+def actor_entry(entry: Entry, cwd: Optional[str] = None) -> Entry:
+    """`entry` as an actor gets it: its local files named by absolute paths resolved against the
+    driver's working directory `cwd` (an actor's differs), its name (its record's `path`) as the
+    user wrote it; URLs as they are. A plain file gets an opener of its absolute path; an opener
+    that is a `functools.partial` gets its relative file arguments made absolute."""
+    cwd = cwd or os.getcwd()
+    if entry.error is not None:
+        return entry
+    if entry.opener is None:
+        if storage.is_url(entry.name) or os.path.isabs(entry.name):
+            return entry
+        return dataclasses.replace(entry, opener=functools.partial(open_url_or_path, os.path.join(cwd, entry.name)))
+    opener = entry.opener
+    if isinstance(opener, functools.partial) and any(_local_file(a, cwd) for a in opener.args):
+        args = [os.path.join(cwd, a) if _local_file(a, cwd) else a for a in opener.args]
+        return dataclasses.replace(entry, opener=functools.partial(opener.func, *args, **opener.keywords))
+    return entry
+
+
+def _run_blocks(entries: Sequence[Entry], *, actors: int, rows_per_call: int, actor_args: dict,
+                remote_args: dict) -> Iterator[dict]:
+    """The records Ray Data's actor pool returns for `entries` (a block whose actor died
+    TASK_RETRIES + 1 times is skipped: its rows return nothing)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.max_errored_blocks = -1  # a failed block is logged and skipped; the driver names its rows
+    blocks = max(1, -(-len(entries) // rows_per_call))
+    cwd = os.getcwd()
+    dataset = ray.data.from_items([{"entry": actor_entry(e, cwd)} for e in entries], override_num_blocks=blocks)
+    results = dataset.map_batches(RayTranscriber, fn_constructor_kwargs=actor_args, batch_size=rows_per_call,
+                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                                  max_restarts=-1, max_task_retries=TASK_RETRIES, **remote_args)
+    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+        for text in batch["record"]:
+            yield json.loads(text)
+
+
+def _lost(entry: Entry) -> dict:
+    error = (f"{entry.name}: the Ray actor transcribing it died {TASK_RETRIES + 1} times (out of memory, or a "
+             "crash in decoding or the model; see the Ray worker logs)")
+    return json.loads(record_json(records.failure(entry.name, error, records.RUN)))
+
+
 def transcribe_on_ray(entries: Sequence[Entry], *, actors: int, rows_per_call: int, actor_args: dict,
                       cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
                       resources: Optional[dict] = None) -> Iterator[dict]:
-    """Records of `entries` as the actors finish them (each entry once, in completion order)."""
-    import ray.data
+    """Records of `entries` as the actors finish them (each entry once, in completion order).
 
+    An actor that dies is restarted and its block retried (TASK_RETRIES times); a block that
+    still fails is run again one row per block, so that only the row that kills its actor (out of
+    memory, a decoder crash) ends as a run-error record, after a bounded number of deaths."""
     if not entries:
         return
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    blocks = max(1, -(-len(entries) // rows_per_call))
-    dataset = ray.data.from_items([{"entry": e} for e in entries], override_num_blocks=blocks)
-    # An actor pool restarts dead actors and retries their blocks (Ray Data's defaults:
-    # max_restarts=-1, max_task_retries=-1).
-    results = dataset.map_batches(RayTranscriber, fn_constructor_kwargs=actor_args, batch_size=rows_per_call,
-                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                                  num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, resources=resources or None)
+    remote_args = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor, "resources": resources or None}
     seen: set[str] = set()
-    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
-        for text in batch["record"]:
-            record = json.loads(text)
+    todo, size = list(entries), rows_per_call
+    while todo:
+        for record in _run_blocks(todo, actors=actors, rows_per_call=size, actor_args=actor_args,
+                                  remote_args=remote_args):
             if record["path"] in seen:  # a block Ray ran twice (its actor died after finishing it)
                 continue
             seen.add(record["path"])
             yield record
+        todo = [e for e in todo if e.name not in seen]
+        if size == 1 or len(todo) <= 1:
+            break
+        logging.warning("Ray: %d rows of failed blocks are tried again, one per block", len(todo))
+        size = 1
+    for entry in todo:
+        seen.add(entry.name)
+        yield _lost(entry)
 
 
 class RayRecords:

@@ -34,7 +34,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import IO, Iterable, Mapping, Optional, Sequence
+from typing import IO, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .entry import Entry, entry_key, record_key
 from .files import atomic_write_text, fsync_directory
@@ -94,36 +94,63 @@ def repair(path: Path) -> int:
     """Cut a torn last line (no trailing newline, or not JSON) off `path`; returns bytes cut."""
     if not path.exists() or not path.stat().st_size:
         return 0
-    data = path.read_bytes()
-    keep = len(data)
-    if not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-    else:
-        last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
-        try:
-            json.loads(data[last_start:])
-        except ValueError:
-            keep = last_start
-    if keep < len(data):
-        with open(path, "rb+") as f:
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        start, line = _last_line(f, size)  # only the tail is read: memory does not grow with the file
+        keep = size
+        if not line.endswith(b"\n"):
+            keep = start
+        else:
+            try:
+                json.loads(line)
+            except ValueError:
+                keep = start
+        if keep < size:
             f.truncate(keep)
             f.flush()
             os.fsync(f.fileno())
-    return len(data) - keep
+    return size - keep
 
 
-def read_records(path: Path) -> Iterable[dict]:
+def _last_line(handle: IO[bytes], size: int, block: int = 1 << 20) -> tuple[int, bytes]:
+    """(where the last line of a file of `size` bytes starts, that line with its newline if it
+    has one), read backwards block by block from the end."""
+    handle.seek(size - 1)
+    last = handle.read(1)
+    pos, tail = size - 1, b""  # the last byte is never the newline that ends the line before
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        handle.seek(pos)
+        chunk = handle.read(step)
+        tail = chunk + tail
+        at = chunk.rfind(b"\n")
+        if at >= 0:
+            return pos + at + 1, tail[at + 1:] + last
+    return 0, tail + last
+
+
+def read_records(path: Path) -> Iterator[dict]:
+    """The records of a results file, one line at a time (split at b"\\n" only: memory does not
+    grow with the file)."""
     if not path.exists():
         return
-    for line in lines_of(path.read_text(encoding="utf-8")):
-        record = parse_record(line)  # only a torn line can fail, and repair removes those
-        if record is not None:
-            yield record
+    with open(path, "rb") as handle:
+        for line in handle:
+            record = parse_record(line)  # only a torn line can fail, and repair removes those
+            if record is not None:
+                yield record
+
+
+def iter_records(out: Path) -> Iterator[dict]:
+    """Every record in `out`, one at a time: results.jsonl, then the per-process files."""
+    for path in [out / RESULTS, *process_files(out)]:
+        yield from read_records(path)
 
 
 def all_records(out: Path) -> list[dict]:
     """Every record in `out`: results.jsonl, then the per-process files."""
-    return [r for path in [out / RESULTS, *process_files(out)] for r in read_records(path)]
+    return list(iter_records(out))
 
 
 def is_retried(record: dict, retry_errors: bool) -> bool:
@@ -177,6 +204,27 @@ def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
     first listing; each later listing gets a duplicate record. Transcripts and duplicate
     records are counted apart, so a kill between the two kinds never counts a file as done.
     """
+    plan = RunPlan([], {}, [], 0)
+    for step, index, entry, first in plan_steps(entries, *done_keys(records)):
+        if step == SKIP:
+            plan.skipped += 1
+        elif step == TODO:
+            plan.todo.append(entry)
+        elif step == READY:
+            plan.ready.append((entry.name, index, first))
+        else:
+            plan.repeats.setdefault(entry.key, []).append((entry.name, index, first))
+    return plan
+
+
+# What `plan_steps` says of each entry: it has its record; it is transcribed (the first listing
+# of its file); a repeat whose first listing has its record; a repeat of a listing to transcribe
+SKIP, TODO, READY, REPEAT = "skip", "todo", "ready", "repeat"
+
+
+def done_keys(records: Iterable[dict]) -> tuple[set, collections.Counter]:
+    """From old records: the keys of files done (a transcript or an error), and how many
+    duplicate records each key has."""
     finished: set[str] = set()
     repeats_done: collections.Counter = collections.Counter()
     for record in records:
@@ -185,26 +233,26 @@ def plan_run(entries: Sequence[Entry], records: Iterable[dict]) -> RunPlan:
             repeats_done[key] += 1
         else:
             finished.add(key)
+    return finished, repeats_done
+
+
+def plan_steps(entries: Iterable[Entry], finished: set,
+               repeats_done: collections.Counter) -> Iterator[tuple[str, int, Entry, int]]:
+    """`plan_run` one entry at a time (entries may stream): (SKIP, TODO, READY or REPEAT, the
+    entry's index, the entry, the index of its file's first listing)."""
     first: dict[str, int] = {}
     repeats_seen: collections.Counter = collections.Counter()
-    plan = RunPlan([], {}, [], 0)
     for index, entry in enumerate(entries):
         key = entry.key
         if key not in first:
             first[key] = index
-            if key in finished:
-                plan.skipped += 1
-            else:
-                plan.todo.append(entry)
+            yield (SKIP if key in finished else TODO), index, entry, index
             continue
         repeats_seen[key] += 1
         if repeats_seen[key] <= repeats_done[key]:
-            plan.skipped += 1
-        elif key in finished:
-            plan.ready.append((entry.name, index, first[key]))
+            yield SKIP, index, entry, first[key]
         else:
-            plan.repeats.setdefault(key, []).append((entry.name, index, first[key]))
-    return plan
+            yield (READY if key in finished else REPEAT), index, entry, first[key]
 
 
 def missing_entries(entries: Sequence[Entry], records: Iterable[dict]) -> list[str]:

@@ -238,7 +238,7 @@ class BulkRun:
         if jax.process_index() == 0:
             self._prepare(out, multi)
         multihost.barrier("whisper-nnx-repaired")
-        plan = results_io.plan_run(entries, results_io.all_records(out))
+        plan = results_io.plan_run(entries, results_io.iter_records(out))  # read one line at a time
         if plan.skipped:
             logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
         share = multihost.process_share(plan.todo)  # contiguous block per process, in order
@@ -256,7 +256,7 @@ class BulkRun:
         results_io.finish_merge(out)
         if results_io.remove_temp_files(out):
             logging.info("%s: removed temp files of writes an earlier kill cut short", out)
-        if results_io.all_records(out) and not self.resume:
+        if next(results_io.iter_records(out), None) is not None and not self.resume:
             raise UsageError(f"{self.output_dir} already holds results: add --resume to continue that run, "
                              "or choose another --output-dir")
         for path in [out / results_io.RESULTS, *results_io.process_files(out)]:
@@ -284,7 +284,7 @@ class BulkRun:
         progress = Progress(len(share) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in share),
                             enabled=self.progress)
         own_file = results_io.process_file(index) if multi else results_io.RESULTS
-        roots = [name for name in self.inputs if storage.is_dir(name)]  # tree names start below these
+        roots = self._roots()
         with ResultSink(out, self.formats, self.layout, file_name=own_file, extra=facts, progress=progress,
                         echo=self._written, repair=False, output_layout=self.output_layout, roots=roots) as sink:
             for name, at, first in ready:  # repeats of files done in an earlier run
@@ -306,6 +306,12 @@ class BulkRun:
                  row: Optional[str] = None) -> None:
         for repeat, at, first in plan.repeats_of(name, row):
             sink.write(_duplicate(repeat, first, entries[at]))
+
+    def _roots(self) -> list[str]:
+        """Where tree names start: an input folder, or the folder of an input file, manifest or
+        dataset (`whisper-nnx transcribe /data/a.flac` writes `OUT/a.txt`, as openai-whisper does)."""
+        return [name if storage.is_dir(name) else (name.rsplit("/", 1)[0] if "/" in name else ".")
+                for name in (str(i) for i in self.inputs)]
 
     def _written(self, record: dict) -> None:
         """A record is on disk: show it, hand it to the bucket."""

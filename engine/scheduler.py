@@ -186,16 +186,15 @@ class WindowScheduler:
             file = active.pop(key)
             files.release(file.loaded.seconds_in_memory)
             file.loaded.close()
+            extra = {} if file.language_probs is None else {"language_probs": file.language_probs}
             try:
-                transcript = file.job.result()
+                transcript = file.job.result(input_name(file.loaded.item), language=file.language,
+                                             duration_s=round(file.loaded.duration, 3), **extra)
             except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
                 yield file.loaded.index, error_record(file.loaded, f"assembling the transcript failed: "
                                                                    f"{one_line(err)}")
                 continue
-            extra = {} if file.language_probs is None else {"language_probs": file.language_probs}
-            yield file.loaded.index, records.transcript(input_name(file.loaded.item), language=file.language,
-                                                        duration_s=round(file.loaded.duration, 3),
-                                                        **transcript, **extra)
+            yield file.loaded.index, transcript
 
 
 def expected_windows(mode: str, stride_s: float) -> Callable[[Windowed], int]:

@@ -22,7 +22,7 @@ from typing import IO, Callable, Mapping, Optional, Sequence
 
 from absl import logging
 
-from . import records
+from . import records, storage
 from .files import OutputNames, output_stem
 from .progress import Progress
 from .results import RESULTS, all_records, append_record, repair
@@ -91,6 +91,9 @@ class ResultSink:
         if self._handle is None:
             raise RuntimeError("ResultSink.write outside its `with` block")
         record = {**records.as_dict(record), **self.extra}
+        for key in ("path", "error", "row"):  # URLs' credentials never reach files, names or logs
+            if record.get(key):
+                record[key] = storage.redact(record[key])
         record["files"] = []
         if record["error"] is None:
             record = self._write_files(record)

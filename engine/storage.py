@@ -10,14 +10,49 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit, urlunsplit
 
 
 def is_url(name: str) -> bool:
     """`name` has a protocol (`s3://bucket/key`, `file:///x`), as opposed to a local path."""
     head, sep, _ = name.partition("://")
     return bool(sep) and head.replace("+", "").replace("-", "").isalnum()
+
+
+REDACTED = "REDACTED"
+# Query parameters that carry a credential: presigned S3 / GCS URLs, Azure SAS, API keys and tokens.
+_SECRET_PARAMS = {"x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "sig",
+                  "x-goog-signature", "x-goog-credential", "googleaccessid", "awsaccesskeyid", "token",
+                  "access_token", "security-token", "key", "api_key", "apikey", "password", "secret"}
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # no trailing punctuation
+
+
+def _redact_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:  # user:password@host (a user alone may be a key too)
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{k}={REDACTED}" if sep and k.lower() in _SECRET_PARAMS else f"{k}{sep}{v}"
+        for k, sep, v in (p.partition("=") for p in parts.query.split("&"))) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, or a message naming URLs) with the credentials in its URLs replaced by
+    REDACTED: a `user:password@` userinfo and the values of credential query parameters
+    (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, Signature, sig, token...); scheme,
+    host, path and the other parameters are kept. What records, logs and output names show of a
+    URL; the entry keeps the real URL to read its audio. Local paths are returned as they are."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: _redact_url(m.group(0)), text)
 
 
 def parent(name: str) -> str:

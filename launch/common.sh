@@ -57,3 +57,32 @@ new_temp() {  # new_temp VAR
   TEMP_FILES+=("$path")
   printf -v "$1" '%s' "$path"
 }
+
+# check_host FLAG NAME: a host (or VM) name that ssh, rsync or gcloud could take for an option
+# (`-oProxyCommand=...`) is refused, as is an empty one.
+check_host() {
+  [[ -n "${2:-}" ]] || die "$1: empty host name"
+  [[ "$2" != -* ]] || die "$1: host name '$2' starts with '-' (it would be read as an option)"
+}
+
+# check_output_dir DIR REMOTE_DIR: refuse an output folder inside the remote checkout, which
+# `install`/`up` replace (rsync --delete, or rm -rf before unpacking): it would wipe the results.
+# Relative remote paths start in the login directory, so `REMOTE_DIR/out`, `./REMOTE_DIR/out`,
+# `~/REMOTE_DIR/out`, `/home/USER/REMOTE_DIR/out` and `/root/REMOTE_DIR/out` are refused.
+check_output_dir() {
+  local dir=$1 checkout=$2
+  while [[ "$dir" == ./* ]]; do dir=${dir#./}; done
+  dir=${dir#\~/}
+  dir=${dir#\$HOME/}
+  if [[ "$dir" == /home/*/* ]]; then
+    dir=${dir#/home/*/}
+  elif [[ "$dir" == /root/* ]]; then
+    dir=${dir#/root/}
+  fi
+  while [[ "$dir" == ./* ]]; do dir=${dir#./}; done
+  dir=${dir%/}
+  if [[ "$dir" == "$checkout" || "$dir" == "$checkout"/* ]]; then
+    die "--output-dir $1 is inside the remote checkout $checkout/, which install replaces (rsync --delete): \
+choose a folder outside it"
+  fi
+}

@@ -28,7 +28,7 @@ usage() { sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 2; }  # the comment block ab
 parse() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --host) need_value "$1" "${2:-}"; HOST=$2; shift 2 ;;
+      --host) need_value "$1" "${2:-}"; check_host "$1" "$2"; HOST=$2; shift 2 ;;
       --hosts) need_value "$1" "${2:-}"; HOSTS=$2; shift 2 ;;
       --port) need_value "$1" "${2:-}"; PORT=$2; shift 2 ;;
       --python) need_value "$1" "${2:-}"; PYTHON=$2; shift 2 ;;
@@ -42,6 +42,12 @@ parse() {
       *) die "unknown argument $1 (see $0 --help)" ;;
     esac
   done
+  local h
+  if [[ -n "$HOSTS" ]]; then
+    IFS=, read -r -a hosts <<< "$HOSTS"
+    for h in "${hosts[@]}"; do check_host --hosts "$h"; done
+  fi
+  [[ -z "$OUTPUT_DIR" || ( -z "$HOST" && -z "$HOSTS" ) ]] || check_output_dir "$OUTPUT_DIR" "$REMOTE_DIR"
 }
 
 on_host() {  # on_host HOST REMOTE_COMMAND (HOST empty: run here)

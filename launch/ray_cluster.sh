@@ -47,6 +47,10 @@ parse() {
     esac
   done
   [[ -n "$HEAD" ]] || die "--head is required"
+  check_host --head "$HEAD"
+  local h
+  while read -r h; do check_host --workers "$h"; done < <(workers)
+  [[ -z "$OUTPUT_DIR" ]] || check_output_dir "$OUTPUT_DIR" "$REMOTE_DIR"
   case "$EXTRA_NAME" in cuda|tpu|none) ;; *) die "--extra must be cuda, tpu or none" ;; esac
 }
 

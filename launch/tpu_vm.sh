@@ -56,6 +56,8 @@ parse() {
     esac
   done
   [[ -n "$NAME" && -n "$ZONE" ]] || die "--name and --zone are required"
+  check_host --name "$NAME"
+  [[ -z "$OUTPUT_DIR" ]] || check_output_dir "$OUTPUT_DIR" "$REMOTE_DIR"
 }
 
 tpu() { run gcloud compute tpus tpu-vm "$@" --zone="$ZONE"; }

@@ -416,3 +416,54 @@ def test_ray_cluster_down_stops_every_host():
 def test_ray_cluster_bad_arguments(args, message):
     proc = subprocess.run(["bash", str(LAUNCH / "ray_cluster.sh"), *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+# --- issue 25: option-like host names, an output folder inside the remote checkout ------------------------------
+
+def _stubs(tmp_path: Path) -> Path:
+    """ssh, rsync and gcloud that only log their argv: a call reaching them is seen."""
+    for tool in ("ssh", "rsync", "gcloud"):
+        _executable(tmp_path / "bin" / tool, f'printf "%s\\n" "{tool} $*" >> "{tmp_path}/calls.log"\n')
+    return tmp_path / "bin"
+
+
+@pytest.mark.parametrize("script,args", [
+    ("gpu_host.sh", ["install", "--host", "-oProxyCommand=touch /tmp/pwned"]),
+    ("gpu_host.sh", ["run", "--host", "-oProxyCommand=x", "--inputs", "/i", "--output-dir", "/o"]),
+    ("gpu_host.sh", ["run", "--hosts", "gpu-a,-oProxyCommand=x", "--inputs", "/i", "--output-dir", "/o"]),
+    ("gpu_host.sh", ["install", "--hosts", "gpu-a,-e sh"]),
+    ("ray_cluster.sh", ["up", "--head", "-oProxyCommand=x"]),
+    ("ray_cluster.sh", ["up", "--head", "h0", "--workers", "h1,-oProxyCommand=x"]),
+    ("ray_cluster.sh", ["down", "--head", "h0", "--workers", "-x"]),
+    ("tpu_vm.sh", ["run", "--name", "--project=other", "--zone", "z", "--inputs", "/i", "--output-dir", "/o"]),
+])
+def test_a_host_name_starting_with_a_dash_is_refused_before_any_call(tmp_path, script, args):
+    proc = _launch(script, *args, fakes=_stubs(tmp_path), tmp=tmp_path / "tmp")
+    assert proc.returncode == 2, proc.stderr
+    assert "starts with '-'" in proc.stderr
+    assert not (tmp_path / "calls.log").exists()  # neither ssh, rsync nor gcloud ran
+
+
+@pytest.mark.parametrize("output_dir", ["whisper-nnx/out", "./whisper-nnx/results", "~/whisper-nnx/o",
+                                        "/home/me/whisper-nnx/out", "/root/whisper-nnx/x/y", "whisper-nnx"])
+@pytest.mark.parametrize("script,args", [
+    ("gpu_host.sh", ["run", "--host", "gpu-a", "--inputs", "/i"]),
+    ("gpu_host.sh", ["run", "--hosts", "gpu-a,gpu-b", "--inputs", "/i"]),
+    ("ray_cluster.sh", ["submit", "--head", "h0", "--inputs", "/i"]),
+    ("tpu_vm.sh", ["run", "--name", "p", "--zone", "z", "--inputs", "/i"]),
+])
+def test_an_output_folder_inside_the_remote_checkout_is_refused(tmp_path, script, args, output_dir):
+    """install/up replace the checkout (rsync --delete, or rm -rf and unpack): results there would be wiped."""
+    proc = _launch(script, *args, "--output-dir", output_dir, fakes=_stubs(tmp_path), tmp=tmp_path / "tmp")
+    assert proc.returncode == 2, proc.stderr
+    assert "inside the remote checkout" in proc.stderr
+    assert not (tmp_path / "calls.log").exists()
+
+
+@pytest.mark.parametrize("output_dir", ["/nfs/out", "whisper-nnx-out", "out/whisper-nnx", "gs://b/whisper-nnx/o"])
+def test_output_folders_outside_the_checkout_are_kept(tmp_path, output_dir):
+    proc = _launch("ray_cluster.sh", "submit", "--head", "h0", "--inputs", "/i", "--output-dir", output_dir,
+                   fakes=_stubs(tmp_path), tmp=tmp_path / "tmp")
+    assert proc.returncode == 0, proc.stderr
+    call = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(call) == 1 and call[0].startswith("ssh h0 ") and output_dir in call[0]

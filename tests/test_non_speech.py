@@ -71,11 +71,14 @@ def test_a_file_without_speech_needs_no_window(tiny_tokenizer):
     options = TranscribeOptions()
     audio = ArrayAudio(np.full(SECOND * 70, 0.01, np.float32))
     job = SequentialFile(audio, -2.0, tiny_tokenizer, options.decode, LongFormOptions(), 448, speech_spans=[])
-    assert job.done and job.requests() == [] and job.result()["text"] == ""
+    record = job.result("a.wav", language="en", duration_s=70.0)
+    assert job.done and job.requests() == [] and record["text"] == "" and record["segments"] == []
+    assert (record["path"], record["language"], record["duration_s"], record["windows"]) == ("a.wav", "en", 70.0, 0)
     chunks = stride_chunks(audio.audio_frames, 5.0, spans=[])
     chunked = ChunkedFile(audio, -2.0, tiny_tokenizer, options.decode, LongFormOptions(mode="chunked"), 448,
                           chunks=chunks, chunk_log_mel_max=[])
-    assert chunks == [] and chunked.done and chunked.requests() == [] and chunked.result()["segments"] == []
+    assert chunks == [] and chunked.done and chunked.requests() == []
+    assert chunked.result("a.wav", language="en", duration_s=70.0)["segments"] == []
 
 
 def test_stride_chunks_are_laid_out_inside_each_span():

@@ -134,3 +134,67 @@ def test_the_actor_takes_bytes_array_and_path_columns(tmp_path):
     assert bad["error_kind"] == ["input"] and "x.wav" in bad["error"][0]
     with pytest.raises(ValueError, match="entry, bytes, array or path"):
         actor({"audio": np.array([b""], dtype=object)})
+
+
+# --- issue 25: a row that kills its actor, credentials, relative paths ---------------------------------------------
+
+POISON_SCRIPT = """
+import functools, json, os, sys
+from whisper_nnx.engine.entry import Entry
+from whisper_nnx.engine.ray_job import connect, transcribe_on_ray
+connect(sys.argv[1])
+good, relative = sys.argv[2], sys.argv[3]
+entries = [Entry(good), Entry("poison.wav", opener=functools.partial(os._exit, 1)), Entry(relative)]
+records = list(transcribe_on_ray(entries, actors=1, rows_per_call=3,
+                                 actor_args={"model": "tiny.en", "options": {"language": "en", "batch_size": 4}}))
+print("RECORDS " + json.dumps(records))
+"""
+
+
+@pytest.mark.slow
+def test_a_row_that_kills_its_actor_ends_as_its_run_error_record(cluster, env, tmp_path):
+    """os._exit in the row's opener kills the actor each time: the row gets a run error after a bounded number of
+    deaths, its block-mates are transcribed; a relative path resolves against the driver's directory."""
+    relative = CLIPS[1].rsplit("/", 1)[1]
+    proc = subprocess.run([sys.executable, "-c", POISON_SCRIPT, cluster, CLIPS[0], relative], env=env,
+                          cwd=CLIPS[1].rsplit("/", 1)[0], capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RECORDS "))
+    found = {r["path"]: r for r in json.loads(line[len("RECORDS "):])}
+    assert sorted(found) == sorted([CLIPS[0], "poison.wav", relative])
+    assert found["poison.wav"]["error_kind"] == "run" and "actor" in found["poison.wav"]["error"]
+    for name in (CLIPS[0], relative):
+        assert found[name]["error"] is None and found[name]["text"].strip(), found[name]
+
+
+def test_the_runtime_env_holds_no_credentials():
+    from whisper_nnx.engine.ray_job import runtime_env
+
+    environ = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-key", "AWS_SESSION_TOKEN": "tok",
+               "GOOGLE_APPLICATION_CREDENTIALS": "/k.json", "HF_TOKEN": "hf_x", "AWS_ENDPOINT_URL": "http://s3:9000",
+               "AWS_DEFAULT_REGION": "eu-west-1", "HF_HUB_OFFLINE": "1"}
+    env = runtime_env(environ)
+    assert env == {"env_vars": {"AWS_ENDPOINT_URL": "http://s3:9000", "AWS_DEFAULT_REGION": "eu-west-1",
+                                "HF_HUB_OFFLINE": "1"}}
+    text = json.dumps(env)
+    assert not any(secret in text for secret in ("AKIAEXAMPLE", "secret-key", "tok", "hf_x", "/k.json"))
+    assert runtime_env({"AWS_SECRET_ACCESS_KEY": "x"}) is None
+
+
+def test_entries_sent_to_actors_carry_absolute_paths(tmp_path):
+    import functools
+    import os
+
+    from whisper_nnx.engine.entry import Entry
+    from whisper_nnx.engine.ray_job import actor_entry
+
+    (tmp_path / "a.flac").write_bytes(b"x")
+    (tmp_path / "rows.parquet").write_bytes(b"x")
+    plain = actor_entry(Entry("a.flac"), str(tmp_path))
+    assert plain.name == "a.flac" and plain.opener() == str(tmp_path / "a.flac")
+    assert plain.source() is plain  # decoded through its opener, not the relative name
+    row = actor_entry(Entry("rows.parquet:3", opener=functools.partial(os.path.join, "rows.parquet", "x")),
+                      str(tmp_path))
+    assert row.name == "rows.parquet:3" and row.opener() == str(tmp_path / "rows.parquet" / "x")
+    for unchanged in (Entry("s3://b/a.flac"), Entry(str(tmp_path / "a.flac")), Entry("bad", error="no")):
+        assert actor_entry(unchanged, str(tmp_path)) == unchanged and actor_entry(unchanged).opener is None

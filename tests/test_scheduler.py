@@ -51,8 +51,9 @@ class _FakeJob:
     def done(self):
         return len(self.back) == len(self.contents)
 
-    def result(self):
-        return {"text": self.name, "segments": [], "windows": len(self.back)}
+    def result(self, path, *, language, duration_s, **extra):
+        return records.transcript(path, text=self.name, language=language, duration_s=duration_s, segments=[],
+                                  windows=len(self.back), **extra)
 
 
 def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str | None = None,

@@ -1,0 +1,182 @@
+"""Scale benchmark: a million-entry corpus listed, dry-run and planned for resume (issue 25:
+memory and work flat in corpus size; targets: each step under 1 GiB peak RSS and 60 s).
+
+    .venv/bin/python benchmarks/bench_scale.py [--entries 1000000] [--results-md]
+
+It writes, under a scratch folder (`--work`, default a new temp folder, removed afterwards):
+`audio/` with `--real-files` one-second WAV clips (hard links to one clip, distinct names), a
+`.txt` manifest of `--entries` lines naming `audio/NNNNNNN.wav` (the first `--real-files` exist;
+the rest do not: missing files are entries like any other for listing, and their records would
+be input errors), and `out/results.jsonl` holding one realistic record per entry (a sentence of
+text, one segment, the run's facts, its files; every `--run-error-every`-th a run error).
+
+Each step runs as its own process (the parent reads its peak RSS with wait4, its wall time from
+start to exit, interpreter start-up included):
+
+  dry run, new folder:  `whisper-nnx transcribe MANIFEST --dry-run` into a folder not there
+  dry run, resume:      the same with `--resume` on out/ (the million records read, the plan counted)
+  resume plan:          what `BulkRun` does before the model loads: the entries listed
+                        (`expand_inputs`), `results.plan_run` over them and the records read one
+                        line at a time (`results.iter_records`)
+  resume plan, list:    the same with every record held in a list (`results.all_records`, as the
+                        run's end check still reads them), for comparison
+  prepare:              the start of a resumed run on a copy of out/: `repair` then `drop_retried`
+  end check:            the run's end: `all_records` and `missing_entries` over the entries
+
+Writes a JSON record (benchmarks/results/scale-<day>-<sha>.json) and, with `--results-md`, a
+section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+from common import REPO, git_info, machine_info, publish, record, timed_process
+
+GIB = 2**30
+TARGET_RSS, TARGET_S = 1 * GIB, 60.0
+TEXT = ("And so my fellow Americans, ask not what your country can do for you, ask what you can do "
+        "for your country. ")
+
+PLAN = """import sys, time
+from whisper_nnx.engine import results
+from whisper_nnx.engine.inputs import expand_inputs
+from pathlib import Path
+manifest, out, how = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+entries = list(expand_inputs([manifest]))
+if how == "plan":  # the records a resume keeps (drop_retried removed the run errors before)
+    plan = results.plan_run(entries, (r for r in results.iter_records(out) if not results.is_retried(r, False)))
+    print("RESULT", len(entries), plan.skipped, len(plan.todo), flush=True)
+elif how == "plan-list":
+    plan = results.plan_run(entries, [r for r in results.all_records(out) if not results.is_retried(r, False)])
+    print("RESULT", len(entries), plan.skipped, len(plan.todo), flush=True)
+else:
+    written = results.all_records(out)
+    missing = results.missing_entries(entries, written)
+    print("RESULT", len(entries), len(written), len(missing), flush=True)
+"""
+PREPARE = """import sys
+from whisper_nnx.engine import results
+from pathlib import Path
+out = Path(sys.argv[1])
+cut = results.repair(out / results.RESULTS)
+dropped = results.drop_retried(out, False)
+print("RESULT", cut, dropped, flush=True)
+"""
+
+
+def write_clip(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * int(seconds * rate))
+
+
+def make_corpus(work: Path, entries: int, real: int, error_every: int) -> tuple[Path, Path]:
+    """The manifest and the output folder with one record per entry."""
+    audio = work / "audio"
+    audio.mkdir(parents=True)
+    write_clip(work / "clip.wav")
+    for i in range(real):
+        os.link(work / "clip.wav", audio / f"{i:07d}.wav")
+    manifest = work / "manifest.txt"
+    out = work / "out"
+    out.mkdir()
+    with open(manifest, "w") as m, open(out / "results.jsonl", "w") as r:
+        for i in range(entries):
+            name = str(audio / f"{i:07d}.wav")
+            m.write(name + "\n")
+            r.write(json.dumps(_record(name, i, error_every), ensure_ascii=False) + "\n")
+    return manifest, out
+
+
+def _record(name: str, i: int, error_every: int) -> dict:
+    facts = {"model": "tiny.en", "dtype": "float32", "quantize": None, "long_form": "sequential", "mesh": None,
+             "sharding": None}
+    if error_every and i % error_every == error_every - 1:
+        return {"path": name, "text": "", "language": None, "duration_s": None, "segments": [], "windows": 0,
+                "error": f"{name}: RESOURCE_EXHAUSTED: out of memory", "error_kind": "run", **facts}
+    segment = {"id": 0, "seek": 0, "start": 0.0, "end": 5.2, "text": TEXT.strip(), "avg_logprob": -0.21,
+               "compression_ratio": 1.31, "no_speech_prob": 0.01, "temperature": 0.0}
+    return {"path": name, "text": TEXT.strip(), "language": "en", "duration_s": 5.2, "segments": [segment],
+            "windows": 1, "error": None, "error_kind": None, **facts,
+            "files": {"json": name[:-4] + ".json", "txt": name[:-4] + ".txt"}}
+
+
+def steps(manifest: Path, out: Path, work: Path) -> list[tuple[str, list[str], str, bool]]:
+    """(step, command, the line's prefix it prints when done, has a target)."""
+    py = sys.executable
+    cli = [py, "-m", "whisper_nnx.engine.cli", "transcribe", str(manifest), "--no-progress", "--dry-run"]
+    return [("dry run, new folder", [*cli, "--output-dir", str(work / "none")], "plan:", True),
+            ("dry run, resume", [*cli, "--output-dir", str(out), "--resume"], "plan:", True),
+            ("resume plan", [py, "-c", PLAN, str(manifest), str(out), "plan"], "RESULT", True),
+            ("resume plan, list", [py, "-c", PLAN, str(manifest), str(out), "plan-list"], "RESULT", False),
+            ("prepare (repair, drop_retried)", [py, "-c", PREPARE, str(work / "copy")], "RESULT", False),
+            ("end check (all_records, missing_entries)", [py, "-c", PLAN, str(manifest), str(out), "end"],
+             "RESULT", False)]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--real-files", type=int, default=200, help="entries whose file exists (hard links)")
+    p.add_argument("--run-error-every", type=int, default=100, help="every N-th record is a run error (0: none)")
+    p.add_argument("--work", default=None, help="scratch folder (default: a new temp folder, removed after)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per step")
+    p.add_argument("--results-md", action="store_true", help="also write the table into benchmarks/RESULTS.md")
+    return p.parse_args(argv)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| step | wall s | peak RSS MiB | target (< 1 GiB, < 60 s) | printed |", "|---|---:|---:|---|---|"]
+    for r in rows:
+        verdict = "-" if not r["target"] else (
+            "met" if r["peak_rss_bytes"] < TARGET_RSS and r["wall_s"] < TARGET_S else "missed")
+        lines.append(f"| {r['step']} | {r['wall_s']:.1f} | {r['peak_rss_bytes'] / 2**20:,.0f} | {verdict} | "
+                     f"{r.get('error') or r['text']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    git, machine = git_info(), machine_info()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        start = time.perf_counter()
+        manifest, out = make_corpus(work, args.entries, args.real_files, args.run_error_every)
+        shutil.copytree(out, work / "copy")
+        setup_s = time.perf_counter() - start
+        size = (out / "results.jsonl").stat().st_size
+        print(f"corpus written in {setup_s:.1f} s: results.jsonl {size / 2**20:,.0f} MiB", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        rows = []
+        for step, cmd, prefix, target in steps(manifest, out, work):
+            result = timed_process(cmd, env, prefix, args.timeout)
+            rows.append({"step": step, "target": target, **result})
+            print(f"{step}: {result['wall_s']:.1f} s, {result['peak_rss_bytes'] / 2**20:,.0f} MiB", flush=True)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    settings = {"entries": args.entries, "real_files": args.real_files, "run_error_every": args.run_error_every,
+                "results_jsonl_bytes": size, "targets": {"peak_rss_bytes": TARGET_RSS, "wall_s": TARGET_S}}
+    rec = record("scale", settings, rows, git=git, machine=machine)
+    report = ("{head}; {versions}; {load}. A manifest of {entries:,} entries and a results.jsonl of one "
+              "record per entry ({mib:,.0f} MiB, every {run_error_every}-th a run error); each step a "
+              "process of its own (wall time from start to exit, peak RSS by wait4). Record: `{record}`.")
+    publish(rec, table(rows), "Scale: a million entries (bench_scale.py)",
+            report.replace("{mib:,.0f}", f"{size / 2**20:,.0f}"), "bench_scale.py", argv, args.results_md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
