@@ -11,9 +11,10 @@ be input errors), and `out/results.jsonl` holding one realistic record per entry
 text, one segment, the run's facts, its files; every `--run-error-every`-th a run error).
 
 Each step runs as its own process (the parent reads its peak RSS with wait4, its wall time from
-start to exit, interpreter start-up included):
+start to exit, interpreter start-up included; the step prints its CPU time, user + system, which
+the machine's load moves less than the wall time):
 
-  dry run, new folder:  `whisper-nnx transcribe MANIFEST --dry-run` into a folder not there
+  dry run, new folder:  `whisper-nnx transcribe MANIFEST --dry-run` (cli.main) into a folder not there
   dry run, resume:      the same with `--resume` on out/ (the million records read, the plan counted)
   resume plan:          what `BulkRun` does before the model loads: the entries listed
                         (`expand_inputs`), `results.plan_run` over them and the records read one
@@ -21,7 +22,9 @@ start to exit, interpreter start-up included):
   resume plan, list:    the same with every record held in a list (`results.all_records`, as the
                         run's end check still reads them), for comparison
   prepare:              the start of a resumed run on a copy of out/: `repair` then `drop_retried`
-  end check:            the run's end: `all_records` and `missing_entries` over the entries
+  end check:            the run's end (`BulkRun._end`): each entry's record checked, failures
+                        counted, the records read one line at a time
+  end check, list:      the same holding every record (what --formats parquet and eval need)
 
 Writes a JSON record (benchmarks/results/scale-<day>-<sha>.json) and, with `--results-md`, a
 section of benchmarks/RESULTS.md.
@@ -46,6 +49,20 @@ TARGET_RSS, TARGET_S = 1 * GIB, 60.0
 TEXT = ("And so my fellow Americans, ask not what your country can do for you, ask what you can do "
         "for your country. ")
 
+# Each step's code ends with the line its parent waits for: "RESULT <CPU seconds> <what it found>"
+# (CPU time, user + system, does not grow with the machine's load the way wall time does).
+DONE = """
+import resource
+_u = resource.getrusage(resource.RUSAGE_SELF)
+print("RESULT", round(_u.ru_utime + _u.ru_stime, 2), found, flush=True)
+"""
+DRY = """import contextlib, io, sys
+from whisper_nnx.engine.cli import main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    main(sys.argv[1:])
+found = buf.getvalue().splitlines()[-1]
+""" + DONE
 PLAN = """import sys, time
 from whisper_nnx.engine import results
 from whisper_nnx.engine.inputs import expand_inputs
@@ -54,23 +71,27 @@ manifest, out, how = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 entries = list(expand_inputs([manifest]))
 if how == "plan":  # the records a resume keeps (drop_retried removed the run errors before)
     plan = results.plan_run(entries, (r for r in results.iter_records(out) if not results.is_retried(r, False)))
-    print("RESULT", len(entries), plan.skipped, len(plan.todo), flush=True)
+    found = f"entries {len(entries)}, skipped {plan.skipped}, todo {len(plan.todo)}"
 elif how == "plan-list":
     plan = results.plan_run(entries, [r for r in results.all_records(out) if not results.is_retried(r, False)])
-    print("RESULT", len(entries), plan.skipped, len(plan.todo), flush=True)
-else:
-    written = results.all_records(out)
-    missing = results.missing_entries(entries, written)
-    print("RESULT", len(entries), len(written), len(missing), flush=True)
-"""
+    found = f"entries {len(entries)}, skipped {plan.skipped}, todo {len(plan.todo)}"
+elif how == "end":  # BulkRun._end without --formats parquet or eval: records read one at a time
+    from whisper_nnx.engine.run import _check_records
+    failed, missing = _check_records(entries, out, None)
+    found = f"entries {len(entries)}, failed {failed}, missing {len(missing)}"
+else:  # with --formats parquet or eval: every record held for the table or the scores
+    from whisper_nnx.engine.run import _check_records
+    failed, missing = _check_records(entries, out, results.all_records(out))
+    found = f"entries {len(entries)}, failed {failed}, missing {len(missing)}"
+""" + DONE
 PREPARE = """import sys
 from whisper_nnx.engine import results
 from pathlib import Path
 out = Path(sys.argv[1])
 cut = results.repair(out / results.RESULTS)
 dropped = results.drop_retried(out, False)
-print("RESULT", cut, dropped, flush=True)
-"""
+found = f"cut {cut} bytes, dropped {dropped} records"
+""" + DONE
 
 
 def write_clip(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
@@ -115,13 +136,14 @@ def _record(name: str, i: int, error_every: int) -> dict:
 def steps(manifest: Path, out: Path, work: Path) -> list[tuple[str, list[str], str, bool]]:
     """(step, command, the line's prefix it prints when done, has a target)."""
     py = sys.executable
-    cli = [py, "-m", "whisper_nnx.engine.cli", "transcribe", str(manifest), "--no-progress", "--dry-run"]
-    return [("dry run, new folder", [*cli, "--output-dir", str(work / "none")], "plan:", True),
-            ("dry run, resume", [*cli, "--output-dir", str(out), "--resume"], "plan:", True),
+    cli = [py, "-c", DRY, "transcribe", str(manifest), "--no-progress", "--dry-run"]
+    return [("dry run, new folder", [*cli, "--output-dir", str(work / "none")], "RESULT", True),
+            ("dry run, resume", [*cli, "--output-dir", str(out), "--resume"], "RESULT", True),
             ("resume plan", [py, "-c", PLAN, str(manifest), str(out), "plan"], "RESULT", True),
             ("resume plan, list", [py, "-c", PLAN, str(manifest), str(out), "plan-list"], "RESULT", False),
             ("prepare (repair, drop_retried)", [py, "-c", PREPARE, str(work / "copy")], "RESULT", False),
-            ("end check (all_records, missing_entries)", [py, "-c", PLAN, str(manifest), str(out), "end"],
+            ("end check", [py, "-c", PLAN, str(manifest), str(out), "end"], "RESULT", True),
+            ("end check, list (parquet, eval)", [py, "-c", PLAN, str(manifest), str(out), "end-list"],
              "RESULT", False)]
 
 
@@ -138,12 +160,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| step | wall s | peak RSS MiB | target (< 1 GiB, < 60 s) | printed |", "|---|---:|---:|---|---|"]
+    lines = ["| step | wall s | CPU s | peak RSS MiB | target (< 1 GiB, < 60 s) | found |",
+             "|---|---:|---:|---:|---|---|"]
     for r in rows:
         verdict = "-" if not r["target"] else (
             "met" if r["peak_rss_bytes"] < TARGET_RSS and r["wall_s"] < TARGET_S else "missed")
-        lines.append(f"| {r['step']} | {r['wall_s']:.1f} | {r['peak_rss_bytes'] / 2**20:,.0f} | {verdict} | "
-                     f"{r.get('error') or r['text']} |")
+        lines.append(f"| {r['step']} | {r['wall_s']:.1f} | {r.get('cpu_s', '?')} | "
+                     f"{r['peak_rss_bytes'] / 2**20:,.0f} | {verdict} | {r.get('error') or r['found']} |")
     return "\n".join(lines)
 
 
@@ -162,7 +185,8 @@ def main(argv=None) -> int:
         rows = []
         for step, cmd, prefix, target in steps(manifest, out, work):
             result = timed_process(cmd, env, prefix, args.timeout)
-            rows.append({"step": step, "target": target, **result})
+            cpu, _, found = (result["text"] or "? ").partition(" ")
+            rows.append({"step": step, "target": target, **result, "cpu_s": cpu, "found": found})
             print(f"{step}: {result['wall_s']:.1f} s, {result['peak_rss_bytes'] / 2**20:,.0f} MiB", flush=True)
     finally:
         if not args.work:

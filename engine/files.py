@@ -8,7 +8,8 @@
   name lacks it (`train.parquet:17` -> `train-17`, `shard.tar:key` -> `shard-key`, a NeMo span
   `talk.wav#t=1.5,3` -> `talk-1.5-3`). Layout "tree" keeps the input's folders (relative to the
   input folder it was found in, else as written, without `..` or a leading `/` or protocol);
-  "flat" puts every file in the output folder. Two entries wanting one name: the first to claim it
+  "flat" puts every file in the output folder. A URL's query is left out (`https://h/a.wav?X-Amz-...`
+  -> `a`). Two entries wanting one name: the first to claim it
   keeps it, the next gets `stem~2`, then `stem~3`... A name is taken when a record already lists
   it (records keep their `files`: a resumed run keeps every earlier name) or when a file of that
   name is there (claimed by creating it exclusively, so processes sharing a folder never write
@@ -102,6 +103,8 @@ def output_stem(path: str, layout: str = "tree", roots: Sequence[str] = ()) -> s
     get unless another entry claimed it first; `roots`: input folders (tree names are relative to
     the one an entry was found in)."""
     ident = None
+    if "://" in path:  # a URL's query (a presigned URL's signature, already REDACTED) is no part of a name
+        path = re.sub(r"\?[^#]*", "", path, count=1)
     span, container = _SPAN.match(path), _CONTAINER.match(path)
     if span:
         path, ident = span.group(1), "-".join(x for x in span.group(2, 3) if x)

@@ -1,5 +1,8 @@
 """Bulk transcription on Ray Data: a pool of actors, each holding the whole model on its host's
-local devices, fed blocks of input rows; Ray retries the blocks of an actor or node that dies.
+local devices, fed blocks of input rows; Ray retries the blocks of an actor or node that dies, a
+bounded number of times: a row that keeps killing its actor ends as its own run-error record
+(`transcribe_on_ray`). Local paths reach the actors absolute (`actor_entry`); credentials never
+travel in the job's `runtime_env` (`runtime_env`: each worker uses its own).
 
     driver: entries to do -> ray.data.from_items -> map_batches(RayTranscriber, actor pool)
             -> records streamed back -> the run's ResultSink (results.jsonl, per-format files)
@@ -180,8 +183,9 @@ def _run_blocks(entries: Sequence[Entry], *, actors: int, rows_per_call: int, ac
 
 
 def _lost(entry: Entry) -> dict:
-    error = (f"{entry.name}: the Ray actor transcribing it died {TASK_RETRIES + 1} times (out of memory, or a "
-             "crash in decoding or the model; see the Ray worker logs)")
+    error = (f"{entry.name}: its Ray task failed {TASK_RETRIES + 1} times, alone in its block: the actor "
+             "transcribing it died (out of memory, a crash in decoding or the model) or raised; see the Ray "
+             "worker logs")
     return json.loads(record_json(records.failure(entry.name, error, records.RUN)))
 
 

@@ -33,6 +33,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -165,17 +166,36 @@ def drop_retried(out: Path, retry_errors: bool) -> int:
     at a time: a kill in between leaves each file whole); returns how many were removed."""
     removed = 0
     for path in [out / RESULTS, *process_files(out)]:
-        if not path.exists():
-            continue
-        lines = lines_of(path.read_text(encoding="utf-8"))
-        kept = [line for line in lines if not _retried_line(line, retry_errors)]
-        if len(kept) < len(lines):
-            atomic_write_text(path, "".join(kept))
-            removed += len(lines) - len(kept)
+        if path.exists():
+            removed += _drop_lines(path, retry_errors)
     return removed
 
 
-def _retried_line(line: str, retry_errors: bool) -> bool:
+def _drop_lines(path: Path, retry_errors: bool) -> int:
+    """`drop_retried` on one file, a line at a time (memory does not grow with the file): the
+    kept lines go to a temp file beside it (`.NAME.<8 hex>.tmp`, as `atomic_write_text` names
+    them), which is fsynced and renamed over it when some line was dropped, else removed."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    removed = 0
+    try:
+        with open(path, "rb") as source, open(tmp, "xb") as kept:
+            for line in source:
+                if _retried_line(line, retry_errors):
+                    removed += 1
+                else:
+                    kept.write(line)
+            if removed:
+                kept.flush()
+                os.fsync(kept.fileno())
+        if removed:
+            os.replace(tmp, path)
+            fsync_directory(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+def _retried_line(line: str | bytes, retry_errors: bool) -> bool:
     record = parse_record(line)
     return record is not None and is_retried(record, retry_errors)
 

@@ -337,13 +337,14 @@ class BulkRun:
     def _end(self, entries: list[Entry], out: Path, summary: dict) -> RunOutcome:
         """Process 0, every record written: the check that each entry has its record, the
         table, the finish hook, the exit code."""
-        written = results_io.all_records(out)  # every process's, earlier runs' too
-        failed = sum(map(records.is_failure, written))
-        missing = results_io.missing_entries(entries, written)
+        # every process's records, earlier runs' too: held in memory only for the table and the
+        # finish hook (eval's scores); the check itself reads them one line at a time
+        written = results_io.all_records(out) if self.parquet or self.finish is not None else None
+        failed, missing = _check_records(entries, out, written)
         repeated = results_io.repeated_names(entries)
         if missing:
             logging.error("%d listed entries have no record, e.g. %s: rerun with --resume", len(missing),
-                          ", ".join(missing[:SHOWN]))
+                          storage.redact(", ".join(missing[:SHOWN])))
         if repeated:
             logging.warning("%d entries share their name (--id-column value) with an earlier, different entry, "
                             "e.g. %s: each is transcribed; their records tell them apart by `row`",
@@ -364,6 +365,21 @@ class BulkRun:
 
 
 SHOWN = 5  # entries named in a message about many
+
+
+def _check_records(entries: list[Entry], out: Path, written: Optional[list[dict]]) -> tuple[int, list[str]]:
+    """(how many records are failures, the entries without a record), over `written` or else the
+    records in `out` read one at a time."""
+    failed = 0
+
+    def counted() -> Iterable[dict]:
+        nonlocal failed
+        for record in written if written is not None else results_io.iter_records(out):
+            failed += records.is_failure(record)
+            yield record
+
+    missing = results_io.missing_entries(entries, counted())  # counts the failures as it reads
+    return failed, missing
 
 
 def _named(record: records.Transcript, rows: dict[str, Entry]) -> records.Transcript:

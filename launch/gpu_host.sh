@@ -8,7 +8,9 @@
 #
 # Without --host the commands run locally. With --hosts, one process per host joins one global
 # mesh: host 0 is the coordinator and every host needs the inputs and the output directory on
-# shared storage. --dry-run prints every command instead of running it.
+# shared storage. --output-dir must not lie inside the remote checkout, which `install` replaces
+# (rsync --delete); host names starting with '-' are refused. --dry-run prints every command
+# instead of running it.
 #
 # `run` exits with whisper-nnx's status: 0 every input has a transcript; 3 the run finished but
 # some inputs have error records (see OUTPUT_DIR/results.jsonl; rerunning won't help); 2 a usage

@@ -16,7 +16,10 @@
 # worker that dies has its blocks retried by Ray. `down` stops Ray on every host. On TPU VMs,
 # give each worker's internal IP or ssh name (`gcloud compute tpus tpu-vm describe` lists them);
 # Ray detects their TPU chips, and `--resources '{"TPU": 4}'` places one actor per host.
-# --dry-run prints every command instead of running it.
+# Object-storage credentials are not sent from the driver (a job's runtime_env is readable through
+# Ray's APIs): give every host its own (instance role, ~/.aws, or AWS_* variables where `ray start`
+# runs). --output-dir must not lie inside the remote checkout, which `up` replaces (rsync --delete).
+# Host names starting with '-' are refused. --dry-run prints every command instead of running it.
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

@@ -198,3 +198,16 @@ def test_entries_sent_to_actors_carry_absolute_paths(tmp_path):
     assert row.name == "rows.parquet:3" and row.opener() == str(tmp_path / "rows.parquet" / "x")
     for unchanged in (Entry("s3://b/a.flac"), Entry(str(tmp_path / "a.flac")), Entry("bad", error="no")):
         assert actor_entry(unchanged, str(tmp_path)) == unchanged and actor_entry(unchanged).opener is None
+
+
+def test_connect_passes_no_credentials_to_ray_init(monkeypatch):
+    from whisper_nnx.engine import ray_job
+
+    seen = {}
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    for name, value in {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-key",
+                        "AWS_SESSION_TOKEN": "tok", "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    ray_job.connect("")
+    env = seen["runtime_env"]["env_vars"]
+    assert env["HF_HUB_OFFLINE"] == "1" and not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(env)

@@ -4,12 +4,11 @@ while the entry keeps the real URL to read its audio, and a resume still finds t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from whisper_nnx.engine import records
-from whisper_nnx.engine.entry import Entry, entry_key, record_key
+from whisper_nnx.engine.entry import entry_key, record_key
 from whisper_nnx.engine.run import BulkRun
 from whisper_nnx.engine.sink import ResultSink
 from whisper_nnx.engine.storage import redact
@@ -70,6 +69,7 @@ def test_records_names_and_echo_are_redacted_and_a_resume_matches(tmp_path):
         _assert_clean(str(path.relative_to(out)))
         if path.is_file():
             _assert_clean(path.read_text())
+    assert lines[0]["files"] == ["a.txt", "a.json"]  # the URL's query left out of the name
     assert record_key(lines[0]) == entry_key(url)
     again = _Echo()
     outcome = BulkRun([url, userinfo], out, producer=again, formats=("txt", "json"), resume=True,
