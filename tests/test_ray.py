@@ -210,4 +210,5 @@ def test_connect_passes_no_credentials_to_ray_init(monkeypatch):
         monkeypatch.setenv(name, value)
     ray_job.connect("")
     env = seen["runtime_env"]["env_vars"]
-    assert env["HF_HUB_OFFLINE"] == "1" and not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(env)
+    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    assert env["HF_HUB_OFFLINE"] == "1" and not secrets & set(env)
