@@ -7,7 +7,8 @@
   openai-whisper and WhisperX name them), the stem carrying the input's identity where the file
   name lacks it (`train.parquet:17` -> `train-17`, `shard.tar:key` -> `shard-key`, a NeMo span
   `talk.wav#t=1.5,3` -> `talk-1.5-3`). Layout "tree" keeps the input's folders (relative to the
-  input folder it was found in, else as written, without `..` or a leading `/` or protocol);
+  input folder it was found in, else a relative name as written without `..`; an absolute path or
+  URL outside every input folder keeps no folders);
   "flat" puts every file in the output folder. A URL's query is left out (`https://h/a.wav?X-Amz-...`
   -> `a`). Two entries wanting one name: the first to claim it
   keeps it, the next gets `stem~2`, then `stem~3`... A name is taken when a record already lists
@@ -94,7 +95,8 @@ def _folders(path: str, roots: Sequence[str]) -> list[str]:
             path = path[len(root) + 1:]
             break
     else:
-        path = path.split("://", 1)[-1]
+        if path.startswith("/") or "://" in path:  # outside every input folder: no folders kept
+            return []
     return [part for part in path.split("/")[:-1] if part not in ("", ".", "..")]
 
 

@@ -72,10 +72,10 @@ def test_a_failing_long_form_step_fails_only_its_file(tiny, clips, clean, monkey
 def test_a_failing_transcript_assembly_fails_only_its_file(tiny, clips, clean, monkeypatch):
     result = SequentialFile.result
 
-    def failing_result(self):
+    def failing_result(self, *args, **kwargs):
         if _is_poison(self, clips[2]):
             raise ValueError("cannot format a NaN time")
-        return result(self)
+        return result(self, *args, **kwargs)
 
     monkeypatch.setattr(SequentialFile, "result", failing_result)
     records = tiny.transcribe(clips, TranscribeOptions.from_kwargs(**GREEDY))
