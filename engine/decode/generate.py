@@ -81,6 +81,14 @@ class Programs(NamedTuple):
     # beam steps up to buffer length `stop` (the beam state is donated)
 
 
+def _rows_per_process(mesh: Optional[Mesh]) -> int:
+    """The rows this process contributes per call: its share of the mesh's data axis."""
+    processes = jax.process_count()
+    if mesh is not None and mesh.shape["data"] % processes:
+        raise ValueError(f"the data axis ({mesh.shape['data']}) must split evenly over {processes} processes")
+    return 1 if mesh is None else mesh.shape["data"] // processes
+
+
 class Generator:
     """Holds a model's split graph and weights and the compiled programs that use them.
 
@@ -96,11 +104,7 @@ class Generator:
         self.shrink_every = shrink_every
         self.dims = model.dims
         self.mesh, self.rules = mesh, tuple(rules or ())
-        processes = jax.process_count()
-        if mesh is not None and mesh.shape["data"] % processes:
-            raise ValueError(f"the data axis ({mesh.shape['data']}) must split evenly over {processes} processes")
-        # Rows this process contributes per call must fill its share of the data axis.
-        self.batch_multiple = 1 if mesh is None else mesh.shape["data"] // processes
+        self.batch_multiple = _rows_per_process(mesh)
         graphdef = self.graphdef
         static = ("config", "strategy")
 
