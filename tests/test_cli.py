@@ -169,7 +169,7 @@ def test_bad_manifest_lines_and_unwritable_outputs_are_records(tmp_path, data_di
     out = tmp_path / "out"
     out.mkdir()
     folder = out / Path(output_stem(espeak, roots=[str(tmp_path)])).parent  # tree names start at the manifest's folder
-    folder.parent.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     folder.write_text("")  # a file where the transcript's folder must go
     args = ("transcribe", str(manifest), "--output-dir", str(out), "--beam-size", "0", "--quiet", "--no-progress")
     first = _run(*args, cwd=tmp_path)
