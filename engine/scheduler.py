@@ -15,11 +15,19 @@ by side and a finished file's place is taken by the next one at once. Chunked fi
 all their windows up front, so a long file fills whole batches by itself. Under several
 processes (multi-host) each process schedules its own inputs; every device call is agreed on
 first (`multihost.global_max`), so processes with less work join with empty rows.
+
+The device is kept busy (`DeviceLane`): batches are decoded on a worker thread of their own,
+and while the device works on one batch the next full batch is already handed over, so the
+main thread's work (admitting and preparing files, taking windows back, assembling records,
+writing them) happens while the device decodes. Under several processes the lane has one
+batch at a time on the calling thread: every process must make the same collective calls in
+the same order.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
@@ -56,23 +64,77 @@ class WindowWork(Protocol):
         """One decoded window per request, in order."""
 
 
+Decoded = list[tuple[WindowRequest, object]]  # per request: its DecodedWindow or the exception
+
+
+class DeviceLane:
+    """Batches on their way through the device, oldest first.
+
+    With `depth` > 1 they run in order on one worker thread, up to `depth` at once (the next is
+    queued while one decodes, so the device never waits for the host between them); with 1,
+    each runs on the calling thread when handed over. `take` returns the oldest batch's results.
+    """
+
+    def __init__(self, decode: Callable[[list[WindowRequest]], Decoded], depth: int):
+        self.decode, self.depth = decode, max(1, depth)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="whisper-nnx-device") \
+            if self.depth > 1 else None
+        self._pending: collections.deque = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def has_room(self) -> bool:
+        return len(self._pending) < self.depth
+
+    def submit(self, batch: list[WindowRequest]) -> None:
+        if self._pool is None:
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            done.set_result(self.decode(batch))
+            self._pending.append(done)
+        else:
+            self._pending.append(self._pool.submit(self.decode, batch))
+
+    def take(self) -> Decoded:
+        """The oldest batch's results, waiting for them if the device is still at it."""
+        return self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for the batches under way (their results are dropped) and stop the worker."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
 class WindowScheduler:
     """Packs window requests of many files into batches of `batch_size`."""
 
     def __init__(self, work: WindowWork, batch_size: int,
                  windows_per_file: Callable[[Windowed], int], lookahead: int = 4,
-                 max_admitted_s: float = 3600.0):
+                 max_admitted_s: float = 3600.0, in_flight: int = 2):
         """`lookahead` batches' worth of windows are kept ready, so that each batch can be
-        picked from windows of similar length."""
+        picked from windows of similar length. `in_flight`: batches handed to the device at
+        once (2: the next is queued while one decodes; 1: one at a time, as several processes
+        always run)."""
         self.work, self.batch_size = work, batch_size
         self.windows_per_file, self.lookahead = windows_per_file, lookahead
         self.max_admitted_s = max_admitted_s  # audio in memory held by admitted files (spooled: none)
+        self.in_flight = in_flight
 
     def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish. A failure that
         belongs to one file (preparing it, taking a window back, assembling its transcript)
         becomes that file's error record and the run goes on; a failing device batch is
         retried in halves, down to single windows, before a file is given up."""
+        lockstep = jax.process_count() > 1  # every process makes the same calls, in order
+        lane = DeviceLane(self._decode_isolated, 1 if lockstep else self.in_flight)
+        try:
+            yield from self._run(files, lane, lockstep)
+        finally:
+            lane.close()
+
+    def _run(self, files: AudioPrefetcher, lane: DeviceLane, lockstep: bool) -> Iterator[tuple[int, dict]]:
         source = iter(files)
         exhausted = False
         queue: collections.deque[WindowRequest] = collections.deque()
@@ -103,10 +165,10 @@ class WindowScheduler:
                 active[id(job)] = _Active(loaded, job, prepared.language, prepared.language_probs)
                 yield from self._give_back(active, files, queue, job, lambda j: j.requests())
             yield from self._finished(active, files)
-            if multihost.global_max(int(bool(queue) or not exhausted or bool(active))) == 0:
+            if multihost.global_max(int(bool(queue) or not exhausted or bool(active) or bool(len(lane)))) == 0:
                 return
-            batch, queue = self._pick(queue)
-            for request, window in self._decode_isolated(batch):
+            queue = self._hand_over(queue, lane, lockstep)
+            for request, window in lane.take():
                 if id(request.job) not in active:
                     continue  # its file failed earlier in this batch
                 if isinstance(window, BaseException):
@@ -116,6 +178,18 @@ class WindowScheduler:
                                            lambda j, r=request, w=window: (j.accept(r, w), j.requests())[1])
             queue = collections.deque(r for r in queue if id(r.job) in active)
             yield from self._finished(active, files)
+
+    def _hand_over(self, queue: collections.deque, lane: DeviceLane, lockstep: bool) -> collections.deque:
+        """Hand batches to the device: one when none is under way (under lockstep, always one,
+        even empty, so that every process makes the call); more, up to the lane's depth, only
+        while a full batch waits (a part batch waits for the windows the one under way will
+        bring). Returns the windows still waiting."""
+        while lane.has_room and (not len(lane) or len(queue) >= self.batch_size) and (queue or not len(lane)):
+            batch, queue = self._pick(queue)
+            lane.submit(batch)
+            if lockstep:
+                break
+        return queue
 
     def _prepare(self, arrivals: list[LoadedInput]) -> list[PreparedFile | BaseException]:
         """Jobs of newly admitted files, prepared together (their device calls batched); when

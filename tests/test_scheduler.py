@@ -113,6 +113,53 @@ def test_bad_inputs_and_failed_batches_become_error_records():
     assert len(records) == 4
 
 
+def _pipelined_run(in_flight: int):
+    """Three chunked files of 4 windows, batches of 4: taking the first batch's first window back
+    waits (up to 2 s) for the device to start on the next batch. (results, whether it did,
+    threads that decoded)."""
+    import threading
+    started = {"second": threading.Event()}
+    threads, decoded = set(), []
+
+    class SlowAccept(_FakeJob):
+        def accept(self, request, window):
+            if len(decoded) == 1 and not self.back:
+                started["waited"] = started["second"].wait(2.0)
+            super().accept(request, window)
+
+    class FakeWork:
+        def prepare(self, arrivals):
+            return [PreparedFile(SlowAccept(f"f{a.index}", [3000] * 4, False), "en", None) for a in arrivals]
+
+        def decode(self, requests):
+            threads.add(threading.current_thread().name)
+            decoded.append(len(requests))
+            if len(decoded) == 2:
+                started["second"].set()
+            return [DecodedWindow([], "", 0.0, 0.0, 0.0, 0.0, 0.0) for _ in requests]
+
+    scheduler = WindowScheduler(FakeWork(), 4, windows_per_file=lambda a: 4, lookahead=2, in_flight=in_flight)
+    arrays = [np.full(16000, 0.1, np.float32) for _ in range(3)]
+    out = dict(scheduler.run(AudioPrefetcher(arrays, workers=1)))
+    return out, started.get("waited"), threads, decoded
+
+
+def test_the_next_batch_decodes_while_the_host_takes_one_back():
+    out, overlapped, threads, decoded = _pipelined_run(in_flight=2)
+    assert overlapped is True  # batch 2 was on the device while batch 1's windows were taken back
+    assert threads and threading_main() not in threads  # the device's own thread
+    assert sorted(out) == [0, 1, 2] and all(r["windows"] == 4 and r["error"] is None for r in out.values())
+    assert decoded == [4, 4, 4]
+    serial, overlapped, threads, _ = _pipelined_run(in_flight=1)
+    assert overlapped is False and threads == {threading_main()}  # one at a time, on the caller's thread
+    assert {i: r["windows"] for i, r in serial.items()} == {i: r["windows"] for i, r in out.items()}
+
+
+def threading_main() -> str:
+    import threading
+    return threading.main_thread().name
+
+
 def test_repair_cuts_only_a_torn_last_line(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"path": "a"}\n{"path": "b"}\n{"path": "c')
