@@ -180,3 +180,20 @@ def window_log_mel(samples: jax.Array, audio_frames: jax.Array, log_mel_max: jax
     log_spec = _log_spec(_frames_of_padded(samples, N_FRAMES), n_mels)
     mel = (jnp.maximum(log_spec, log_mel_max[:, None, None] - 8.0) + 4.0) / 4.0
     return jnp.where(jnp.arange(N_FRAMES)[None, None, :] < audio_frames[:, None, None], mel, 0.0)
+
+
+class WindowFeatures:
+    """The device side of long-form windows' features, as `windows.WindowPipeline` asks for it:
+    `log_mel_max` (each window's loudness maximum, for a file's -8 floor) and `log_mel` (the
+    encoder's input). One object so that a stand-in device (benchmarks/bench_feed.py) can take
+    its place."""
+
+    def log_mel_max(self, samples: np.ndarray, audio_frames: np.ndarray, n_mels: int) -> jax.Array:
+        """samples [B, WINDOW_SAMPLES], audio_frames [B] -> [B] (`window_log_mel_max`)."""
+        return window_log_mel_max(samples, audio_frames, n_mels=n_mels)
+
+    def log_mel(self, samples: np.ndarray, audio_frames: np.ndarray, log_mel_max: np.ndarray,
+                n_mels: int) -> jax.Array:
+        """samples [B, WINDOW_SAMPLES], audio_frames [B], log_mel_max [B] -> [B, M, 3000]
+        (`window_log_mel`)."""
+        return window_log_mel(samples, audio_frames, log_mel_max, n_mels=n_mels)

@@ -40,7 +40,7 @@ from .decode.options import DecodeOptions
 from .decode.prompts import initial_tokens
 from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import WindowDecoder, bucket, is_silence
-from .features import log_mel_spectrogram_jit
+from .features import WindowFeatures, log_mel_spectrogram_jit
 from .options import TranscribeOptions
 from .reading import AudioPrefetcher, speech_finder
 from .scheduler import WindowScheduler, expected_windows
@@ -81,6 +81,8 @@ class Transcriber:
         self.alignment_heads = tuple(tuple(h) for h in checkpoint.alignment_heads or ()) or \
             default_alignment_heads(self.dims.n_text_layer, self.dims.n_text_head)
         self.decoder = WindowDecoder(self.generator, self.dims)
+        self.features = WindowFeatures()  # long-form windows' log-mel, on the device
+        self.batches_in_flight = 2  # handed to the device at once (1: one at a time)
 
     # --- pieces ---------------------------------------------------------------------------
 
@@ -126,11 +128,12 @@ class Transcriber:
         files = AudioPrefetcher(inputs, workers=reading.audio_workers, max_ahead=max(8, 2 * options.batch_size),
                                 max_seconds=reading.max_audio_in_memory_s / 2, spool_after_s=reading.spool_after_s,
                                 spool_dir=reading.spool_dir, find_speech=find_speech)
-        work = WindowPipeline(self.generator, self.decoder, self.tokenizer, self.alignment_heads, options)
+        work = WindowPipeline(self.generator, self.decoder, self.tokenizer, self.alignment_heads, options,
+                              features=self.features)
         scheduler = WindowScheduler(
             work, batch_size=options.batch_size,
             windows_per_file=expected_windows(options.long_form.mode, options.long_form.chunk_stride_s),
-            max_admitted_s=reading.max_audio_in_memory_s / 2)
+            max_admitted_s=reading.max_audio_in_memory_s / 2, in_flight=self.batches_in_flight)
         for index, record in scheduler.run(files):
             yield index, record
 

@@ -31,7 +31,7 @@ from .audio import N_FRAMES
 from .decode.generate import Generator
 from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import DecodedWindow, WindowDecoder, bucket, fit_rows, is_silence, lockstep_rows, pad_rows
-from .features import WINDOW_SAMPLES, window_log_mel, window_log_mel_max
+from .features import WINDOW_SAMPLES, WindowFeatures
 from .longform import ChunkedFile, PreparedFile, SequentialFile, WindowRequest
 from .options import TranscribeOptions
 from .reading import LoadedInput
@@ -102,9 +102,11 @@ class WindowPipeline:
     """The model side of long-form transcription for one run's options."""
 
     def __init__(self, generator: Generator, decoder: WindowDecoder, tokenizer: Tokenizer,
-                 alignment_heads: tuple, options: TranscribeOptions):
+                 alignment_heads: tuple, options: TranscribeOptions, features: Optional[WindowFeatures] = None):
+        """`features`: where windows' log-mel is computed (default: on the device, `WindowFeatures`)."""
         self.generator, self.decoder, self.tokenizer = generator, decoder, tokenizer
         self.dims, self.alignment_heads, self.options = decoder.dims, alignment_heads, options
+        self.features = features if features is not None else WindowFeatures()
 
     def prepare(self, arrivals: list[LoadedInput]) -> list[PreparedFile | BaseException]:
         """Per new file: its long-form job and language (`PreparedFile`), or the exception that
@@ -176,7 +178,7 @@ class WindowPipeline:
             audio_frames = np.zeros((group,), np.int32)
             for row, (f, span) in enumerate(part):
                 samples[row], audio_frames[row] = audios[f].window(span.first), span.frames
-            out.append(np.asarray(window_log_mel_max(samples, audio_frames, n_mels=self.dims.n_mels))[:len(part)])
+            out.append(np.asarray(self.features.log_mel_max(samples, audio_frames, self.dims.n_mels))[:len(part)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def _file_languages(self, audios: list, log_mel_maxes: list[float], first_frames: list[int]
@@ -220,7 +222,7 @@ class WindowPipeline:
         grown[:n] = samples
         frames, maxima = np.full((rows,), N_FRAMES, np.int32), np.zeros((rows,), np.float32)
         frames[:n], maxima[:n] = audio_frames, log_mel_max
-        return window_log_mel(grown, frames, maxima, n_mels=self.dims.n_mels)
+        return self.features.log_mel(grown, frames, maxima, self.dims.n_mels)
 
     def decode(self, requests: list[WindowRequest]) -> list[DecodedWindow]:
         """One decoded window per request, in order (the batch is padded to a bucketed size)."""

@@ -1,0 +1,345 @@
+"""Files to records at an accelerator's pace, measured on this machine (issue 26).
+
+The real pipeline runs, files to records: audio decoding (PyAV + soxr), Silero VAD, the
+scheduler, long-form jobs, prompts, text, segments, records and the per-file writes of a bulk
+run (`BulkRun`, as the CLI makes it, with tiny.en's real tokenizer). Only the device is a
+stand-in (`StandInDevice`): each decode batch takes the time a GPU record says per padded row,
+spent asleep on the device's own clock (as a real device's work does not take the host's cores),
+and comes back with ~60 tokens of real text per window between two timestamps. The log-mel of a
+window (a device program too) is a placeholder: its device time is not charged.
+
+Runs, one process, the model side loaded once:
+  feed          device instant: the host's feed capacity (audio seconds per wall second this
+                machine's cores decode, find speech in and hand over) and host cost (CPU seconds,
+                user + system over all threads, per 1,000 s of audio)
+  loop          the device set to half the feed capacity: the fraction of the run the device is
+                busy, with the scheduler's lane one batch at a time (`in_flight 1`, the old loop)
+                and two (`in_flight 2`); target >= 95%
+  tiny.en, large-v3
+                the device at the H200 records' speeds (tiny.en 0.385 s and large-v3 3.825 s per
+                256-window batch of 30 s windows, 100 tokens each: RESULTS.md 2026-11-26):
+                the run's rate against the lower of the device's rate and the feed capacity;
+                target >= 90%
+
+The corpus (`--hours`, default 2) is synthesized once from make_bench_audio.py's 10-minute
+reading (piper's joe): half long readings (the recording from a different sentence each), half
+clips of 1-4 consecutive sentences, alternately FLAC and MP3; cached under
+`<cache root>/bench/feed-*`. `--smoke` uses the 3.5-minute lecture of tests/data (no
+synthesis) for a check that the whole script works (tests/test_bench_feed.py).
+
+    .venv/bin/python benchmarks/bench_feed.py [--hours 2] [--batch-size 64] [--results-md]
+    .venv/bin/python benchmarks/bench_feed.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import av
+import numpy as np
+from common import REPO, git_info, machine_info, publish, record
+
+SAMPLE_RATE = 16000
+H200_SECONDS_PER_256 = {"tiny.en": 0.385, "large-v3": 256 * 30 / 2008}  # RESULTS.md, 2026-11-26
+TEXT_TOKENS = 58  # text tokens per decoded window (MLPerf's samples average 63.5 tokens)
+SEGMENT_END_S = 28.0  # the stand-in's one segment per window ends here
+TARGET_BUSY, TARGET_RATE = 0.95, 0.90
+
+
+# --- the corpus ----------------------------------------------------------------------------------
+
+def write_mp3(path: Path, audio: np.ndarray, bitrate: int = 64000) -> None:
+    """float audio [N] at 16 kHz -> mono MP3 (MPEG-2 layer III) at `bitrate` bit/s."""
+    with av.open(str(path), "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=SAMPLE_RATE, layout="mono")
+        stream.bit_rate = bitrate
+        stream.format = "fltp"
+        stream.codec_context.open()
+        size = stream.codec_context.frame_size or 576
+        for start in range(0, len(audio), size):
+            piece = np.clip(audio[start:start + size], -1.0, 1.0).astype(np.float32)[None, :]
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = SAMPLE_RATE, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def _source(smoke: bool) -> tuple[np.ndarray, dict]:
+    """The reading the corpus is cut from: samples [N] and its record (sentences with times)."""
+    from whisper_nnx.engine.audio import load_audio
+
+    if smoke:
+        path = REPO / "tests" / "data" / "longform" / "lecture.ogg"
+        return load_audio(str(path)), json.loads(path.with_suffix(".json").read_text())
+    import make_bench_audio  # beside this file
+
+    path, meta = make_bench_audio.long_recording(600)
+    return load_audio(str(path)), meta
+
+
+def _write(path: Path, audio: np.ndarray) -> None:
+    if path.suffix == ".mp3":
+        write_mp3(path, audio)
+    else:
+        import speech  # beside this file
+
+        speech.write_flac(path, audio)
+
+
+def build_corpus(hours: float, smoke: bool, root: Optional[Path] = None, seed: int = 26) -> tuple[Path, dict]:
+    """(folder, its corpus.json): long readings and short clips, half the hours each. Reused
+    when already built with the same settings."""
+    samples, meta = _source(smoke)
+    sentences = meta["sentences"]
+    reading_s = min(len(samples) / SAMPLE_RATE, hours * 3600 / 2)
+    key = f"{hours:g}h-{'lecture' if smoke else 'reading600'}-{zlib.crc32(meta['text'].encode()):08x}"
+    if root is None:
+        import make_bench_audio
+
+        root = make_bench_audio.bench_dir()
+    folder = root / f"feed-{key}"
+    if (folder / "corpus.json").exists():
+        return folder, json.loads((folder / "corpus.json").read_text())
+    staging = Path(tempfile.mkdtemp(prefix=f".feed-{key}-", dir=root if root.exists() else None))
+    files, rng = [], np.random.default_rng(seed)
+    n_long = max(1, math.ceil(hours * 3600 / 2 / reading_s))
+    for k in range(n_long):  # the reading rotated to start at a sentence boundary
+        first = sentences[(k * len(sentences)) // n_long]["start"]
+        at = max(0, int((first - 0.2) * SAMPLE_RATE))
+        audio = np.concatenate([samples[at:], samples[:at]])[:int(reading_s * SAMPLE_RATE)]
+        files.append((f"long-{k:02d}" + (".flac" if k % 2 == 0 else ".mp3"), audio))
+    short_s, n = 0.0, 0
+    while short_s < hours * 3600 / 2:
+        i = int(rng.integers(0, len(sentences)))
+        j = min(len(sentences), i + int(rng.integers(1, 5))) - 1
+        lo = max(0, int((sentences[i]["start"] - 0.2) * SAMPLE_RATE))
+        hi = min(len(samples), int((sentences[j]["end"] + 0.2) * SAMPLE_RATE))
+        if hi - lo > 30 * SAMPLE_RATE:
+            continue  # clips are single windows
+        files.append((f"clip-{n:04d}" + (".flac" if n % 2 == 0 else ".mp3"), samples[lo:hi]))
+        short_s += (hi - lo) / SAMPLE_RATE
+        n += 1
+    for name, audio in files:
+        _write(staging / name, audio)
+    corpus = {"hours": hours, "source": "lecture" if smoke else "reading600", "long_files": n_long,
+              "clips": n, "audio_s": round(sum(len(a) for _, a in files) / SAMPLE_RATE, 1)}
+    (staging / "corpus.json").write_text(json.dumps(corpus, indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.replace(folder)
+    return folder, corpus
+
+
+# --- the stand-in device --------------------------------------------------------------------------
+
+class _Pending:
+    def __init__(self, result, ready_at: float):
+        self.result, self.ready_at = result, ready_at
+
+
+class StandInDevice:
+    """The `Generator` surface a long-form run uses, with decode batches that take
+    `seconds_per_row` x padded rows on a device clock of their own: a batch starts when it is
+    handed over or when the one before it ends, whichever is later, and `fetch` waits until it
+    ends. Each row's result is its prompt, a timestamp, `TEXT_TOKENS` tokens of real text picked
+    by the row's prompt, a timestamp at `SEGMENT_END_S` and the end token. Greedy only."""
+
+    batch_multiple = 1
+    mesh = None
+
+    def __init__(self, tokenizer, text: str, seconds_per_row: float = 0.0):
+        self.tokenizer, self.seconds_per_row = tokenizer, seconds_per_row
+        self.pool = np.asarray(tokenizer.encode(" " + text), np.int32)
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self, seconds_per_row: Optional[float] = None) -> None:
+        if seconds_per_row is not None:
+            self.seconds_per_row = seconds_per_row
+        self.free_at, self.busy_s, self.rows, self.batches = 0.0, 0.0, 0, 0
+        self.first_start: Optional[float] = None
+
+    def generate(self, mel, prompt, config, seed=0, temperature=1.0, rows=None, strategy=None):
+        from whisper_nnx.engine.decode.programs import DecodeResult
+
+        if strategy is not None and getattr(strategy, "copies", 1) != 1 or not getattr(strategy, "shrinkable", True):
+            raise ValueError("the stand-in device decodes greedily (--beam-size 0)")
+        prompt = np.asarray(prompt)
+        batch, width = prompt.shape
+        tokens = np.full((batch, width + config.sample_len), self.tokenizer.eot, np.int32)
+        tokens[:, :width] = prompt
+        begin = self.tokenizer.timestamp_begin
+        for r in range(batch):
+            at = zlib.crc32(prompt[r].tobytes()) % (len(self.pool) - TEXT_TOKENS)
+            row = [begin, *self.pool[at:at + TEXT_TOKENS], begin + int(SEGMENT_END_S / 0.02)]
+            tokens[r, width:width + len(row)] = row
+        result = DecodeResult(tokens, np.full((batch,), -0.2 * (TEXT_TOKENS + 3), np.float32),
+                              np.full((batch,), 0.01, np.float32))
+        with self.lock:
+            now = time.perf_counter()
+            start = max(now, self.free_at)
+            self.first_start = start if self.first_start is None else self.first_start
+            self.free_at = start + self.seconds_per_row * batch
+            self.busy_s += self.seconds_per_row * batch
+            self.rows, self.batches = self.rows + batch, self.batches + 1
+            return _Pending(result, self.free_at)
+
+    def fetch(self, pending: _Pending, local_batch: int):
+        wait = pending.ready_at - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        return pending.result
+
+
+def stand_in_features():
+    """Log-mel on the stand-in device: placeholders of the right batch size, no host work."""
+    from whisper_nnx.engine.features import WindowFeatures
+
+    class Placeholder(WindowFeatures):
+        def log_mel_max(self, samples, audio_frames, n_mels):
+            return np.zeros((samples.shape[0],), np.float32)
+
+        def log_mel(self, samples, audio_frames, log_mel_max, n_mels):
+            return np.zeros((samples.shape[0], 1, 1), np.float32)
+
+    return Placeholder()
+
+
+# --- the runs -----------------------------------------------------------------------------------
+
+def load_transcriber(text: str):
+    """tiny.en's tokenizer and model side around a stand-in device."""
+    from whisper_nnx.engine.decode.window_decoder import WindowDecoder
+    from whisper_nnx.engine.transcribe import Transcriber
+
+    transcriber = Transcriber("tiny.en")
+    device = StandInDevice(transcriber.tokenizer, text)
+    transcriber.generator = device
+    transcriber.decoder = WindowDecoder(device, transcriber.dims)
+    transcriber.features = stand_in_features()
+    return transcriber, device
+
+
+def run_once(transcriber, device: StandInDevice, inputs: list[str], out: Path, flags: list[str],
+             seconds_per_row: float, in_flight: int) -> dict:
+    """One bulk run into a new `out`: wall and CPU seconds, audio seconds, device figures."""
+    from whisper_nnx.engine.cli import build_parser, transcribe_options
+    from whisper_nnx.engine.run import BulkRun
+
+    args = build_parser().parse_args(["transcribe", *inputs, "--output-dir", str(out), *flags])
+    options = transcribe_options(args)
+    transcriber.batches_in_flight = in_flight
+    device.reset(seconds_per_row)
+    shutil.rmtree(out, ignore_errors=True)
+    usage0, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    outcome = BulkRun(inputs, out, options=options, model=transcriber, progress=False).run()
+    wall = time.perf_counter() - start
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    bad = [r["path"] for r in records if r.get("error") is not None or not r.get("text")]
+    if bad or outcome.exit_code != 0:
+        raise RuntimeError(f"{len(bad)} records without text (first: {bad[:3]}), exit {outcome.exit_code}")
+    audio_s = sum(r["duration_s"] for r in records)
+    device_span = (device.free_at - device.first_start) if device.first_start is not None else 0.0
+    return {"seconds_per_row": seconds_per_row, "in_flight": in_flight, "files": len(records),
+            "audio_s": round(audio_s, 1), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "rate_x": round(audio_s / wall, 1), "batches": device.batches, "rows": device.rows,
+            "device_busy_s": round(device.busy_s, 2),
+            "busy_of_run": round(device.busy_s / wall, 4),
+            "busy_of_device_span": round(device.busy_s / device_span, 4) if device_span else None,
+            "device_rate_x": round(audio_s / device.busy_s, 1) if device.busy_s else None,
+            "host_cpu_s_per_1000s": round(cpu / audio_s * 1000, 3)}
+
+
+def measure(args) -> tuple[dict, list[dict]]:
+    folder, corpus = build_corpus(args.hours, args.smoke)
+    _, meta = _source(args.smoke)
+    transcriber, device = load_transcriber(meta["text"])
+    inputs = [str(folder)]
+    flags = ["--beam-size", "0", "--batch-size", str(args.batch_size), "--no-progress", "--quiet",
+             "--audio-workers", str(args.audio_workers)]
+    work = Path(tempfile.mkdtemp(prefix="bench-feed-"))
+    rows = []
+    try:
+        warm = sorted(folder.glob("clip-000*"))[:4] + sorted(folder.glob("long-00.*"))
+        run_once(transcriber, device, [str(p) for p in warm], work / "warm", flags, 0.0, 2)
+        feed = run_once(transcriber, device, inputs, work / "out", flags, 0.0, 2)
+        rows.append({"run": "feed (device instant)", **feed})
+        print(f"feed: {feed['rate_x']}x real time, {feed['host_cpu_s_per_1000s']} CPU s per 1000 s", flush=True)
+        half = 2 * feed["wall_s"] / feed["rows"]  # the device at half the feed capacity
+        for _ in range(args.repeats):
+            for in_flight in (1, 2):
+                row = run_once(transcriber, device, inputs, work / "out", flags, half, in_flight)
+                rows.append({"run": f"loop, device at half the feed (in_flight {in_flight})", **row})
+                print(f"loop in_flight {in_flight}: busy {row['busy_of_run']:.1%}", flush=True)
+        for model, per_256 in H200_SECONDS_PER_256.items():
+            row = run_once(transcriber, device, inputs, work / "out", flags, per_256 / 256, 2)
+            bound = min(row["device_rate_x"], feed["rate_x"])
+            rows.append({"run": f"{model} stand-in (H200 record)", **row, "bound_x": bound,
+                         "of_bound": round(row["rate_x"] / bound, 3)})
+            print(f"{model}: {row['rate_x']}x, {row['rate_x'] / bound:.1%} of the bound {bound}x", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return corpus, rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | rate (x real time) | device busy (of run) | device rate (x) | of bound | host CPU s / 1000 s "
+             "| batches | rows |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        device_rate = "-" if r["device_rate_x"] is None else f"{r['device_rate_x']:,.0f}"
+        of_bound = f"{r['of_bound']:.1%}" if "of_bound" in r else "-"
+        busy = f"{r['busy_of_run']:.1%}" if r["device_busy_s"] else "-"
+        lines.append(f"| {r['run']} | {r['rate_x']:,.0f} | {busy} | {device_rate} | {of_bound} "
+                     f"| {r['host_cpu_s_per_1000s']:.2f} | {r['batches']} | {r['rows']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hours", type=float, default=2.0, help="corpus size (half long readings, half clips)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--audio-workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="alternations of the loop runs")
+    parser.add_argument("--smoke", action="store_true", help="the test lecture, a few minutes of audio")
+    parser.add_argument("--results-md", action="store_true", help="write the section of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.hours = min(args.hours, 0.05)
+        args.batch_size = min(args.batch_size, 8)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    git, machine = git_info(), machine_info()
+    corpus, rows = measure(args)
+    settings = {"hours": args.hours, "batch_size": args.batch_size, "audio_workers": args.audio_workers,
+                "smoke": args.smoke, "corpus": corpus, "h200_seconds_per_256": H200_SECONDS_PER_256,
+                "text_tokens": TEXT_TOKENS, "targets": {"busy": TARGET_BUSY, "rate_of_bound": TARGET_RATE}}
+    rec = record("feed", settings, rows, git=git, machine=machine)
+    report = ("{head}; {versions}; {load}. The real pipeline from files to records (audio decoding, Silero "
+              "VAD, scheduler, long-form jobs, records and their files) against a stand-in device; corpus: "
+              f"{corpus['audio_s'] / 3600:.2f} h ({corpus['long_files']} long readings, {corpus['clips']} clips, "
+              "FLAC and MP3), greedy, batch {batch_size}, {audio_workers} audio workers. Record: `{record}`.")
+    publish(rec, table(rows), "Feed: files to records against a stand-in device (bench_feed.py)", report,
+            "bench_feed.py", argv, args.results_md and not args.smoke)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
