@@ -128,12 +128,49 @@ class AudioPrefetcher:
         return ArrayAudio(audio)
 
     def __iter__(self) -> Iterator[LoadedInput]:
-        pending: collections.deque = collections.deque()
-        submitted = 0
-        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="whisper-nnx-audio") as pool:
-            while submitted < len(self.items) or pending:
-                while (submitted < len(self.items) and len(pending) < self.max_ahead
-                       and (self._buffered < self.max_seconds or not pending)):
-                    pending.append(pool.submit(self._load, submitted))
-                    submitted += 1
-                yield pending.popleft().result()
+        with self.stream() as stream:
+            while (loaded := stream.next()) is not None:
+                yield loaded
+
+    def stream(self) -> "PrefetchStream":
+        """The files in input order, taken one at a time with `PrefetchStream.next`, which can
+        also answer at once that the next one is not decoded yet (a `with` block ends the
+        decoding threads)."""
+        return PrefetchStream(self)
+
+
+NOT_READY = object()  # PrefetchStream.next(block=False): the next file is still being decoded
+
+
+class PrefetchStream:
+    """An `AudioPrefetcher`'s files, in input order, on its decoding threads."""
+
+    def __init__(self, prefetcher: AudioPrefetcher):
+        self.prefetcher = prefetcher
+        self._pending: collections.deque = collections.deque()
+        self._submitted = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(prefetcher.workers, thread_name_prefix="whisper-nnx-audio")
+
+    def next(self, block: bool = True):
+        """The next file (`LoadedInput`), None when every file was given, or, with `block`
+        False, NOT_READY while the next one is still being decoded."""
+        p = self.prefetcher
+        while (self._submitted < len(p.items) and len(self._pending) < p.max_ahead
+               and (p._buffered < p.max_seconds or not self._pending)):
+            self._pending.append(self._pool.submit(p._load, self._submitted))
+            self._submitted += 1
+        if not self._pending:
+            return None
+        if not block and not self._pending[0].done():
+            return NOT_READY
+        return self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Stop decoding: files not started are dropped, the ones under way finish."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "PrefetchStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

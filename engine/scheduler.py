@@ -40,7 +40,7 @@ from .audio import N_FRAMES, input_name
 from .decode.window_decoder import DecodedWindow
 from .features import total_frames
 from .longform import FileJob, PreparedFile, WindowRequest
-from .reading import AudioPrefetcher, LoadedInput, error_record
+from .reading import NOT_READY, AudioPrefetcher, LoadedInput, PrefetchStream, error_record
 from .records import one_line
 from .spans import chunk_starts
 from .spool import Windowed
@@ -130,12 +130,13 @@ class WindowScheduler:
         lockstep = jax.process_count() > 1  # every process makes the same calls, in order
         lane = DeviceLane(self._decode_isolated, 1 if lockstep else self.in_flight)
         try:
-            yield from self._run(files, lane, lockstep)
+            with files.stream() as source:
+                yield from self._run(files, source, lane, lockstep)
         finally:
             lane.close()
 
-    def _run(self, files: AudioPrefetcher, lane: DeviceLane, lockstep: bool) -> Iterator[tuple[int, dict]]:
-        source = iter(files)
+    def _run(self, files: AudioPrefetcher, source: PrefetchStream, lane: DeviceLane, lockstep: bool
+             ) -> Iterator[tuple[int, dict]]:
         exhausted = False
         queue: collections.deque[WindowRequest] = collections.deque()
         active: dict[int, _Active] = {}  # id(job) -> file
@@ -146,7 +147,12 @@ class WindowScheduler:
             held = sum(f.loaded.seconds_in_memory for f in active.values())
             while not exhausted and expected < self.lookahead * self.batch_size \
                     and (held < self.max_admitted_s or not (active or arrivals)):
-                loaded = next(source, None)
+                # Wait for a file only when the device would otherwise have nothing to do (or,
+                # under lockstep, always, as before): else take the files already decoded.
+                waiting = lockstep or (not len(lane) and expected < self.batch_size)
+                loaded = source.next(block=waiting)
+                if loaded is NOT_READY:
+                    break
                 if loaded is None:
                     exhausted = True
                 elif loaded.error is not None:

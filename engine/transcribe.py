@@ -47,20 +47,43 @@ from .scheduler import WindowScheduler, expected_windows
 from .segments import split_segments
 from .windows import WindowPipeline, detect_languages
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ("auto", *_DTYPES)  # what `Transcriber(dtype=...)` and --dtype take
+
+
+def resolve_dtype(dtype: str, device: Optional[jax.Device] = None) -> str:
+    """The compute dtype `dtype` names on `device` (default: JAX's first): "auto" is bfloat16 on
+    TPUs and on GPUs with bfloat16 units (NVIDIA compute capability 8.0 and newer: A100, H100,
+    L4, ...), float16 on older GPUs (T4, V100), float32 on CPUs (where XLA's bfloat16 measured
+    slower: RESULTS.md's CPU sections); any other name is itself."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    device = device if device is not None else jax.devices()[0]
+    if device.platform == "tpu":
+        return "bfloat16"
+    if device.platform in ("gpu", "cuda", "rocm"):
+        capability = getattr(device, "compute_capability", None)
+        try:
+            major = int(str(capability).split(".")[0])
+        except ValueError:
+            return "bfloat16" if device.platform == "rocm" else "float16"
+        return "bfloat16" if major >= 8 else "float16"
+    return "float32"
 
 
 class Transcriber:
     """Load once, transcribe many: `Transcriber("tiny.en").transcribe(["a.wav", "b.flac"])`."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "float32", mesh: Optional[Mesh] = None,
+    def __init__(self, model: str = DEFAULT_MODEL, dtype: str = "auto", mesh: Optional[Mesh] = None,
                  rules=None, allow_replicated: bool = False, quantize: Optional[str] = None):
         """`mesh` (see whisper_nnx.sharding.make_mesh) with logical-axis `rules` (a preset of
         whisper_nnx.sharding.PRESETS) shards weights, caches and batches; None: one device.
         `quantize="int8"` stores the matmul weights as int8 (see quantize.py: about 4x less
         weight memory at rest; not faster on CPU, where XLA dequantizes before the matmuls)."""
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        dtype = resolve_dtype(dtype, mesh.devices.flat[0] if mesh is not None else None)
+        self.dtype = dtype  # as resolved ("auto": by the device)
         self.checkpoint_path = resolve_model(model)
         checkpoint = read_checkpoint(self.checkpoint_path)
         self.dims = checkpoint.dims

@@ -83,6 +83,8 @@ def test_dropping_finished_rows_changes_no_row(sample):
     stretches._take = lambda decode, cross, r, index: (widths.append(len(index)), take(decode, cross, r, index))[1]
     got = stretches.generate(mel, prompt, config, seed=4, temperature=0.8, rows=rows, strategy=strategy)
     assert widths == [2, 1], widths  # after 6 steps 2 rows remain (limits 7, 24), after 9 one
+    # rows x steps decoded: 8 rows for two stretches of 3, 2 rows for 3 more, then 1 row to step 24
+    assert stretches.counters.row_steps == 8 * 3 + 8 * 3 + 2 * 3 + 1 * 15
     np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(whole.tokens))
     np.testing.assert_allclose(np.asarray(got.sum_logprobs), np.asarray(whole.sum_logprobs), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(got.no_speech_prob), np.asarray(whole.no_speech_prob), atol=1e-6)

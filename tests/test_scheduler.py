@@ -56,6 +56,17 @@ class _FakeJob:
                                   windows=len(self.back), **extra)
 
 
+class _Decoded(AudioPrefetcher):
+    """Files decoded before the scheduler asks (it waits for each one): which files a batch
+    holds does not depend on the decoding threads' timing."""
+
+    def stream(self):
+        stream = super().stream()
+        ask = stream.next
+        stream.next = lambda block=True: ask(block=True)
+        return stream
+
+
 def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str | None = None,
          per_file: int = 3):
     arrays = [np.full(16000, 0.1 if name != "nan" else np.nan, np.float32) for name in files]
@@ -76,7 +87,7 @@ def _run(files: dict[str, list[int]], batch: int, sequential: bool, fail_on: str
     scheduler = WindowScheduler(FakeWork(), batch, windows_per_file=lambda a: 1 if sequential else per_file,
                                 lookahead=2)
     with np.errstate(invalid="ignore"):
-        out = dict(scheduler.run(AudioPrefetcher(arrays, workers=2)))
+        out = dict(scheduler.run(_Decoded(arrays, workers=2)))
     return {names[i]: r for i, r in out.items()}, batches
 
 
@@ -140,7 +151,7 @@ def _pipelined_run(in_flight: int):
 
     scheduler = WindowScheduler(FakeWork(), 4, windows_per_file=lambda a: 4, lookahead=2, in_flight=in_flight)
     arrays = [np.full(16000, 0.1, np.float32) for _ in range(3)]
-    out = dict(scheduler.run(AudioPrefetcher(arrays, workers=1)))
+    out = dict(scheduler.run(_Decoded(arrays, workers=1)))
     return out, started.get("waited"), threads, decoded
 
 
@@ -153,6 +164,34 @@ def test_the_next_batch_decodes_while_the_host_takes_one_back():
     serial, overlapped, threads, _ = _pipelined_run(in_flight=1)
     assert overlapped is False and threads == {threading_main()}  # one at a time, on the caller's thread
     assert {i: r["windows"] for i, r in serial.items()} == {i: r["windows"] for i, r in out.items()}
+
+
+def test_a_batch_goes_to_the_device_while_a_slow_file_still_decodes():
+    """Five one-window files, batches of 2, a lookahead of 4 batches: the fifth file decodes
+    until the device has started (up to 2 s). The scheduler hands over the files it has instead
+    of waiting to fill its lookahead."""
+    import threading
+    decoded = threading.Event()
+    waited = {}
+
+    class SlowFifth(AudioPrefetcher):
+        def _load(self, index):
+            if index == 4:
+                waited["device started"] = decoded.wait(2.0)
+            return super()._load(index)
+
+    class FakeWork:
+        def prepare(self, arrivals):
+            return [PreparedFile(_FakeJob(f"f{a.index}", [3000], True), "en", None) for a in arrivals]
+
+        def decode(self, requests):
+            decoded.set()
+            return [DecodedWindow([], "", 0.0, 0.0, 0.0, 0.0, 0.0) for _ in requests]
+
+    scheduler = WindowScheduler(FakeWork(), 2, windows_per_file=lambda a: 1, lookahead=4)
+    out = dict(scheduler.run(SlowFifth([np.full(16000, 0.1, np.float32) for _ in range(5)], workers=2)))
+    assert waited == {"device started": True}
+    assert sorted(out) == [0, 1, 2, 3, 4] and all(r["error"] is None for r in out.values())
 
 
 def threading_main() -> str:
@@ -202,7 +241,7 @@ def test_progress_line_and_summary():
     summary = progress.summary(skipped=5)
     assert summary["files"] == 2 and summary["errors"] == 1 and summary["skipped_already_done"] == 5
     assert summary["audio_hours"] == pytest.approx(30 / 3600, abs=1e-6)
-    assert summary["real_time_factor"] == pytest.approx(3.0, rel=0.05)
+    assert summary["rtfx"] == pytest.approx(3.0, rel=0.05) and "real_time_factor" not in summary
     json.dumps(summary)
 
 

@@ -11,6 +11,7 @@ benchmarks time the engine's own programs. Shapes: B batch, M mels, N frames, P 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
@@ -39,8 +40,24 @@ from .programs import (
 )
 from .strategies import BeamSearch, Greedy, Strategy
 
-__all__ = ["BeamResult", "DecodeConfig", "DecodeResult", "DecodeState", "Generator", "Programs", "RowSpec",
-           "host_prng_key", "shrunk_width"]
+__all__ = ["BeamResult", "DecodeConfig", "DecodeCounters", "DecodeResult", "DecodeState", "Generator", "Programs",
+           "RowSpec", "host_prng_key", "shrunk_width"]
+
+
+@dataclasses.dataclass
+class DecodeCounters:
+    """The token loop's work over a run (greedy and sampling; beam search is not counted):
+    `row_steps`, rows x steps the device decoded (padding rows and finished rows waiting for
+    their batch included), and `useful`, the steps that produced a real row's token or its end.
+    `efficiency` = useful / row_steps: what a batch that ran every row only as long as it needs
+    (continuous batching) would bring to 1."""
+
+    row_steps: int = 0
+    useful: int = 0
+
+    @property
+    def efficiency(self) -> Optional[float]:
+        return self.useful / self.row_steps if self.row_steps else None
 
 
 def host_prng_key(seed: int) -> Any:
@@ -105,6 +122,7 @@ class Generator:
         self.dims = model.dims
         self.mesh, self.rules = mesh, tuple(rules or ())
         self.batch_multiple = _rows_per_process(mesh)
+        self.counters = DecodeCounters()
         graphdef = self.graphdef
         static = ("config", "strategy")
 
@@ -221,8 +239,11 @@ class Generator:
         decode, cross, no_speech = self._start(*args, np.int32(length + self.shrink_every), **static)
         tokens, sum_logprobs = np.empty((batch, total), np.int32), np.empty((batch,), np.float32)
         origin = np.arange(batch)  # the original row of each current row
+        counted = length  # buffer length up to which row-steps are counted
         while True:
             finished, length = jax.device_get((decode.finished, decode.length))
+            self.counters.row_steps += finished.size * (int(length) - counted)
+            counted = int(length)
             if finished.all() or length >= total:
                 break
             active = np.flatnonzero(~finished)

@@ -185,9 +185,12 @@ class WindowDecoder:
         copies = strategy.copies
         padded = fit_rows(mel, n, lockstep_rows(n * copies, self.generator.batch_multiple), copies)
         rows = prompts.padded(padded.shape[0], repeat=copies, sample_len=options.search.sample_len)
+        counted = self.generator.counters.row_steps
         result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows, strategy=strategy)
         result = self.generator.fetch(result, padded.shape[0])
         candidates = strategy.candidates(result, n, prompt_len, config.rules.eot)
+        if strategy.shrinkable:
+            self._count(candidates, padded.shape[0], options.search.sample_len, counted)
         no_speech = np.asarray(result.no_speech_prob)[::copies]
         windows = []
         for i in range(n):
@@ -196,6 +199,17 @@ class WindowDecoder:
             windows.append(DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1),
                                          float(no_speech[i]), compression_ratio(text), temperature))
         return windows
+
+
+    def _count(self, candidates: list, width: int, sample_len: int, counted: int) -> None:
+        """Add a token-loop batch to the generator's counters: each real row's steps (its tokens
+        and its end, up to `sample_len`) as useful; row-steps as the generator counted them
+        when it decoded in stretches, else the batch's width for as long as its longest row."""
+        steps = [min(len(tokens) + 1, sample_len) for row in candidates for tokens, _ in row]
+        counters = self.generator.counters
+        counters.useful += sum(steps)
+        if counters.row_steps == counted:  # one whole-loop program: it ran until its last row ended
+            counters.row_steps += width * max(steps, default=0)
 
 
 def strategy_for(options: DecodeOptions, temperature: float) -> Strategy:
