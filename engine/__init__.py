@@ -5,9 +5,10 @@
     options = engine.TranscribeOptions.from_kwargs(word_timestamps=True)
     records = engine.Transcriber("tiny.en").transcribe(paths, options)
 
-The names below are the public surface; they are imported on first use, so importing this
-package stays cheap (no JAX until a name is touched). The pipeline stages sit here in flow
-order; the network is `model/`, weights come from `checkpoints/`, a window is decoded by `decode/`:
+The names below are the public surface (and `__version__`, the installed version); they are
+imported on first use, so importing this package stays cheap (no JAX until a name is touched). The
+pipeline stages sit here in flow order; the network is `model/`, weights come from `checkpoints/`,
+a window is decoded by `decode/`:
 
 - A file is read in `reading.py` (`AudioPrefetcher`: decoded by `audio.py` and its speech found
   on threads, ahead of the device and bounded in memory).
@@ -73,8 +74,34 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .writers import FORMATS, write_outputs
 
 
+def _version() -> str:
+    """The installed distribution's version; from a source tree that is not installed, the
+    version in its pyproject.toml; else "0+unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("whisper-nnx")
+    except PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+        from pathlib import Path
+
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as file:
+            project = tomllib.load(file)["project"]
+        if project["name"] == "whisper-nnx":
+            return str(project["version"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return "0+unknown"
+
+
 def __getattr__(name: str):
-    """Import an exported name's module on first use and keep the name here."""
+    """Import an exported name's module on first use and keep the name here (`__version__`:
+    read from the package metadata on first use)."""
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
@@ -83,7 +110,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
 
 
 class _Package(types.ModuleType):

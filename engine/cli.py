@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from absl import flags, logging
 
-from .cli_flags import add_run_flags
+from .cli_flags import HelpFormatter, add_run_flags
 from .inputs import SourceOptions
 from .run import (
     EXIT_FAILED,
@@ -53,11 +53,59 @@ def fallback_temperatures(start: float, increment: float | None) -> tuple[float,
     return tuple(round(start + i * increment, 6) for i in range(max(steps, 0) + 1))
 
 
+def _formats(args: argparse.Namespace) -> tuple[str, ...]:
+    """--formats as a tuple, without repeats; `all` (openai-whisper's --output_format all) is
+    every text format (writers.FORMATS: json, txt, srt, vtt, tsv), parquet only when named."""
+    from .writers import FORMATS
+
+    formats: list[str] = []
+    for name in (f.strip() for f in args.formats.split(",")):
+        formats.extend(f for f in (FORMATS if name == "all" else (name,) if name else ()) if f not in formats)
+    return tuple(formats)
+
+
+# --device -> the JAX platform (JAX_PLATFORMS); gpu is NVIDIA's (the `cuda` extra's jax[cuda12])
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
+_DEVICE_HINTS = {"gpu": "install JAX's CUDA build (pip install 'whisper-nnx[cuda]') on a host with an NVIDIA GPU",
+                 "tpu": "install JAX's TPU build (pip install 'whisper-nnx[tpu]') on a TPU VM"}
+
+
+def _select_device(device: Optional[str]) -> None:
+    """--device: make JAX use only that platform. Before JAX starts a backend: JAX_PLATFORMS
+    (read when JAX is imported; Ray's actors get it too) and, if JAX is imported already, its
+    config."""
+    if device is None:
+        return
+    import os
+
+    os.environ["JAX_PLATFORMS"] = PLATFORMS[device]
+    if "jax" in sys.modules:
+        import jax
+
+        jax.config.update("jax_platforms", PLATFORMS[device])
+
+
+def _check_device(device: Optional[str]) -> None:
+    """--device: JAX runs on that platform, else a UsageError that says what to install."""
+    if device is None:
+        return
+    import jax
+
+    try:
+        platform = jax.devices()[0].platform
+    except Exception as err:  # noqa: BLE001 - JAX's backend errors are RuntimeErrors, asserts, ...
+        reason = (str(err).strip().splitlines() or [f"no {device} is visible"])[0].split(" (set JAX_PLATFORMS")[0]
+        raise UsageError(f"--device {device}: JAX cannot use a {device} here ({reason}); "
+                         f"{_DEVICE_HINTS.get(device, 'check the JAX installation')}") from None
+    if platform != device:
+        raise UsageError(f"--device {device}: JAX already runs on {platform} in this process")
+
+
 def _check_options(args: argparse.Namespace) -> tuple[tuple[str, ...], "TranscribeOptions"]:
     """Everything that can be checked before loading the model: (formats, TranscribeOptions)."""
     from .writers import check_formats
 
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    formats = _formats(args)
     try:
         check_formats(tuple(f for f in formats if f != "parquet"))
         if "parquet" in formats:  # one table of the run's records, written at its end
@@ -88,6 +136,7 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
     """The transcribe command: flags -> a BulkRun; `finish` runs on process 0 once the records
     are written (eval's scoring)."""
     formats, options = _check_options(args)
+    _select_device(args.device)  # before JAX starts a backend
     from whisper_nnx.sharding import multihost
 
     # Before any other JAX call: join the other processes, if this run has several.
@@ -96,6 +145,8 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
         raise UsageError("--ray runs one driver process; the actors spread the work (drop the multi-process flags)")
     from .compile_cache import enable_compilation_cache
     enable_compilation_cache(args.compile_cache)
+    if args.ray is None:  # with --ray the actors run the model (JAX_PLATFORMS travels to them)
+        _check_device(args.device)
     outcome = BulkRun(args.inputs, args.output_dir, options=options, formats=formats, layout=_layout(args),
                       producer=_producer(args), sources=SourceOptions(args.audio_column, args.id_column,
                                                                       args.text_column, args.follow_row_paths),
@@ -112,7 +163,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from .dry_run import dry_run
     from .writers import check_formats
 
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    formats = _formats(args)
     try:
         check_formats(tuple(f for f in formats if f != "parquet"))
     except ValueError as err:
@@ -205,21 +256,28 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="whisper-nnx", description=__doc__.split("\n\n")[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="whisper-nnx", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("transcribe", help="transcribe audio/video files")
+    t = sub.add_parser("transcribe", help="transcribe audio/video files", formatter_class=HelpFormatter)
     add_run_flags(t)
     t.set_defaults(run=_transcribe)
 
-    e = sub.add_parser("eval", help="transcribe, then score against each input's reference text (WER)")
+    e = sub.add_parser("eval", help="transcribe, then score against each input's reference text (WER)",
+                       formatter_class=HelpFormatter)
     add_run_flags(e)
     e.set_defaults(run=_eval)
 
-    c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form")
+    c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form",
+                       formatter_class=HelpFormatter)
     c.add_argument("model", help="local checkpoint, hub repo id or short name")
-    c.add_argument("out_dir")
-    c.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"])
+    c.add_argument("out_dir", help="the folder to write")
+    c.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
+                   help="weight dtype to store (keep: the checkpoint's)")
     c.set_defaults(run=_convert)
     return parser
 

@@ -4,7 +4,20 @@ them onto the run)."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, "(default: ...)", unless its help already says it or
+    there is nothing to show (None, a switch's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if "default" in text or not shown or not action.option_strings:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -20,11 +33,14 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
     from .writers import FORMATS
 
     g = parser.add_argument_group("inputs and outputs")
-    g.add_argument("inputs", nargs="+", metavar="INPUT")
-    g.add_argument("--output-dir", default="whisper-nnx-out")
-    g.add_argument("--formats", default="json,txt",
-                   help=f"comma-separated from {','.join(FORMATS)},parquet (parquet: one results.parquet "
-                        "of every record, written at the end of the run)")
+    g.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio/video files, folders (searched recursively), manifests or datasets")
+    g.add_argument("-o", "--output-dir", "--output_dir", default="whisper-nnx-out", metavar="DIR",
+                   help="where results.jsonl, summary.json and the per-format files go (a folder or a bucket URL)")
+    g.add_argument("-f", "--formats", "--output-format", "--output_format", default="json,txt",
+                   help=f"comma-separated from {','.join(FORMATS)},parquet, or all (every one of "
+                        f"{','.join(FORMATS)}) (parquet: one results.parquet of every record, written at the "
+                        "end of the run)")
     g.add_argument("--output-layout", choices=("tree", "flat"), default="tree",
                    help="where each input's files go: tree (default) keeps the input's folders under "
                         "--output-dir (corpus/a/movie.mp4 -> a/movie.srt), so that a large tree's many "
@@ -74,20 +90,28 @@ def _decoding_flags(parser: argparse.ArgumentParser) -> None:
                         "(files that switch languages); each segment records its language")
     g.add_argument("--language-detection-threshold", type=float, default=0.5, metavar="P",
                    help="auto: a window decides the language when its top probability exceeds this")
-    g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                   help="transcribe, or translate into English")
+    g.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together on the device")
     g.add_argument("--beam-size", type=int, default=5, help="beams at temperature 0; 0 or 1: greedy-like")
     g.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
-    g.add_argument("--patience", type=float, default=None)
+    g.add_argument("--patience", type=float, default=None,
+                   help="beam search: collect round(beam size x this) finished candidates (default 1)")
     g.add_argument("--length-penalty", type=float, default=None,
                    help="alpha of ((5 + len) / 6) ** alpha; default: divide by length")
-    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature of the first try (0: beam search or greedy)")
     g.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
                    help="retry failing windows at temperature + k * this, up to 1.0; 0 disables")
-    g.add_argument("--compression-ratio-threshold", type=float, default=2.4)
-    g.add_argument("--logprob-threshold", type=float, default=-1.0)
-    g.add_argument("--no-speech-threshold", type=float, default=0.6)
-    g.add_argument("--without-timestamps", action="store_true")
+    g.add_argument("--compression-ratio-threshold", type=float, default=2.4,
+                   help="retry a window at the next temperature when its text's zlib compression ratio is above this")
+    g.add_argument("--logprob-threshold", type=float, default=-1.0,
+                   help="retry a window at the next temperature when its mean token log probability is below this")
+    g.add_argument("--no-speech-threshold", type=float, default=0.6,
+                   help="a window whose no-speech probability is above this and whose log probability is below "
+                        "--logprob-threshold gives no text (silence)")
+    g.add_argument("--without-timestamps", action="store_true",
+                   help="decode text only, without timestamp tokens (a segment per window)")
     g.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
     g.add_argument("--hotwords", default=None,
                    help="words to favour (names, jargon): put in every window's prompt, before the previous text")
@@ -130,7 +154,9 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability of a voiced frame")
     g.add_argument("--vad-min-silence-ms", type=int, default=None,
                    help="shorter pauses stay inside speech (default 2000; chunked: 160, so regions pack fuller chunks)")
-    g.add_argument("--audio-workers", type=int, default=2, help="threads decoding audio ahead of the device")
+    g.add_argument("--audio-workers", type=_workers, default="auto",
+                   help="threads decoding audio (and finding speech) ahead of the device; auto: one per "
+                        "CPU core this process may use")
     g.add_argument("--spool-after", type=float, default=600.0, metavar="SECONDS",
                    help="files longer than this are decoded to a spool on disk and framed from there "
                         "(memory does not grow with a file's length)")
@@ -138,6 +164,19 @@ def _long_form_flags(parser: argparse.ArgumentParser) -> None:
                    help="where spools go (default: the system temp folder; use a disk, not tmpfs)")
     g.add_argument("--max-audio-in-memory", type=float, default=7200.0, metavar="SECONDS",
                    help="audio held in memory by files read ahead and being decoded (spooled files hold none)")
+
+
+def _workers(text: str) -> int:
+    """--audio-workers: a positive count, or "auto" (the CPU cores this process may use)."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or auto, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {count}")
+    return count
 
 
 def _seconds_or_off(text: str) -> Optional[float]:
@@ -173,9 +212,13 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model, devices and processes")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"local checkpoint, hub repo id or short name (default {DEFAULT_MODEL})")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="compute and weight dtype; bfloat16 runs matmuls on native bf16 units (TPU, GPU, "
-                        "CPUs with AVX512-BF16/AMX): see benchmarks/RESULTS.md for speed and WER")
+    g.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"],
+                   help="the JAX platform to run on (gpu: NVIDIA, CUDA); an error if JAX cannot use it here "
+                        "(default: JAX's choice, the accelerator if there is one; or JAX_PLATFORMS)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute and weight dtype; auto: bfloat16 on TPUs and GPUs with bf16 units (A100, H100, "
+                        "L4 and newer), float16 on older GPUs (T4, V100), float32 on CPUs; bfloat16 on a CPU "
+                        "pays only with AVX512-BF16/AMX: see benchmarks/RESULTS.md for speed and WER")
     g.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 weight-only quantization: less weight memory, not faster on CPU")
     g.add_argument("--mesh", default=None,
@@ -189,16 +232,18 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
                    help="partition-rule preset mapping logical axes onto the mesh")
     g.add_argument("--coordinator", default=None,
                    help="multi-process: host:port of process 0 (or WHISPER_NNX_COORDINATOR)")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--num-processes", type=int, default=None,
+                   help="multi-process: how many processes (or WHISPER_NNX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None,
+                   help="multi-process: this process's index, 0 to N-1 (or WHISPER_NNX_PROCESS_ID)")
     g.add_argument("--distributed", action="store_true",
                    help="multi-process with the cluster detected by JAX (TPU pod slices, SLURM)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray Data: an actor pool on the cluster at ADDRESS (none: a local cluster "
                         "started for the run); this process writes the results")
     g.add_argument("--ray-actors", type=int, default=1, help="--ray: actors, one per accelerator host")
-    g.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
-    g.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
+    g.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="--ray: CPUs Ray reserves for each actor")
+    g.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="--ray: GPUs Ray reserves for each actor")
     g.add_argument("--ray-resources", default=None, metavar="JSON",
                    help='--ray: custom resources per actor, e.g. \'{"TPU": 4}\'')
     g.add_argument("--ray-rows", type=int, default=None,

@@ -77,8 +77,9 @@ class Progress:
             self.bar.close()
         return {"files": self.files, "errors": self.errors, "audio_hours": round(self.audio_s / 3600, 6),
                 "wall_s": round(wall, 3),
-                # seconds of audio per second of wall time (the reference's "x real time")
-                "real_time_factor": round(self.audio_s / wall, 3) if wall > 0 else None,
+                # RTFx: seconds of audio per second of wall time (the reference's "x real time"; the
+                # inverse of a real-time factor), eval's `rtfx`
+                "rtfx": round(self.audio_s / wall, 3) if wall > 0 else None,
                 "skipped_already_done": skipped}
 
 
@@ -93,7 +94,7 @@ def merge_summaries(out: Path) -> dict:
              "audio_hours": round(sum(p["audio_hours"] for p in parts), 6),
              "wall_s": max((p["wall_s"] for p in parts), default=0.0),
              "skipped_already_done": max((p["skipped_already_done"] for p in parts), default=0)}
-    total["real_time_factor"] = round(total["audio_hours"] * 3600 / total["wall_s"], 3) if total["wall_s"] else None
+    total["rtfx"] = round(total["audio_hours"] * 3600 / total["wall_s"], 3) if total["wall_s"] else None
     write_summary(out, total)
     for p in out.glob("summary.process-*.json"):
         p.unlink()

@@ -1,16 +1,17 @@
 """Voice activity detection with Silero VAD (ONNX): find the speech in long recordings, skip the silence.
 
 Part of the base install (skipping stretches without speech is on by default). The Silero v6
-weights are the ONNX file that the faster-whisper wheel ships; we only read that file and never
-import faster-whisper (which would load CTranslate2). The region logic reproduces faster-whisper's
-`get_speech_timestamps` exactly, so the same options keep the same audio.
+weights (MIT, Silero Team) ship in this package, `assets/silero_vad_v6.onnx` with its license
+beside it (the file faster-whisper 1.2.1's wheel carries, unchanged), and are checked against
+their sha256 when loaded. The region logic reproduces faster-whisper's `get_speech_timestamps`
+exactly, so the same options keep the same audio.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
-import importlib.util
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ FRAME = 512  # samples per speech probability (32 ms at 16 kHz)
 CONTEXT = 64  # samples of the previous frame that the model sees before each frame
 STATE = (1, 1, 128)  # shape of each LSTM state (h, c) carried from frame to frame
 CUT_SILENCE = SAMPLE_RATE * 98 / 1000  # samples: a silence longer than this may end an over-long region
-WEIGHTS = ("faster_whisper", "assets/silero_vad_v6.onnx")  # (package, file inside it)
-INSTALL = "reinstall whisper-nnx (pip install whisper-nnx installs onnxruntime and the weights' package)"
+WEIGHTS = Path(__file__).parent / "assets" / "silero_vad_v6.onnx"  # Silero VAD v6, MIT (LICENSE.silero-vad)
+WEIGHTS_SHA256 = "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2"
+INSTALL = "reinstall whisper-nnx (pip install whisper-nnx installs onnxruntime and ships the weights)"
 
 
 # Chunked long-form's default pause (faster-whisper's batched pipeline's): regions cut at short
@@ -33,7 +35,7 @@ CHUNKED_MIN_SILENCE_MS = 160
 
 
 class VadUnavailable(ValueError):
-    """onnxruntime or the package with the Silero weights is not installed."""
+    """onnxruntime is not installed, or the Silero weights are missing or altered."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,17 @@ class VadOptions:
     speech_pad_ms: int = 400  # widen each region by this much on both sides
 
 
-def _weights_path() -> Path:
-    """The Silero ONNX file inside the installed package, located without importing the package."""
-    package, relative = WEIGHTS
-    spec = importlib.util.find_spec(package)
-    roots = spec.submodule_search_locations if spec is not None else None
-    path = Path(roots[0]) / relative if roots else None
-    if path is None or not path.is_file():
-        raise VadUnavailable(f"the Silero VAD weights ({package}/{relative}) are not installed: {INSTALL}")
-    return path
+def _weights() -> bytes:
+    """The bundled Silero ONNX model, checked against its sha256."""
+    path = Path(WEIGHTS)
+    if not path.is_file():
+        raise VadUnavailable(f"the Silero VAD weights ({path}) are missing: {INSTALL}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        raise VadUnavailable(f"the Silero VAD weights ({path}) are damaged or altered: sha256 {digest}, "
+                             f"expected {WEIGHTS_SHA256}: {INSTALL}")
+    return data
 
 
 @functools.cache
@@ -71,7 +75,7 @@ def _session(threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
-    return onnxruntime.InferenceSession(str(_weights_path()), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(_weights(), options, providers=["CPUExecutionProvider"])
 
 
 def speech_probabilities(audio: np.ndarray, *, threads: int = 1, batch_frames: int = 4096) -> np.ndarray:

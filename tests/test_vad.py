@@ -195,10 +195,74 @@ def fresh_session():
     vad._session.cache_clear()
 
 
-def test_missing_weights_say_how_to_install(monkeypatch, fresh_session):
-    monkeypatch.setattr(vad, "WEIGHTS", ("no_such_weights_package", "assets/model.onnx"))
-    with pytest.raises(VadUnavailable, match="reinstall whisper-nnx"):
+def test_missing_weights_say_how_to_install(monkeypatch, fresh_session, tmp_path):
+    monkeypatch.setattr(vad, "WEIGHTS", tmp_path / "silero_vad_v6.onnx")
+    with pytest.raises(VadUnavailable, match="missing: reinstall whisper-nnx"):
         vad.speech_probabilities(np.zeros(SR, np.float32))
+
+
+def test_bundled_weights_match_their_checksum_and_license():
+    """The packaged ONNX file is the one recorded (faster-whisper 1.2.1's silero_vad_v6.onnx),
+    with Silero's MIT license beside it."""
+    import hashlib
+
+    assert vad.WEIGHTS.name == "silero_vad_v6.onnx" and vad.WEIGHTS.parent.name == "assets"
+    data = vad.WEIGHTS.read_bytes()
+    assert len(data) == 1_245_151
+    assert hashlib.sha256(data).hexdigest() == vad.WEIGHTS_SHA256 == (
+        "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2")
+    license_text = (vad.WEIGHTS.parent / "LICENSE.silero-vad").read_text()
+    assert "MIT License" in license_text and "Copyright (c) 2020-present Silero Team" in license_text
+    assert vad.WEIGHTS_SHA256 in license_text
+
+
+def test_bundled_weights_equal_faster_whispers_copy():
+    """The same bytes as the reference's file (so its probabilities stay the reference's)."""
+    from faster_whisper.utils import get_assets_path
+
+    theirs = Path(get_assets_path()) / "silero_vad_v6.onnx"
+    assert theirs.read_bytes() == vad.WEIGHTS.read_bytes()
+
+
+def test_altered_weights_are_refused(monkeypatch, fresh_session, tmp_path):
+    altered = tmp_path / "silero_vad_v6.onnx"
+    data = bytearray(vad.WEIGHTS.read_bytes())
+    data[-1] ^= 1
+    altered.write_bytes(bytes(data))
+    monkeypatch.setattr(vad, "WEIGHTS", altered)
+    expected = f"damaged or altered: sha256 [0-9a-f]{{64}}, expected {vad.WEIGHTS_SHA256}: reinstall"
+    with pytest.raises(VadUnavailable, match=expected):
+        vad.check_available()
+
+
+def test_vad_runs_without_faster_whisper(data_dir, tmp_path):
+    """A fresh interpreter in which faster_whisper and ctranslate2 cannot be imported finds the
+    same speech probabilities as this process (the base install does not have them)."""
+    import subprocess
+
+    script = f"""
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("faster_whisper", "ctranslate2"):
+            raise ImportError("blocked: " + name)
+        return None
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+from whisper_nnx.engine import vad
+from whisper_nnx.engine.audio import load_audio
+probabilities = vad.speech_probabilities(load_audio({str(data_dir / "sample_joe.flac")!r}))
+assert not any(m.split(".")[0] in ("faster_whisper", "ctranslate2") for m in sys.modules)
+np.save(sys.argv[1], probabilities)
+"""
+    out = tmp_path / "probabilities.npy"
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    theirs = np.load(out)
+    ours = vad.speech_probabilities(load_audio(data_dir / "sample_joe.flac"))
+    assert theirs.shape == ours.shape and theirs.shape[0] > 100
+    np.testing.assert_array_equal(theirs, ours)
+    assert theirs.max() > 0.9  # speech was found
 
 
 def test_missing_onnxruntime_says_how_to_install(monkeypatch, fresh_session):
