@@ -1,5 +1,6 @@
-"""Scale benchmark: a million-entry corpus listed, dry-run and planned for resume (issue 25:
-memory and work flat in corpus size; targets: each step under 1 GiB peak RSS and 60 s).
+"""Scale benchmark: a million-entry corpus listed, dry-run, planned for resume and ended (the end
+check, results.parquet, eval's scores, the merge of process files) (issue 25: memory and work
+flat in corpus size; targets: each step under 1 GiB peak RSS and 60 s).
 
     .venv/bin/python benchmarks/bench_scale.py [--entries 1000000] [--results-md]
 
@@ -7,7 +8,8 @@ It writes, under a scratch folder (`--work`, default a new temp folder, removed 
 `audio/` with `--real-files` one-second WAV clips (hard links to one clip, distinct names), a
 `.txt` manifest of `--entries` lines naming `audio/NNNNNNN.wav` (the first `--real-files` exist;
 the rest do not: missing files are entries like any other for listing, and their records would
-be input errors), and `out/results.jsonl` holding one realistic record per entry (a sentence of
+be input errors), the same entries as a `.jsonl` manifest with reference texts (eval's), and
+`out/results.jsonl` holding one realistic record per entry (a sentence of
 text, one segment, the run's facts, its files; every `--run-error-every`-th a run error).
 
 Each step runs as its own process (the parent reads its peak RSS with wait4, its wall time from
@@ -24,7 +26,24 @@ the machine's load moves less than the wall time):
   prepare:              the start of a resumed run on a copy of out/: `repair` then `drop_retried`
   end check:            the run's end (`BulkRun._end`): each entry's record checked, failures
                         counted, the records read one line at a time
-  end check, list:      the same holding every record (what --formats parquet and eval need)
+  end check, list:      the same holding every record in a list (what --formats parquet and
+                        eval did before they streamed), for comparison
+  end, parquet:         the end check, then results.parquet written as `--formats parquet`
+                        writes it (`results_table.write_parquet`: records read one line at a
+                        time, row groups of a bounded number of records)
+  end, parquet, before: the table built whole from every record held in a list and written with
+                        one `pq.write_table` (the code before it streamed), for comparison
+  end, eval:            the end check, then `whisper-nnx eval`'s scores, eval.json and eval.md
+                        (`evaluation.score` over records read one line at a time) for the
+                        entries of a JSONL manifest giving every `--reference-every`-th entry
+                        a reference text (jiwer costs ~0.6 ms a scored input: a reference on
+                        each would take 10 minutes here; the other entries' records are read
+                        and looked up all the same)
+  end, eval, list:      the same with every record held in a list first (as before), for comparison
+  merge:                `results.merge_process_results` of a copy of the records split into two
+                        process files (a multi-process run's end)
+  merge, before:        the same as the code before it streamed did it (each file read whole,
+                        the merged text written at once), for comparison
 
 Writes a JSON record (benchmarks/results/scale-<day>-<sha>.json) and, with `--results-md`, a
 section of benchmarks/RESULTS.md.
@@ -79,10 +98,55 @@ elif how == "end":  # BulkRun._end without --formats parquet or eval: records re
     from whisper_nnx.engine.run import _check_records
     failed, missing = _check_records(entries, out, None)
     found = f"entries {len(entries)}, failed {failed}, missing {len(missing)}"
-else:  # with --formats parquet or eval: every record held for the table or the scores
+else:  # every record held in a list, as --formats parquet and eval did before they streamed
     from whisper_nnx.engine.run import _check_records
     failed, missing = _check_records(entries, out, results.all_records(out))
     found = f"entries {len(entries)}, failed {failed}, missing {len(missing)}"
+""" + DONE
+# The run's end with --formats parquet or eval (BulkRun._end): the end check, then the table or
+# the scores; "-before" / "-list": every record held in a list first, as before they streamed
+END = """import sys
+from whisper_nnx.engine import results
+from whisper_nnx.engine.inputs import expand_inputs
+from whisper_nnx.engine.run import _check_records
+from pathlib import Path
+manifest, out, how, target = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+entries = list(expand_inputs([manifest]))
+failed, missing = _check_records(entries, out, None)
+target.mkdir(parents=True, exist_ok=True)
+if how.startswith("parquet"):
+    import pyarrow.parquet as pq
+    from whisper_nnx.engine import results_table
+    if how == "parquet":
+        path = results_table.write_parquet(target, results.RecordsOf(out))
+    else:
+        path = target / results_table.PARQUET
+        pq.write_table(results_table.to_table(results.all_records(out)), path)
+    meta = pq.ParquetFile(path).metadata
+    found = f"rows {meta.num_rows}, row groups {meta.num_row_groups}, failed {failed}, missing {len(missing)}"
+else:
+    from whisper_nnx.engine import evaluation
+    written = results.RecordsOf(out) if how == "eval" else results.all_records(out)
+    result = evaluation.report(evaluation.score(entries, written), {"wall_s": 1.0}, {})
+    evaluation.write(target, result)
+    found = (f"inputs {result['inputs']}, without reference {result['inputs_without_reference']}, "
+             f"WER {result['wer']:.2f}, failed {len(result['failed'])}, missing {len(missing)}")
+""" + DONE
+MERGE = """import sys
+from whisper_nnx.engine import results
+from pathlib import Path
+out, how = Path(sys.argv[1]), sys.argv[2]
+files = results.process_files(out)
+if how == "merge":
+    results.merge_process_results(out)
+else:  # the code before it streamed: each file read whole, the merged text written at once
+    from whisper_nnx.engine.files import atomic_write_text
+    merged = out / results.RESULTS
+    old = merged.read_text(encoding="utf-8") if merged.exists() else ""
+    atomic_write_text(merged, old + "".join(p.read_text(encoding="utf-8") for p in files))
+    for p in files:
+        p.unlink()
+found = f"{len(files)} process files, results.jsonl {(out / results.RESULTS).stat().st_size >> 20} MiB"
 """ + DONE
 PREPARE = """import sys
 from whisper_nnx.engine import results
@@ -102,8 +166,9 @@ def write_clip(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
         w.writeframes(b"\0\0" * int(seconds * rate))
 
 
-def make_corpus(work: Path, entries: int, real: int, error_every: int) -> tuple[Path, Path]:
-    """The manifest and the output folder with one record per entry."""
+def make_corpus(work: Path, entries: int, real: int, error_every: int, reference_every: int) -> tuple[Path, Path]:
+    """The manifest and the output folder with one record per entry (and manifest.jsonl: the
+    same entries, every `reference_every`-th with a reference text)."""
     audio = work / "audio"
     audio.mkdir(parents=True)
     write_clip(work / "clip.wav")
@@ -112,10 +177,12 @@ def make_corpus(work: Path, entries: int, real: int, error_every: int) -> tuple[
     manifest = work / "manifest.txt"
     out = work / "out"
     out.mkdir()
-    with open(manifest, "w") as m, open(out / "results.jsonl", "w") as r:
+    with open(manifest, "w") as m, open(out / "results.jsonl", "w") as r, open(work / "manifest.jsonl", "w") as j:
         for i in range(entries):
             name = str(audio / f"{i:07d}.wav")
             m.write(name + "\n")
+            said = {"text": TEXT.strip()} if reference_every and i % reference_every == 0 else {}
+            j.write(json.dumps({"path": name, **said}) + "\n")
             r.write(json.dumps(_record(name, i, error_every), ensure_ascii=False) + "\n")
     return manifest, out
 
@@ -143,8 +210,29 @@ def steps(manifest: Path, out: Path, work: Path) -> list[tuple[str, list[str], s
             ("resume plan, list", [py, "-c", PLAN, str(manifest), str(out), "plan-list"], "RESULT", False),
             ("prepare (repair, drop_retried)", [py, "-c", PREPARE, str(work / "copy")], "RESULT", False),
             ("end check", [py, "-c", PLAN, str(manifest), str(out), "end"], "RESULT", True),
-            ("end check, list (parquet, eval)", [py, "-c", PLAN, str(manifest), str(out), "end-list"],
-             "RESULT", False)]
+            ("end check, list", [py, "-c", PLAN, str(manifest), str(out), "end-list"], "RESULT", False),
+            ("end, parquet", [py, "-c", END, str(manifest), str(out), "parquet", str(work / "pq")], "RESULT", True),
+            ("end, parquet, before", [py, "-c", END, str(manifest), str(out), "parquet-before", str(work / "pq0")],
+             "RESULT", False),
+            ("end, eval", [py, "-c", END, str(work / "manifest.jsonl"), str(out), "eval", str(work / "ev")],
+             "RESULT", True),
+            ("end, eval, list", [py, "-c", END, str(work / "manifest.jsonl"), str(out), "eval-list",
+                                 str(work / "ev0")], "RESULT", False),
+            ("merge (2 process files)", [py, "-c", MERGE, str(work / "merge"), "merge"], "RESULT", True),
+            ("merge, before", [py, "-c", MERGE, str(work / "merge0"), "merge-before"], "RESULT", False)]
+
+
+def split_for_merge(out: Path, folder: Path) -> None:
+    """`folder` holding out/results.jsonl split in two process files (halves by lines)."""
+    folder.mkdir()
+    with open(out / "results.jsonl", "rb") as source:
+        lines = sum(1 for _ in source)
+        source.seek(0)
+        with open(folder / "results.process-00000.jsonl", "wb") as first:
+            for _ in range(lines // 2):
+                first.write(source.readline())
+        with open(folder / "results.process-00001.jsonl", "wb") as second:
+            shutil.copyfileobj(source, second)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -153,6 +241,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--real-files", type=int, default=200, help="entries whose file exists (hard links)")
     p.add_argument("--run-error-every", type=int, default=100, help="every N-th record is a run error (0: none)")
+    p.add_argument("--reference-every", type=int, default=20,
+                   help="every N-th entry of eval's manifest has a reference text (0: none)")
+    p.add_argument("--steps", default=None, help="comma-separated step names to run (default: all)")
     p.add_argument("--work", default=None, help="scratch folder (default: a new temp folder, removed after)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per step")
     p.add_argument("--results-md", action="store_true", help="also write the table into benchmarks/RESULTS.md")
@@ -176,14 +267,19 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         start = time.perf_counter()
-        manifest, out = make_corpus(work, args.entries, args.real_files, args.run_error_every)
+        manifest, out = make_corpus(work, args.entries, args.real_files, args.run_error_every, args.reference_every)
         shutil.copytree(out, work / "copy")
+        for folder in ("merge", "merge0"):
+            split_for_merge(out, work / folder)
         setup_s = time.perf_counter() - start
         size = (out / "results.jsonl").stat().st_size
         print(f"corpus written in {setup_s:.1f} s: results.jsonl {size / 2**20:,.0f} MiB", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         rows = []
+        chosen = None if args.steps is None else {name.strip() for name in args.steps.split(",")}
         for step, cmd, prefix, target in steps(manifest, out, work):
+            if chosen is not None and step not in chosen:
+                continue
             result = timed_process(cmd, env, prefix, args.timeout)
             cpu, _, found = (result["text"] or "? ").partition(" ")
             rows.append({"step": step, "target": target, **result, "cpu_s": cpu, "found": found})
@@ -192,6 +288,7 @@ def main(argv=None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     settings = {"entries": args.entries, "real_files": args.real_files, "run_error_every": args.run_error_every,
+                "reference_every": args.reference_every, "steps": args.steps,
                 "results_jsonl_bytes": size, "targets": {"peak_rss_bytes": TARGET_RSS, "wall_s": TARGET_S}}
     rec = record("scale", settings, rows, git=git, machine=machine)
     report = ("{head}; {versions}; {load}. A manifest of {entries:,} entries and a results.jsonl of one "

@@ -4,7 +4,9 @@ in append-only parts, so that a killed run resumes from what reached the bucket.
     start   lease: `lease.json` in the bucket names this run (a uuid) until an expiry, renewed at
             each upload and by a thread every third of `lease_s`; a live lease of another run
             refuses this one (`OutputLeased`, a `results.RunLocked`: exit 2) before any work; an
-            expired one (or one of a dead process on this host) is taken over. Then pull: the
+            expired one (or one of a dead process on this host) is taken over; missing credentials,
+            a refused permission or a missing bucket stop the run here (`OutputUnreachable`: exit
+            2), before the model loads. Then pull: the
             bucket's records (results.jsonl plus any parts/*.jsonl) become the staging
             folder's results.jsonl; the bucket is the truth, whatever the staging folder held
     run     the run writes to the staging folder as to any local --output-dir; every
@@ -58,6 +60,26 @@ class OutputLeased(RunLocked):
     """Another run holds the output URL (its lease in the bucket is live)."""
 
 
+class OutputUnreachable(ValueError):
+    """The output URL cannot be read or written with this process's credentials (none found,
+    refused, no such bucket): found at the start, before the model loads (a ValueError: the CLI's
+    exit 2, a setup error)."""
+
+
+# Exceptions (by class name: each storage client has its own) that say the credentials are
+# missing or refused, besides PermissionError (s3fs: AccessDenied, InvalidAccessKeyId, ...)
+_CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "NoAuthTokenError", "UnauthorizedSSOTokenError", "DefaultCredentialsError", "RefreshError",
+                      "ClientAuthenticationError"}
+
+
+def _setup_error(err: BaseException) -> bool:
+    """Whether `err`, raised by the start's lease and pull, is the output's setup failing (no
+    credentials, no permission, no such bucket) rather than a passing failure (a network error)."""
+    return isinstance(err, (PermissionError, FileNotFoundError)) or \
+        any(cls.__name__ in _CREDENTIAL_ERRORS for cls in type(err).__mro__)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -104,14 +126,32 @@ class BucketSink:
     # --- start ---------------------------------------------------------------------------------
 
     def __enter__(self) -> "BucketSink":
-        self.acquire()
+        """Take the lease and pull the bucket's records: the first reads, writes and deletes in
+        the bucket, so missing credentials or permissions stop the run here (`OutputUnreachable`),
+        before anything is transcribed."""
+        try:
+            self.acquire()
+        except OutputLeased:
+            raise
+        except Exception as err:
+            if _setup_error(err):
+                raise self._unreachable(err) from err
+            raise
         try:
             found = self.pull()  # the bucket's records are the truth
-        except BaseException:
+        except BaseException as err:
             self.release()
+            if isinstance(err, Exception) and _setup_error(err):
+                raise self._unreachable(err) from err
             raise
         logging.info("%s holds %d records", self.url, found)
         return self
+
+    def _unreachable(self, err: Exception) -> OutputUnreachable:
+        return OutputUnreachable(storage.redact(
+            f"{self.url}: cannot use the output there ({type(err).__name__}: {err}); give this process "
+            "credentials (environment, profile or instance role) allowed to read, write and delete "
+            "objects under it, and check that the bucket exists"))
 
     def _lease(self) -> Optional[dict]:
         try:

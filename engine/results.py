@@ -34,6 +34,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -147,6 +148,21 @@ def iter_records(out: Path) -> Iterator[dict]:
     """Every record in `out`, one at a time: results.jsonl, then the per-process files."""
     for path in [out / RESULTS, *process_files(out)]:
         yield from read_records(path)
+
+
+class RecordsOf:
+    """Every record in `out` as an iterable that reads them again, one line at a time, on each
+    pass (`iter_records`): what the run's end hands to the table and the finish hook."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter_records(self.out)
+
+    def __len__(self) -> int:
+        """How many records (a pass over the files)."""
+        return sum(1 for _ in self)
 
 
 def all_records(out: Path) -> list[dict]:
@@ -309,37 +325,55 @@ def append_record(handle: IO[str], record: Mapping) -> None:
 
 def merge_process_results(out: Path) -> None:
     """Append every per-process file's records, in process order, to results.jsonl, then
-    remove the per-process files. A marker written first records the sizes before and after:
-    a merge cut short is finished (or undone) by `finish_merge` and never applied twice."""
+    remove the per-process files. The files are copied a block at a time (memory does not grow
+    with them). A marker written first records the sizes before and after: a merge cut short
+    is finished (or undone) by `finish_merge` and never applied twice."""
     finish_merge(out)
     files = process_files(out)
     if not files:
         return
     merged = out / RESULTS
     repair(merged)
-    old = merged.read_text(encoding="utf-8") if merged.exists() else ""
-    parts = []
     for part in files:
         repair(part)
-        parts.append(part.read_text(encoding="utf-8"))
-    text = old + "".join(parts)
-    atomic_write_text(out / MERGE_MARK, json.dumps({"before": len(old.encode("utf-8")),
-                                                    "after": len(text.encode("utf-8")),
+    before = merged.stat().st_size if merged.exists() else 0
+    after = before + sum(part.stat().st_size for part in files)
+    atomic_write_text(out / MERGE_MARK, json.dumps({"before": before, "after": after,
                                                     "parts": [p.name for p in files]}))
-    atomic_write_text(merged, text)
+    _append_files(merged, files)
     _finish(out, [p.name for p in files])
+
+
+def _append_files(target: Path, sources: Sequence[Path], block: int = 1 << 20) -> None:
+    """`sources`' bytes appended to `target` (made when missing), fsynced."""
+    with open(target, "ab") as handle:
+        for source in sources:
+            with open(source, "rb") as part:
+                shutil.copyfileobj(part, handle, block)
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_directory(target.parent)
 
 
 def finish_merge(out: Path) -> None:
     """After a crash during a merge: when results.jsonl already holds the merged records, the
-    per-process files it came from are removed; otherwise they stay and are merged again."""
+    per-process files it came from are removed; otherwise what was appended of them is cut off
+    again (results.jsonl back to its size before the merge) and they stay, merged again."""
     mark = out / MERGE_MARK
     if not mark.exists():
         return
     info = json.loads(mark.read_text(encoding="utf-8"))
     merged = out / RESULTS
     size = merged.stat().st_size if merged.exists() else 0
-    _finish(out, info["parts"] if size == info["after"] else [])
+    if size == info["after"]:
+        _finish(out, info["parts"])
+        return
+    if info["before"] < size:  # an append cut short: undone
+        with open(merged, "rb+") as handle:
+            handle.truncate(info["before"])
+            handle.flush()
+            os.fsync(handle.fileno())
+    _finish(out, [])
 
 
 def _finish(out: Path, parts: list[str]) -> None:

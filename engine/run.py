@@ -83,7 +83,7 @@ class ModelSpec:
     """The model a run loads, and how it is placed on the devices."""
 
     name: str = DEFAULT_MODEL  # local checkpoint, hub repo id or short name
-    dtype: str = "float32"  # compute and weight dtype
+    dtype: str = "auto"  # compute and weight dtype ("auto": by the device, transcribe.resolve_dtype)
     quantize: Optional[str] = None  # "int8": weight-only quantization
     mesh: Optional[str] = None  # device mesh spec, e.g. "data=-1"; None: one device
     dcn_mesh: Optional[str] = None  # multi-host: how the mesh spans hosts
@@ -122,7 +122,7 @@ class LocalRecords:
     def start(self, options: "TranscribeOptions") -> dict:
         if isinstance(self.model, ModelSpec):
             self.transcriber, mesh = self.model.load()
-            return self.model.facts(options.long_form.mode, mesh)
+            return {**self.model.facts(options.long_form.mode, mesh), "dtype": self.transcriber.dtype}
         from whisper_nnx.sharding.mesh import describe
 
         self.transcriber = self.model  # a loaded Transcriber knows its name and mesh
@@ -140,7 +140,7 @@ class RunOutcome:
     """What `BulkRun.run` ends with."""
 
     exit_code: int  # EXIT_OK, or EXIT_INPUT_ERRORS when an entry has an input or run error
-    summary: dict  # summary.json: files, errors, audio_hours, wall_s, real_time_factor, ...
+    summary: dict  # summary.json: files, errors, audio_hours, wall_s, rtfx (audio s / wall s), ...
     results: Path  # results.jsonl (an --output-dir URL: its staging copy, also in the bucket)
     lead: bool = True  # this process wrote the run's end (process 0): the summary is the run's
     missing: tuple[str, ...] = ()  # the first few entries without a record (summary["missing"]: how many)
@@ -149,7 +149,7 @@ class RunOutcome:
         """The one-line report the CLI prints at the end."""
         s = self.summary
         line = (f"whisper-nnx: {s['files']} files, {s['audio_hours']:.3f} h of audio, {s['errors']} errors, "
-                f"{s['wall_s']:.1f} s ({s['real_time_factor']}x real time); results in {self.results}")
+                f"{s['wall_s']:.1f} s ({s['rtfx']}x real time); results in {self.results}")
         if s.get("missing"):
             more = ", ..." if s["missing"] > len(self.missing) else ""
             line += (f"; {s['missing']} entries have no record ({', '.join(self.missing)}{more}): "
@@ -157,7 +157,9 @@ class RunOutcome:
         return line
 
 
-FinishHook = Callable[[list, list, Path, dict], Optional[Iterable[str]]]
+# finish(entries, records, out, summary): `records` an iterable of every record, read from `out`
+# one line at a time on each iteration (results.RecordsOf)
+FinishHook = Callable[[list, Iterable[dict], Path, dict], Optional[Iterable[str]]]
 
 
 class BulkRun:
@@ -177,7 +179,8 @@ class BulkRun:
         columns of dataset inputs; `resume` / `retry_errors`: continue a run in `output_dir`;
         `staging_dir` / `upload_every_s`: a URL's local folder and upload period; `show`: print
         each transcript; `progress`: progress bar or lines; `finish(entries, records, out,
-        summary)`: runs on process 0 once every record is written, returns names of files it
+        summary)`: runs on process 0 once every record is written (`records` iterable, read from
+        the folder one line at a time on each pass), returns names of files it
         wrote there (eval's scores: mirrored to a bucket); `output_layout`: "tree" or "flat" (where
         the per-format files go, `files.OutputNames`)."""
         formats = tuple(formats)
@@ -337,10 +340,10 @@ class BulkRun:
     def _end(self, entries: list[Entry], out: Path, summary: dict) -> RunOutcome:
         """Process 0, every record written: the check that each entry has its record, the
         table, the finish hook, the exit code."""
-        # every process's records, earlier runs' too: held in memory only for the table and the
-        # finish hook (eval's scores); the check itself reads them one line at a time
-        written = results_io.all_records(out) if self.parquet or self.finish is not None else None
-        failed, missing = _check_records(entries, out, written)
+        # every process's records, earlier runs' too, read one line at a time by the check, the
+        # table and the finish hook (eval's scores) alike: memory does not grow with the run
+        written = results_io.RecordsOf(out)
+        failed, missing = _check_records(entries, out, None)
         repeated = results_io.repeated_names(entries)
         if missing:
             logging.error("%d listed entries have no record, e.g. %s: rerun with --resume", len(missing),

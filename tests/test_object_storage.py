@@ -220,3 +220,60 @@ def test_the_cli_refuses_a_leased_url_with_exit_2_before_any_work(bucket, tmp_pa
                          str(tmp_path / "b"), "--model", "no-such-model-is-loaded", "--quiet", "--no-progress"])
     assert code == 2 and "in use by another run" in capsys.readouterr().err
     assert not (tmp_path / "b" / "results.jsonl").exists()  # nothing pulled, nothing written
+
+
+# --- credentials missing or refused: found before any work (issue 25) ------------------------------
+
+class _Unstarted:
+    """A producer that records whether the run got as far as starting it (loading a model)."""
+
+    started = False
+
+    def start(self, options) -> dict:
+        _Unstarted.started = True
+        return {"model": "stand-in"}
+
+    def records(self, entries, options):
+        return iter(())
+
+
+@pytest.mark.parametrize("case", ["no credentials", "no bucket", "refused"])
+def test_an_output_url_without_credentials_or_permission_fails_before_any_work(s3, tmp_path, monkeypatch, capsys,
+                                                                              case):
+    import s3fs
+
+    from whisper_nnx.engine import cli
+    from whisper_nnx.engine.remote_output import BucketSink
+
+    _, env = s3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if case == "no credentials":  # nothing botocore could find: no keys, files, profile or instance role
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(key, raising=False)
+        for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+            monkeypatch.setenv(key, str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    if case == "refused":  # what s3fs raises for AccessDenied (moto's server does not check permissions)
+        def refused(self):
+            raise PermissionError("Access Denied")
+
+        monkeypatch.setattr(BucketSink, "_put_lease", refused)
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setattr(cli, "_producer", lambda args: _Unstarted())
+    _Unstarted.started = False
+    url = f"s3://{'no-such-bucket' if case == 'no bucket' else BUCKET}/runs/creds"
+    try:
+        code = cli.main(["transcribe", str(CORPUS / CLIPS[0]), "--output-dir", url, "--staging-dir",
+                         str(tmp_path / "staging"), "--quiet", "--no-progress", "--skip-non-speech", "off"])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    err = capsys.readouterr().err
+    assert code == 2 and not _Unstarted.started  # a setup error, before the model would load
+    assert f"{url}: cannot use the output there" in err
+    assert {"no credentials": "NoCredentialsError", "no bucket": "FileNotFoundError",
+            "refused": "PermissionError"}[case] in err
+    assert not (tmp_path / "staging" / "results.jsonl").exists()

@@ -106,10 +106,11 @@ def _process_files(out, n: int = 2) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("crash", ["before_write", "after_write"])
+@pytest.mark.parametrize("crash", ["before_write", "mid_write", "after_write"])
 def test_a_merge_cut_short_finishes_without_duplicates(tmp_path, monkeypatch, crash):
-    """A crash between the merged file's write and the removal of its sources, or before the
-    write: the next start finishes the merge and every record is there exactly once."""
+    """A crash between the merged file's write and the removal of its sources, before the
+    write, or in the middle of appending the parts: the next start finishes the merge and
+    every record is there exactly once."""
     out = tmp_path
     (out / "results.jsonl").write_text(results.record_line(_transcript("old.wav")))
     expected = ["old.wav", *_process_files(out)]
@@ -119,15 +120,18 @@ def test_a_merge_cut_short_finishes_without_duplicates(tmp_path, monkeypatch, cr
 
     if crash == "after_write":
         monkeypatch.setattr(results, "_finish", crash_at_finish)
+    elif crash == "before_write":
+        def crash_on_merged(target, sources):
+            raise KeyboardInterrupt("killed")
+
+        monkeypatch.setattr(results, "_append_files", crash_on_merged)
     else:
-        real_write = results.atomic_write_text
+        def crash_half_way(target, sources):  # the first part appended, half of the second
+            with open(target, "ab") as handle:
+                handle.write(sources[0].read_bytes() + sources[1].read_bytes()[:40])
+            raise KeyboardInterrupt("killed")
 
-        def crash_on_merged(path, text):
-            if path.name == results.RESULTS:
-                raise KeyboardInterrupt("killed")
-            real_write(path, text)
-
-        monkeypatch.setattr(results, "atomic_write_text", crash_on_merged)
+        monkeypatch.setattr(results, "_append_files", crash_half_way)
     with pytest.raises(KeyboardInterrupt):
         results.merge_process_results(out)
     monkeypatch.undo()
