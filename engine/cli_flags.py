@@ -110,6 +110,11 @@ def _decoding_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-speech-threshold", type=float, default=0.6,
                    help="a window whose no-speech probability is above this and whose log probability is below "
                         "--logprob-threshold gives no text (silence)")
+    g.add_argument("--suppress-tokens", "--suppress_tokens", default="-1", metavar="IDS",
+                   help="comma-separated token ids never sampled, e.g. --suppress-tokens=-1,50256 (a list "
+                        "starting with - needs the =); -1 stands for the non-speech "
+                        "set (symbols and punctuation that are not spoken, as openai-whisper's --suppress_tokens); "
+                        "'': none of those (task and start tokens are always suppressed)")
     g.add_argument("--without-timestamps", action="store_true",
                    help="decode text only, without timestamp tokens (a segment per window)")
     g.add_argument("--prefix", default=None, help="text forced at the start of each file's first window")
@@ -221,6 +226,11 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
                         "pays only with AVX512-BF16/AMX: see benchmarks/RESULTS.md for speed and WER")
     g.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 weight-only quantization: less weight memory, not faster on CPU")
+    g.add_argument("--continuous-batching", action="store_true",
+                   help="greedy and sampling decode over decoder slots shared by the batches in flight: a "
+                        "window that ends frees its slot for the next one (a new window or a fallback retry) "
+                        "instead of its batch waiting for its slowest row; one process, no mesh; beam search "
+                        "decodes whole batches")
     g.add_argument("--mesh", default=None,
                    help="device mesh data=D,model=M (-1: the rest), e.g. data=-1 or data=4,model=2; "
                         "default: one device")

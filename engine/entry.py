@@ -8,6 +8,8 @@ import dataclasses
 import os
 from typing import BinaryIO, Callable, Mapping, Optional, Union
 
+import numpy as np
+
 from . import storage
 
 MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm",
@@ -64,6 +66,25 @@ class Entry:
                 and not self.offset_s and self.duration_s is None:
             return self.name
         return self
+
+
+class NamedSamples(np.ndarray):
+    """16 kHz samples with the name their record carries as its `path` (the Python API's
+    `(name, samples)` inputs): an array like any other to the engine, which names its record and
+    errors by `name` (audio.input_name) instead of `<array>`."""
+
+    name: str
+
+    def __new__(cls, name: str, samples: np.ndarray) -> "NamedSamples":
+        if not isinstance(name, str):
+            raise TypeError(f"an array input's name must be a str, got {type(name).__name__}")
+        named = np.asarray(samples).view(cls)
+        named.name = name
+        return named
+
+    def __array_finalize__(self, source) -> None:
+        """Views and slices of named samples keep the name."""
+        self.name = getattr(source, "name", "<array>")
 
 
 def open_url_or_path(name: str) -> Union[str, BinaryIO]:

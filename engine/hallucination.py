@@ -5,10 +5,16 @@ around it, as `whisper.transcribe` does.
 
     segments of one window (with words) -> skip_hallucinations -> (next seek, segments kept,
                                                                    or None: skip the window)
+
+Also the record-level checks `FileJob.result` makes: `noise_reason` (always on: punctuation-only
+text over a window that is likely non-speech is dropped) and `suspect_reason` (the opt-in
+`--hallucination-filter`); the segments they drop are kept in the record's `dropped_segments`
+with the reason.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Optional, Sequence
 
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
@@ -123,3 +129,24 @@ def suspect_reason(segment: Segment, logprob_threshold: Optional[float], no_spee
     if repeated_ngram(segment.text):
         return "repeated n-gram"
     return None
+
+
+# --- always on: punctuation over likely non-speech ---------------------------------------------
+
+PUNCTUATION_ONLY = "punctuation only over likely non-speech"  # a dropped segment's reason
+
+
+def is_punctuation_only(text: str) -> bool:
+    """Whether `text` has characters and all of them are punctuation or spaces (". . . .",
+    "...", "!", " -"): no word was heard."""
+    return bool(text.strip()) and all(c.isspace() or unicodedata.category(c).startswith("P") for c in text)
+
+
+def noise_reason(segment: Segment, no_speech_threshold: Optional[float]) -> Optional[str]:
+    """PUNCTUATION_ONLY when the segment's window is likely non-speech (its no_speech_prob above
+    the threshold) and its text is punctuation only, which is what Whisper writes over noise
+    (fans, hum, dithered silence) that it decodes confidently enough to escape the silence
+    skip; None otherwise (real speech keeps its punctuation). None threshold: never."""
+    if no_speech_threshold is None or segment.stats.get("no_speech_prob", 0.0) <= no_speech_threshold:
+        return None
+    return PUNCTUATION_ONLY if is_punctuation_only(segment.text) else None

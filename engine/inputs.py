@@ -3,8 +3,9 @@
     INPUT... -> expand_inputs -> [Entry(name, error, opener, span, text)] -> Entry.source()
              -> a path or the entry, which audio.iter_decoded decodes (reading.py, on its threads)
 
-- A file is an entry as given (its `name` is the record's `path`); a URL (`s3://...`, any
-  protocol fsspec knows; engine/storage.py) likewise, read through fsspec.
+- A file is an entry as given (its `name` is the record's `path`); a URL (`s3://...`, `hf://...`,
+  any protocol fsspec knows; engine/storage.py) likewise, read through fsspec; a URL with `*`,
+  `?` or `[` in its path (not http(s)) is a glob pattern, each match expanded as an input.
 - A directory is searched recursively for media files, Parquet files and WebDataset shards
   (sorted); a folder written by `datasets.Dataset.save_to_disk` is read as that dataset.
 - A dataset file gives one entry per row or sample (engine/datasets.py): `.parquet`, `.arrow`
@@ -171,7 +172,13 @@ def expand_inputs(inputs: Sequence[str], options: SourceOptions = SourceOptions(
 
 def _expand_one(item: str, options: SourceOptions) -> Iterator[Entry]:
     suffix = Path(item.split("#", 1)[0]).suffix.lower()
-    if storage.is_dir(item):
+    if storage.is_glob_url(item) and not storage.is_file(item):  # hf://datasets/o/n/data/*.parquet
+        matches = storage.glob_urls(item)
+        if not matches:
+            yield Entry(item, f"{item}: no file matches the pattern")
+        for match in matches:  # one unreadable match: one error entry, the others go on
+            yield from _guarded(match, _expand_one(match, options))
+    elif storage.is_dir(item):
         yield from _folder_entries(item, options)
     elif suffix in DATASET_SUFFIXES and storage.is_file(item):
         yield from _dataset_entries(item, options)

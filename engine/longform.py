@@ -25,8 +25,8 @@ from .audio import CHUNK_LENGTH, FRAMES_PER_SECOND, FRAMES_PER_TIMESTAMP, HOP_LE
 from .decode.options import DecodeOptions
 from .decode.prompts import initial_tokens
 from .decode.tokenizer import Tokenizer
-from .decode.window_decoder import DecodedWindow, is_silence
-from .hallucination import skip_hallucinations, suspect_reason, words_end
+from .decode.window_decoder import DecodedWindow, is_silence, needs_fallback
+from .hallucination import noise_reason, skip_hallucinations, suspect_reason, words_end
 from .segments import Segment, cut_at, single_ending, split_segments
 from .spans import Span, intersect_spans, seek_clips
 from .spool import Windowed
@@ -155,18 +155,28 @@ class FileJob:
     def done(self) -> bool:
         raise NotImplementedError
 
+    def drop_reason(self, segment: Segment) -> Optional[str]:
+        """Why `segment` is left out of the text (None: it is kept): punctuation only over a
+        window that is likely non-speech (always), or, with the hallucination filter, a known
+        hallucination pattern (`hallucination.suspect_reason`)."""
+        fallback = self.options.fallback
+        reason = noise_reason(segment, fallback.no_speech_threshold)
+        if reason is None and self.long_form.hallucination_filter:
+            reason = suspect_reason(segment, fallback.logprob_threshold, fallback.no_speech_threshold,
+                                    fallback.compression_ratio_threshold)
+        return reason
+
     def result(self, path: str, *, language: Optional[str], duration_s: Optional[float],
                **extra) -> records.Transcript:
         """The file's record, named `path`: text, segments (with the stats of the window each came
-        from), the tokens of the segments kept; `extra`: keys the caller adds (language_probs)."""
+        from), the tokens of the segments kept; `extra`: keys the caller adds (language_probs).
+        Segments `drop_reason` names go to `dropped_segments` (with their reason) instead of the
+        text; `unlikely_segments` counts the segments kept whose text was unlikely at every
+        fallback temperature (each marked `"unlikely": true`)."""
         segments = [s for s in self.segments if s.text.strip()]
-        dropped = []
-        if self.long_form.hallucination_filter:
-            fallback = self.options.fallback
-            reasons = [suspect_reason(s, fallback.logprob_threshold, fallback.no_speech_threshold,
-                                      fallback.compression_ratio_threshold) for s in segments]
-            dropped = [(s, r) for s, r in zip(segments, reasons) if r is not None]
-            segments = [s for s, r in zip(segments, reasons) if r is None]
+        reasons = [self.drop_reason(s) for s in segments]
+        dropped = [(s, r) for s, r in zip(segments, reasons) if r is not None]
+        segments = [s for s, r in zip(segments, reasons) if r is None]
         every = [*segments, *(d for d, _ in dropped)]
         for s in every:  # a last timestamp may point past the end of the audio
             s.end = min(s.end, self.audio.duration) if self.file_time is None else s.end
@@ -177,20 +187,27 @@ class FileJob:
                 for w in s.words:
                     w["start"] = round(self.file_time(w["start"]), 2)
                     w["end"] = round(self.file_time(w["end"], True), 2)
-        if self.long_form.hallucination_filter:
+        if self.long_form.hallucination_filter or dropped:
             extra["dropped_segments"] = [{**s.to_json(), "dropped": reason} for s, reason in dropped]
+        extra["unlikely_segments"] = sum(bool(s.stats.get("unlikely")) for s in segments)
         return records.transcript(path, text="".join(s.text for s in segments).strip(), language=language,
                                   duration_s=duration_s, segments=[s.to_json() for s in segments],
                                   windows=self.windows_decoded, tokens=[t for s in segments for t in s.tokens],
                                   **extra)
 
 
-def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float,
-                     duration: float) -> list[Segment]:
+def _window_segments(window: DecodedWindow, tokenizer: Tokenizer, offset: float, duration: float,
+                     options: DecodeOptions) -> list[Segment]:
+    """A decoded window's segments, each with the window's stats. `unlikely`: the window is the
+    decoder's last temperature and still fails the fallback thresholds (an earlier temperature
+    that passed would have been kept), so its text is improbable or repetitive at every
+    temperature tried: German through an English-only model, say."""
     segments = split_segments(window.tokens, tokenizer, offset, duration)
+    unlikely = needs_fallback(window, options)
     for s in segments:
         s.stats = {"avg_logprob": window.avg_logprob, "compression_ratio": window.compression_ratio,
-                   "no_speech_prob": window.no_speech_prob, "temperature": window.temperature}
+                   "no_speech_prob": window.no_speech_prob, "temperature": window.temperature,
+                   "unlikely": unlikely}
     return segments
 
 
@@ -264,7 +281,7 @@ class SequentialFile(FileJob):
             return
         offset = self.seek * HOP_LENGTH / SAMPLE_RATE
         tokens, ts_begin = window.tokens, self.tokenizer.timestamp_begin
-        segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND)
+        segments = _window_segments(window, self.tokenizer, offset, segment_size / FRAMES_PER_SECOND, self.options)
         for s in segments:
             s.language = window.language
         cut = cut_at(tokens, ts_begin)
@@ -355,7 +372,8 @@ class ChunkedFile(FileJob):
         k, ts_begin = request.chunk, self.tokenizer.timestamp_begin
         if not is_silence(window, self.options):
             offset = request.frame / FRAMES_PER_SECOND
-            segments = _window_segments(window, self.tokenizer, offset, request.audio_frames / FRAMES_PER_SECOND)
+            segments = _window_segments(window, self.tokenizer, offset, request.audio_frames / FRAMES_PER_SECOND,
+                                        self.options)
             if self.long_form.word_timestamps and window.alignment is not None and segments:
                 _attach_words(segments, window, self.tokenizer, offset, 0.0)
             self.decoded[k] += segments

@@ -80,7 +80,7 @@ class RayTranscriber:
     """The model loaded once per actor, on the host's local devices (a data-parallel mesh when it
     has several); each call transcribes one batch of rows with the engine's cross-file batching."""
 
-    def __init__(self, model: str = "tiny.en", dtype: str = "float32", options=None,
+    def __init__(self, model: str = "tiny.en", dtype: str = "auto", options=None,
                  quantize: Optional[str] = None, compile_cache: Optional[str] = None):
         import jax
 
@@ -219,12 +219,27 @@ def transcribe_on_ray(entries: Sequence[Entry], *, actors: int, rows_per_call: i
         yield _lost(entry)
 
 
+def _resolve_dtype(dtype: str) -> str:
+    from .transcribe import resolve_dtype
+
+    return resolve_dtype(dtype)
+
+
+def actor_dtype(dtype: str, cpus: float, gpus: float, resources: Optional[dict]) -> str:
+    """The compute dtype `dtype` resolves to on a worker with an actor's resources (one task on
+    the cluster: a GPU actor's card decides between bfloat16 and float16)."""
+    import ray
+
+    probe = ray.remote(num_cpus=cpus, num_gpus=gpus, resources=resources or None)(_resolve_dtype)
+    return ray.get(probe.remote(dtype))
+
+
 class RayRecords:
     """`BulkRun`'s record producer on Ray Data: `start` joins the cluster at `address` (None or
     "": a local one started for the run), `records` streams the actors' records back; the model
     loads in each actor, this process only writes."""
 
-    def __init__(self, address: Optional[str] = None, *, model: str = "tiny.en", dtype: str = "float32",
+    def __init__(self, address: Optional[str] = None, *, model: str = "tiny.en", dtype: str = "auto",
                  quantize: Optional[str] = None, compile_cache: Optional[str] = None, actors: int = 1,
                  rows_per_call: Optional[int] = None, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
                  resources: Optional[dict] = None):
@@ -237,6 +252,8 @@ class RayRecords:
         """Join the cluster; returns the run facts every record carries (no mesh: each actor
         places the model on its own host)."""
         connect(self.address)
+        if self.dtype == "auto":  # what "auto" means where the actors run, not on this driver
+            self.dtype = actor_dtype(self.dtype, self.cpus_per_actor, self.gpus_per_actor, self.resources)
         return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize,
                 "long_form": options.long_form.mode, "mesh": None, "sharding": None}
 

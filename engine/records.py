@@ -7,23 +7,32 @@ Every record has the same keys, whichever path made it (`Transcriber.transcribe`
     text        the transcript ("" for a failure or a silent file)
     language    code of the language decoded in, or None
     duration_s  seconds of the file (before voice activity keeps its speech), None when unknown
-    segments    [{start, end, text, avg_logprob, compression_ratio, no_speech_prob, temperature, words?}]
+    segments    [{seek, start, end, text, avg_logprob, compression_ratio, no_speech_prob, temperature, unlikely,
+                words?}]; `unlikely` (`transcribe`'s records; a boolean, of the segment's window):
+                its text failed the fallback thresholds (avg_logprob, compression ratio) at every
+                temperature tried, e.g. speech in another language through an English-only model
     windows     30 s windows decoded
     error       None, or one line saying why there is no transcript
     error_kind  None, or INPUT (the file is bad: final), RUN (the run failed it: `--resume` redoes
                 it), DUPLICATE (a repeated entry; `duplicate_of` names the 1-based entry it repeats)
 
-plus optional extras (`language_probs`; `dropped_segments` with `--hallucination-filter`, each a
-segment with its `dropped` reason; a segment's `language` with `--language-per-window`;
+plus optional extras (`language_probs`; `unlikely_segments`, in every record `transcribe` makes:
+how many of its segments are `unlikely`, 0 when none, to filter records on; `dropped_segments`,
+segments left out of the text, each with its `dropped` reason: always present with
+`--hallucination-filter` (its reasons), else only when one was dropped: punctuation-only text
+over a window that is likely non-speech, "punctuation only over likely non-speech"; a segment's
+`language` with `--language-per-window`;
 `decode_clips`' window statistics; the run's `model`, `dtype`, `long_form`, `mesh`, `sharding`;
 `row`: the dataset row `FILE:ROW` of an entry named by its --id-column value, which rows may share:
 the record's identity then, `entry.record_key`).
 
-A `Transcript` also carries the decoded `tokens` (for Python users: `transcript["tokens"]`);
-they are never written: `as_dict` (the one serialization: results.jsonl lines, per-format files,
-Ray's rows, Parquet) leaves them out. A Transcript reads like the dict it serializes to
-(`record["text"]`, `record.get("error")`, `"language_probs" in record`); records read back from
-results.jsonl are plain dicts with the same keys.
+A `Transcript` also carries the decoded `tokens` (for Python users: `transcript["tokens"]`),
+and each of its segments its own (`seek`: its window's start in 10 ms frames, and `tokens`, as
+the reference's segments). Tokens are never written (`as_dict`, the one serialization:
+results.jsonl lines, per-format files, Ray's rows, Parquet, leaves them out) but in a
+transcript's own json file, which has the reference's segment fields (writers.py). A Transcript
+reads like the dict it serializes to (`record["text"]`, `record.get("error")`, `"language_probs"
+in record`); records read back from results.jsonl are plain dicts with the same keys.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ INPUT, RUN, DUPLICATE = "input", "run", "duplicate"  # the error kinds
 CORE_FIELDS = ("path", "text", "language", "duration_s", "windows", "error", "error_kind")
 _FIELDS = ("path", "text", "language", "duration_s", "segments", "windows", "error", "error_kind")
 TOKENS = "tokens"  # a Transcript's decoded tokens: never part of a written record
+SEGMENT_LISTS = ("segments", "dropped_segments")  # keys whose segments carry their tokens until written
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,8 +65,9 @@ class Transcript(Mapping[str, Any]):
     extra: dict = dataclasses.field(default_factory=dict)  # the optional keys, in record order
 
     def to_record(self) -> dict:
-        """The record as results.jsonl holds it: every key but `tokens`."""
-        return {**{name: getattr(self, name) for name in _FIELDS}, **self.extra}
+        """The record as results.jsonl holds it: every key but `tokens` (its segments' too)."""
+        return {**{name: _written(name, getattr(self, name)) for name in _FIELDS},
+                **{name: _written(name, value) for name, value in self.extra.items()}}
 
     def __getitem__(self, key: str) -> Any:
         if key in _FIELDS:
@@ -79,7 +90,15 @@ def as_dict(record: Mapping) -> dict:
     """The written form of a record (a Transcript, or a record read back): a new dict, no tokens."""
     if isinstance(record, Transcript):
         return record.to_record()
-    return {key: value for key, value in record.items() if key != TOKENS}
+    return {key: _written(key, value) for key, value in record.items() if key != TOKENS}
+
+
+def _written(key: str, value: Any) -> Any:
+    """A record's value as written: lists of segments without their `tokens` (a Transcript's
+    segments carry them, as the reference's do; the per-file json writes them)."""
+    if key in SEGMENT_LISTS and isinstance(value, list):
+        return [{k: v for k, v in s.items() if k != TOKENS} if isinstance(s, Mapping) else s for s in value]
+    return value
 
 
 def transcript(path: str, *, text: str, language: Optional[str], duration_s: Optional[float],

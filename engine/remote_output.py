@@ -39,17 +39,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import IO, Iterable, Iterator, Mapping, Optional
 
 from absl import logging
 
 from . import storage
-from .files import atomic_write_text
+from .files import fsync_directory
 from .results import RESULTS, RunLocked, parse_record, process_files, record_line
 
 PARTS = "parts"
@@ -113,7 +114,7 @@ class BucketSink:
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex}"  # unique in any container
         self._pending: list[Mapping] = []
         self._run_files: list[str] = []
-        self._pulled: set[str] = set()
+        self._pulled: set[bytes] = set()  # hashes (`_line_digest`) of the record lines pulled
         self._parts = 0
         self._last = time.monotonic()
         self._lease_lock = threading.Lock()
@@ -220,34 +221,30 @@ class BucketSink:
             if held is not None and held.get("owner") == self.run_id:
                 self.fs.rm_file(self._path(LEASE))
 
-    def _read_bucket(self) -> tuple[list[str], list[str]]:
-        """(every record line in the bucket, each once: results.jsonl, then the parts in name
-        order; the parts read)."""
+    def _read_bucket(self) -> tuple["_ObjectLines", list[str]]:
+        """(the record lines in the bucket: results.jsonl, then the parts in name order, read a
+        line at a time on each pass, repeats included; the parts listed now, which are all it
+        reads)."""
         self.fs.invalidate_cache()  # another run's parts must be seen
         names = [self._path(RESULTS)] if self.fs.exists(self._path(RESULTS)) else []
         parts = sorted(self.fs.find(self._path(PARTS))) if self.fs.exists(self._path(PARTS)) else []
-        lines, seen = [], set()
-        for name in names + parts:
-            for line in self.fs.cat_file(name).decode("utf-8").split("\n"):
-                # an object cut short cannot exist (one PUT each); a foreign line is skipped
-                if line not in seen and parse_record(line) is not None:
-                    seen.add(line)
-                    lines.append(line)
-        return lines, parts
+        return _ObjectLines(self.fs, names + parts), parts
 
     def remote_lines(self) -> list[str]:
-        """Every record line in the bucket (results.jsonl, then the parts in name order), each once."""
-        return self._read_bucket()[0]
+        """Every record line in the bucket (results.jsonl, then the parts in name order), each
+        once, in a list (for a look at the bucket: the run itself streams them)."""
+        return list(dict.fromkeys(self._read_bucket()[0]))
 
     def pull(self) -> int:
-        """Replace the staging folder's results.jsonl by the bucket's records; returns their count."""
+        """Replace the staging folder's results.jsonl by the bucket's records (each line once),
+        streamed to disk; keeps a 16-byte hash of each; returns their count."""
         self.staging.mkdir(parents=True, exist_ok=True)
         for stale in process_files(self.staging):
             stale.unlink()
-        lines = self.remote_lines()
-        self._pulled = set(lines)
-        atomic_write_text(self.staging / RESULTS, "".join(line + "\n" for line in lines))
-        return len(lines)
+        lines, _ = self._read_bucket()
+        self._pulled = set()
+        _write_lines(self.staging / RESULTS, _unique(lines, self._pulled))
+        return len(self._pulled)
 
     # --- during the run ------------------------------------------------------------------------
 
@@ -299,13 +296,80 @@ class BucketSink:
             if (self.staging / name).exists():
                 self.fs.put_file(str(self.staging / name), self._path(name))
         remote, parts = self._read_bucket()
-        local = (self.staging / RESULTS).read_text(encoding="utf-8").split("\n")
-        dropped = self._pulled - set(local)  # records this run removed to redo their entries
-        union = list(dict.fromkeys([line for line in remote if line not in dropped]
-                                   + [line for line in local if parse_record(line) is not None]))
-        body = "".join(line + "\n" for line in union)
-        atomic_write_text(self.staging / RESULTS, body)
-        self.fs.pipe_file(self._path(RESULTS), body.encode("utf-8"))
+        local = self.staging / RESULTS
+        dropped = self._pulled  # what is left of it: the records this run removed to redo their entries
+        for line in _file_lines(local):
+            dropped.discard(_line_digest(line))
+        # a dropped line is never written, as a line already written is not written again
+        _write_lines(local, _unique(_chain(remote, _file_lines(local)), dropped))
+        self.fs.put_file(str(local), self._path(RESULTS))  # from disk, in bounded chunks
         for part in parts:
             self.fs.rm_file(part)
         logging.info("results in %s", self.url)
+
+
+def _line_digest(line: str) -> bytes:
+    """A 16-byte hash of a record line: what the mirror keeps of a line to know it again."""
+    return hashlib.blake2b(line.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _record_lines(handle: IO[bytes]) -> Iterator[str]:
+    """The record lines of a results file or object open for reading (split at b"\\n" only,
+    read a line at a time); anything else (a foreign line) is skipped."""
+    for raw in handle:
+        line = (raw[:-1] if raw.endswith(b"\n") else raw).decode("utf-8")
+        if parse_record(line) is not None:
+            yield line
+
+
+class _ObjectLines:
+    """The record lines of objects `names` in `fs`, in order, read a line at a time on each pass."""
+
+    BLOCK = 4 << 20  # bytes read from the store at a time
+
+    def __init__(self, fs, names: list[str]):
+        self.fs, self.names = fs, names
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self.names:  # an object cut short cannot exist (one PUT each)
+            with self.fs.open(name, "rb", block_size=self.BLOCK) as handle:
+                yield from _record_lines(handle)
+
+
+def _file_lines(path: Path) -> Iterator[str]:
+    """The record lines of a local results file (none if it is not there)."""
+    if path.exists():
+        with open(path, "rb") as handle:
+            yield from _record_lines(handle)
+
+
+def _chain(*sources: Iterable[str]) -> Iterator[str]:
+    for source in sources:
+        yield from source
+
+
+def _unique(lines: Iterable[str], seen: set) -> Iterator[str]:
+    """`lines` less those whose hash is in `seen` (which each line given adds to)."""
+    for line in lines:
+        digest = _line_digest(line)
+        if digest not in seen:
+            seen.add(digest)
+            yield line
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Each of `lines` and a newline into `path` through a temp file beside it (`.NAME.<8
+    hex>.tmp`, which a killed run's next start removes), fsynced and renamed into place: the file
+    is replaced whole or not at all, and never held in memory. `lines` may read `path` itself."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_directory(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -89,6 +89,7 @@ class ModelSpec:
     dcn_mesh: Optional[str] = None  # multi-host: how the mesh spans hosts
     sharding: str = "dp+tp"  # partition-rule preset (with a mesh)
     allow_replicated: bool = False  # accept large weights the mesh cannot split
+    continuous_batching: bool = False  # greedy/sampling windows over shared decoder slots (decode/slots.py)
 
     def facts(self, long_form: str, mesh: Optional[dict] = None) -> dict:
         """The run facts each record carries."""
@@ -108,6 +109,7 @@ class ModelSpec:
         transcriber = Transcriber(self.name, dtype=self.dtype, mesh=mesh,
                                   rules=rules_for(self.sharding) if mesh is not None else None,
                                   allow_replicated=self.allow_replicated, quantize=self.quantize)
+        transcriber.decoder.continuous = self.continuous_batching
         return transcriber, describe(mesh) if mesh is not None else None
 
 
@@ -129,10 +131,13 @@ class LocalRecords:
         mesh = describe(self.transcriber.mesh) if self.transcriber.mesh is not None else None
         return {"model": self.transcriber.model_name, "long_form": options.long_form.mode, "mesh": mesh}
 
-    def records(self, entries: list[Entry], options: "TranscribeOptions") -> Iterable[records.Transcript]:
+    def records(self, entries: list[Entry], options: "TranscribeOptions",
+                progress: Optional[Progress] = None) -> Iterable[records.Transcript]:
+        """`progress` is told of each batch the device decodes (windows, compiling)."""
         if self.transcriber is None:
             raise RuntimeError("LocalRecords.records before start")
-        return (record for _, record in self.transcriber.transcribe_iter([e.source() for e in entries], options))
+        return (record for _, record in self.transcriber.transcribe_iter([e.source() for e in entries], options,
+                                                                          progress=progress))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,12 +285,14 @@ class BulkRun:
         index = jax.process_index()
         facts = self.producer.start(self.options)  # the model loads here, after every setup check
         self.writing = True
-        # a dataset row named by its id goes to the producer named by its row (ids may repeat)
-        produced = self.producer.records([e.for_producer() for e in share if e.error is None], self.options)
-        rows = {e.row: e for e in share if e.row is not None}
         ready = plan.ready if index == 0 else []
         progress = Progress(len(share) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in share),
                             enabled=self.progress)
+        # a dataset row named by its id goes to the producer named by its row (ids may repeat)
+        wanted = [e.for_producer() for e in share if e.error is None]
+        produced = self.producer.records(wanted, self.options, progress=progress) \
+            if isinstance(self.producer, LocalRecords) else self.producer.records(wanted, self.options)
+        rows = {e.row: e for e in share if e.row is not None}
         own_file = results_io.process_file(index) if multi else results_io.RESULTS
         roots = self._roots()
         with ResultSink(out, self.formats, self.layout, file_name=own_file, extra=facts, progress=progress,

@@ -70,14 +70,17 @@ Decoded = list[tuple[WindowRequest, object]]  # per request: its DecodedWindow o
 class DeviceLane:
     """Batches on their way through the device, oldest first.
 
-    With `depth` > 1 they run in order on one worker thread, up to `depth` at once (the next is
-    queued while one decodes, so the device never waits for the host between them); with 1,
-    each runs on the calling thread when handed over. `take` returns the oldest batch's results.
+    With `depth` > 1 they run on worker threads, up to `depth` at once (the next is queued while
+    one decodes, so the device never waits for the host between them): in order on one worker,
+    or side by side on `depth` workers when `side_by_side` (continuous batching: the batches share
+    the decoder's slots, each row of the next taking a slot the last one frees). With 1, each
+    runs on the calling thread when handed over. `take` returns the oldest batch's results.
     """
 
-    def __init__(self, decode: Callable[[list[WindowRequest]], Decoded], depth: int):
+    def __init__(self, decode: Callable[[list[WindowRequest]], Decoded], depth: int, side_by_side: bool = False):
         self.decode, self.depth = decode, max(1, depth)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="whisper-nnx-device") \
+        workers = self.depth if side_by_side else 1
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="whisper-nnx-device") \
             if self.depth > 1 else None
         self._pending: collections.deque = collections.deque()
 
@@ -112,15 +115,16 @@ class WindowScheduler:
 
     def __init__(self, work: WindowWork, batch_size: int,
                  windows_per_file: Callable[[Windowed], int], lookahead: int = 4,
-                 max_admitted_s: float = 3600.0, in_flight: int = 2):
+                 max_admitted_s: float = 3600.0, in_flight: int = 2, concurrent: bool = False):
         """`lookahead` batches' worth of windows are kept ready, so that each batch can be
         picked from windows of similar length. `in_flight`: batches handed to the device at
         once (2: the next is queued while one decodes; 1: one at a time, as several processes
-        always run)."""
+        always run). `concurrent`: the batches in flight decode side by side (the work's
+        decoder serves them from shared slots: continuous batching)."""
         self.work, self.batch_size = work, batch_size
         self.windows_per_file, self.lookahead = windows_per_file, lookahead
         self.max_admitted_s = max_admitted_s  # audio in memory held by admitted files (spooled: none)
-        self.in_flight = in_flight
+        self.in_flight, self.concurrent = in_flight, concurrent
 
     def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish. A failure that
@@ -128,7 +132,7 @@ class WindowScheduler:
         becomes that file's error record and the run goes on; a failing device batch is
         retried in halves, down to single windows, before a file is given up."""
         lockstep = jax.process_count() > 1  # every process makes the same calls, in order
-        lane = DeviceLane(self._decode_isolated, 1 if lockstep else self.in_flight)
+        lane = DeviceLane(self._decode_isolated, 1 if lockstep else self.in_flight, self.concurrent)
         try:
             with files.stream() as source:
                 yield from self._run(files, source, lane, lockstep)

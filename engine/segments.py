@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from .audio import TIME_PRECISION
+from .audio import FRAMES_PER_SECOND, TIME_PRECISION
 from .decode.tokenizer import Tokenizer
 
 
@@ -19,13 +19,22 @@ class Segment:
     end: float
     text: str
     tokens: list[int]
-    stats: dict = dataclasses.field(default_factory=dict)  # of the window it came from
+    # of the window it came from: avg_logprob, compression_ratio, no_speech_prob, temperature (numbers)
+    # and unlikely (True: its text failed the fallback thresholds at every temperature tried)
+    stats: dict = dataclasses.field(default_factory=dict)
     words: list[dict] = dataclasses.field(default_factory=list)  # {word, start, end, probability}
     language: Optional[str] = None  # detected for its window (language per window), else None
+    # its window's start in the audio decoded, in 10 ms mel frames (the reference's `seek`; with
+    # voice activity, in the speech put back to back)
+    seek: int = 0
 
     def to_json(self) -> dict:
-        out = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
-               **{k: round(v, 4) for k, v in self.stats.items()}}
+        """The segment as records hold it: times and numbers rounded, flags as booleans; `seek` and
+        `tokens` as the reference's segments have them (written records leave the tokens out:
+        records.as_dict)."""
+        out = {"seek": self.seek, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+               "tokens": list(self.tokens),
+               **{k: v if isinstance(v, bool) else round(v, 4) for k, v in self.stats.items()}}
         if self.language is not None:
             out["language"] = self.language
         if self.words:
@@ -62,6 +71,7 @@ def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,
                    window_duration: float) -> list[Segment]:
     """Segments of one window's sampled tokens (no prompt, no EOT), times offset by the window."""
     ts_begin = tokenizer.timestamp_begin
+    seek = round(time_offset * FRAMES_PER_SECOND)
     ends = pair_ends(tokens, ts_begin)
     segments = []
     if ends:
@@ -72,7 +82,7 @@ def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,
             segments.append(Segment(
                 start=time_offset + (piece[0] - ts_begin) * TIME_PRECISION,
                 end=time_offset + (piece[-1] - ts_begin) * TIME_PRECISION,
-                text=tokenizer.decode(piece), tokens=piece))
+                text=tokenizer.decode(piece), tokens=piece, seek=seek))
             start = end
         return [s for s in segments if s.text.strip() or s.end > s.start]
     stamps = [t for t in tokens if t >= ts_begin]
@@ -80,4 +90,4 @@ def split_segments(tokens: list[int], tokenizer: Tokenizer, time_offset: float,
     if stamps and stamps[-1] != ts_begin:
         end = (stamps[-1] - ts_begin) * TIME_PRECISION
     text = tokenizer.decode(tokens)
-    return [Segment(time_offset, time_offset + end, text, tokens)] if text.strip() else []
+    return [Segment(time_offset, time_offset + end, text, tokens, seek=seek)] if text.strip() else []

@@ -15,17 +15,20 @@ repair, resume, merge, lock). A whole run (resume, duplicates, summaries, severa
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
-from typing import IO, Callable, Mapping, Optional, Sequence
+from typing import IO, Callable, Iterable, Mapping, Optional, Sequence
 
+import numpy as np
 from absl import logging
 
 from . import records, storage
 from .files import OutputNames, output_stem
 from .progress import Progress
-from .results import RESULTS, all_records, append_record, repair
+from .results import RESULTS, append_record, iter_records, repair
 from .writers import check_formats, write_outputs
 
 __all__ = ["ResultSink", "SubtitleLayout", "output_stem"]
@@ -76,7 +79,8 @@ class ResultSink:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.repair and repair(self.path):
             logging.warning("%s: removed a record cut short by an earlier kill", self.path)
-        self.names.reserve(all_records(self.out))  # earlier records keep their names
+        # earlier records keep their names: read one at a time, kept as two 8-byte hashes a name
+        self.names.claimed = CompactClaims.of_records(iter_records(self.out))
         self._handle = open(self.path, "a", encoding="utf-8")
         return self
 
@@ -90,13 +94,14 @@ class ResultSink:
         returns the record as written."""
         if self._handle is None:
             raise RuntimeError("ResultSink.write outside its `with` block")
+        segments = record.get("segments")  # a Transcript's carry their tokens: its json file shows them
         record = {**records.as_dict(record), **self.extra}
         for key in ("path", "error", "row"):  # URLs' credentials never reach files, names or logs
             if record.get(key):
                 record[key] = storage.redact(record[key])
         record["files"] = []
         if record["error"] is None:
-            record = self._write_files(record)
+            record = self._write_files(record, segments)
         append_record(self._handle, record)
         failed = records.is_failure(record)
         self.failed += failed
@@ -108,10 +113,12 @@ class ResultSink:
             self.echo(record)
         return record
 
-    def _write_files(self, record: dict) -> dict:
+    def _write_files(self, record: dict, segments: Optional[list] = None) -> dict:
         try:
             name = self.names.claim(record["path"], self.formats, record.get("row")) if self.formats else ""
             shown = {key: value for key, value in record.items() if key != "files"}  # json: the transcript
+            if segments is not None:
+                shown["segments"] = segments
             written = write_outputs(shown, self.out, name, self.formats, **dataclasses.asdict(self.layout))
             record["files"] = [p.relative_to(self.out).as_posix() for p in written]
         except Exception as err:  # noqa: BLE001 - this file's failure, not the run's
@@ -119,3 +126,81 @@ class ResultSink:
                                                      f"{records.one_line(err)}", records.RUN)
             return {**failed.to_record(), **self.extra, "files": []}
         return record
+
+
+def _digest(text: str) -> int:
+    """A 64-bit hash of `text` (blake2b), as `CompactClaims` keeps names and their holders."""
+    data = text.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+class _Holder:
+    """The holder of a claimed name as `CompactClaims` knows it: equal to the entry identity
+    (a string) whose hash it is."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, digest: int):
+        self.digest = digest
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, _Holder):
+            return other.digest == self.digest
+        return isinstance(other, str) and _digest(other) == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+class CompactClaims:
+    """`files.OutputNames.claimed` (output name -> the entry holding it) in a form whose memory is
+    16 bytes a name: the names earlier records list, read once from a stream of records into two
+    sorted arrays of 64-bit hashes (name, holder), and the names this run claims, a dict of the
+    same hashes. `get` answers a `_Holder` (compared with an entry's identity by its hash) or
+    None. Two names whose hashes collide (a chance of about 3 in 10^8 at a million names) count as
+    one: the later gets the next free name (`stem~2`), never the other's file."""
+
+    def __init__(self, names: np.ndarray, holders: np.ndarray):
+        self._names, self._holders = names, holders  # sorted by name; the first holder of a name wins
+        self._new: dict[int, int] = {}
+
+    @classmethod
+    def of_records(cls, records: Iterable[Mapping]) -> "CompactClaims":
+        """The names `records` list (each record's `files`, without their format suffix), held
+        by the record's `row`, else its `path`; the first record listing a name holds it."""
+        names, holders = array.array("Q"), array.array("Q")
+        for record in records:
+            stems = dict.fromkeys(os.path.splitext(name)[0] for name in record.get("files") or ())
+            if stems:
+                holder = _digest(record.get("row") or record["path"])
+                for stem in stems:
+                    names.append(_digest(stem))
+                    holders.append(holder)
+        keys = np.frombuffer(names, dtype=np.uint64) if names else np.zeros(0, np.uint64)
+        order = np.argsort(keys, kind="stable")
+        owners = np.frombuffer(holders, dtype=np.uint64) if holders else np.zeros(0, np.uint64)
+        return cls(keys[order], owners[order])
+
+    def get(self, name: str, default=None):
+        """The holder of `name` (a `_Holder`), or `default` when no one claimed it."""
+        digest = _digest(name)
+        holder = self._new.get(digest, self._old_holder(digest))
+        return default if holder is None else _Holder(holder)
+
+    def __setitem__(self, name: str, owner: str) -> None:
+        self._new[_digest(name)] = _digest(owner)
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __len__(self) -> int:
+        """How many names are claimed (earlier records' and this run's; a name in both once)."""
+        again = sum(1 for digest in self._new if self._old_holder(digest) is not None)
+        return len(np.unique(self._names)) + len(self._new) - again
+
+    def _old_holder(self, digest: int) -> Optional[int]:
+        """The holder's hash of an earlier record's name of hash `digest`, or None."""
+        at = int(np.searchsorted(self._names, np.uint64(digest)))
+        if at < len(self._names) and int(self._names[at]) == digest:
+            return int(self._holders[at])
+        return None

@@ -99,7 +99,7 @@ def stitch_chunks(chunks: list[list[Segment]], bounds: list[tuple[float, float]]
             out[-1].end = max(out[-1].end, source.end)  # the cut ran through both segments: they become one
         else:
             start = max(source.start, out[-1].end) if out else source.start
-            out.append(Segment(start, max(start, source.end), "", [], dict(source.stats)))
+            out.append(Segment(start, max(start, source.end), "", [], dict(source.stats), seek=source.seek))
         out[-1].tokens += word.tokens
         if word.timing is not None:
             out[-1].words.append(word.timing)

@@ -1,6 +1,12 @@
 """Where inputs live: local paths, or URLs of any protocol fsspec knows (`s3://`, `gs://`,
-`https://`, `memory://`...). Object-storage protocols need their fsspec backend, the `cloud`
-extra (s3fs, gcsfs); `AWS_ENDPOINT_URL` points s3fs at an S3-compatible server.
+`https://`, `memory://`, `hf://`...). Object-storage protocols need their fsspec backend, the
+`cloud` extra (s3fs, gcsfs); `AWS_ENDPOINT_URL` points s3fs at an S3-compatible server. `hf://`
+(Hugging Face Hub repositories, `hf://datasets/OWNER/NAME[@REVISION]/PATH`) is huggingface_hub's
+`HfFileSystem`, a base dependency; it reads HF_TOKEN (or `hf auth login`) for gated and private
+repos and needs the Hub: with HF_HUB_OFFLINE=1 it fails (the input's record says so).
+
+A URL whose path holds `*`, `?` or `[` (any protocol but http(s), where `?` starts a query) is a
+glob pattern (`hf://datasets/OWNER/NAME/data/train-*.parquet`): `glob_urls` lists its matches.
 
 Local paths go through the plain `open`, so nothing changes for them and fsspec is imported only
 when a URL is used.
@@ -111,3 +117,27 @@ def walk_files(folder: str) -> list[str]:
     fs, path = filesystem(folder)
     protocol = folder.split("://", 1)[0]
     return sorted(f"{protocol}://{p}" for p in fs.find(path))
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+_QUERY = re.compile(r"\?[^?]*=.*$")  # "?name=value...": a URL's query
+
+
+def is_glob_url(name: str) -> bool:
+    """`name` is a URL whose path is a glob pattern (`*`, `?`, `[`); never an http(s) URL, where
+    `?` starts the query."""
+    if not is_url(name):
+        return False
+    protocol, _, path = name.partition("://")
+    path = _QUERY.sub("", path)  # a query (`?versionId=...`, a signed URL's) is not a pattern
+    return protocol.lower() not in ("http", "https") and bool(_GLOB.search(path))
+
+
+def glob_urls(pattern: str) -> list[str]:
+    """The files and folders matching a glob URL, sorted, as URLs of its protocol (`**` crosses
+    folders, as in fsspec's `glob`)."""
+    fs, path = filesystem(pattern)
+    protocol = pattern.split("://", 1)[0]
+    return sorted(f"{protocol}://{p}" for p in fs.glob(path))

@@ -9,7 +9,9 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, Sequence
+import time
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from whisper_nnx.sharding import multihost, rules_for
 from . import records
 from .audio import (
     CHUNK_LENGTH,
+    FRAMES_PER_SECOND,
     N_SAMPLES,
     SAMPLE_RATE,
     AudioDecodeError,
@@ -40,8 +43,10 @@ from .decode.options import DecodeOptions
 from .decode.prompts import initial_tokens
 from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import WindowDecoder, bucket, is_silence
+from .entry import NamedSamples
 from .features import WindowFeatures, log_mel_spectrogram_jit
 from .options import TranscribeOptions
+from .progress import Progress
 from .reading import AudioPrefetcher, speech_finder
 from .scheduler import WindowScheduler, expected_windows
 from .segments import split_segments
@@ -71,6 +76,13 @@ def resolve_dtype(dtype: str, device: Optional[jax.Device] = None) -> str:
             return "bfloat16" if device.platform == "rocm" else "float16"
         return "bfloat16" if major >= 8 else "float16"
     return "float32"
+
+
+def english_only_notice(model_name: str) -> str:
+    """The warning an English-only model gets when no language is given (auto detection): it
+    cannot detect one, so every input comes out as English, whatever is spoken."""
+    return (f"{model_name} is an English-only model: it transcribes English only, and language auto "
+            "(--language auto) means en; use a multilingual model (--model base) to detect languages")
 
 
 class Transcriber:
@@ -106,6 +118,8 @@ class Transcriber:
         self.decoder = WindowDecoder(self.generator, self.dims)
         self.features = WindowFeatures()  # long-form windows' log-mel, on the device
         self.batches_in_flight = 2  # handed to the device at once (1: one at a time)
+        self.compiled_batches: set[int] = set()  # batch sizes (bucketed rows) transcribe has decoded
+        self.warned: set[str] = set()  # the once-per-Transcriber warnings given (english_only_notice)
 
     # --- pieces ---------------------------------------------------------------------------
 
@@ -119,20 +133,28 @@ class Transcriber:
 
     # --- long-form transcription of files of any length -------------------------------------
 
-    def transcribe(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
-                   ) -> list[records.Transcript]:
+    def transcribe(self, inputs: "Inputs", options: Optional[TranscribeOptions] = None,
+                   **flat: Any) -> list[records.Transcript]:
         """One record per input, in input order: a `records.Transcript`, read like the record
-        results.jsonl holds (`record["text"]`), plus its `tokens`."""
+        results.jsonl holds (`record["text"]`), plus its `tokens`. Options are a
+        TranscribeOptions or keyword options (`transcribe(paths, beam_size=5, language="de")`,
+        the names of `TranscribeOptions.from_kwargs`); `inputs` as `named_inputs` takes them."""
+        inputs = named_inputs(inputs)
         results: list[Optional[records.Transcript]] = [None] * len(inputs)
-        for index, record in self.transcribe_iter(inputs, options):
+        for index, record in self.transcribe_iter(inputs, options, **flat):
             results[index] = record
         return results  # type: ignore[return-value]
 
     def warn_ignored_options(self, options: TranscribeOptions) -> None:
         """As the reference's CLI: an English-only model ignores a language other than English
-        and the translate task, with a warning rather than silently."""
+        and the translate task, with a warning rather than silently; with no language given
+        (auto), once per Transcriber, that every input is transcribed as English
+        (`english_only_notice`)."""
         if self.tokenizer.multilingual:
             return
+        if options.language is None and "english-only" not in self.warned:
+            self.warned.add("english-only")
+            logging.warning("%s", english_only_notice(self.model_name))
         if options.language is not None and options.language.lower() not in ("en", "english"):
             logging.warning("%s is an English-only model but was given language %r; using English instead",
                             self.model_name, options.language)
@@ -140,10 +162,17 @@ class Transcriber:
             logging.warning("%s: an English-only model cannot translate; transcribing in English instead",
                             self.model_name)
 
-    def transcribe_iter(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
-                        ) -> Iterator[tuple[int, records.Transcript]]:
+    def transcribe_iter(self, inputs: "Inputs", options: Optional[TranscribeOptions] = None, *,
+                        progress: Optional[Progress] = None, **flat: Any) -> Iterator[tuple[int, records.Transcript]]:
         """(input index, record) for every input, in the order files finish; audio is decoded
-        on `options.audio_workers` threads while the device works."""
+        on `options.audio_workers` threads while the device works. Options and inputs as
+        `transcribe` takes them (checked here, before the first record is asked for);
+        `progress` (the CLI's) is told of every batch the device decodes."""
+        options = resolve_options(options, flat, "Transcriber.transcribe_iter()")
+        return self._transcribe_iter(named_inputs(inputs), options, progress)
+
+    def _transcribe_iter(self, inputs: list[AudioInput], options: TranscribeOptions,
+                         progress: Optional[Progress]) -> Iterator[tuple[int, records.Transcript]]:
         self.warn_ignored_options(options)
         options = options.as_decoded()
         find_speech = speech_finder(options.vad, options.long_form.skip_non_speech_s is not None, options.chunked)
@@ -153,19 +182,24 @@ class Transcriber:
                                 spool_dir=reading.spool_dir, find_speech=find_speech)
         work = WindowPipeline(self.generator, self.decoder, self.tokenizer, self.alignment_heads, options,
                               features=self.features)
+        work = WatchedWork(work, progress, self.compiled_batches)
         scheduler = WindowScheduler(
             work, batch_size=options.batch_size,
             windows_per_file=expected_windows(options.long_form.mode, options.long_form.chunk_stride_s),
-            max_admitted_s=reading.max_audio_in_memory_s / 2, in_flight=self.batches_in_flight)
+            max_admitted_s=reading.max_audio_in_memory_s / 2, in_flight=self.batches_in_flight,
+            concurrent=self.decoder.continuous)
         for index, record in scheduler.run(files):
             yield index, record
 
     # --- single windows (clips of up to 30 s, as whisper.decode) ---------------------------
 
-    def decode_clips(self, inputs: Sequence[AudioInput], options: TranscribeOptions = TranscribeOptions()
-                     ) -> list[records.Transcript]:
+    def decode_clips(self, inputs: "Inputs", options: Optional[TranscribeOptions] = None,
+                     **flat: Any) -> list[records.Transcript]:
         """One record per input clip of up to 30 s, each decoded as one window of its audio
-        zero-padded to 30 s (the reference's `whisper.decode`); longer clips get an error."""
+        zero-padded to 30 s (the reference's `whisper.decode`); longer clips get an error.
+        Options and inputs as `transcribe` takes them."""
+        options = resolve_options(options, flat, "Transcriber.decode_clips()")
+        inputs = named_inputs(inputs)
         self.warn_ignored_options(options)
         results: list[Optional[records.Transcript]] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray]] = []
@@ -220,9 +254,98 @@ class Transcriber:
         return out  # type: ignore[return-value]
 
 
-def transcribe(inputs: Iterable[AudioInput], model: str = DEFAULT_MODEL, **options) -> list[records.Transcript]:
-    """One-shot convenience: load `model`, transcribe `inputs`, return the records."""
-    return Transcriber(model).transcribe(list(inputs), TranscribeOptions.from_kwargs(**options))
+def transcribe(inputs: "Inputs", model: str = DEFAULT_MODEL, **options) -> list[records.Transcript]:
+    """One-shot convenience: load `model`, transcribe `inputs` (as `named_inputs` takes them) with
+    keyword `options` (checked before the model loads), return the records."""
+    resolved = resolve_options(None, options, "transcribe()")
+    return Transcriber(model).transcribe(named_inputs(inputs), resolved)
+
+
+# What transcribe / transcribe_iter / decode_clips take: paths, file objects, entries, 16 kHz
+# sample arrays, `(name, samples)` pairs, or a mapping name -> samples
+Inputs = Union[Iterable[Union[AudioInput, tuple[str, np.ndarray]]], Mapping[str, np.ndarray]]
+
+
+def named_inputs(inputs: Inputs) -> list[AudioInput]:
+    """The inputs as the engine takes them, in order: a mapping name -> samples and
+    `(name, samples)` pairs become sample arrays whose records (and errors) are named `name`
+    (entry.NamedSamples) instead of `<array>`; every other input is kept as it is."""
+    if isinstance(inputs, Mapping):
+        return [_named(name, samples) for name, samples in inputs.items()]
+    return [_named(*item) if isinstance(item, tuple) and len(item) == 2 else item for item in inputs]
+
+
+def _named(name: str, samples: np.ndarray) -> NamedSamples:
+    """One named array input; TypeError for anything but a str name and a numpy array."""
+    if not isinstance(samples, np.ndarray):
+        raise TypeError(f"a named input is (name, samples) with 16 kHz samples as a numpy array; "
+                        f"{name!r} has a {type(samples).__name__}")
+    return NamedSamples(name, samples)
+
+
+def resolve_options(options: Optional[TranscribeOptions], flat: dict[str, Any], where: str) -> TranscribeOptions:
+    """The options of a call: `options` as given, or TranscribeOptions from the keyword options
+    `flat` (faster-whisper's `transcribe(audio, beam_size=5)`); both at once, an unknown name
+    or options that are not a TranscribeOptions raise TypeError naming `where`."""
+    if options is None:
+        try:
+            return TranscribeOptions.from_kwargs(**flat)
+        except TypeError as err:
+            raise TypeError(f"{where}: {err}") from None
+    if flat:
+        raise TypeError(f"{where} takes a TranscribeOptions or keyword options, not both "
+                        f"(got options and {', '.join(sorted(flat))})")
+    if not isinstance(options, TranscribeOptions):
+        raise TypeError(f"{where}: options must be a TranscribeOptions (or pass keyword options), "
+                        f"got {type(options).__name__}")
+    return options
+
+
+class WatchedWork:
+    """The scheduler's WindowWork (windows.WindowPipeline) telling a `progress.Progress` of each
+    batch: before the first batch of each size (`compiled`: the sizes its Transcriber decoded
+    before), that the decoder compiles for it (a pause of up to a minute that a log would
+    otherwise not explain); after each batch, how far every file in it has got (seconds of its
+    audio and windows decoded). Without a progress, it only notes the sizes decoded."""
+
+    def __init__(self, work: WindowPipeline, progress: Optional[Progress], compiled: set[int]):
+        self.work, self.progress, self.compiled = work, progress, compiled
+        self.names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # job -> its input's name
+
+    def prepare(self, files: list) -> list:
+        """WindowPipeline.prepare, remembering each job's input name."""
+        prepared = self.work.prepare(files)
+        for loaded, file in zip(files, prepared):
+            if not isinstance(file, BaseException):
+                self.names[file.job] = input_name(loaded.item)
+        return prepared
+
+    def decode(self, requests: list) -> list:
+        """WindowPipeline.decode, with the progress told before and after."""
+        rows = bucket(max(len(requests), 1))
+        first = rows not in self.compiled and self.progress is not None
+        if first:
+            self.progress.compiling(rows)
+        start = time.monotonic()
+        windows = self.work.decode(requests)
+        self.compiled.add(rows)
+        if self.progress is None:
+            return windows
+        if first:
+            self.progress.compiled(rows, time.monotonic() - start)
+        for request in requests:
+            job = request.job
+            self.progress.window_done(id(job), self.names.get(job, "?"),
+                                      (request.frame + request.audio_frames) / FRAMES_PER_SECOND,
+                                      job.audio.duration, _finished(job))
+        return windows
+
+
+def _finished(job) -> Callable[[], bool]:
+    """Whether a file's job is done (or gone: failed files are dropped), holding no reference
+    to it (its audio is freed when the scheduler lets it go)."""
+    ref = weakref.ref(job)
+    return lambda: (alive := ref()) is None or alive.done
 
 
 __all__ = ["LANGUAGES", "DecodeOptions", "TranscribeOptions", "Transcriber", "transcribe"]

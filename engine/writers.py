@@ -3,7 +3,11 @@
 txt, srt, vtt and tsv are byte-identical to the reference CLI's writers (whisper.utils) on the
 same result, including its word-level subtitle options (`highlight_words`, `max_line_width`,
 `max_line_count`, `max_words_per_line`), which act only when the segments carry "words".
-json holds the same fields and values as the reference's, laid out for reading (indented, UTF-8).
+json holds the same fields and values as the reference's, laid out for reading (indented, UTF-8):
+the record's, with each segment numbered (`id`) and led by the reference's fields in its order
+(`id`, `seek`, `start`, `end`, `text`, `tokens`); a segment's `tokens` (its window's token ids,
+timestamps included) are there when the result is a Transcript (records read back from
+results.jsonl, or made on Ray actors, have none: results.jsonl never holds tokens).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 from .files import atomic_write_text, output_path
 from .records import as_dict
 
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
+SEGMENT_HEAD = ("seek", "start", "end", "text", "tokens")  # after `id`, a json segment's first keys
 
 
 def format_timestamp(seconds: float, decimal: str = ".", always_hours: bool = False) -> str:
@@ -41,6 +46,16 @@ def _txt(result: dict, **_) -> str:
 
 def _json(result: dict, **_) -> str:
     return json.dumps(result, ensure_ascii=False, indent=2) + "\n"
+
+
+def reference_segments(segments: Sequence[Mapping]) -> list[dict]:
+    """Segments as the reference's json has them: `id` (the index), then `seek`, `start`, `end`,
+    `text`, `tokens` (those a segment has), then its other fields in their order."""
+    out = []
+    for index, segment in enumerate(segments):
+        head = {"id": index, **{key: segment[key] for key in SEGMENT_HEAD if key in segment}}
+        out.append({**head, **{key: value for key, value in segment.items() if key not in head}})
+    return out
 
 
 def _tsv(result: dict, **_) -> str:
@@ -177,7 +192,8 @@ def write_outputs(result: Mapping, output_dir: Path, stem: str, formats: tuple[s
     means unset, and without words they have no effect.
     """
     check_formats(formats)
-    result = as_dict(result)  # what results.jsonl holds: tokens are not written
+    segments = reference_segments(result.get("segments") or [])  # as given: a Transcript's with tokens
+    result = {**as_dict(result), "segments": segments}  # else what results.jsonl holds: no tokens
     options = {"highlight_words": bool(highlight_words), "max_line_width": max_line_width or None,
                "max_line_count": max_line_count or None, "max_words_per_line": max_words_per_line or None}
     written = []

@@ -44,7 +44,7 @@ def transcripts() -> dict[str, str]:
 
 # Fixtures that build or load a model (and so compile it where a test runs it): every test that
 # uses one, directly or through another fixture, is marked slow.
-MODEL_FIXTURES = frozenset({"tiny", "small_source"})
+MODEL_FIXTURES = frozenset({"tiny", "base", "small_source"})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,6 +69,15 @@ def tiny():
     from whisper_nnx.engine.transcribe import Transcriber
 
     return Transcriber("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base():
+    """Transcriber("base") (multilingual, from the offline packages), loaded once per session;
+    read and run only, as `tiny`."""
+    from whisper_nnx.engine.transcribe import Transcriber
+
+    return Transcriber("base")
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +106,7 @@ def small_source():
     return Source()
 
 
-_SHARED = ("tiny", "tiny_tokenizer", "tiny_en_checkpoint", "small_source")
+_SHARED = ("tiny", "base", "tiny_tokenizer", "tiny_en_checkpoint", "small_source")
 _MISSING = object()
 
 

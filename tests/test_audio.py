@@ -107,7 +107,7 @@ def test_load_audio_matches_reference_loader(tone_files, name, codec, fmt, rate,
     import whisper.audio
 
     if shutil.which("ffmpeg") is None:  # a failure, not a skip: these comparisons must run
-        pytest.fail("the reference loader needs the ffmpeg CLI: apt-get install ffmpeg (see README, Tests)")
+        pytest.fail("the reference loader needs the ffmpeg CLI: apt-get install ffmpeg (see README, Quickstart)")
 
     ours = load_audio(tone_files[name])
     ref = whisper.audio.load_audio(str(tone_files[name]))

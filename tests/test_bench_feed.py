@@ -45,7 +45,7 @@ def test_smoke_runs_files_to_records_against_the_stand_in():
     assert [r["run"].split(" ")[0] for r in rows] == ["feed", "loop,", "loop,", "tiny.en", "large-v3"]
     for row in rows:
         assert row["files"] == files and row["audio_s"] == pytest.approx(corpus["audio_s"], abs=0.5)
-        assert row["device_busy_s"] == pytest.approx(row["seconds_per_row"] * row["rows"], rel=1e-6)
+        assert row["device_busy_s"] == pytest.approx(row["seconds_per_row"] * row["rows"], rel=1e-6, abs=6e-5)
         assert 0 <= row["busy_of_run"] <= 1
     assert rows[0]["device_busy_s"] == 0 and rows[0]["rate_x"] > 0
     assert len({r["rows"] for r in rows}) == 1  # the same windows decoded by every run

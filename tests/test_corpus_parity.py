@@ -146,9 +146,10 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def decoded(corpus):
+def decoded(corpus, tiny, base):
     """decoded(model, setting, clip indices or None) -> Comparison, computed once per module."""
     models: dict[str, tuple[Transcriber, torch.nn.Module]] = {}
+    loaded = {"tiny.en": tiny, "base": base}  # the session's (compiled once for the whole suite)
     features: dict[tuple[str, int], torch.Tensor] = {}  # the reference encoder's, per clip
     results: dict[tuple, Comparison] = {}
 
@@ -156,7 +157,7 @@ def decoded(corpus):
         key = (model, setting, subset)
         if key not in results:
             if model not in models:
-                ours = Transcriber(model)
+                ours = loaded[model] if model in loaded else Transcriber(model)
                 checkpoint = read_checkpoint(ours.checkpoint_path)
                 models[model] = ours, reference_model(checkpoint.dims, checkpoint.params)
             ours, ref = models[model]

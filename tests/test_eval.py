@@ -86,7 +86,7 @@ def test_report_and_markdown(tmp_path):
     saved = json.loads((tmp_path / "eval.json").read_text())
     for key in ("wer", "words", "inputs", "audio_s", "wall_s", "rtfx"):
         assert key in saved
-    assert "| 50.00 | 2 | 0 | 1 | 0 | 1 |" in table
+    assert "| 50.00 | 62.50 | 2 | 0 | 1 | 0 | 1 |" in table  # CER: "redgreen" against "red", 5 of 8 deleted
     assert "| a.flac | 2 | 0 | 1 | 0 | 50.00 |" in (tmp_path / "eval.md").read_text()
 
 

@@ -11,12 +11,12 @@ import whisper
 from reference import reference_model
 from whisper_nnx.engine.audio import N_FRAMES, N_SAMPLES, load_audio
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
-from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
+from whisper_nnx.engine.transcribe import TranscribeOptions
 
 
 @pytest.mark.slow
-def test_detected_languages_and_probabilities_match_the_reference(data_dir, transcripts):
-    ours = Transcriber("base")
+def test_detected_languages_and_probabilities_match_the_reference(base, data_dir, transcripts):
+    ours = base
     checkpoint = read_checkpoint(ours.checkpoint_path)
     ref = reference_model(checkpoint.dims, checkpoint.params)
     german, joe = load_audio(data_dir / "sample_german.flac"), load_audio(data_dir / "sample_joe.flac")
@@ -46,13 +46,13 @@ def test_choose_language_follows_faster_whisper():
 
 
 @pytest.mark.slow
-def test_detection_over_several_windows_finds_speech_after_a_quiet_start(data_dir):
+def test_detection_over_several_windows_finds_speech_after_a_quiet_start(base, data_dir):
     """31 s of faint noise, then German: decoding every window (the reference's way), the first
     window alone picks a wrong language; with three windows the second one (German, confident)
     decides. By default the noise is skipped, and the one window detected is the German one."""
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
-    ours = Transcriber("base")
+    ours = base
     german = load_audio(data_dir / "sample_german.flac")
     noise = (np.random.default_rng(2).standard_normal(31 * 16000) * 2e-3).astype(np.float32)
     recording = np.concatenate([noise, german, german])
@@ -67,12 +67,12 @@ def test_detection_over_several_windows_finds_speech_after_a_quiet_start(data_di
 
 
 @pytest.mark.slow
-def test_language_per_window_follows_a_file_that_switches_language(data_dir):
+def test_language_per_window_follows_a_file_that_switches_language(base, data_dir):
     """42 s of English, then 34 s of German: with language per window the windows are decoded
     in the language found on each, and every segment records it (English first, German last)."""
     import glob
 
-    ours = Transcriber("base")
+    ours = base
     gap = np.zeros(8000, np.float32)
     english = [load_audio(f) for f in sorted(glob.glob(str(data_dir / "corpus" / "joe_*.flac")))[:6]]
     german = load_audio(data_dir / "sample_german.flac")

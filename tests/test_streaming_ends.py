@@ -162,6 +162,13 @@ BY_HAND = [("a.flac", 3, 0, 1, 0, 2, 1.5, None), ("ça.flac", 2, 1, 0, 0, 1, 2.0
            ("e.flac", 2, 0, 2, 0, 0, None, "no record"), ("h.flac", 2, 0, 0, 0, 2, 3.0, None)]
 
 
+# (reference characters, character errors) without whitespace, counted by hand: "redgreenblue" /
+# "redblue" 5 deleted, "catdog" / "catcow" 2 substituted, "sunmoon" / "sunmoonstar" 4 inserted, the
+# failures every character deleted
+CHARS = {"a.flac": (12, 5), "ça.flac": (6, 2), "c.flac": (7, 4), "d.flac": (19, 19), "e.flac": (9, 9),
+         "h.flac": (6, 0)}
+
+
 def test_eval_totals_and_rows_equal_a_hand_count(tmp_path):
     pytest.importorskip("jiwer")
     pytest.importorskip("whisper_normalizer")
@@ -170,11 +177,14 @@ def test_eval_totals_and_rows_equal_a_hand_count(tmp_path):
     entries, written = _eval_case()
     scores = evaluation.score(entries, iter(written))
     rows = [{"path": p, "words": w, "substitutions": s, "deletions": d, "insertions": i, "hits": h,
-             "wer": 100.0 * (s + d + i) / w, "duration_s": t, "error": e} for p, w, s, d, i, h, t, e in BY_HAND]
+             "wer": 100.0 * (s + d + i) / w, "chars": CHARS[p][0], "char_errors": CHARS[p][1],
+             "cer": 100.0 * CHARS[p][1] / CHARS[p][0], "duration_s": t, "error": e}
+            for p, w, s, d, i, h, t, e in BY_HAND]
     assert list(scores["per_input"]) == rows and list(scores["per_input"]) == rows  # made again on each pass
     assert scores["per_input"] == rows and len(scores["per_input"]) == 6
     assert {k: v for k, v in scores.items() if k != "per_input"} == {
         "wer": 100.0 * 9 / 15, "words": 15, "substitutions": 1, "deletions": 7, "insertions": 1, "hits": 7,
+        "cer": 100.0 * 39 / 59, "chars": 59, "char_errors": 39,
         "inputs": 6, "inputs_without_reference": 2, "failed": ["d.flac", "e.flac"], "audio_s": 9.0}
 
     result = evaluation.report(scores, {"wall_s": 4.5, "audio_hours": 9.0 / 3600, "skipped_already_done": 0},
@@ -186,10 +196,12 @@ def test_eval_totals_and_rows_equal_a_hand_count(tmp_path):
                                                                                ensure_ascii=False) + "\n"
     assert json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))["per_input"] == rows
     md = (tmp_path / "eval.md").read_text(encoding="utf-8").split("\n")
-    assert md[2] == "| 60.00 | 15 | 1 | 7 | 1 | 6 | 2 | 2 | 9.0 | 4.5 | 2.0 |" and table == "\n".join(md[:3])
-    assert md[6:] == ["| a.flac | 3 | 0 | 1 | 0 | 33.33 |  |", "| ça.flac | 2 | 1 | 0 | 0 | 50.00 |  |",
-                      "| c.flac | 2 | 0 | 0 | 1 | 50.00 |  |", "| d.flac | 4 | 0 | 4 | 0 | 100.00 | d.flac: corrupt |",
-                      "| e.flac | 2 | 0 | 2 | 0 | 100.00 | no record |", "| h.flac | 2 | 0 | 0 | 0 | 0.00 |  |", ""]
+    assert md[2] == "| 60.00 | 66.10 | 15 | 1 | 7 | 1 | 6 | 2 | 2 | 9.0 | 4.5 | 2.0 |" and table == "\n".join(md[:3])
+    assert md[6:] == ["| a.flac | 3 | 0 | 1 | 0 | 33.33 | 41.67 |  |", "| ça.flac | 2 | 1 | 0 | 0 | 50.00 | 33.33 |  |",
+                      "| c.flac | 2 | 0 | 0 | 1 | 50.00 | 57.14 |  |",
+                      "| d.flac | 4 | 0 | 4 | 0 | 100.00 | 100.00 | d.flac: corrupt |",
+                      "| e.flac | 2 | 0 | 2 | 0 | 100.00 | 100.00 | no record |",
+                      "| h.flac | 2 | 0 | 0 | 0 | 0.00 | 0.00 |  |", ""]
     assert not list(tmp_path.glob(".*.tmp"))
 
 

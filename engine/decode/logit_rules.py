@@ -1,7 +1,8 @@
 """Whisper's logit rules as pure `jnp` over a batch: no host round trip per token.
 
 Each rule maps logits [B, V] (float32), the token buffer [B, L] and the number of tokens
-written so far (`length`, a traced int32 scalar shared by the batch) to filtered logits, with
+written so far (`length`: a traced int32 scalar shared by the batch, or [B], each row's own
+under continuous batching) to filtered logits, with
 the reference implementation's semantics (its `SuppressBlank`, `SuppressTokens`,
 `ApplyTimestampRules`), applied in that order by `apply_rules`.
 
@@ -47,9 +48,21 @@ def _mask_ids(logits: jax.Array, ids: tuple[int, ...], where: jax.Array | bool =
     return logits.at[:, idx].set(jnp.where(where, NEG_INF, current))
 
 
+def _row_lengths(length: jax.Array, batch: int) -> jax.Array:
+    """`length`, a scalar or [B] -> [B] int32."""
+    return jnp.broadcast_to(jnp.asarray(length, jnp.int32), (batch,))
+
+
+def _token_at(tokens: jax.Array, index: jax.Array) -> jax.Array:
+    """tokens [B, L] at one position per row, index [B] (clamped to the buffer) -> [B]."""
+    index = jnp.clip(index, 0, tokens.shape[1] - 1)
+    return jnp.take_along_axis(tokens, index[:, None], axis=1)[:, 0]
+
+
 def suppress_blank(logits: jax.Array, length: jax.Array, rules: LogitRules) -> jax.Array:
     """Forbid a blank or EOT as the first sampled token."""
-    return _mask_ids(logits, rules.blank_ids, length == rules.sample_begin)
+    at_begin = _row_lengths(length, logits.shape[0]) == rules.sample_begin
+    return _mask_ids(logits, rules.blank_ids, at_begin[:, None])
 
 
 def suppress_tokens(logits: jax.Array, rules: LogitRules) -> jax.Array:
@@ -67,9 +80,10 @@ def apply_timestamp_rules(logits: jax.Array, tokens: jax.Array, length: jax.Arra
     vocab = jnp.arange(logits.shape[-1])[None, :]  # [1, V]
     logits = logits.at[:, rules.no_timestamps].set(NEG_INF)
 
+    length = _row_lengths(length, logits.shape[0])  # [B]
     n_sampled = length - rules.sample_begin
-    last = jnp.take(tokens, jnp.maximum(length - 1, 0), axis=1)
-    penultimate = jnp.take(tokens, jnp.maximum(length - 2, 0), axis=1)
+    last = _token_at(tokens, length - 1)
+    penultimate = _token_at(tokens, length - 2)
     last_was_ts = (n_sampled >= 1) & (last >= ts)  # [B]
     penultimate_was_ts = (n_sampled < 2) | (penultimate >= ts)
     after_pair = (last_was_ts & penultimate_was_ts)[:, None]
@@ -79,14 +93,14 @@ def apply_timestamp_rules(logits: jax.Array, tokens: jax.Array, length: jax.Arra
 
     # Timestamps may not decrease; a segment needs nonzero length unless it closes a pair.
     positions = jnp.arange(tokens.shape[1])[None, :]
-    sampled_ts = (positions >= rules.sample_begin) & (positions < length) & (tokens >= ts)
+    sampled_ts = (positions >= rules.sample_begin) & (positions < length[:, None]) & (tokens >= ts)
     last_ts_pos = jnp.max(jnp.where(sampled_ts, positions, -1), axis=1)  # [B]
     last_ts = jnp.take_along_axis(tokens, jnp.maximum(last_ts_pos, 0)[:, None], axis=1)[:, 0]
     floor = jnp.where(after_single[:, 0], last_ts, last_ts + 1)
     too_early = (last_ts_pos >= 0)[:, None] & (vocab >= ts) & (vocab < floor[:, None])
     logits = jnp.where(too_early, NEG_INF, logits)
 
-    at_begin = length == rules.sample_begin
+    at_begin = (length == rules.sample_begin)[:, None]
     logits = jnp.where(at_begin & (vocab < ts), NEG_INF, logits)
     if rules.max_initial_timestamp_index is not None:
         last_allowed = ts + rules.max_initial_timestamp_index
@@ -102,6 +116,7 @@ def apply_timestamp_rules(logits: jax.Array, tokens: jax.Array, length: jax.Arra
 def _sampled_text(tokens: jax.Array, length: jax.Array, rules: LogitRules) -> jax.Array:
     """[B, L] bool: the positions holding a text token sampled in this window."""
     positions = jnp.arange(tokens.shape[1])[None, :]
+    length = _row_lengths(length, tokens.shape[0])[:, None]
     return (positions >= rules.sample_begin) & (positions < length) & (tokens < rules.eot)
 
 
@@ -117,6 +132,7 @@ def apply_repetition_guards(logits: jax.Array, tokens: jax.Array, length: jax.Ar
     """The repetition penalty, then the n-gram ban (see the module docstring); logits [B, V],
     tokens [B, L] -> [B, V]."""
     vocab = logits.shape[-1]
+    length = _row_lengths(length, logits.shape[0])  # [B]
     if rules.repetition_penalty != 1.0:
         seen = _scatter_rows(_sampled_text(tokens, length, rules), tokens, vocab)
         penalized = jnp.where(logits > 0, logits / rules.repetition_penalty, logits * rules.repetition_penalty)
@@ -126,12 +142,12 @@ def apply_repetition_guards(logits: jax.Array, tokens: jax.Array, length: jax.Ar
         buffer = tokens.shape[1]
         starts = jnp.arange(buffer)[None, :]  # j: an n-gram tokens[j : j + n]
         ends = starts + n - 1  # the token it would ban
-        match = (starts >= rules.sample_begin) & (ends < length)
+        match = (starts >= rules.sample_begin) & (ends < length[:, None])
         for k in range(n - 1):  # tokens[j + k] == the k-th of the last n - 1 sampled tokens
             shifted = jnp.take(tokens, jnp.minimum(starts + k, buffer - 1)[0], axis=1)
-            tail = jnp.take(tokens, jnp.maximum(length - (n - 1) + k, 0), axis=1)[:, None]
+            tail = _token_at(tokens, length - (n - 1) + k)[:, None]
             match = match & (shifted == tail)
-        match = match & (length - rules.sample_begin >= n - 1)
+        match = match & (length - rules.sample_begin >= n - 1)[:, None]
         banned_ids = jnp.take(tokens, jnp.minimum(ends, buffer - 1)[0], axis=1)
         banned = _scatter_rows(match & (banned_ids < rules.eot), banned_ids, vocab)
         logits = jnp.where(banned, NEG_INF, logits)

@@ -27,6 +27,7 @@ from .logit_rules import LogitRules
 from .options import DecodeOptions
 from .prompts import PromptBatch
 from .search import pick_best
+from .slots import SlotPrograms, SlotRequest, SlotResult, SlotService
 from .strategies import BeamSearch, Greedy, Sampling, Strategy
 from .tokenizer import Tokenizer
 
@@ -123,10 +124,16 @@ def is_silence(window: DecodedWindow, options: DecodeOptions) -> bool:
 
 
 class WindowDecoder:
-    """Decodes batches of windows, each row with its own prompt, with temperature fallback."""
+    """Decodes batches of windows, each row with its own prompt, with temperature fallback.
 
-    def __init__(self, generator: Generator, dims: ModelDims):
-        self.generator, self.dims = generator, dims
+    `continuous`: greedy and sampling decode over slots (`slots.SlotDecoder`): a row that ends
+    frees its slot for a waiting row (a fallback retry) while the others go on, instead of each
+    temperature's retries waiting for the whole batch. Same tokens as the whole-batch programs;
+    beam search and multi-process runs always decode whole batches."""
+
+    def __init__(self, generator: Generator, dims: ModelDims, continuous: bool = False):
+        self.generator, self.dims, self.continuous = generator, dims, continuous
+        self._slot_service: Optional[SlotService] = None  # built on first use, shared by the lane's batches
 
     def rules(self, tokenizer: Tokenizer, prompt_len: int, options: DecodeOptions) -> LogitRules:
         blank = tuple(tokenizer.encode(" ")) + (tokenizer.eot,) if options.rules.suppress_blank else ()
@@ -152,6 +159,8 @@ class WindowDecoder:
             raise ValueError("every prompt must hold <|startoftranscript|>")
         batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.search.sample_len,
                                   self.dims.n_text_ctx, seeds=seeds)
+        if self._slots_serve(options):
+            return self._decode_continuous(mel, batch, tokenizer, options)
         results: list[Optional[DecodedWindow]] = [None] * n
         pending = list(range(n))
         temperatures = options.fallback.temperatures
@@ -192,13 +201,63 @@ class WindowDecoder:
         if strategy.shrinkable:
             self._count(candidates, padded.shape[0], options.search.sample_len, counted)
         no_speech = np.asarray(result.no_speech_prob)[::copies]
-        windows = []
-        for i in range(n):
-            tokens, sum_logprob = pick_best(candidates[i], options.search.length_penalty)
-            text = tokenizer.decode(tokens).strip()
-            windows.append(DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1),
-                                         float(no_speech[i]), compression_ratio(text), temperature))
-        return windows
+        return [self._window(candidates[i], float(no_speech[i]), tokenizer, options, temperature) for i in range(n)]
+
+    @staticmethod
+    def _window(candidates: list, no_speech: float, tokenizer: Tokenizer, options: DecodeOptions,
+                temperature: float) -> DecodedWindow:
+        """A window's best hypothesis among its candidates (tokens, summed log-probability)."""
+        tokens, sum_logprob = pick_best(candidates, options.search.length_penalty)
+        text = tokenizer.decode(tokens).strip()
+        return DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1), no_speech,
+                             compression_ratio(text), temperature)
+
+    def _slots_serve(self, options: DecodeOptions) -> bool:
+        """Whether this decode runs over slots: asked for, no beam search, one process."""
+        return (self.continuous and options.search.beam_size is None and jax.process_count() == 1
+                and self.generator.mesh is None)
+
+    def _decode_continuous(self, mel: jax.Array, batch: PromptBatch, tokenizer: Tokenizer,
+                           options: DecodeOptions) -> list[DecodedWindow]:
+        """`decode` over the generator's shared slots: every window's rows (best-of copies at
+        temperatures above 0) are requests; a window whose best hypothesis needs the fallback
+        queues its rows at the next temperature as soon as it is known. Each row carries the
+        pad, limit, seed and run key the whole-batch path gives it, so the tokens are the same."""
+        if self._slot_service is None:
+            self._slot_service = SlotService(SlotPrograms(self.generator))
+        n, prompt_len = batch.tokens.shape
+        temperatures = options.fallback.temperatures
+        results: list[Optional[DecodedWindow]] = [None] * n
+        gathered: dict[tuple[int, int], list] = {}
+
+        def rows(row: int, attempt: int) -> list[SlotRequest]:
+            temperature = temperatures[attempt]
+            copies = strategy_for(options, temperature).copies
+            pad, limit, sot, seed = (int(a[row]) for a in batch.rows)
+            return [SlotRequest(mel, row, batch.tokens[row], (pad, limit, sot, (seed * 7919 + copy) % (1 << 31)),
+                                temperature, options.search.seed + attempt, (row, attempt, copies, copy))
+                    for copy in range(copies)]  # seeds as PromptBatch.padded gives best-of copies
+
+        def finish(request: SlotRequest, result: SlotResult) -> None:
+            row, attempt, copies, copy = request.tag
+            got = gathered.setdefault((row, attempt), [])
+            got.append((copy, result))
+            if len(got) < copies:
+                return
+            got.sort(key=lambda g: g[0])  # copy order, as the whole batch returns them
+            self.generator.counters.useful += sum(min(len(r.tokens) + 1, options.search.sample_len) for _, r in got)
+            window = self._window([(r.tokens, r.sum_logprob) for _, r in got], got[0][1].no_speech_prob, tokenizer,
+                                  options, temperatures[attempt])
+            if attempt + 1 < len(temperatures) and needs_fallback(window, options):
+                for retry in rows(row, attempt + 1):
+                    request.call.ask(retry)
+            else:
+                results[row] = window
+
+        self._slot_service.serve(self.config(tokenizer, prompt_len, options),
+                                 [r for row in range(n) for r in rows(row, 0)],
+                                 bucket(n, self.generator.batch_multiple), finish)
+        return results  # type: ignore[return-value]
 
 
     def _count(self, candidates: list, width: int, sample_len: int, counted: int) -> None:

@@ -90,6 +90,12 @@ DIMS: dict[str, ModelDims] = {
     "large-v2": _dims(80, 1280, 20, 32, 32, N_VOCAB_MULTILINGUAL),
     "large-v3": _dims(128, 1280, 20, 32, 32, N_VOCAB_V3),
     "large-v3-turbo": _dims(128, 1280, 20, 32, 4, N_VOCAB_V3),
+    # distil-whisper (hub organisation distil-whisper): the teacher's encoder, a shallow decoder
+    "distil-small.en": _dims(80, 768, 12, 12, 4, N_VOCAB_EN),
+    "distil-medium.en": _dims(80, 1024, 16, 24, 2, N_VOCAB_EN),
+    "distil-large-v2": _dims(80, 1280, 20, 32, 2, N_VOCAB_MULTILINGUAL),
+    "distil-large-v3": _dims(128, 1280, 20, 32, 2, N_VOCAB_V3),
+    "distil-large-v3.5": _dims(128, 1280, 20, 32, 2, N_VOCAB_V3),
 }
 DIMS["large"] = DIMS["large-v3"]
 DIMS["turbo"] = DIMS["large-v3-turbo"]

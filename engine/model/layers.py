@@ -64,6 +64,14 @@ def matmul(spec: str, x: jax.Array, w: jax.Array, dtype, out_dtype=None, **kwarg
     return y.astype(out_dtype or dtype)
 
 
+def write_at(cache: jax.Array, new: jax.Array, offset) -> jax.Array:
+    """new [B, H, T, K] written into cache [B, H, C, K] at positions [offset, offset + T): a
+    scalar offset for the whole batch, or [B], one per row (a scatter of each row's slice)."""
+    if jnp.ndim(offset) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, offset, axis=2)
+    return jax.vmap(lambda c, n, o: jax.lax.dynamic_update_slice_in_dim(c, n, o, axis=1))(cache, new, offset)
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm over D with eps 1e-5, computed in float32."""
 
@@ -188,10 +196,8 @@ class Block(nnx.Module):
             x = x + self.attn(h, mask=mask)
         else:
             k, v = self.attn.keys_values(h)
-            cache = tuple(
-                constrain(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), offset, axis=2),
-                          "batch", "heads", "cache_len", "head_dim")
-                for c, new in zip(cache, (k, v)))
+            cache = tuple(constrain(write_at(c, new.astype(c.dtype), offset), "batch", "heads", "cache_len",
+                                    "head_dim") for c, new in zip(cache, (k, v)))
             x = x + self.attn.output(attend(self.attn.queries(h), *cache, mask))
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv, scores_out=cross_scores_out)

@@ -37,6 +37,12 @@ ENCODER_ROWS_CPU = 2
 _F32 = jnp.float32
 
 
+def _row_offsets(offset) -> jax.Array:
+    """A scalar offset or one per row [B] -> [B, 1] or [1, 1] int32, to add to [., T] positions."""
+    offset = jnp.asarray(offset, jnp.int32)
+    return offset[:, None] if offset.ndim == 1 else offset.reshape(1, 1)
+
+
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
     """The encoder's fixed positional table [length, channels]: sin half, then cos half."""
     if channels % 2:
@@ -106,10 +112,11 @@ class TextDecoder(nnx.Module):
     def _embed(self, tokens: jax.Array, offset, pad: Optional[jax.Array] = None) -> jax.Array:
         """tokens [B, T] at cache positions offset.. (minus each row's `pad` [B]) -> [B, T, D]."""
         table = self.token_embedding[...].astype(self.dtype)
-        if pad is None:
+        if pad is None and jnp.ndim(offset) == 0:
             positions = jax.lax.dynamic_slice_in_dim(self.positions[...], offset, tokens.shape[1])
         else:  # [B, T, D]; padding positions (negative) and ones past the table are clamped
-            index = offset + jnp.arange(tokens.shape[1])[None, :] - pad[:, None]
+            pad = jnp.zeros((tokens.shape[0],), jnp.int32) if pad is None else pad
+            index = _row_offsets(offset) + jnp.arange(tokens.shape[1])[None, :] - pad[:, None]
             positions = jnp.take(self.positions[...], jnp.clip(index, 0, self.positions.shape[0] - 1), axis=0)
         x = jnp.take(table, tokens, axis=0) + positions.astype(self.dtype)
         return constrain(x, "batch", "text_len", "embed")
@@ -139,13 +146,22 @@ class TextDecoder(nnx.Module):
     def step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache,
              pad: Optional[jax.Array] = None) -> tuple[jax.Array, KVCache]:
         """tokens [B, T] at cache positions [offset, offset + T) against the cache -> logits,
-        cache. `pad` [B]: leading cache positions of each row that hold padding (None: 0)."""
+        cache. `offset`: a scalar shared by the batch, or [B], each row's own (continuous
+        batching: rows at different lengths). `pad` [B]: leading cache positions of each row
+        that hold padding (None: 0)."""
         x = self._embed(tokens, offset, pad)
-        query_pos = offset + jnp.arange(tokens.shape[1])
         keys = jnp.arange(cache.length)
-        visible = keys[None, :] <= query_pos[:, None]  # [T, C]
-        if pad is not None:  # [B, 1, T, C], broadcast over heads
-            visible = (visible[None] & (keys[None, None, :] >= pad[:, None, None]))[:, None]
+        if jnp.ndim(offset) == 0:
+            query_pos = offset + jnp.arange(tokens.shape[1])
+            visible = keys[None, :] <= query_pos[:, None]  # [T, C]
+            if pad is not None:  # [B, 1, T, C], broadcast over heads
+                visible = (visible[None] & (keys[None, None, :] >= pad[:, None, None]))[:, None]
+        else:  # [B, 1, T, C]
+            query_pos = _row_offsets(offset) + jnp.arange(tokens.shape[1])[None, :]  # [B, T]
+            visible = keys[None, None, :] <= query_pos[:, :, None]
+            if pad is not None:
+                visible = visible & (keys[None, None, :] >= pad[:, None, None])
+            visible = visible[:, None]
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             x, (k, v) = block(x, mask=visible, cross_kv=(cache.cross_k[i], cache.cross_v[i]),
@@ -198,7 +214,8 @@ class Whisper(nnx.Module):
 
     def decode_step(self, tokens: jax.Array, offset: jax.Array, cache: KVCache,
                     pad: Optional[jax.Array] = None) -> tuple[jax.Array, KVCache]:
-        """tokens [B, T] written at `offset` (a traced int32 scalar) -> logits [B, T, V], cache."""
+        """tokens [B, T] written at `offset` (a traced int32 scalar, or [B]: each row's) -> logits
+        [B, T, V], cache."""
         return self.decoder.step(tokens, offset, cache, pad)
 
     def __call__(self, mel: jax.Array, tokens: jax.Array) -> jax.Array:

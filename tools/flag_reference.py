@@ -1,0 +1,171 @@
+"""Render every flag of the `whisper-nnx` command line as Markdown, from the argparse parser
+itself (engine/cli.py `build_parser`, the flags in engine/cli_flags.py), into docs/CLI.md.
+
+    .venv/bin/python tools/flag_reference.py           # rewrite docs/CLI.md
+    .venv/bin/python tools/flag_reference.py --check   # exit 1 when docs/CLI.md differs
+
+tests/test_cli_reference.py regenerates the text and fails when docs/CLI.md differs, so a changed
+flag (name, alias, default or help) means running this script in the same change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "docs" / "CLI.md"
+COMMAND = ".venv/bin/python tools/flag_reference.py"
+
+# Python < 3.12's BooleanOptionalAction appends this to its help; the reference leaves it out so
+# that the text is the same on every supported Python.
+_BOOLEAN_DEFAULT_SUFFIX = " (default: %(default)s)"
+
+
+def _escape(text: str) -> str:
+    """Text for a Markdown table cell: no column breaks, emphasis or HTML tags."""
+    for plain, escaped in (("\\", "\\\\"), ("|", "\\|"), ("*", "\\*"), ("<", "&lt;")):
+        text = text.replace(plain, escaped)
+    return " ".join(text.split())
+
+
+def _help(action: argparse.Action) -> str:
+    text = action.help or ""
+    if text.endswith(_BOOLEAN_DEFAULT_SUFFIX):
+        text = text[: -len(_BOOLEAN_DEFAULT_SUFFIX)]
+    if "%(" in text:  # as argparse expands it
+        params = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
+        if params.get("choices") is not None:
+            params["choices"] = ", ".join(str(c) for c in params["choices"])
+        text = text % params
+    return _escape(text)
+
+
+def _metavar(action: argparse.Action) -> str:
+    """The value a flag takes, as --help shows it (nothing for a switch)."""
+    if action.nargs == 0:
+        return ""
+    if action.metavar is not None:
+        name = action.metavar
+    elif action.choices is not None:
+        name = "{" + ",".join(str(c) for c in action.choices) + "}"
+    else:
+        name = action.dest.upper() if action.option_strings else action.dest
+    return {"?": f"[{name}]", "*": f"[{name} ...]", "+": f"{name}..."}.get(action.nargs, name)
+
+
+def _primary(action: argparse.Action) -> str:
+    """The flag's own spelling (its dest with dashes); the other option strings are aliases."""
+    own = "--" + action.dest.replace("_", "-")
+    if own in action.option_strings:
+        return own
+    return next((s for s in action.option_strings if s.startswith("--")), action.option_strings[0])
+
+
+def _default(action: argparse.Action) -> str:
+    if not action.option_strings or action.default in (None, argparse.SUPPRESS):
+        return ""
+    if action.nargs == 0 and isinstance(action.default, bool):  # a switch: off / on
+        return "on" if action.default else "off"
+    return _code(str(action.default))
+
+
+def _code(text: str) -> str:
+    """A code span in a table cell (GitHub's tables split on | even there, unless escaped)."""
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _row(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return f"| {_code(_metavar(action))} | | | {_help(action)} |"
+    primary = _primary(action)
+    value = _metavar(action)
+    aliases = ", ".join(_code(s) for s in action.option_strings if s != primary)
+    flag = _code(f"{primary} {value}" if value else primary)
+    return f"| {flag} | {aliases} | {_default(action)} | {_help(action)} |"
+
+
+def _groups(parser: argparse.ArgumentParser, keep=lambda action: True) -> list[str]:
+    """A table per argument group, in the parser's order (--help left out: every command has it)."""
+    lines: list[str] = []
+    for group in parser._action_groups:  # argparse keeps its groups here (public API has none)
+        actions = [a for a in group._group_actions
+                   if not isinstance(a, argparse._HelpAction) and a.help is not argparse.SUPPRESS and keep(a)]
+        if not actions:
+            continue
+        title = {"positional arguments": "arguments", "optional arguments": "options"}.get(group.title, group.title)
+        lines += ["", f"### {title}", "", "| flag | aliases | default | description |", "|---|---|---|---|"]
+        lines += [_row(a) for a in actions]
+    return lines
+
+
+def _signature(action: argparse.Action) -> tuple:
+    return (tuple(action.option_strings), action.dest, repr(action.default), action.help, _metavar(action))
+
+
+def render() -> str:
+    """docs/CLI.md's text, from the parser."""
+    from whisper_nnx.engine.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {a.dest: a.help for a in sub._choices_actions}
+    commands = list(sub.choices)
+    lines = [
+        "# Command-line reference",
+        "",
+        "<!-- Generated by tools/flag_reference.py from the argparse parser; do not edit by hand. -->",
+        "",
+        "Every flag of `whisper-nnx`, generated from the parser itself (`engine/cli.py` `build_parser`, the",
+        "flags in `engine/cli_flags.py`), so it cannot drift: after changing a flag, run",
+        f"`{COMMAND}` (tests/test_cli_reference.py fails until this file matches).",
+        "`whisper-nnx COMMAND --help` prints the same text; `-h`/`--help` works everywhere.",
+        "A list that starts with `-` is given with `=` (`--suppress-tokens=-1,50256`).",
+        "",
+        "Commands: " + ", ".join(f"[{c}](#whisper-nnx-{c})" for c in commands) + ".",
+        "",
+        "## whisper-nnx",
+        "",
+        "`whisper-nnx [--version] COMMAND ...`",
+    ]
+    lines += _groups(parser, keep=lambda a: not isinstance(a, argparse._SubParsersAction))
+    seen: dict[tuple, str] = {}
+    for name in commands:
+        command = sub.choices[name]
+        positionals = " ".join(_metavar(a) for a in command._actions if not a.option_strings)
+        lines += ["", f"## whisper-nnx {name}", "", _escape(summaries.get(name) or ""), "",
+                  f"`whisper-nnx {name} [options] {positionals}`"]
+        # A command that shares flags with one above (eval takes transcribe's) lists only its own.
+        shared = {_signature(a): seen[_signature(a)] for a in command._actions
+                  if not isinstance(a, argparse._HelpAction) and _signature(a) in seen}
+        owners = sorted(set(shared.values()), key=commands.index)
+        if owners:
+            lines += ["", "Takes every flag of " + ", ".join(f"[`{o}`](#whisper-nnx-{o})" for o in owners)
+                      + ", and the ones below."]
+        lines += _groups(command, keep=lambda a: _signature(a) not in shared)
+        for action in command._actions:
+            seen.setdefault(_signature(action), name)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("--check", action="store_true", help="exit 1 when docs/CLI.md differs; write nothing")
+    check = args.parse_args(argv).check
+    text = render()
+    current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.is_file() else None
+    if check:
+        if current != text:
+            print(f"{OUTPUT.relative_to(ROOT)} is out of date: run {COMMAND}", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+        OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT.relative_to(ROOT)}" if current != text else f"{OUTPUT.relative_to(ROOT)} is current")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
