@@ -205,14 +205,12 @@ def run_hf(args, batches: list[int]) -> dict:
 
 
 def new_tokens(row: list[int], config) -> list[int]:
-    """A transformers output row less its decoder prompt (start, language, task, no-timestamps)
-    and any padding or end token after it."""
-    prompt = {config.decoder_start_token_id, config.no_timestamps_token_id, *config.lang_to_id.values(),
-              *config.task_to_id.values()}
-    at = 0
-    while at < len(row) and row[at] in prompt:
-        at += 1
-    rest = row[at:]
+    """A transformers output row less its decoder prompt (start, English, transcribe,
+    no-timestamps: recent versions return the new tokens alone) and any end or padding token
+    after them (none when `min_new_tokens` held the end token back)."""
+    prompt = [config.decoder_start_token_id, *([config.lang_to_id["<|en|>"]] if config.is_multilingual else []),
+              *([config.task_to_id["transcribe"]] if config.is_multilingual else []), config.no_timestamps_token_id]
+    rest = row[len(prompt):] if row[:len(prompt)] == prompt else row
     while rest and rest[-1] == config.eos_token_id:
         rest = rest[:-1]
     return rest

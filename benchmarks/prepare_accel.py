@@ -16,7 +16,7 @@ that travel in separate calls, and everything that is large is made on the machi
                      unpacked one is missing) made by transformers from a seed on the device,
                      saved as a Hugging Face checkpoint (config.json, model.safetensors,
                      generation_config.json, tokenizer.json): the one folder both engines load
-                     (ours reads that layout); about 20 s for large-v3's 3.1 GB
+                     (ours reads that layout); expected about 20 s for large-v3 (3.1 GB)
          corpus      bench_feed's corpus built from tests/data's lecture (travels with the
                      checkout): long readings and <= 30 s clips, FLAC and MP3
 
@@ -130,9 +130,23 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def ignored_by_git(path: Path) -> bool:
+    """Whether git ignores `path` in this checkout (True without git or outside a checkout): a
+    folder inside the checkout that git does not ignore travels with every device call."""
+    try:
+        proc = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO, capture_output=True)
+    except OSError:
+        return True
+    return proc.returncode != 1  # 0: ignored, 1: not ignored, 128: no checkout
+
+
 def pack(out: Path, smoke: bool) -> dict:
     """The folder that travels (see the module docstring); returns its manifest, also written as
-    manifest.json: each part's size in bytes."""
+    manifest.json: each part's size in bytes. A folder inside the checkout must be one git
+    ignores (else its 80 MB would travel with every call and exceed the limit)."""
+    if out.resolve().is_relative_to(REPO) and not ignored_by_git(out.resolve()):
+        raise SystemExit(f"{out} is inside the checkout and git does not ignore it: add "
+                         f"/{out.resolve().relative_to(REPO).as_posix()}/ to .git/info/exclude first")
     start = time.perf_counter()
     copy_tokenizers(out)
     pack_tiny(out / "tiny.en-int8")

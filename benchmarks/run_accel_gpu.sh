@@ -98,7 +98,8 @@ step() {
 keep() { [[ -f $out/$1.json ]] && cp "$out/$1.json" "$records/"; }
 
 stage_device() {
-    step versions 60 "$py" -c "import jax, flax, numpy; print('jax', jax.__version__, 'flax', flax.__version__, 'numpy', numpy.__version__, jax.devices())"
+    step versions 60 "$py" -c "import jax, flax, numpy, torch, transformers; print('jax', jax.__version__, 'flax', \
+flax.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())"
     step unpack-tiny 60 "$py" benchmarks/prepare_accel.py unpack-tiny --src "$accel/tiny.en-int8" --out "$work/tiny.en"
     step accel-tiny.en 120 "$py" benchmarks/bench_accel.py --device "$device" --model tiny.en --batch-sizes "$tiny_batches" \
         --tokens "$accel_tokens" --repeats 2 --tokenizer "$accel/tokenizers/tiny.en/tokenizer.json" --out "$out/accel-tiny.en.json"

@@ -65,7 +65,7 @@ def _formats(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(formats)
 
 
-# --device -> the JAX platform (JAX_PLATFORMS); gpu is NVIDIA's (the `cuda` extra's jax[cuda12])
+# --device -> the JAX platform (JAX_PLATFORMS); gpu is NVIDIA's (the `cuda` extra's jax[cuda13])
 PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 _DEVICE_HINTS = {"gpu": "install JAX's CUDA build (pip install 'whisper-nnx[cuda]') on a host with an NVIDIA GPU",
                  "tpu": "install JAX's TPU build (pip install 'whisper-nnx[tpu]') on a TPU VM"}

@@ -4,8 +4,9 @@ in memory.
     inputs (paths, entry.Entry, file objects, sample arrays)
       -> AudioPrefetcher: on `workers` threads, each input decoded (audio.py; a long file to a
          spool on disk, spool.py) and, when asked, its speech found (vad.py, `speech_finder`)
-      -> LoadedInput per input, in input order -> scheduler.WindowScheduler, which `release`s
-         the audio of the files it is done with
+      -> LoadedInput per input, as each finishes decoding (the largest local files of each
+         stretch of inputs started first) -> scheduler.WindowScheduler, which `release`s the
+         audio of the files it is done with
 
 At most `max_ahead` files are in flight and decoding pauses while more than `max_seconds` of
 decoded audio wait in memory. An input that cannot be read is a LoadedInput with an `error`:
@@ -17,6 +18,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import os
 import threading
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -78,8 +80,8 @@ def speech_finder(vad: Optional[VadOptions], skip_non_speech: bool, chunked: boo
 
 
 class AudioPrefetcher:
-    """Decodes inputs on `workers` threads ahead of the consumer, yielding them in input
-    order. At most `max_ahead` files are in flight and decoding pauses while more than
+    """Decodes inputs on `workers` threads ahead of the consumer (iterated: in input order;
+    `stream`: as they finish decoding, largest first). At most `max_ahead` files are in flight and decoding pauses while more than
     `max_seconds` of decoded audio wait in memory to be `release`d. A file longer than
     `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
     from there, so no file holds more than that much audio in memory, whatever its length."""
@@ -128,42 +130,88 @@ class AudioPrefetcher:
         return ArrayAudio(audio)
 
     def __iter__(self) -> Iterator[LoadedInput]:
-        with self.stream() as stream:
+        """The files in input order."""
+        with PrefetchStream(self, ordered=True) as stream:
             while (loaded := stream.next()) is not None:
                 yield loaded
 
     def stream(self) -> "PrefetchStream":
-        """The files in input order, taken one at a time with `PrefetchStream.next`, which can
-        also answer at once that the next one is not decoded yet (a `with` block ends the
-        decoding threads)."""
-        return PrefetchStream(self)
+        """The files taken one at a time with `PrefetchStream.next` as they finish decoding,
+        which can also answer at once that none is decoded yet (a `with` block ends the decoding
+        threads). The largest local files of each stretch of inputs are decoded first, so that a
+        long file's windows ride along with the short ones instead of trailing the run."""
+        return PrefetchStream(self, ordered=False)
 
 
-NOT_READY = object()  # PrefetchStream.next(block=False): the next file is still being decoded
+NOT_READY = object()  # PrefetchStream.next(block=False): no file is decoded yet
+
+SIZE_STRETCH = 1024  # inputs reordered (largest local file first) together
+
+
+def local_size(item: AudioInput) -> int:
+    """An input's size in bytes when it is a local file (0 otherwise: URLs, arrays, file objects
+    and dataset rows keep their place after the local files of their stretch)."""
+    if isinstance(item, (str, os.PathLike)) and "://" not in str(item):
+        try:
+            return os.stat(item).st_size
+        except OSError:
+            return 0
+    return 0
+
+
+def largest_first(items: Sequence[AudioInput], stretch: int = SIZE_STRETCH) -> list[int]:
+    """Input indices, each `stretch` of inputs ordered by local file size, largest first (ties
+    and inputs of unknown size in input order)."""
+    order: list[int] = []
+    for start in range(0, len(items), stretch):
+        block = range(start, min(start + stretch, len(items)))
+        order.extend(sorted(block, key=lambda i: -local_size(items[i])))
+    return order
 
 
 class PrefetchStream:
-    """An `AudioPrefetcher`'s files, in input order, on its decoding threads."""
+    """An `AudioPrefetcher`'s files on its decoding threads: in input order (`ordered`), or
+    the largest local files of each stretch of inputs submitted first and each file given as soon
+    as it is decoded (a long file being decoded does not hold back the short ones behind it)."""
 
-    def __init__(self, prefetcher: AudioPrefetcher):
-        self.prefetcher = prefetcher
+    def __init__(self, prefetcher: AudioPrefetcher, ordered: bool = True):
+        self.prefetcher, self.ordered = prefetcher, ordered
         self._pending: collections.deque = collections.deque()
+        self._order: list[int] = []  # the submission order, built a stretch at a time
         self._submitted = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(prefetcher.workers, thread_name_prefix="whisper-nnx-audio")
 
+    def _next_index(self) -> int:
+        if self.ordered:
+            return self._submitted
+        if self._submitted == len(self._order):  # the next stretch, ordered when it is reached
+            start = len(self._order)
+            end = min(start + SIZE_STRETCH, len(self.prefetcher.items))
+            self._order.extend(start + i for i in largest_first(self.prefetcher.items[start:end]))
+        return self._order[self._submitted]
+
     def next(self, block: bool = True):
         """The next file (`LoadedInput`), None when every file was given, or, with `block`
-        False, NOT_READY while the next one is still being decoded."""
+        False, NOT_READY while no file is decoded yet."""
         p = self.prefetcher
         while (self._submitted < len(p.items) and len(self._pending) < p.max_ahead
                and (p._buffered < p.max_seconds or not self._pending)):
-            self._pending.append(self._pool.submit(p._load, self._submitted))
+            self._pending.append(self._pool.submit(p._load, self._next_index()))
             self._submitted += 1
         if not self._pending:
             return None
-        if not block and not self._pending[0].done():
-            return NOT_READY
-        return self._pending.popleft().result()
+        if self.ordered:
+            if not block and not self._pending[0].done():
+                return NOT_READY
+            return self._pending.popleft().result()
+        done = next((f for f in self._pending if f.done()), None)
+        if done is None:
+            if not block:
+                return NOT_READY
+            concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            done = next(f for f in self._pending if f.done())
+        self._pending.remove(done)
+        return done.result()
 
     def close(self) -> None:
         """Stop decoding: files not started are dropped, the ones under way finish."""

@@ -22,7 +22,7 @@ segments left out of the text, each with its `dropped` reason: always present wi
 `--hallucination-filter` (its reasons), else only when one was dropped: punctuation-only text
 over a window that is likely non-speech, "punctuation only over likely non-speech"; a segment's
 `language` with `--language-per-window`;
-`decode_clips`' window statistics; the run's `model`, `dtype`, `long_form`, `mesh`, `sharding`;
+`decode_clips`' window statistics, with its `unlikely`; the run's `model`, `dtype`, `long_form`, `mesh`, `sharding`;
 `row`: the dataset row `FILE:ROW` of an entry named by its --id-column value, which rows may share:
 the record's identity then, `entry.record_key`).
 

@@ -1,6 +1,6 @@
 """Keeping the device busy over a corpus: windows of many files packed into full batches.
 
-    reading.AudioPrefetcher (audio decoded ahead on threads, bounded) -> files, in input order
+    reading.AudioPrefetcher (audio decoded ahead on threads, bounded) -> files as they are decoded
            -> WindowScheduler: WindowWork.prepare makes each file's job (longform.py), which
               hands out window requests
               -> batches of `batch_size` windows from any files, similar lengths together

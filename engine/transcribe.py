@@ -42,7 +42,7 @@ from .decode.languages import LANGUAGES
 from .decode.options import DecodeOptions
 from .decode.prompts import initial_tokens
 from .decode.tokenizer import Tokenizer
-from .decode.window_decoder import WindowDecoder, bucket, is_silence
+from .decode.window_decoder import WindowDecoder, bucket, is_silence, needs_fallback
 from .entry import NamedSamples
 from .features import WindowFeatures, log_mel_spectrogram_jit
 from .options import TranscribeOptions
@@ -250,7 +250,7 @@ class Transcriber:
                     [s.to_json() for s in split_segments(window.tokens, tokenizer, 0.0, duration)],
                     "avg_logprob": window.avg_logprob, "no_speech_prob": window.no_speech_prob,
                     "compression_ratio": window.compression_ratio, "temperature": window.temperature,
-                    "tokens": window.tokens}
+                    "unlikely": needs_fallback(window, options.decode), "tokens": window.tokens}
         return out  # type: ignore[return-value]
 
 

@@ -13,7 +13,7 @@ from whisper_nnx.engine.decode.window_decoder import DecodedWindow
 from whisper_nnx.engine.inputs import Entry
 from whisper_nnx.engine.longform import PreparedFile, WindowRequest
 from whisper_nnx.engine.progress import Progress
-from whisper_nnx.engine.reading import AudioPrefetcher
+from whisper_nnx.engine.reading import AudioPrefetcher, PrefetchStream
 from whisper_nnx.engine.scheduler import WindowScheduler
 
 
@@ -61,7 +61,7 @@ class _Decoded(AudioPrefetcher):
     holds does not depend on the decoding threads' timing."""
 
     def stream(self):
-        stream = super().stream()
+        stream = PrefetchStream(self, ordered=True)  # input order, each file waited for
         ask = stream.next
         stream.next = lambda block=True: ask(block=True)
         return stream
