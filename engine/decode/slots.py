@@ -230,7 +230,8 @@ class SlotService:
     the slots the previous batch's rows free, so no batch waits on its slowest row alone.
     Whichever waiting caller finds the loop free drives it, one stretch at a time.
 
-    The slot set has one prompt width P: rows with shorter prompts are padded to it (the same
+    The slot set has one prompt width P, the widest of the rows waiting when it was built (an
+    idle set is rebuilt for what waits): rows with shorter prompts are padded to it (the same
     computation but for float rounding: attention sums over more masked positions, so a near
     tie between two tokens may fall the other way); a row with a longer one (or other rules)
     waits until the set has drained, and a new set of its width starts. `width` slots at most (it grows to the largest call); with nothing waiting and at
@@ -321,14 +322,13 @@ class SlotService:
         """Waiting rows that fit into free slots; a new slot set once the current one is empty
         and a waiting row does not fit it; the set narrowed or widened to what is waiting."""
         busy = sum(o is not None for o in self.owners)
-        if self.queue and busy == 0 and not self._fits(self.queue[0]):
+        if self.queue and busy == 0:  # an idle set is rebuilt for what waits: its rules, its widest prompt
             first = self.queue[0]
             widest = max(len(r.prompt) for r in self.queue if _same_rules(r.call.config, first.call.config))
-            self.config = first.call.config
-            if widest > self.config.rules.sample_begin:  # grow to the widest prompt waiting
-                self.config = dataclasses.replace(self.config,
-                                                  rules=dataclasses.replace(self.config.rules, sample_begin=widest))
-            self.state, self.owners = None, []
+            wanted = dataclasses.replace(first.call.config,
+                                         rules=dataclasses.replace(first.call.config.rules, sample_begin=widest))
+            if wanted != self.config:
+                self.config, self.state, self.owners = wanted, None, []
         fitting = [r for r in self.queue if self._fits(r)]
         if not fitting:
             if not self.queue and self.state is not None and busy <= len(self.owners) // 2:
