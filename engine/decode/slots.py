@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from ..model.kv_cache import KVCache
-from .generate import DecodeConfig, Generator, RowSpec, host_prng_key, shrunk_width
+from .generate import DecodeConfig, Generator, RowSpec, host_prng_key
 from .logit_rules import apply_rules
 from .programs import _no_speech_prob
 from .search import sampled_tokens
@@ -234,10 +234,13 @@ class SlotService:
     idle set is rebuilt for what waits): rows with shorter prompts are padded to it (the same
     computation but for float rounding: attention sums over more masked positions, so a near
     tie between two tokens may fall the other way); a row with a longer one (or other rules)
-    waits until the set has drained, and a new set of its width starts. `width` slots at most (it grows to the largest call); with nothing waiting and at
-    most half the slots busy, the set narrows as `Generator` shrinks its batches, and grows back
-    when rows wait. One process only. `stretch`: most steps between two looks at the slots; an
-    insert is made once `min(waiting, width // insert_fraction)` slots (at least 1) are free."""
+    waits until the set has drained, and a new set of its width starts. `width` slots at most
+    (it grows to the largest call): the set is as wide as the power of two that holds its busy
+    rows and the rows waiting, narrowed once at most half of it would be busy (as `Generator`
+    shrinks its batches) and widened when rows wait. One process only. `stretch`: most steps between two looks at the slots; an
+    insert is made once `min(waiting, width // insert_fraction)` slots (at least 1) are free;
+    with none waiting, the loop stops once `busy // insert_fraction` rows (at least 1) have ended,
+    since their calls may be waiting on them."""
 
     def __init__(self, programs: SlotPrograms, stretch: int = 32, insert_fraction: int = 4):
         self.programs, self.stretch, self.insert_fraction = programs, stretch, insert_fraction
@@ -294,7 +297,10 @@ class SlotService:
         if self.state is None:
             return
         busy = sum(o is not None for o in self.owners)
-        wanted = max(1, min(fits, max(1, len(self.owners) // self.insert_fraction))) if fits else len(self.owners)
+        # Stop for an insert once enough slots are free for the rows waiting, or, with none
+        # waiting, as soon as a few rows end (their calls may be waiting on them to go on).
+        share = max(1, len(self.owners) // self.insert_fraction)
+        wanted = min(fits, share) if fits else max(1, busy // self.insert_fraction)
         generator = self.programs.generator
         self.state, ran = self.programs.steps(generator.state, self.state, np.int32(self.stretch),
                                               np.int32(len(self.owners) - busy + wanted), config=self.config)
@@ -330,24 +336,25 @@ class SlotService:
             if wanted != self.config:
                 self.config, self.state, self.owners = wanted, None, []
         fitting = [r for r in self.queue if self._fits(r)]
+        # The set's width follows the rows it has and can take (a power of two, at most `width`):
+        # wider when rows wait, narrower once at most half of it would be busy.
+        needed = min(self.width, _bucket(busy + len(fitting)))
+        if self.state is not None and (needed > len(self.owners) or needed <= len(self.owners) // 2):
+            self._resize(needed)
         if not fitting:
-            if not self.queue and self.state is not None and busy <= len(self.owners) // 2:
-                self._resize(shrunk_width(busy, len(self.owners)))
             return
-        if self.state is not None and len(self.owners) < self.width:
-            self._resize(self.width)
         free = [i for i, o in enumerate(self.owners) if o is None] if self.state is not None \
-            else list(range(self.width))
+            else list(range(needed))
         taken = fitting[:len(free)]
         chosen = set(map(id, taken))
         self.queue = collections.deque(r for r in self.queue if id(r) not in chosen)
         generator = self.programs.generator
         if self.state is None:  # a new set: its first rows, filler rows finished from the start
-            padded = taken + [taken[0]] * (self.width - len(taken))
+            padded = taken + [taken[0]] * (needed - len(taken))
             self.state = self.programs.start(generator.state, *self._inputs(padded), config=self.config)
-            if len(taken) < self.width:
+            if len(taken) < needed:
                 self.state = self.state._replace(finished=self.state.finished.at[len(taken):].set(True))
-            self.owners = taken + [None] * (self.width - len(taken))
+            self.owners = taken + [None] * (needed - len(taken))
             return
         size = min(_bucket(len(taken)), len(self.owners))
         padded = taken + [taken[0]] * (size - len(taken))
