@@ -4,9 +4,8 @@ in memory.
     inputs (paths, entry.Entry, file objects, sample arrays)
       -> AudioPrefetcher: on `workers` threads, each input decoded (audio.py; a long file to a
          spool on disk, spool.py) and, when asked, its speech found (vad.py, `speech_finder`)
-      -> LoadedInput per input, as each finishes decoding (the largest local files of each
-         stretch of inputs started first) -> scheduler.WindowScheduler, which `release`s the
-         audio of the files it is done with
+      -> LoadedInput per input, as each finishes decoding -> scheduler.WindowScheduler,
+         which `release`s the audio of the files it is done with
 
 At most `max_ahead` files are in flight and decoding pauses while more than `max_seconds` of
 decoded audio wait in memory. An input that cannot be read is a LoadedInput with an `error`:
@@ -81,19 +80,21 @@ def speech_finder(vad: Optional[VadOptions], skip_non_speech: bool, chunked: boo
 
 class AudioPrefetcher:
     """Decodes inputs on `workers` threads ahead of the consumer (iterated: in input order;
-    `stream`: as they finish decoding, largest first). At most `max_ahead` files are in flight and decoding pauses while more than
+    `stream`: as they finish decoding). At most `max_ahead` files are in flight and decoding pauses while more than
     `max_seconds` of decoded audio wait in memory to be `release`d. A file longer than
     `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
     from there, so no file holds more than that much audio in memory, whatever its length."""
 
     def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
                  max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
-                 find_speech: Optional[SpeechFinder] = None):
+                 find_speech: Optional[SpeechFinder] = None, largest_first: bool = False):
         """`find_speech` (voice-activity detection, `speech_finder`) runs on the same threads,
-        after decoding."""
+        after decoding. `largest_first`: `stream` submits the largest local files of each stretch
+        of inputs first (off by default: measured with bench_feed, the long files then took every
+        decoding thread at the start and the device waited for its first batch)."""
         self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
         self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir
-        self.find_speech = find_speech
+        self.find_speech, self.largest_first = find_speech, largest_first
         self._buffered = 0.0
         self._lock = threading.Lock()
 
@@ -138,8 +139,8 @@ class AudioPrefetcher:
     def stream(self) -> "PrefetchStream":
         """The files taken one at a time with `PrefetchStream.next` as they finish decoding,
         which can also answer at once that none is decoded yet (a `with` block ends the decoding
-        threads). The largest local files of each stretch of inputs are decoded first, so that a
-        long file's windows ride along with the short ones instead of trailing the run."""
+        threads). A file still decoding holds back none decoded after it; with `largest_first`
+        the largest local files of each stretch of inputs are submitted first."""
         return PrefetchStream(self, ordered=False)
 
 
@@ -182,7 +183,7 @@ class PrefetchStream:
         self._pool = concurrent.futures.ThreadPoolExecutor(prefetcher.workers, thread_name_prefix="whisper-nnx-audio")
 
     def _next_index(self) -> int:
-        if self.ordered:
+        if self.ordered or not self.prefetcher.largest_first:
             return self._submitted
         if self._submitted == len(self._order):  # the next stretch, ordered when it is reached
             start = len(self._order)

@@ -85,8 +85,8 @@ def test_largest_local_files_of_each_stretch_are_decoded_first(tmp_path):
 
 
 def test_a_file_still_decoding_does_not_hold_back_the_ones_decoded_after_it(tmp_path):
-    """The scheduler's stream gives files as they finish decoding: while the first (largest)
-    file is still being decoded, the short ones behind it come out, and it comes last."""
+    """The scheduler's stream gives files as they finish decoding: while the first file is still
+    being decoded, the short ones behind it come out, and it comes last."""
     import threading
 
     release = threading.Event()
@@ -102,7 +102,7 @@ def test_a_file_still_decoding_does_not_hold_back_the_ones_decoded_after_it(tmp_
     for i in range(3):
         (path := tmp_path / f"small{i}.flac").write_bytes(CLIP.read_bytes())
         small.append(str(path))
-    prefetcher = SlowLargest([str(big), *small], workers=2, max_ahead=4)
+    prefetcher = SlowLargest([str(big), *small], workers=2, max_ahead=4, largest_first=True)
     with prefetcher.stream() as stream:
         got = [stream.next().index for _ in range(3)]  # blocking: the first ones finished
         assert stream.next(block=False) is NOT_READY  # only the slow one is left
