@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .remote_output import BucketSink
     from .transcribe import Transcriber
 
-# Exit statuses (README, "Bulk transcription"); launch/ scripts read them.
+# Exit statuses (README, "Resume, errors and what a run guarantees"); launch/ scripts read them.
 EXIT_OK = 0  # every input has a transcript
 EXIT_FAILED = 1  # the run itself failed: rerun with --resume
 EXIT_USAGE = 2  # bad options or setup, found before any record was written
