@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import array
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
 
 from .entry import Entry, record_key
-from .files import fsync_directory
+from .files import atomic_write_pieces
 from .records import DUPLICATE, error_kind
 from .results import RESULTS, RecordsOf, process_files
 
@@ -363,23 +361,13 @@ def write(out: Path, result: dict) -> str:
 
 
 def _write_lines(path: Path, pieces: Iterable[str], separator: str) -> None:
-    """`separator.join(pieces) + "\n"` into `path` through a temp file beside it, fsynced and
-    renamed into place (as `atomic_write_text`, which would want the whole text)."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            first = True
-            for piece in pieces:
-                handle.write(piece if first else separator + piece)
-                first = False
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """`separator.join(pieces) + "\n"` into `path`, atomically and streamed (`atomic_write_pieces`)."""
+    def joined() -> Iterable[str]:
+        for i, piece in enumerate(pieces):
+            yield piece if i == 0 else separator + piece
+        yield "\n"
+
+    atomic_write_pieces(path, joined())
 
 
 class NothingToScore(ValueError):

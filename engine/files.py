@@ -1,7 +1,8 @@
 """Files on disk: writes a crash never leaves half done, and where a transcript's files go.
 
-- `atomic_write_text`: a temp file in the same directory, fsynced, renamed into place, the
-  directory fsynced (a reader sees the old file or the new one, never half of one).
+- `atomic_write_text` / `atomic_write_pieces` (streamed): a temp file in the same directory,
+  fsynced, renamed into place, the directory fsynced (a reader sees the old file or the new one,
+  never half of one).
 - `fsync_directory`: make a rename or unlink durable.
 - `output_stem` / `OutputNames`: a transcript's per-format files are `<stem>.<format>` (as
   openai-whisper and WhisperX name them), the stem carrying the input's identity where the file
@@ -35,6 +36,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     less the umask) rather than mkstemp's 0600. Its name, `.NAME.<8 hex>.tmp`, keeps at most the
     first 100 bytes of NAME: it fits the file system's 255 bytes whatever `path` is named.
     """
+    atomic_write_pieces(path, (text,))
+
+
+def atomic_write_pieces(path: Path, pieces: Iterable[str]) -> None:
+    """`atomic_write_text` of the concatenated `pieces`, written one at a time as they come (a
+    file too big to hold in memory; `pieces` may read `path` itself, which is replaced only at
+    the end)."""
     path = Path(path)
     short = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore") or "_"
     while True:
@@ -46,7 +54,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             continue
     try:
         with handle:
-            handle.write(text)
+            for piece in pieces:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

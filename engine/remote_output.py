@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import socket
 import threading
 import time
@@ -50,7 +49,7 @@ from typing import IO, Iterable, Iterator, Mapping, Optional
 from absl import logging
 
 from . import storage
-from .files import fsync_directory
+from .files import atomic_write_pieces
 from .results import RESULTS, RunLocked, parse_record, process_files, record_line
 
 PARTS = "parts"
@@ -358,18 +357,6 @@ def _unique(lines: Iterable[str], seen: set) -> Iterator[str]:
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    """Each of `lines` and a newline into `path` through a temp file beside it (`.NAME.<8
-    hex>.tmp`, which a killed run's next start removes), fsynced and renamed into place: the file
-    is replaced whole or not at all, and never held in memory. `lines` may read `path` itself."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Each of `lines` and a newline into `path`, atomically and streamed (`atomic_write_pieces`:
+    replaced whole or not at all, never held in memory; `lines` may read `path` itself)."""
+    atomic_write_pieces(path, (line + "\n" for line in lines))
