@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import os
 import threading
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -87,14 +86,12 @@ class AudioPrefetcher:
 
     def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
                  max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
-                 find_speech: Optional[SpeechFinder] = None, largest_first: bool = False):
+                 find_speech: Optional[SpeechFinder] = None):
         """`find_speech` (voice-activity detection, `speech_finder`) runs on the same threads,
-        after decoding. `largest_first`: `stream` submits the largest local files of each stretch
-        of inputs first (off by default: measured with bench_feed, the long files then took every
-        decoding thread at the start and the device waited for its first batch)."""
+        after decoding."""
         self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
         self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir
-        self.find_speech, self.largest_first = find_speech, largest_first
+        self.find_speech = find_speech
         self._buffered = 0.0
         self._lock = threading.Lock()
 
@@ -139,57 +136,22 @@ class AudioPrefetcher:
     def stream(self) -> "PrefetchStream":
         """The files taken one at a time with `PrefetchStream.next` as they finish decoding,
         which can also answer at once that none is decoded yet (a `with` block ends the decoding
-        threads). A file still decoding holds back none decoded after it; with `largest_first`
-        the largest local files of each stretch of inputs are submitted first."""
+        threads). A file still decoding holds back none decoded after it."""
         return PrefetchStream(self, ordered=False)
 
 
 NOT_READY = object()  # PrefetchStream.next(block=False): no file is decoded yet
 
-SIZE_STRETCH = 1024  # inputs reordered (largest local file first) together
-
-
-def local_size(item: AudioInput) -> int:
-    """An input's size in bytes when it is a local file (0 otherwise: URLs, arrays, file objects
-    and dataset rows keep their place after the local files of their stretch)."""
-    if isinstance(item, (str, os.PathLike)) and "://" not in str(item):
-        try:
-            return os.stat(item).st_size
-        except OSError:
-            return 0
-    return 0
-
-
-def largest_first(items: Sequence[AudioInput], stretch: int = SIZE_STRETCH) -> list[int]:
-    """Input indices, each `stretch` of inputs ordered by local file size, largest first (ties
-    and inputs of unknown size in input order)."""
-    order: list[int] = []
-    for start in range(0, len(items), stretch):
-        block = range(start, min(start + stretch, len(items)))
-        order.extend(sorted(block, key=lambda i: -local_size(items[i])))
-    return order
-
-
 class PrefetchStream:
-    """An `AudioPrefetcher`'s files on its decoding threads: in input order (`ordered`), or
-    the largest local files of each stretch of inputs submitted first and each file given as soon
-    as it is decoded (a long file being decoded does not hold back the short ones behind it)."""
+    """An `AudioPrefetcher`'s files on its decoding threads, submitted in input order: given in
+    that order (`ordered`), or each as soon as it is decoded (a long file being decoded does not
+    hold back the short ones behind it)."""
 
     def __init__(self, prefetcher: AudioPrefetcher, ordered: bool = True):
         self.prefetcher, self.ordered = prefetcher, ordered
         self._pending: collections.deque = collections.deque()
-        self._order: list[int] = []  # the submission order, built a stretch at a time
         self._submitted = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(prefetcher.workers, thread_name_prefix="whisper-nnx-audio")
-
-    def _next_index(self) -> int:
-        if self.ordered or not self.prefetcher.largest_first:
-            return self._submitted
-        if self._submitted == len(self._order):  # the next stretch, ordered when it is reached
-            start = len(self._order)
-            end = min(start + SIZE_STRETCH, len(self.prefetcher.items))
-            self._order.extend(start + i for i in largest_first(self.prefetcher.items[start:end]))
-        return self._order[self._submitted]
 
     def next(self, block: bool = True):
         """The next file (`LoadedInput`), None when every file was given, or, with `block`
@@ -197,7 +159,7 @@ class PrefetchStream:
         p = self.prefetcher
         while (self._submitted < len(p.items) and len(self._pending) < p.max_ahead
                and (p._buffered < p.max_seconds or not self._pending)):
-            self._pending.append(self._pool.submit(p._load, self._next_index()))
+            self._pending.append(self._pool.submit(p._load, self._submitted))
             self._submitted += 1
         if not self._pending:
             return None

@@ -11,8 +11,7 @@ import pytest
 from whisper_nnx.engine import reading
 from whisper_nnx.engine.audio import N_SAMPLES, SAMPLE_RATE, load_audio
 from whisper_nnx.engine.inputs import Entry
-from whisper_nnx.engine.reading import (NOT_READY, AudioPrefetcher, LoadedInput, error_record, largest_first,
-                                        speech_finder)
+from whisper_nnx.engine.reading import NOT_READY, AudioPrefetcher, LoadedInput, error_record, speech_finder
 from whisper_nnx.engine.records import INPUT, RUN
 from whisper_nnx.engine.spool import ArrayAudio
 from whisper_nnx.engine.vad import VadOptions
@@ -70,20 +69,6 @@ def test_loaded_input_without_audio_holds_nothing():
     failed.close()
 
 
-def test_largest_local_files_of_each_stretch_are_decoded_first(tmp_path):
-    """Local files by size, largest first, within each stretch of inputs; inputs of unknown size
-    (arrays, URLs, missing files) after them in input order."""
-    sizes = [10, 300, 20, 5000, 40]
-    paths = []
-    for i, size in enumerate(sizes):
-        (path := tmp_path / f"f{i}.flac").write_bytes(b"x" * size)
-        paths.append(str(path))
-    items = [paths[0], np.zeros(4, np.float32), paths[1], "s3://bucket/a.wav", paths[2], paths[3],
-             str(tmp_path / "missing.wav"), paths[4]]
-    assert largest_first(items) == [5, 2, 7, 4, 0, 1, 3, 6]
-    assert largest_first(items, stretch=4) == [2, 0, 1, 3, 5, 7, 4, 6]
-
-
 def test_a_file_still_decoding_does_not_hold_back_the_ones_decoded_after_it(tmp_path):
     """The scheduler's stream gives files as they finish decoding: while the first file is still
     being decoded, the short ones behind it come out, and it comes last."""
@@ -91,18 +76,18 @@ def test_a_file_still_decoding_does_not_hold_back_the_ones_decoded_after_it(tmp_
 
     release = threading.Event()
 
-    class SlowLargest(AudioPrefetcher):
+    class SlowFirst(AudioPrefetcher):
         def _load(self, index):
             if index == 0:
                 release.wait(10.0)
             return super()._load(index)
 
-    (big := tmp_path / "big.flac").write_bytes(CLIP.read_bytes() * 3)  # the largest: submitted first
+    (big := tmp_path / "big.flac").write_bytes(CLIP.read_bytes())
     small = []
     for i in range(3):
         (path := tmp_path / f"small{i}.flac").write_bytes(CLIP.read_bytes())
         small.append(str(path))
-    prefetcher = SlowLargest([str(big), *small], workers=2, max_ahead=4, largest_first=True)
+    prefetcher = SlowFirst([str(big), *small], workers=2, max_ahead=4)
     with prefetcher.stream() as stream:
         got = [stream.next().index for _ in range(3)]  # blocking: the first ones finished
         assert stream.next(block=False) is NOT_READY  # only the slow one is left
