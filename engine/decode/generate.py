@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
@@ -41,7 +42,7 @@ from .programs import (
 from .strategies import BeamSearch, Greedy, Strategy
 
 __all__ = ["BeamResult", "DecodeConfig", "DecodeCounters", "DecodeResult", "DecodeState", "Generator", "Programs",
-           "RowSpec", "host_prng_key", "shrunk_width"]
+           "RowSpec", "bucket", "host_prng_key", "shrunk_width"]
 
 
 @dataclasses.dataclass
@@ -69,6 +70,13 @@ def host_prng_key(seed: int) -> Any:
         return jax.random.PRNGKey(seed)
     bits = int(seed) & (0xFFFFFFFFFFFFFFFF if jax.config.jax_enable_x64 else 0xFFFFFFFF)
     return np.array([bits >> 32, bits & 0xFFFFFFFF], np.uint32)
+
+
+def bucket(n: int, multiple: int = 1) -> int:
+    """Next power of two >= n, rounded up to a multiple of `multiple` (the data-parallel size):
+    few batch shapes, few compilations, every device busy."""
+    size = 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    return -(-size // multiple) * multiple
 
 
 def shrunk_width(active: int, width: int, multiple: int = 1) -> int:

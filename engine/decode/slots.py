@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from ..model.kv_cache import KVCache
-from .generate import DecodeConfig, Generator, RowSpec, host_prng_key
+from .generate import DecodeConfig, Generator, RowSpec, bucket, host_prng_key
 from .logit_rules import apply_rules
 from .programs import _no_speech_prob
 from .search import sampled_tokens
@@ -181,10 +181,6 @@ class SlotPrograms:
         self.gather = jax.jit(lambda mel, index: jnp.take(mel, index, axis=0))
         self.merge = jax.jit(lambda rows, mel, index, mine: jnp.where(mine[:, None, None],
                                                                         jnp.take(mel, index, axis=0), rows))
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _repadded(request: SlotRequest, width: int, filler: int) -> tuple[np.ndarray, tuple]:
@@ -338,7 +334,7 @@ class SlotService:
         fitting = [r for r in self.queue if self._fits(r)]
         # The set's width follows the rows it has and can take (a power of two, at most `width`):
         # wider when rows wait, narrower once at most half of it would be busy.
-        needed = min(self.width, _bucket(busy + len(fitting)))
+        needed = min(self.width, bucket(busy + len(fitting)))
         if self.state is not None and (needed > len(self.owners) or needed <= len(self.owners) // 2):
             self._resize(needed)
         if not fitting:
@@ -356,7 +352,7 @@ class SlotService:
                 self.state = self.state._replace(finished=self.state.finished.at[len(taken):].set(True))
             self.owners = taken + [None] * (needed - len(taken))
             return
-        size = min(_bucket(len(taken)), len(self.owners))
+        size = min(bucket(len(taken)), len(self.owners))
         padded = taken + [taken[0]] * (size - len(taken))
         slots = np.asarray(free[:len(taken)] + [len(self.owners)] * (size - len(taken)), np.int32)  # past the end: dropped
         self.state = self.programs.insert(generator.state, self.state, *self._inputs(padded), slots,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import zlib
 from typing import Optional, Sequence
 
@@ -22,7 +21,7 @@ import numpy as np
 from whisper_nnx.sharding import multihost
 
 from ..model.config import ModelDims
-from .generate import DecodeConfig, Generator
+from .generate import DecodeConfig, Generator, bucket
 from .logit_rules import LogitRules
 from .options import DecodeOptions
 from .prompts import PromptBatch
@@ -44,13 +43,6 @@ class DecodedWindow:
     # word timestamps: (alignment matrix [n_text + 1, audio positions], text token probs)
     alignment: Optional[tuple[np.ndarray, list[float]]] = None
     language: Optional[str] = None  # language per window: the one detected on it (its prompt's)
-
-
-def bucket(n: int, multiple: int = 1) -> int:
-    """Next power of two >= n, rounded up to a multiple of `multiple` (the data-parallel size):
-    few batch shapes, few compilations, every device busy."""
-    size = 1 << max(0, math.ceil(math.log2(max(n, 1))))
-    return -(-size // multiple) * multiple
 
 
 @functools.partial(jax.jit, static_argnames=("n", "copies", "rows"))
@@ -233,10 +225,10 @@ class WindowDecoder:
         def rows(row: int, attempt: int) -> list[SlotRequest]:
             temperature = temperatures[attempt]
             copies = strategy_for(options, temperature).copies
-            pad, limit, sot, seed = (int(a[row]) for a in batch.rows)
-            return [SlotRequest(mel, row, batch.tokens[row], (pad, limit, sot, (seed * 7919 + copy) % (1 << 31)),
-                                temperature, options.search.seed + attempt, (row, attempt, copies, copy))
-                    for copy in range(copies)]  # seeds as PromptBatch.padded gives best-of copies
+            copied = batch.take([row]).padded(copies, repeat=copies)  # each best-of copy's seed, as whole
+            return [SlotRequest(mel, row, copied.tokens[copy], tuple(int(a[copy]) for a in copied.rows), temperature,
+                                options.search.seed + attempt, (row, attempt, copies, copy))
+                    for copy in range(copies)]
 
         def finish(request: SlotRequest, result: SlotResult) -> None:
             row, attempt, copies, copy = request.tag
@@ -245,7 +237,7 @@ class WindowDecoder:
             if len(got) < copies:
                 return
             got.sort(key=lambda g: g[0])  # copy order, as the whole batch returns them
-            self.generator.counters.useful += sum(min(len(r.tokens) + 1, options.search.sample_len) for _, r in got)
+            self.generator.counters.useful += sum(useful_steps([r.tokens for _, r in got], options.search.sample_len))
             window = self._window([(r.tokens, r.sum_logprob) for _, r in got], got[0][1].no_speech_prob, tokenizer,
                                   options, temperatures[attempt])
             if attempt + 1 < len(temperatures) and needs_fallback(window, options):
@@ -259,16 +251,21 @@ class WindowDecoder:
                                  bucket(n, self.generator.batch_multiple), finish)
         return results  # type: ignore[return-value]
 
-
     def _count(self, candidates: list, width: int, sample_len: int, counted: int) -> None:
         """Add a token-loop batch to the generator's counters: each real row's steps (its tokens
         and its end, up to `sample_len`) as useful; row-steps as the generator counted them
         when it decoded in stretches, else the batch's width for as long as its longest row."""
-        steps = [min(len(tokens) + 1, sample_len) for row in candidates for tokens, _ in row]
+        steps = useful_steps([tokens for row in candidates for tokens, _ in row], sample_len)
         counters = self.generator.counters
         counters.useful += sum(steps)
         if counters.row_steps == counted:  # one whole-loop program: it ran until its last row ended
             counters.row_steps += width * max(steps, default=0)
+
+
+def useful_steps(hypotheses: list[list[int]], sample_len: int) -> list[int]:
+    """The token-loop steps each hypothesis needed: its sampled tokens and its end, at most
+    `sample_len` (what `DecodeCounters.useful` counts)."""
+    return [min(len(tokens) + 1, sample_len) for tokens in hypotheses]
 
 
 def strategy_for(options: DecodeOptions, temperature: float) -> Strategy:
