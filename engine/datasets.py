@@ -7,8 +7,10 @@ stream files), and WebDataset `.tar` shards.
                     when the decoder's turn comes
 
 Listing reads only the small columns (the id and the reference text); a row's audio is read
-with its row group when the decoder first asks for a row of it, and at most `CACHED_GROUPS`
-groups of audio are held per file: a corpus larger than memory streams through. The audio
+with its row group when the decoder first asks for a row of it, and the row groups held for the
+rows after it (all open tables together) are bounded in bytes, within the reading side's
+--max-audio-in-memory (reading.AudioPrefetcher counts them): a corpus larger than memory
+streams through. The audio
 column holds `{bytes, path}` structs (the `datasets` Audio feature) or plain binary: it is the
 column the schema's `huggingface` metadata declares as Audio, else the first struct column with
 a `bytes` field, else a binary column named `audio`; `--audio-column` names it outright. A row
@@ -39,8 +41,8 @@ from .audio import AudioDecodeError, named_stream
 from .entry import MEDIA_SUFFIXES, Entry, open_url_or_path
 from .storage import is_url, join, open_binary, parent
 
-CACHED_GROUPS = 2  # row groups of audio held per file (the prefetcher reads rows in order)
-OPEN_TABLES = 16  # tables kept open per process (file handles, cached row groups)
+OPEN_TABLES = 16  # tables kept open per process (file handles)
+CACHED_AUDIO_BYTES = 256 << 20  # row groups of audio held for later rows, all tables together (GroupCache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +87,14 @@ class TableRows:
     for its rows, and their audio on demand (thread-safe, `CACHED_GROUPS` groups of audio cached)."""
 
     def __init__(self, kind: str, name: str, schema, group_sizes: list[int],
-                 read_group: Callable[[int, list[str]], object], options: SourceOptions):
+                 read_group: Callable[[int, list[str]], object], options: SourceOptions,
+                 groups: Optional["GroupCache"] = None):
+        """`groups`: where its groups of audio are held for later rows (None: a cache of its own;
+        `OpenTables.open` gives every table the process's one); none for a memory-mapped table."""
         self.kind, self.name, self.schema, self.options = kind, name, schema, options
         self.group_sizes, self.read_group = group_sizes, read_group
         self.audio = audio_column(schema, options.audio_column, name)
-        self._cache: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self.groups = groups if groups is not None else GroupCache()
 
     def entries(self) -> Iterator[Entry]:
         id_column, text_column = self.options.id_column, self.options.text_column
@@ -116,15 +120,10 @@ class TableRows:
                 row += 1
 
     def _audio_of(self, group: int):
-        with self._lock:
-            if group in self._cache:
-                self._cache.move_to_end(group)
-                return self._cache[group]
-            column = self.read_group(group, [self.audio]).column(self.audio)
-            self._cache[group] = column
-            while len(self._cache) > CACHED_GROUPS:
-                self._cache.popitem(last=False)
-            return column
+        read = lambda: self.read_group(group, [self.audio]).column(self.audio)  # noqa: E731
+        if self.kind == "arrow":  # memory-mapped: selecting is free and holds nothing resident
+            return read()
+        return self.groups.get((self.kind, self.name, self.audio, group), read)
 
     def open_row(self, group: int, index: int, name: str, follow: bool = False):
         """Row `index` of group `group`'s audio: a binary stream of its bytes, or its path (one
@@ -140,13 +139,56 @@ class TableRows:
         raise AudioDecodeError(name, f"the row has no audio (column {self.audio!r} is empty)")
 
 
-class OpenTables:
-    """The tables a process keeps open (file handles, cached row groups of audio): at most
-    `limit`, the least recently used let go first. A listing opens its table here and its rows'
-    openers find it here; in another process (a Ray actor) the first opener opens it again."""
+class GroupCache:
+    """Row groups of audio (pyarrow columns) read for a row and held for the rows after it,
+    across tables: the least recently used let go once they hold more than `limit_bytes` (the
+    group just read always stays, so a group larger than the limit is read once, not per row).
+    Thread-safe; a group is read outside the lock (two threads may read one group at once)."""
 
-    def __init__(self, limit: int = OPEN_TABLES):
+    def __init__(self, limit_bytes: int = CACHED_AUDIO_BYTES):
+        self.limit_bytes = limit_bytes
+        self._groups: collections.OrderedDict = collections.OrderedDict()  # key -> (column, bytes)
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, read: Callable[[], object]):
+        """The column held under `key`, else `read()` held under it."""
+        with self._lock:
+            if key in self._groups:
+                self._groups.move_to_end(key)
+                return self._groups[key][0]
+        column = read()
+        with self._lock:
+            if key not in self._groups:
+                self._groups[key] = (column, column.nbytes)
+                self._bytes += column.nbytes
+            self._groups.move_to_end(key)
+            while self._bytes > self.limit_bytes and len(self._groups) > 1:
+                self._bytes -= self._groups.popitem(last=False)[1][1]
+        return column
+
+    def held_bytes(self) -> int:
+        """Bytes of the groups held now."""
+        with self._lock:
+            return self._bytes
+
+    def bound(self, limit_bytes: int) -> None:
+        """Hold at most `limit_bytes` from now on (groups over it let go now)."""
+        with self._lock:
+            self.limit_bytes = limit_bytes
+            while self._bytes > limit_bytes and self._groups:
+                self._bytes -= self._groups.popitem(last=False)[1][1]
+
+
+class OpenTables:
+    """The tables a process keeps open (file handles): at most `limit`, the least recently used
+    let go first, and their row groups of audio held in one `GroupCache` (`cache_bytes`). A
+    listing opens its table here and its rows' openers find it here; in another process (a Ray
+    actor) the first opener opens it again."""
+
+    def __init__(self, limit: int = OPEN_TABLES, cache_bytes: int = CACHED_AUDIO_BYTES):
         self.limit = limit
+        self.groups = GroupCache(cache_bytes)
         self._tables: collections.OrderedDict = collections.OrderedDict()  # (kind, path, audio column) -> rows
         self._lock = threading.Lock()
 
@@ -154,6 +196,7 @@ class OpenTables:
         """The table at `path` ("parquet": a Parquet file; "arrow": a save_to_disk stream file),
         opened now and kept."""
         rows = (parquet_rows if kind == "parquet" else arrow_rows)(path, options)
+        rows.groups = self.groups
         with self._lock:
             self._tables[(kind, path, rows.audio)] = rows
             while len(self._tables) > self.limit:

@@ -8,7 +8,8 @@ in memory.
          which `release`s the audio of the files it is done with
 
 At most `max_ahead` files are in flight and decoding pauses while more than `max_seconds` of
-decoded audio wait in memory. An input that cannot be read is a LoadedInput with an `error`:
+decoded audio wait in memory (dataset row groups held for later rows counted in, at the bytes a
+second of samples takes). An input that cannot be read is a LoadedInput with an `error`:
 INPUT when the input is at fault (final), RUN otherwise (`--resume` tries it again).
 """
 
@@ -22,13 +23,14 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from . import records
+from . import datasets, records
 from .audio import N_SAMPLES, SAMPLE_RATE, AudioInput, input_name
 from .records import INPUT, RUN, one_line
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
 from .vad import VadOptions, speech_regions_streaming
 from .vad import check_available as check_vad_available
 
+SAMPLE_BYTES = 4 * SAMPLE_RATE  # a second of float32 samples: the unit of the bound on audio in memory
 SpeechFinder = Callable[[Windowed], Optional[list[tuple[int, int]]]]  # a file's speech regions (samples)
 
 
@@ -80,7 +82,9 @@ def speech_finder(vad: Optional[VadOptions], skip_non_speech: bool, chunked: boo
 class AudioPrefetcher:
     """Decodes inputs on `workers` threads ahead of the consumer (iterated: in input order;
     `stream`: as they finish decoding). At most `max_ahead` files are in flight and decoding pauses while more than
-    `max_seconds` of decoded audio wait in memory to be `release`d. A file longer than
+    `max_seconds` of decoded audio wait in memory to be `release`d (with the row groups of
+    audio the process's dataset tables hold, `datasets.TABLES`, which it bounds to
+    `max_seconds` of sample bytes). A file longer than
     `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
     from there, so no file holds more than that much audio in memory, whatever its length."""
 
@@ -94,6 +98,11 @@ class AudioPrefetcher:
         self.find_speech = find_speech
         self._buffered = 0.0
         self._lock = threading.Lock()
+        datasets.TABLES.groups.bound(int(max_seconds * SAMPLE_BYTES))
+
+    def seconds_held(self) -> float:
+        """Decoded audio waiting in memory, and the dataset row groups held, in seconds of samples."""
+        return self._buffered + datasets.TABLES.groups.held_bytes() / SAMPLE_BYTES
 
     def release(self, seconds: float) -> None:
         """A consumer is done with `seconds` of audio it was given."""
@@ -158,7 +167,7 @@ class PrefetchStream:
         False, NOT_READY while no file is decoded yet."""
         p = self.prefetcher
         while (self._submitted < len(p.items) and len(self._pending) < p.max_ahead
-               and (p._buffered < p.max_seconds or not self._pending)):
+               and (p.seconds_held() < p.max_seconds or not self._pending)):
             self._pending.append(self._pool.submit(p._load, self._submitted))
             self._submitted += 1
         if not self._pending:

@@ -52,8 +52,42 @@ def test_parquet_reads_audio_one_row_group_at_a_time(tmp_path):
     reads.clear()
     for entry in entries:
         assert _bytes(entry) == (CORPUS / clips[int(entry.name.rsplit(":", 1)[1])]).read_bytes()
-        assert len(rows._cache) <= ds.CACHED_GROUPS
     assert [g for g, cols in reads] == list(range(len(clips)))  # each group's audio read once, in order
+
+
+def test_row_groups_held_for_later_rows_stay_within_their_bytes_across_tables(tmp_path, monkeypatch):
+    """Every open table's row groups of audio share one bound in bytes (the reading side's
+    --max-audio-in-memory counts them): reading a row of each of four files, each group of three
+    clips, holds no more than the bound; each group is read once while its rows are read in order,
+    and a group larger than the bound is still read once for all its rows."""
+    paths = [str(write_parquet(tmp_path / f"t{i}.parquet", CLIPS[:3], row_group_size=3)) for i in range(4)]
+    group_bytes = pq.ParquetFile(paths[0]).read_row_group(0, columns=["audio"]).column("audio").nbytes
+    tables = ds.OpenTables(cache_bytes=int(1.5 * group_bytes))
+    monkeypatch.setattr(ds, "TABLES", tables)
+    reads = []
+    parquet_rows = ds.parquet_rows
+
+    def counted(path, options):
+        rows = parquet_rows(path, options)
+        read_group = rows.read_group
+        rows.read_group = lambda group, cols: reads.append((path, group)) or read_group(group, cols)
+        return rows
+
+    monkeypatch.setattr(ds, "parquet_rows", counted)
+    for path in paths:
+        for entry in tables.open("parquet", path, SourceOptions()).entries():
+            assert _bytes(entry) == (CORPUS / CLIPS[int(entry.name.rsplit(":", 1)[1])]).read_bytes()
+            assert tables.groups.held_bytes() <= 1.5 * group_bytes
+    audio_reads = [r for r in reads if r[1] == 0]
+    assert tables.groups.held_bytes() == group_bytes  # the last file's group, alone
+    # listing reads the text column once per file; the audio group once per file, not once per row
+    assert len(audio_reads) == 2 * len(paths)
+    small = ds.OpenTables(cache_bytes=group_bytes // 4)  # a group over the bound: held alone, read once
+    monkeypatch.setattr(ds, "TABLES", small)
+    reads.clear()
+    for entry in small.open("parquet", paths[0], SourceOptions()).entries():
+        _bytes(entry)
+    assert len(reads) == 2 and small.groups.held_bytes() == group_bytes
 
 
 def test_open_tables_serve_their_rows_openers_and_let_the_oldest_go(tmp_path, monkeypatch):

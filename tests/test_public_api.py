@@ -107,3 +107,20 @@ def test_no_module_imports_a_module_that_imports_it_back():
 
     cycles = sorted((a, b) for a, deps in graph.items() for b in deps if reaches(b, a))
     assert not cycles, cycles
+
+
+def test_modules_and_functions_stay_small():
+    """Issue 24's bound: no engine or sharding module over 450 lines, no function over 60."""
+    too_long, modules = [], []
+    for package_dir in PACKAGES:
+        for path in sorted((ROOT / package_dir).rglob("*.py")):
+            text = path.read_text()
+            if len(text.splitlines()) > 450:
+                modules.append((str(path.relative_to(ROOT)), len(text.splitlines())))
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 60:
+                        too_long.append((str(path.relative_to(ROOT)), node.name, length))
+    assert not modules, modules
+    assert not too_long, too_long

@@ -95,3 +95,38 @@ def test_a_file_still_decoding_does_not_hold_back_the_ones_decoded_after_it(tmp_
         got.append(stream.next().index)
         assert stream.next() is None
     assert sorted(got[:3]) == [1, 2, 3] and got[3] == 0
+
+
+def test_dataset_row_groups_held_count_toward_the_audio_in_memory(monkeypatch):
+    """The prefetcher bounds the process's dataset row-group cache to its own `max_seconds` of
+    sample bytes and counts the groups held as audio waiting: with the bound's 10 s held, files
+    are read one at a time (the one file always allowed), not `max_ahead` at once."""
+    from whisper_nnx.engine import datasets
+
+    class Held:  # a cache holding 10 s of sample bytes (4 bytes a sample)
+        bounded = None
+
+        def held_bytes(self):
+            return 10 * 4 * SAMPLE_RATE
+
+        def bound(self, limit):
+            Held.bounded = limit
+
+    tables = datasets.OpenTables()
+    tables.groups = Held()
+    monkeypatch.setattr(datasets, "TABLES", tables)
+    items = [np.ones(2 * SAMPLE_RATE, np.float32) for _ in range(6)]
+    prefetcher = AudioPrefetcher(items, workers=2, max_ahead=8, max_seconds=10.0)
+    assert Held.bounded == 10 * 4 * SAMPLE_RATE
+    in_flight = []
+    with prefetcher.stream() as stream:
+        while (loaded := stream.next()) is not None:
+            in_flight.append(stream._submitted - loaded.index)
+            prefetcher.release(loaded.seconds_in_memory)
+    assert in_flight == [1] * 6  # each file submitted only once the one before was taken
+    assert prefetcher.seconds_held() == pytest.approx(10.0)
+    tables.groups = datasets.GroupCache()  # nothing held: the read-ahead fills `max_ahead` at once
+    prefetcher = AudioPrefetcher(items, workers=2, max_ahead=8, max_seconds=10.0)
+    with prefetcher.stream() as stream:
+        stream.next()
+        assert stream._submitted == 6

@@ -126,8 +126,7 @@ class Generator:
         """`shrink_every`: token strategies' batches stop every this many steps to drop finished
         rows (the batch halves, or more, once half its rows have finished); 0: never."""
         self.graphdef, self.state = nnx.split(model)
-        self.shrink_every = shrink_every
-        self.dims = model.dims
+        self.shrink_every, self.dims = shrink_every, model.dims
         self.mesh, self.rules = mesh, tuple(rules or ())
         self.batch_multiple = _rows_per_process(mesh)
         self.counters = DecodeCounters()
