@@ -18,6 +18,11 @@ the machine's load moves less than the wall time):
 
   dry run, new folder:  `whisper-nnx transcribe MANIFEST --dry-run` (cli.main) into a folder not there
   dry run, resume:      the same with `--resume` on out/ (the million records read, the plan counted)
+  dry run, Parquet dataset, new folder / resume: the same for `dataset.parquet`, a Parquet
+                        dataset of `--entries` rows (id, text, and the Audio feature's struct
+                        naming the clip by a path relative to the dataset: no audio bytes
+                        stored), in row groups of 10,000 rows as `datasets` writes them;
+                        resume on out_parquet/, one record per row named `FILE:ROW`
   resume plan:          what `BulkRun` does before the model loads: the entries listed
                         (`expand_inputs`), `results.plan_run` over them and the records read one
                         line at a time (`results.iter_records`)
@@ -185,7 +190,32 @@ def make_corpus(work: Path, entries: int, real: int, error_every: int, reference
             said = {"text": TEXT.strip()} if reference_every and i % reference_every == 0 else {}
             j.write(json.dumps({"path": name, **said}) + "\n")
             r.write(json.dumps(_record(name, i, error_every), ensure_ascii=False) + "\n")
+    write_dataset(work, entries, error_every)
     return manifest, out
+
+
+DATASET_GROUP_ROWS = 10_000  # rows per row group (`datasets`' default batch size for to_parquet is 1,000-10,000)
+
+
+def write_dataset(work: Path, entries: int, error_every: int) -> None:
+    """work/dataset.parquet: `entries` rows (id, text, audio {bytes: null, path: audio/NNNNNNN.wav}),
+    and work/out_parquet/results.jsonl with one record per row, named as the run names them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("audio", audio_type)])
+    dataset = work / "dataset.parquet"
+    (work / "out_parquet").mkdir()
+    with pq.ParquetWriter(str(dataset), schema) as writer, \
+            open(work / "out_parquet" / "results.jsonl", "w") as r:
+        for first in range(0, entries, DATASET_GROUP_ROWS):
+            rows = range(first, min(entries, first + DATASET_GROUP_ROWS))
+            audio = [{"bytes": None, "path": f"audio/{i:07d}.wav"} for i in rows]
+            writer.write_table(pa.table({"id": [f"utt-{i:07d}" for i in rows], "text": [TEXT.strip()] * len(rows),
+                                         "audio": pa.array(audio, audio_type)}, schema=schema))
+            for i in rows:
+                r.write(json.dumps(_record(f"{dataset}:{i}", i, error_every), ensure_ascii=False) + "\n")
 
 
 def _record(name: str, i: int, error_every: int) -> dict:
@@ -205,8 +235,13 @@ def steps(manifest: Path, out: Path, work: Path) -> list[tuple[str, list[str], s
     """(step, command, the line's prefix it prints when done, has a target)."""
     py = sys.executable
     cli = [py, "-c", DRY, "transcribe", str(manifest), "--no-progress", "--dry-run"]
+    cli_dataset = [py, "-c", DRY, "transcribe", str(work / "dataset.parquet"), "--no-progress", "--dry-run"]
     return [("dry run, new folder", [*cli, "--output-dir", str(work / "none")], "RESULT", True),
             ("dry run, resume", [*cli, "--output-dir", str(out), "--resume"], "RESULT", True),
+            ("dry run, Parquet dataset, new folder", [*cli_dataset, "--output-dir", str(work / "none")], "RESULT",
+             True),
+            ("dry run, Parquet dataset, resume", [*cli_dataset, "--output-dir", str(work / "out_parquet"), "--resume"],
+             "RESULT", True),
             ("resume plan", [py, "-c", PLAN, str(manifest), str(out), "plan"], "RESULT", True),
             ("resume plan, list", [py, "-c", PLAN, str(manifest), str(out), "plan-list"], "RESULT", False),
             ("prepare (repair, drop_retried)", [py, "-c", PREPARE, str(work / "copy")], "RESULT", False),
@@ -228,13 +263,14 @@ def prepare_work(work: Path, args: argparse.Namespace, chosen: Optional[set]) ->
     holds one made with the same settings (`corpus.json`), which is reused as it is, except the
     folders the `chosen` steps (None: all) change (copy/, merge/, merge0/), made again from out/."""
     settings = {"entries": args.entries, "real_files": args.real_files, "run_error_every": args.run_error_every,
-                "reference_every": args.reference_every}
+                "reference_every": args.reference_every, "dataset": DATASET_GROUP_ROWS}
     made = work / "corpus.json"
     if made.exists() and json.loads(made.read_text()) == settings:
         manifest, out = work / "manifest.txt", work / "out"
         print(f"reusing the corpus in {work}", flush=True)
     else:
-        for name in ("audio", "out", "clip.wav", "manifest.txt", "manifest.jsonl", "corpus.json"):
+        for name in ("audio", "out", "out_parquet", "dataset.parquet", "clip.wav", "manifest.txt", "manifest.jsonl",
+                     "corpus.json"):
             target = work / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         manifest, out = make_corpus(work, args.entries, args.real_files, args.run_error_every,
