@@ -323,7 +323,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| step | wall s | CPU s | peak RSS MiB | target (< 1 GiB, < 60 s) | found |",
              "|---|---:|---:|---:|---|---|"]
     for r in rows:
-        verdict = "-" if not r["target"] else (
+        verdict = "-" if not r["target"] else "failed" if r.get("error") else (
             "met" if r["peak_rss_bytes"] < TARGET_RSS and r["wall_s"] < TARGET_S else "missed")
         lines.append(f"| {r['step']} | {r['wall_s']:.1f} | {r.get('cpu_s', '?')} | "
                      f"{r['peak_rss_bytes'] / 2**20:,.0f} | {verdict} | {r.get('error') or r['found']} |")

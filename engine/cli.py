@@ -2,6 +2,7 @@
 
     whisper-nnx transcribe INPUT... [--model NAME_OR_PATH] [--output-dir DIR] [--formats ...]
     whisper-nnx convert MODEL OUT_DIR [--dtype float32|float16|bfloat16]
+    whisper-nnx calibrate [--model NAME]   (float32 or bfloat16 for --dtype auto on this CPU)
 
 INPUT is audio/video files, directories (searched recursively for media files) or manifests
 (`.jsonl` with a `path` field, `.txt` with one path per line). `DIR/results.jsonl` receives
@@ -307,6 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
                    help="weight dtype to store (keep: the checkpoint's)")
     c.set_defaults(run=_convert)
+
+    from .calibrate import calibrate_command
+    from .checkpoints.hub import DEFAULT_MODEL
+
+    k = sub.add_parser("calibrate", help="measure float32 against bfloat16 on this CPU: what --dtype auto takes here",
+                       formatter_class=HelpFormatter)
+    k.add_argument("--model", default=DEFAULT_MODEL, help="the model size to time (random weights of its shapes)")
+    k.add_argument("--batch-size", type=int, default=8, help="rows of the timed window")
+    k.add_argument("--steps", type=int, default=64, help="greedy tokens of the timed window")
+    k.add_argument("--repeats", type=int, default=3, help="timed rounds, the dtypes alternating (best kept)")
+    k.set_defaults(run=calibrate_command)
     return parser
 
 

@@ -222,8 +222,9 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
                         "(default: JAX's choice, the accelerator if there is one; or JAX_PLATFORMS)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute and weight dtype; auto: bfloat16 on TPUs and GPUs with bf16 units (A100, H100, "
-                        "L4 and newer), float16 on older GPUs (T4, V100), float32 on CPUs; bfloat16 on a CPU "
-                        "pays only with AVX512-BF16/AMX: see benchmarks/RESULTS.md for speed and WER")
+                        "L4 and newer), float16 on older GPUs (T4, V100); on a CPU, what `whisper-nnx calibrate` "
+                        "measured faster on this machine (float32 until it is run; bfloat16 pays only on some "
+                        "CPUs: see benchmarks/RESULTS.md for speed and WER)")
     g.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 weight-only quantization: less weight memory, not faster on CPU")
     g.add_argument("--continuous-batching", action="store_true",

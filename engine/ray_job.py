@@ -219,19 +219,21 @@ def transcribe_on_ray(entries: Sequence[Entry], *, actors: int, rows_per_call: i
         yield _lost(entry)
 
 
-def _resolve_dtype(dtype: str) -> str:
+def _resolve_dtype(dtype: str, model: Optional[str] = None) -> str:
     from .transcribe import resolve_dtype
 
-    return resolve_dtype(dtype)
+    return resolve_dtype(dtype, model=model)
 
 
-def actor_dtype(dtype: str, cpus: float, gpus: float, resources: Optional[dict]) -> str:
+def actor_dtype(dtype: str, cpus: float, gpus: float, resources: Optional[dict],
+                model: Optional[str] = None) -> str:
     """The compute dtype `dtype` resolves to on a worker with an actor's resources (one task on
-    the cluster: a GPU actor's card decides between bfloat16 and float16)."""
+    the cluster: a GPU actor's card decides between bfloat16 and float16, a CPU worker's
+    calibration between float32 and bfloat16)."""
     import ray
 
     probe = ray.remote(num_cpus=cpus, num_gpus=gpus, resources=resources or None)(_resolve_dtype)
-    return ray.get(probe.remote(dtype))
+    return ray.get(probe.remote(dtype, model))
 
 
 class RayRecords:
@@ -253,7 +255,8 @@ class RayRecords:
         places the model on its own host)."""
         connect(self.address)
         if self.dtype == "auto":  # what "auto" means where the actors run, not on this driver
-            self.dtype = actor_dtype(self.dtype, self.cpus_per_actor, self.gpus_per_actor, self.resources)
+            self.dtype = actor_dtype(self.dtype, self.cpus_per_actor, self.gpus_per_actor, self.resources,
+                                     self.model)
         return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize,
                 "long_form": options.long_form.mode, "mesh": None, "sharding": None}
 

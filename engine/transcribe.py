@@ -56,11 +56,12 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 DTYPES = ("auto", *_DTYPES)  # what `Transcriber(dtype=...)` and --dtype take
 
 
-def resolve_dtype(dtype: str, device: Optional[jax.Device] = None) -> str:
+def resolve_dtype(dtype: str, device: Optional[jax.Device] = None, model: Optional[str] = None) -> str:
     """The compute dtype `dtype` names on `device` (default: JAX's first): "auto" is bfloat16 on
     TPUs and on GPUs with bfloat16 units (NVIDIA compute capability 8.0 and newer: A100, H100,
-    L4, ...), float16 on older GPUs (T4, V100), float32 on CPUs (where XLA's bfloat16 measured
-    slower: RESULTS.md's CPU sections); any other name is itself."""
+    L4, ...), float16 on older GPUs (T4, V100); on a CPU, what `whisper-nnx calibrate` measured
+    fastest for `model` on this machine (calibrate.py), float32 where it has not been run (XLA's
+    bfloat16 is slower than float32 on many CPUs: RESULTS.md); any other name is itself."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if dtype != "auto":
@@ -75,7 +76,9 @@ def resolve_dtype(dtype: str, device: Optional[jax.Device] = None) -> str:
         except ValueError:
             return "bfloat16" if device.platform == "rocm" else "float16"
         return "bfloat16" if major >= 8 else "float16"
-    return "float32"
+    from .calibrate import measured_choice
+    measured = measured_choice(model) if model is not None else None
+    return measured["dtype"] if measured is not None else "float32"
 
 
 def english_only_notice(model_name: str) -> str:
@@ -94,7 +97,7 @@ class Transcriber:
         whisper_nnx.sharding.PRESETS) shards weights, caches and batches; None: one device.
         `quantize="int8"` stores the matmul weights as int8 (see quantize.py: about 4x less
         weight memory at rest; not faster on CPU, where XLA dequantizes before the matmuls)."""
-        dtype = resolve_dtype(dtype, mesh.devices.flat[0] if mesh is not None else None)
+        dtype = resolve_dtype(dtype, mesh.devices.flat[0] if mesh is not None else None, model)
         self.dtype = dtype  # as resolved ("auto": by the device)
         self.checkpoint_path = resolve_model(model)
         checkpoint = read_checkpoint(self.checkpoint_path)

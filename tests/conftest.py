@@ -28,6 +28,8 @@ import pytest
 # user's hub cache hold. Set before anything imports huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="whisper-nnx-tests-hub-")
+# --dtype auto on this CPU is float32 in the suite, whatever `whisper-nnx calibrate` measured here
+os.environ["WHISPER_NNX_CPU_PRECISION"] = "off"
 
 DATA = Path(__file__).parent / "data"
 
