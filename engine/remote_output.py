@@ -301,10 +301,23 @@ class BucketSink:
             dropped.discard(_line_digest(line))
         # a dropped line is never written, as a line already written is not written again
         _write_lines(local, _unique(_chain(remote, _file_lines(local)), dropped))
-        self.fs.put_file(str(local), self._path(RESULTS))  # from disk, in bounded chunks
+        _put_streamed(self.fs, local, self._path(RESULTS))
         for part in parts:
             self.fs.rm_file(part)
         logging.info("results in %s", self.url)
+
+
+UPLOAD_BLOCK = 8 << 20  # bytes of a file held at a time while it is put (an S3 part is 5 MiB at least)
+
+
+def _put_streamed(fs, local: Path, remote: str, block: Optional[int] = None) -> None:
+    """`local` to `remote` a block at a time (a multipart upload on S3, resumable on GCS: the
+    object appears whole when it completes). fsspec's put_file reads a file of up to 100 MiB
+    whole into memory (s3fs: one PUT below twice its 50 MiB chunk)."""
+    block = block or UPLOAD_BLOCK
+    with open(local, "rb") as source, fs.open(remote, "wb", block_size=block) as target:
+        while chunk := source.read(block):
+            target.write(chunk)
 
 
 def _line_digest(line: str) -> bytes:
@@ -312,26 +325,36 @@ def _line_digest(line: str) -> bytes:
     return hashlib.blake2b(line.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def _record_lines(handle: IO[bytes]) -> Iterator[str]:
+READ_BLOCK = 4 << 20  # bytes of a results file or object read at a time
+
+
+def _record_lines(handle: IO[bytes], block: Optional[int] = None) -> Iterator[str]:
     """The record lines of a results file or object open for reading (split at b"\\n" only,
-    read a line at a time); anything else (a foreign line) is skipped."""
-    for raw in handle:
-        line = (raw[:-1] if raw.endswith(b"\n") else raw).decode("utf-8")
-        if parse_record(line) is not None:
-            yield line
+    read `block` bytes at a time: what is held is a block and the line it ends in); anything
+    else (a foreign line) is skipped. Blocks, not `readline`: fsspec's buffered files answer
+    each readline with a block-sized read and a seek back, and hold the object's bytes."""
+    rest, block = b"", block or READ_BLOCK
+    while chunk := handle.read(block):
+        pieces = (rest + chunk).split(b"\n")
+        rest = pieces.pop()
+        for raw in pieces:
+            line = raw.decode("utf-8")
+            if parse_record(line) is not None:
+                yield line
+    if rest and parse_record(rest.decode("utf-8")) is not None:
+        yield rest.decode("utf-8")
 
 
 class _ObjectLines:
     """The record lines of objects `names` in `fs`, in order, read a line at a time on each pass."""
-
-    BLOCK = 4 << 20  # bytes read from the store at a time
 
     def __init__(self, fs, names: list[str]):
         self.fs, self.names = fs, names
 
     def __iter__(self) -> Iterator[str]:
         for name in self.names:  # an object cut short cannot exist (one PUT each)
-            with self.fs.open(name, "rb", block_size=self.BLOCK) as handle:
+            # no read cache: each read of READ_BLOCK is one ranged GET, nothing kept after it
+            with self.fs.open(name, "rb", block_size=READ_BLOCK, cache_type="none") as handle:
                 yield from _record_lines(handle)
 
 
