@@ -16,27 +16,18 @@ the run; it turns what the run raises into the exit statuses.
 from __future__ import annotations
 
 import argparse
-import logging as std_logging
 import math
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from absl import flags, logging
+from absl import logging
 
-from .cli_flags import HelpFormatter, add_run_flags
+from .calibrate import calibrate_command
+from .cli_flags import HelpFormatter, add_calibrate_flags, add_convert_flags, add_eval_flags, add_run_flags
+from .cli_process import check_device, configure_logging, select_device
 from .inputs import SourceOptions
-from .run import (
-    EXIT_FAILED,
-    EXIT_INPUT_ERRORS,
-    EXIT_OK,
-    EXIT_USAGE,
-    BulkRun,
-    FinishHook,
-    LocalRecords,
-    ModelSpec,
-    RunFailed,
-    UsageError,
-)
+from .run import EXIT_FAILED, EXIT_INPUT_ERRORS, EXIT_OK, EXIT_USAGE, BulkRun, FinishHook, LocalRecords, ModelSpec
+from .run import RunFailed, UsageError
 
 if TYPE_CHECKING:
     from .options import TranscribeOptions
@@ -64,43 +55,6 @@ def _formats(args: argparse.Namespace) -> tuple[str, ...]:
     for name in (f.strip() for f in args.formats.split(",")):
         formats.extend(f for f in (FORMATS if name == "all" else (name,) if name else ()) if f not in formats)
     return tuple(formats)
-
-
-# --device -> the JAX platform (JAX_PLATFORMS); gpu is NVIDIA's (the `cuda` extra's jax[cuda13])
-PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
-_DEVICE_HINTS = {"gpu": "install JAX's CUDA build (pip install 'whisper-nnx[cuda]') on a host with an NVIDIA GPU",
-                 "tpu": "install JAX's TPU build (pip install 'whisper-nnx[tpu]') on a TPU VM"}
-
-
-def _select_device(device: Optional[str]) -> None:
-    """--device: make JAX use only that platform. Before JAX starts a backend: JAX_PLATFORMS
-    (read when JAX is imported; Ray's actors get it too) and, if JAX is imported already, its
-    config."""
-    if device is None:
-        return
-    import os
-
-    os.environ["JAX_PLATFORMS"] = PLATFORMS[device]
-    if "jax" in sys.modules:
-        import jax
-
-        jax.config.update("jax_platforms", PLATFORMS[device])
-
-
-def _check_device(device: Optional[str]) -> None:
-    """--device: JAX runs on that platform, else a UsageError that says what to install."""
-    if device is None:
-        return
-    import jax
-
-    try:
-        platform = jax.devices()[0].platform
-    except Exception as err:  # noqa: BLE001 - JAX's backend errors are RuntimeErrors, asserts, ...
-        reason = (str(err).strip().splitlines() or [f"no {device} is visible"])[0].split(" (set JAX_PLATFORMS")[0]
-        raise UsageError(f"--device {device}: JAX cannot use a {device} here ({reason}); "
-                         f"{_DEVICE_HINTS.get(device, 'check the JAX installation')}") from None
-    if platform != device:
-        raise UsageError(f"--device {device}: JAX already runs on {platform} in this process")
 
 
 def _check_options(args: argparse.Namespace) -> tuple[tuple[str, ...], "TranscribeOptions"]:
@@ -138,7 +92,7 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
     """The transcribe command: flags -> a BulkRun; `finish` runs on process 0 once the records
     are written (eval's scoring)."""
     formats, options = _check_options(args)
-    _select_device(args.device)  # before JAX starts a backend
+    select_device(args.device)  # before JAX starts a backend
     from whisper_nnx.sharding import multihost
 
     # Before any other JAX call: join the other processes, if this run has several.
@@ -148,10 +102,9 @@ def _transcribe(args: argparse.Namespace, finish: Optional[FinishHook] = None) -
     from .compile_cache import enable_compilation_cache
     enable_compilation_cache(args.compile_cache)
     if args.ray is None:  # with --ray the actors run the model (JAX_PLATFORMS travels to them)
-        _check_device(args.device)
+        check_device(args.device)
     outcome = BulkRun(args.inputs, args.output_dir, options=options, formats=formats, layout=_layout(args),
-                      producer=_producer(args), sources=SourceOptions(args.audio_column, args.id_column,
-                                                                      args.text_column, args.follow_row_paths),
+                      producer=_producer(args), sources=_sources(args),
                       resume=args.resume, retry_errors=args.retry_errors, staging_dir=args.staging_dir,
                       upload_every_s=args.upload_every, show=not args.quiet, progress=not args.no_progress,
                       finish=finish, output_layout=args.output_layout).run()
@@ -172,8 +125,7 @@ def _dry_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--formats: {err}") from None
     if args.dry_run_probe < 0:
         raise UsageError("--dry-run-probe must be >= 0")
-    sources = SourceOptions(args.audio_column, args.id_column, args.text_column, args.follow_row_paths)
-    for line in dry_run(args.inputs, args.output_dir, sources, resume=args.resume, retry_errors=args.retry_errors,
+    for line in dry_run(args.inputs, args.output_dir, _sources(args), resume=args.resume, retry_errors=args.retry_errors,
                         probe=args.dry_run_probe):
         print(line)
     return EXIT_OK
@@ -225,6 +177,10 @@ def _layout(args: argparse.Namespace):
                           args.max_words_per_line or None)
 
 
+def _sources(args: argparse.Namespace) -> SourceOptions:
+    return SourceOptions(args.audio_column, args.id_column, args.text_column, args.follow_row_paths)
+
+
 def _eval(args: argparse.Namespace) -> int:
     """Transcribe like `transcribe`, then write eval.json / eval.md and print the table."""
     from . import evaluation
@@ -258,10 +214,9 @@ def _score_only(args: argparse.Namespace) -> int:
 
     if storage.is_url(str(args.output_dir)):
         raise UsageError("--score-only reads a local --output-dir (copy the bucket's results.jsonl to a folder)")
-    sources = SourceOptions(args.audio_column, args.id_column, args.text_column, args.follow_row_paths)
     settings = {"inputs": list(args.inputs)}
     try:
-        _, table = evaluation.score_folder(expand_inputs(args.inputs, sources), Path(args.output_dir), settings)
+        _, table = evaluation.score_folder(expand_inputs(args.inputs, _sources(args)), Path(args.output_dir), settings)
     except evaluation.NothingToScore as err:
         raise UsageError(str(err)) from None
     out = Path(args.output_dir)
@@ -294,30 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="transcribe, then score against each input's reference text (WER, CER)",
                        formatter_class=HelpFormatter)
-    add_run_flags(e)
-    e.add_argument("--score-only", action="store_true",
-                   help="score the records already in --output-dir (a finished or resumed run) against the "
-                        "inputs' references without transcribing: no model is loaded, nothing but eval.json "
-                        "and eval.md is written")
+    add_eval_flags(e)
     e.set_defaults(run=_eval)
 
     c = sub.add_parser("convert", help="convert a checkpoint to whisper-nnx's fast-loading form",
                        formatter_class=HelpFormatter)
-    c.add_argument("model", help="local checkpoint, hub repo id or short name")
-    c.add_argument("out_dir", help="the folder to write")
-    c.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
-                   help="weight dtype to store (keep: the checkpoint's)")
+    add_convert_flags(c)
     c.set_defaults(run=_convert)
-
-    from .calibrate import calibrate_command
-    from .checkpoints.hub import DEFAULT_MODEL
 
     k = sub.add_parser("calibrate", help="measure float32 against bfloat16 on this CPU: what --dtype auto takes here",
                        formatter_class=HelpFormatter)
-    k.add_argument("--model", default=DEFAULT_MODEL, help="the model size to time (random weights of its shapes)")
-    k.add_argument("--batch-size", type=int, default=8, help="rows of the timed window")
-    k.add_argument("--steps", type=int, default=64, help="greedy tokens of the timed window")
-    k.add_argument("--repeats", type=int, default=3, help="timed rounds, the dtypes alternating (best kept)")
+    add_calibrate_flags(k)
     k.set_defaults(run=calibrate_command)
     return parser
 
@@ -327,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .results import RunLocked
 
     args = build_parser().parse_args(argv)
-    _configure_logging(getattr(args, "verbose", False))
+    configure_logging(getattr(args, "verbose", False))
     try:
         if getattr(args, "dry_run", False):
             return _dry_run(args)
@@ -342,29 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"
         print(f"whisper-nnx: run failed: {reason}; rerun with --resume", file=sys.stderr)
         return EXIT_FAILED
-
-
-class PlainLogLines(std_logging.Formatter):
-    """A log record as the CLI's own messages read: "whisper-nnx: warning: ..." (its level in
-    lower case), then its traceback when it has one."""
-
-    def format(self, record: std_logging.LogRecord) -> str:
-        line = f"whisper-nnx: {record.levelname.lower()}: {record.getMessage()}"
-        return line + "\n" + self.formatException(record.exc_info) if record.exc_info else line
-
-
-def _configure_logging(verbose: bool) -> None:
-    """Warnings and errors only, unless `verbose`: JAX's backend probing ("Unable to initialize
-    backend 'tpu'") and the hub's messages are INFO lines a plain run does not show. The lines
-    it shows are plain (`PlainLogLines`); absl's prefix (level, time, thread, source line) comes
-    with `verbose`."""
-    flags.FLAGS.mark_as_parsed()  # absl logging without absl's flag parsing (argparse owns argv)
-    logging.use_absl_handler()
-    logging.get_absl_handler().setFormatter(logging.PythonFormatter() if verbose else PlainLogLines())
-    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
-    level = std_logging.INFO if verbose else std_logging.WARNING
-    for name in ("", "jax", "jax._src.xla_bridge", "huggingface_hub"):  # "": the root logger
-        std_logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,28 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-cache", default=None, metavar="DIR",
                    help="JAX persistent compilation cache, so later runs skip compiling (default: "
                         "$WHISPER_NNX_COMPILE_CACHE, else ~/.cache/whisper-nnx/jax-compile; 'off' disables)")
+
+
+def add_eval_flags(e: argparse.ArgumentParser) -> None:
+    """`eval`: the run's flags and --score-only."""
+    add_run_flags(e)
+    e.add_argument("--score-only", action="store_true",
+                   help="score the records already in --output-dir (a finished or resumed run) against the "
+                        "inputs' references without transcribing: no model is loaded, nothing but eval.json "
+                        "and eval.md is written")
+
+
+def add_convert_flags(c: argparse.ArgumentParser) -> None:
+    c.add_argument("model", help="local checkpoint, hub repo id or short name")
+    c.add_argument("out_dir", help="the folder to write")
+    c.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
+                   help="weight dtype to store (keep: the checkpoint's)")
+
+
+def add_calibrate_flags(k: argparse.ArgumentParser) -> None:
+    from .checkpoints.hub import DEFAULT_MODEL
+
+    k.add_argument("--model", default=DEFAULT_MODEL, help="the model size to time (random weights of its shapes)")
+    k.add_argument("--batch-size", type=int, default=8, help="rows of the timed window")
+    k.add_argument("--steps", type=int, default=64, help="greedy tokens of the timed window")
+    k.add_argument("--repeats", type=int, default=3, help="timed rounds, the dtypes alternating (best kept)")

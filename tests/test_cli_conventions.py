@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import whisper_nnx.engine as engine
-from whisper_nnx.engine import cli
+from whisper_nnx.engine import cli, cli_process
 from whisper_nnx.engine.progress import merge_summaries, write_summary
 from whisper_nnx.engine.writers import FORMATS
 
@@ -72,7 +72,7 @@ def test_license_is_mit_as_pyproject_says():
 def test_help_shows_the_defaults(capsys, monkeypatch):
     text = " ".join(_help(capsys, monkeypatch, "transcribe").split())
     for shown in ("--output_dir DIR where results.jsonl", "(default: whisper-nnx-out)", "(default: json,txt)",
-                  "(default: 8)", "(default: 0.0)", "(default: transcribe)", "float32 on CPUs",
+                  "(default: 8)", "(default: 0.0)", "(default: transcribe)", "float32 until it is run",
                   "(default: 2.4)", "(default: dp+tp)", "(default: True)", "(default: auto)"):
         assert shown in text, shown
     # nothing to show (None, a switch's False) or the help already says it: no "(default: ...)"
@@ -120,20 +120,20 @@ def test_device_cpu_selects_the_jax_platform(jax_first):
     """Before JAX starts a backend: JAX_PLATFORMS (also when JAX is imported later) and, when it
     is imported already, its config; then JAX runs on the CPU only."""
     code = (("import jax\n" if jax_first else "")
-            + "import os, sys\nfrom whisper_nnx.engine import cli\ncli._select_device('cpu')\nimport jax\n"
-            + "cli._check_device('cpu')\n"
+            + "import os, sys\nfrom whisper_nnx.engine import cli_process\ncli_process.select_device('cpu')\nimport jax\n"
+            + "cli_process.check_device('cpu')\n"
             + "print(os.environ['JAX_PLATFORMS'], jax.config.jax_platforms, {d.platform for d in jax.devices()})\n")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["cpu", "cpu", "{'cpu'}"]
-    assert cli.PLATFORMS == {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
+    assert cli_process.PLATFORMS == {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
 
 def test_device_that_jax_cannot_use_is_a_usage_error():
     """A platform JAX has no backend for here: one clear error naming the flag and what to install."""
-    code = ("from whisper_nnx.engine import cli\ncli._select_device('tpu')\n"
-            "try:\n    cli._check_device('tpu')\nexcept cli.UsageError as err:\n    print(err)\n")
+    code = ("from whisper_nnx.engine import cli, cli_process\ncli_process.select_device('tpu')\n"
+            "try:\n    cli_process.check_device('tpu')\nexcept cli.UsageError as err:\n    print(err)\n")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
