@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import os
 import threading
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -27,6 +28,7 @@ from . import datasets, records
 from .audio import N_SAMPLES, SAMPLE_RATE, AudioInput, input_name
 from .records import INPUT, RUN, one_line
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
+from .storage import is_url
 from .vad import VadOptions, speech_regions_streaming
 from .vad import check_available as check_vad_available
 
@@ -154,13 +156,33 @@ NOT_READY = object()  # PrefetchStream.next(block=False): no file is decoded yet
 class PrefetchStream:
     """An `AudioPrefetcher`'s files on its decoding threads, submitted in input order: given in
     that order (`ordered`), or each as soon as it is decoded (a long file being decoded does not
-    hold back the short ones behind it)."""
+    hold back the short ones behind it). Given as decoded, with two or more threads, a long
+    local file (`LongFiles`) among the next inputs is started early, one at a time: its
+    sequential windows then run beside the short files' batches instead of trailing the run."""
 
     def __init__(self, prefetcher: AudioPrefetcher, ordered: bool = True):
         self.prefetcher, self.ordered = prefetcher, ordered
         self._pending: collections.deque = collections.deque()
-        self._submitted = 0
+        self._submitted = 0  # inputs before this one are all submitted
         self._pool = concurrent.futures.ThreadPoolExecutor(prefetcher.workers, thread_name_prefix="whisper-nnx-audio")
+        self._long = None if ordered or prefetcher.workers < 2 else LongFiles(prefetcher.items)
+        self._long_pending = None  # the long file started early and not yet decoded
+
+    def _submit(self) -> None:
+        p = self.prefetcher
+        index = self._submitted
+        if self._long is not None and (self._long_pending is None or self._long_pending.done()):
+            early = self._long.next_after(self._submitted)
+            if early is not None:
+                index = early
+        future = self._pool.submit(p._load, index)
+        self._pending.append(future)
+        if index == self._submitted:
+            self._submitted += 1
+            while self._long is not None and self._long.started(self._submitted):
+                self._submitted += 1  # started early already
+        else:
+            self._long_pending = future
 
     def next(self, block: bool = True):
         """The next file (`LoadedInput`), None when every file was given, or, with `block`
@@ -168,8 +190,7 @@ class PrefetchStream:
         p = self.prefetcher
         while (self._submitted < len(p.items) and len(self._pending) < p.max_ahead
                and (p.seconds_held() < p.max_seconds or not self._pending)):
-            self._pending.append(self._pool.submit(p._load, self._submitted))
-            self._submitted += 1
+            self._submit()
         if not self._pending:
             return None
         if self.ordered:
@@ -185,6 +206,15 @@ class PrefetchStream:
         self._pending.remove(done)
         return done.result()
 
+    def wait_for_file(self, other: Optional[concurrent.futures.Future]) -> bool:
+        """Wait until a file is decoded or `other` is done (None: not at all); True when a file
+        is decoded and `other` is not done (the caller can take the file before `other`)."""
+        if other is None or other.done() or not self._pending:
+            return False
+        files = [self._pending[0]] if self.ordered else list(self._pending)  # what `next` can give
+        concurrent.futures.wait([*files, other], return_when=concurrent.futures.FIRST_COMPLETED)
+        return not other.done() and any(f.done() for f in files)
+
     def close(self) -> None:
         """Stop decoding: files not started are dropped, the ones under way finish."""
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -194,3 +224,57 @@ class PrefetchStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LongFiles:
+    """Which of the inputs ahead are long local files: scanned `SCAN` inputs at a time (their
+    sizes by `os.stat`; anything not a local path counts as short), a file is long when it has
+    at least `MIN_BYTES` and `FACTOR` times the median size of its stretch of inputs (a few
+    minutes of audio among clips; a corpus of similar files has none)."""
+
+    SCAN, FACTOR, MIN_BYTES = 256, 8, 4 << 20
+
+    def __init__(self, items: Sequence[AudioInput]):
+        self.items = items
+        self._scanned = 0
+        self._long: collections.deque = collections.deque()  # long indices not yet started, in order
+        self._started: set[int] = set()
+
+    def _scan(self) -> None:
+        stretch = range(self._scanned, min(self._scanned + self.SCAN, len(self.items)))
+        sizes = [_local_size(self.items[i]) for i in stretch]
+        self._scanned = stretch.stop
+        median = sorted(sizes)[len(sizes) // 2] if sizes else 0
+        self._long.extend(i for i, size in zip(stretch, sizes)
+                          if size >= self.MIN_BYTES and size >= self.FACTOR * median)
+
+    def next_after(self, frontier: int) -> Optional[int]:
+        """A long file among the `SCAN` inputs from `frontier` on, not started yet (now marked
+        started), or None."""
+        while self._scanned < min(frontier + self.SCAN, len(self.items)):
+            self._scan()
+        while self._long and self._long[0] < frontier:
+            self._long.popleft()  # reached in input order before it was started early
+        if self._long and self._long[0] < frontier + self.SCAN:
+            index = self._long.popleft()
+            if index > frontier:  # the frontier itself is next in order anyway
+                self._started.add(index)
+                return index
+        return None
+
+    def started(self, index: int) -> bool:
+        """Whether `index` was started early (the frontier skips it; asked once per index)."""
+        if index in self._started:
+            self._started.discard(index)
+            return True
+        return False
+
+
+def _local_size(item: AudioInput) -> int:
+    """Bytes of a local file named by a path (0 for anything else, or a file not there)."""
+    if not isinstance(item, (str, os.PathLike)) or is_url(str(item)):
+        return 0
+    try:
+        return os.stat(item).st_size
+    except OSError:
+        return 0

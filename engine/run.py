@@ -45,7 +45,7 @@ from .entry import Entry
 from .files import check_layout
 from .inputs import SourceOptions, expand_inputs
 from .progress import SUMMARY, Progress, merge_summaries, write_summary
-from .sink import ResultSink, SubtitleLayout
+from .sink import BackgroundWrites, ResultSink, SubtitleLayout
 from .writers import check_formats
 
 if TYPE_CHECKING:
@@ -295,8 +295,9 @@ class BulkRun:
         rows = {e.row: e for e in share if e.row is not None}
         own_file = results_io.process_file(index) if multi else results_io.RESULTS
         roots = self._roots()
-        with ResultSink(out, self.formats, self.layout, file_name=own_file, extra=facts, progress=progress,
-                        echo=self._written, repair=False, output_layout=self.output_layout, roots=roots) as sink:
+        with BackgroundWrites(ResultSink(out, self.formats, self.layout, file_name=own_file, extra=facts,
+                                         progress=progress, echo=self._written, repair=False,
+                                         output_layout=self.output_layout, roots=roots)) as sink:
             for name, at, first in ready:  # repeats of files done in an earlier run
                 sink.write(_duplicate(name, first, entries[at]))
             for entry in share:
@@ -312,7 +313,7 @@ class BulkRun:
         return summary, sink.failed
 
     @staticmethod
-    def _repeats(sink: ResultSink, plan: results_io.RunPlan, entries: list[Entry], name: str,
+    def _repeats(sink: BackgroundWrites, plan: results_io.RunPlan, entries: list[Entry], name: str,
                  row: Optional[str] = None) -> None:
         for repeat, at, first in plan.repeats_of(name, row):
             sink.write(_duplicate(repeat, first, entries[at]))

@@ -16,12 +16,13 @@ all their windows up front, so a long file fills whole batches by itself. Under 
 processes (multi-host) each process schedules its own inputs; every device call is agreed on
 first (`multihost.global_max`), so processes with less work join with empty rows.
 
-The device is kept busy (`DeviceLane`): batches are decoded on a worker thread of their own,
-and while the device works on one batch the next full batch is already handed over, so the
-main thread's work (admitting and preparing files, taking windows back, assembling records,
-writing them) happens while the device decodes. Under several processes the lane has one
-batch at a time on the calling thread: every process must make the same collective calls in
-the same order.
+The device is kept busy (`DeviceLane`): the batches in flight decode side by side on worker
+threads, so the next batch's host work and dispatch overlap the one under way; while the
+device works, the main thread keeps admitting and preparing the files decoded meanwhile
+(`PrefetchStream.wait_for_file`) so that the next batch is full when it is handed over, and
+takes windows back and assembles records (written on a thread of their own:
+`sink.BackgroundWrites`). Under several processes the lane has one batch at a time on the
+calling thread: every process must make the same collective calls in the same order.
 """
 
 from __future__ import annotations
@@ -70,17 +71,16 @@ Decoded = list[tuple[WindowRequest, object]]  # per request: its DecodedWindow o
 class DeviceLane:
     """Batches on their way through the device, oldest first.
 
-    With `depth` > 1 they run on worker threads, up to `depth` at once (the next is queued while
-    one decodes, so the device never waits for the host between them): in order on one worker,
-    or side by side on `depth` workers when `side_by_side` (continuous batching: the batches share
-    the decoder's slots, each row of the next taking a slot the last one frees). With 1, each
-    runs on the calling thread when handed over. `take` returns the oldest batch's results.
+    With `depth` > 1 they run on `depth` worker threads side by side: the next batch's host work
+    (its windows, log-mel, prompts) and dispatch happen while the one before decodes, so the
+    device does not wait for the host between them (with continuous batching the batches also
+    share the decoder's slots, each row of the next taking a slot the last one frees). With 1,
+    each runs on the calling thread when handed over. `take` returns the oldest batch's results.
     """
 
-    def __init__(self, decode: Callable[[list[WindowRequest]], Decoded], depth: int, side_by_side: bool = False):
+    def __init__(self, decode: Callable[[list[WindowRequest]], Decoded], depth: int):
         self.decode, self.depth = decode, max(1, depth)
-        workers = self.depth if side_by_side else 1
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="whisper-nnx-device") \
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="whisper-nnx-device") \
             if self.depth > 1 else None
         self._pending: collections.deque = collections.deque()
 
@@ -99,6 +99,11 @@ class DeviceLane:
         else:
             self._pending.append(self._pool.submit(self.decode, batch))
 
+    @property
+    def head(self) -> Optional[concurrent.futures.Future]:
+        """The oldest batch under way (its future), None when there is none."""
+        return self._pending[0] if self._pending else None
+
     def take(self) -> Decoded:
         """The oldest batch's results, waiting for them if the device is still at it."""
         return self._pending.popleft().result()
@@ -115,16 +120,15 @@ class WindowScheduler:
 
     def __init__(self, work: WindowWork, batch_size: int,
                  windows_per_file: Callable[[Windowed], int], lookahead: int = 4,
-                 max_admitted_s: float = 3600.0, in_flight: int = 2, concurrent: bool = False):
+                 max_admitted_s: float = 3600.0, in_flight: int = 2):
         """`lookahead` batches' worth of windows are kept ready, so that each batch can be
         picked from windows of similar length. `in_flight`: batches handed to the device at
-        once (2: the next is queued while one decodes; 1: one at a time, as several processes
-        always run). `concurrent`: the batches in flight decode side by side (the work's
-        decoder serves them from shared slots: continuous batching)."""
+        once, decoding side by side (2: the next is prepared and dispatched while one decodes;
+        1: one at a time, as several processes always run)."""
         self.work, self.batch_size = work, batch_size
         self.windows_per_file, self.lookahead = windows_per_file, lookahead
         self.max_admitted_s = max_admitted_s  # audio in memory held by admitted files (spooled: none)
-        self.in_flight, self.concurrent = in_flight, concurrent
+        self.in_flight = in_flight
 
     def run(self, files: AudioPrefetcher) -> Iterator[tuple[int, dict]]:
         """(input index, record) for every input, in the order files finish. A failure that
@@ -132,7 +136,7 @@ class WindowScheduler:
         becomes that file's error record and the run goes on; a failing device batch is
         retried in halves, down to single windows, before a file is given up."""
         lockstep = jax.process_count() > 1  # every process makes the same calls, in order
-        lane = DeviceLane(self._decode_isolated, 1 if lockstep else self.in_flight, self.concurrent)
+        lane = DeviceLane(self._decode_isolated, 1 if lockstep else self.in_flight)
         try:
             with files.stream() as source:
                 yield from self._run(files, source, lane, lockstep)
@@ -178,6 +182,8 @@ class WindowScheduler:
             if multihost.global_max(int(bool(queue) or not exhausted or bool(active) or bool(len(lane)))) == 0:
                 return
             queue = self._hand_over(queue, lane, lockstep)
+            if self._feed_while_busy(lockstep, exhausted, lane, queue, active) and source.wait_for_file(lane.head):
+                continue  # a file was decoded before the batch under way ended: admit it, fill the next batch
             for request, window in lane.take():
                 if id(request.job) not in active:
                     continue  # its file failed earlier in this batch
@@ -188,6 +194,15 @@ class WindowScheduler:
                                            lambda j, r=request, w=window: (j.accept(r, w), j.requests())[1])
             queue = collections.deque(r for r in queue if id(r.job) in active)
             yield from self._finished(active, files)
+
+    def _feed_while_busy(self, lockstep: bool, exhausted: bool, lane: DeviceLane, queue: collections.deque,
+                         active: dict) -> bool:
+        """Whether to take files decoded while the device works, before its batch returns: the
+        lane has room for a batch that is not full yet, and files may be admitted (one process:
+        several make the same calls in lockstep)."""
+        held = sum(f.loaded.seconds_in_memory for f in active.values())
+        return (not lockstep and not exhausted and lane.has_room and len(queue) < self.batch_size
+                and held < self.max_admitted_s)
 
     def _hand_over(self, queue: collections.deque, lane: DeviceLane, lockstep: bool) -> collections.deque:
         """Hand batches to the device: one when none is under way (under lockstep, always one,

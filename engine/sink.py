@@ -10,7 +10,7 @@ never another record's file) are written atomically *before* its record, which l
 turns the record into a run error (redone by `--resume`) and the run goes on. Records are appended
 one line at a time, flushed and fsynced, without their tokens (results.py has the file's rules:
 repair, resume, merge, lock). A whole run (resume, duplicates, summaries, several processes) is
-`run.BulkRun`, which writes through this sink.
+`run.BulkRun`, which writes through this sink on a thread of its own (`BackgroundWrites`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import array
 import dataclasses
 import hashlib
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import IO, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -31,7 +33,7 @@ from .progress import Progress
 from .results import RESULTS, append_record, iter_records, repair
 from .writers import check_formats, write_outputs
 
-__all__ = ["ResultSink", "SubtitleLayout", "output_stem"]
+__all__ = ["BackgroundWrites", "ResultSink", "SubtitleLayout", "output_stem"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,51 @@ class ResultSink:
                                                      f"{records.one_line(err)}", records.RUN)
             return {**failed.to_record(), **self.extra, "files": []}
         return record
+
+
+class BackgroundWrites:
+    """A `ResultSink` writing on a thread of its own, records in the order they are handed over:
+    the run loop goes back to the device instead of waiting on file writes and fsyncs. At most
+    `depth` records wait (the loop blocks beyond that); an error writing is raised at the next
+    `write` or when the `with` block ends, which waits for every record handed over (a kill
+    loses only records not yet appended: `--resume` redoes them, as for any unfinished input)."""
+
+    _DONE = object()
+
+    def __init__(self, sink: ResultSink, depth: int = 256):
+        self.sink = sink
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._drain, name="whisper-nnx-writer", daemon=True)
+
+    def __enter__(self) -> "BackgroundWrites":
+        self.sink.__enter__()
+        self._thread.start()
+        return self
+
+    def write(self, record: Mapping) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(record)
+
+    def _drain(self) -> None:
+        while (record := self._queue.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    self.sink.write(record)
+                except BaseException as err:  # noqa: BLE001 - raised on the run's thread
+                    self._error = err
+
+    @property
+    def failed(self) -> int:
+        return self.sink.failed
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(self._DONE)
+        self._thread.join()
+        self.sink.__exit__(*exc)
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 def _digest(text: str) -> int:

@@ -189,8 +189,7 @@ class Transcriber:
         scheduler = WindowScheduler(
             work, batch_size=options.batch_size,
             windows_per_file=expected_windows(options.long_form.mode, options.long_form.chunk_stride_s),
-            max_admitted_s=reading.max_audio_in_memory_s / 2, in_flight=self.batches_in_flight,
-            concurrent=self.decoder.continuous)
+            max_admitted_s=reading.max_audio_in_memory_s / 2, in_flight=self.batches_in_flight)
         for index, record in scheduler.run(files):
             yield index, record
 

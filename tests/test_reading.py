@@ -11,7 +11,7 @@ import pytest
 from whisper_nnx.engine import reading
 from whisper_nnx.engine.audio import N_SAMPLES, SAMPLE_RATE, load_audio
 from whisper_nnx.engine.inputs import Entry
-from whisper_nnx.engine.reading import NOT_READY, AudioPrefetcher, LoadedInput, error_record, speech_finder
+from whisper_nnx.engine.reading import NOT_READY, AudioPrefetcher, LoadedInput, PrefetchStream, error_record, speech_finder
 from whisper_nnx.engine.records import INPUT, RUN
 from whisper_nnx.engine.spool import ArrayAudio
 from whisper_nnx.engine.vad import VadOptions
@@ -130,3 +130,75 @@ def test_dataset_row_groups_held_count_toward_the_audio_in_memory(monkeypatch):
     with prefetcher.stream() as stream:
         stream.next()
         assert stream._submitted == 6
+
+
+def _sized_files(folder, sizes):
+    paths = []
+    for i, size in enumerate(sizes):
+        path = folder / f"f{i:03d}.flac"
+        with open(path, "wb") as f:
+            f.truncate(size)  # sparse: only the size matters to the order
+        paths.append(str(path))
+    return paths
+
+
+def _load_order(items, workers, ordered, long_ids):
+    """The order the stream's threads started loading `items` (a fake decode: a long file takes
+    50 ms, a clip 5 ms) and the most long files ever decoding at once."""
+    import threading
+    import time
+
+    order, lock, busy = [], threading.Lock(), {"now": 0, "most": 0}
+
+    class Recorded(AudioPrefetcher):
+        def _load(self, index):
+            with lock:
+                order.append(index)
+                if index in long_ids:
+                    busy["now"] += 1
+                    busy["most"] = max(busy["most"], busy["now"])
+            time.sleep(0.05 if index in long_ids else 0.005)
+            if index in long_ids:
+                with lock:
+                    busy["now"] -= 1
+            return LoadedInput(index, self.items[index], ArrayAudio(np.zeros(160, np.float32)))
+
+    prefetcher = Recorded(items, workers=workers, max_ahead=8)
+    got = []
+    with PrefetchStream(prefetcher, ordered=ordered) as stream:
+        while (loaded := stream.next()) is not None:
+            got.append(loaded.index)
+    assert sorted(got) == list(range(len(items)))  # every input once
+    return order, busy["most"]
+
+
+def test_long_local_files_start_early_one_at_a_time(tmp_path):
+    """Given as decoded with two threads, the long files (8 x the stretch's median size, 4 MiB at
+    least) among the inputs ahead start before the clips in front of them, one at a time, so their
+    sequential windows do not trail the run; in input order, or with one thread, nothing moves."""
+    from whisper_nnx.engine.reading import PrefetchStream
+
+    sizes = [20_000] * 40 + [6 << 20, 6 << 20]  # 40 clips, then two long recordings
+    items = _sized_files(tmp_path, sizes)
+    order, most = _load_order(items, 2, False, {40, 41})
+    assert order.index(40) == 0 and order.index(41) < 20, order
+    assert most == 1
+    assert sorted(order) == list(range(42))
+    assert _load_order(items, 2, True, {40, 41})[0] == list(range(42))
+    assert _load_order(items, 1, False, {40, 41})[0] == list(range(42))
+
+
+def test_long_files_are_long_against_their_stretch(tmp_path):
+    from whisper_nnx.engine.reading import LongFiles
+
+    (tmp_path / "same").mkdir()
+    assert LongFiles(_sized_files(tmp_path / "same", [6 << 20] * 6)).next_after(0) is None  # all alike
+    assert LongFiles(["s3://bucket/a.flac", "missing.flac"] * 5).next_after(0) is None  # not local files
+    small = [3 << 20 if i == 5 else 20_000 for i in range(10)]  # 150x the median, under 4 MiB: a clip
+    (tmp_path / "small").mkdir()
+    assert LongFiles(_sized_files(tmp_path / "small", small)).next_after(0) is None
+    files = LongFiles(_sized_files(tmp_path, [20_000] * 10 + [5 << 20, 20_000, 5 << 20]))
+    assert files.next_after(0) == 10 and files.next_after(0) == 12 and files.next_after(0) is None
+    assert [files.started(i) for i in (10, 11, 12, 10)] == [True, False, True, False]
+    files = LongFiles(_sized_files(tmp_path / "small", small[:5]) + _sized_files(tmp_path, [5 << 20]))
+    assert files.next_after(5) is None  # the frontier itself: next in order anyway

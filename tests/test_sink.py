@@ -49,3 +49,46 @@ def test_sink_refuses_unknown_formats_and_bad_layouts(tmp_path):
         ResultSink(tmp_path, ("json", "pdf"))
     with pytest.raises(ValueError, match="max_line_width"):
         SubtitleLayout(max_line_width=0)
+
+
+def test_background_writes_hand_over_at_once_and_write_in_order(tmp_path):
+    """The run's thread hands records over while the writer is still busy with an earlier one
+    (its file writes and fsyncs off the device's path); leaving the block waits for all of them,
+    written in the order handed over, as the sink alone writes them."""
+    import threading
+
+    from whisper_nnx.engine.sink import BackgroundWrites
+
+    release, started = threading.Event(), threading.Event()
+    shown = []
+
+    def held(record):  # the writer stops at the first record until released
+        started.set()
+        release.wait(timeout=60)
+        shown.append(record["path"])
+
+    names = [f"{i}.wav" for i in range(5)]
+    with BackgroundWrites(ResultSink(tmp_path, ("txt",), echo=held), depth=8) as sink:
+        for name in names:
+            sink.write(_transcript(name))
+        assert started.wait(timeout=60) and shown == []  # all handed over; none written through yet
+        release.set()
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in lines] == shown == names
+    assert all((tmp_path / f"{n[:-4]}.txt").read_text().strip() == "Hello there." for n in names)
+    assert sink.failed == 0
+
+
+def test_background_writes_raise_what_writing_raised(tmp_path):
+    from whisper_nnx.engine.sink import BackgroundWrites
+
+    def broken(record):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWrites(ResultSink(tmp_path, ("txt",), echo=broken)) as sink:
+            sink.write(_transcript("a.wav"))
+            sink.write(_transcript("b.wav"))
+    # the first record's line was appended before its echo failed; nothing after the failure
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["path"] for line in lines] == ["a.wav"]

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import threading
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
@@ -55,6 +56,13 @@ class DecodeCounters:
 
     row_steps: int = 0
     useful: int = 0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, row_steps: int = 0, useful: int = 0) -> None:
+        """Count a batch's work (batches in flight decode on threads of their own)."""
+        with self._lock:
+            self.row_steps += row_steps
+            self.useful += useful
 
     @property
     def efficiency(self) -> Optional[float]:
@@ -227,14 +235,19 @@ class Generator:
         work going. Rows come back in their original order, as host arrays.
         """
         batch = prompt.shape[0]
-        shrinkable = (strategy.shrinkable and self.shrink_every > 0 and jax.process_count() == 1
-                      and shrunk_width(1, batch, self.batch_multiple) < batch)
+        shrinkable = self.shrinks(batch, strategy)
         with self.context():
             args = (self.state, self._place(mel), self._place(prompt), self._rows(rows, batch, config),
                     host_prng_key(seed), np.float32(temperature))
             if not shrinkable:
                 return self._generate(*args, config=config, strategy=strategy)
             return self._generate_shrinking(args, prompt.shape[1] + config.sample_len, config, strategy)
+
+    def shrinks(self, batch: int, strategy: Strategy) -> bool:
+        """Whether `generate` decodes a batch of `batch` rows in shrinking stretches (and counts
+        its row-steps itself) rather than as one whole-loop program."""
+        return (strategy.shrinkable and self.shrink_every > 0 and jax.process_count() == 1
+                and shrunk_width(1, batch, self.batch_multiple) < batch)
 
     def _generate_shrinking(self, args: tuple, total: int, config: DecodeConfig, strategy: Strategy
                             ) -> DecodeResult:
@@ -249,7 +262,7 @@ class Generator:
         counted = length  # buffer length up to which row-steps are counted
         while True:
             finished, length = jax.device_get((decode.finished, decode.length))
-            self.counters.row_steps += finished.size * (int(length) - counted)
+            self.counters.add(row_steps=finished.size * (int(length) - counted))
             counted = int(length)
             if finished.all() or length >= total:
                 break

@@ -301,7 +301,7 @@ class SlotService:
         self.state, ran = self.programs.steps(generator.state, self.state, np.int32(self.stretch),
                                               np.int32(len(self.owners) - busy + wanted), config=self.config)
         finished, ran = jax.device_get((self.state.finished, ran))
-        generator.counters.row_steps += int(ran) * len(self.owners)
+        generator.counters.add(row_steps=int(ran) * len(self.owners))
         done = [i for i, o in enumerate(self.owners) if o is not None and finished[i]]
         if not done:
             return

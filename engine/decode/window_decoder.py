@@ -186,12 +186,11 @@ class WindowDecoder:
         copies = strategy.copies
         padded = fit_rows(mel, n, lockstep_rows(n * copies, self.generator.batch_multiple), copies)
         rows = prompts.padded(padded.shape[0], repeat=copies, sample_len=options.search.sample_len)
-        counted = self.generator.counters.row_steps
         result = self.generator.generate(padded, rows.tokens, config, seed, temperature, rows.rows, strategy=strategy)
         result = self.generator.fetch(result, padded.shape[0])
         candidates = strategy.candidates(result, n, prompt_len, config.rules.eot)
         if strategy.shrinkable:
-            self._count(candidates, padded.shape[0], options.search.sample_len, counted)
+            self._count(candidates, padded.shape[0], options.search.sample_len, strategy)
         no_speech = np.asarray(result.no_speech_prob)[::copies]
         return [self._window(candidates[i], float(no_speech[i]), tokenizer, options, temperature) for i in range(n)]
 
@@ -237,7 +236,7 @@ class WindowDecoder:
             if len(got) < copies:
                 return
             got.sort(key=lambda g: g[0])  # copy order, as the whole batch returns them
-            self.generator.counters.useful += sum(useful_steps([r.tokens for _, r in got], options.search.sample_len))
+            self.generator.counters.add(useful=sum(useful_steps([r.tokens for _, r in got], options.search.sample_len)))
             window = self._window([(r.tokens, r.sum_logprob) for _, r in got], got[0][1].no_speech_prob, tokenizer,
                                   options, temperatures[attempt])
             if attempt + 1 < len(temperatures) and needs_fallback(window, options):
@@ -251,15 +250,14 @@ class WindowDecoder:
                                  bucket(n, self.generator.batch_multiple), finish)
         return results  # type: ignore[return-value]
 
-    def _count(self, candidates: list, width: int, sample_len: int, counted: int) -> None:
+    def _count(self, candidates: list, width: int, sample_len: int, strategy) -> None:
         """Add a token-loop batch to the generator's counters: each real row's steps (its tokens
         and its end, up to `sample_len`) as useful; row-steps as the generator counted them
         when it decoded in stretches, else the batch's width for as long as its longest row."""
         steps = useful_steps([tokens for row in candidates for tokens, _ in row], sample_len)
-        counters = self.generator.counters
-        counters.useful += sum(steps)
-        if counters.row_steps == counted:  # one whole-loop program: it ran until its last row ended
-            counters.row_steps += width * max(steps, default=0)
+        shrinks = getattr(self.generator, "shrinks", None)  # a stand-in device may not shrink
+        whole = shrinks is None or not shrinks(width, strategy)  # one whole-loop program: to its last row's end
+        self.generator.counters.add(row_steps=width * max(steps, default=0) if whole else 0, useful=sum(steps))
 
 
 def useful_steps(hypotheses: list[list[int]], sample_len: int) -> list[int]:
