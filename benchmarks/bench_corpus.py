@@ -94,8 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated from {','.join(ROWS)}")
     p.add_argument("--model", default="tiny.en")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="ours (bfloat16 pays only where XLA's bf16 matmuls beat float32: bench_roofline.py says)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="ours; auto: the CLI's default, what `whisper-nnx calibrate` measured on this machine "
+                        "(float32 where it was not run); the record names what it resolved to")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPUs for each side")
     p.add_argument("--clips", type=int, default=64, help="short clips in the corpus")
@@ -137,6 +138,17 @@ def _duration_s(path: Path) -> float:
     from whisper_nnx.engine.audio import SAMPLE_RATE, load_audio
 
     return load_audio(path).shape[0] / SAMPLE_RATE
+
+
+def _resolved_dtype(args) -> str:
+    """--dtype as our CLI resolves it on this machine ("auto (bfloat16)" where calibrate chose it)."""
+    if args.dtype != "auto":
+        return args.dtype
+    import jax
+
+    from whisper_nnx.engine.transcribe import resolve_dtype
+
+    return f"auto ({resolve_dtype('auto', jax.devices('cpu')[0], args.model)})"
 
 
 # --- one side, one run --------------------------------------------------------------------------
@@ -240,7 +252,8 @@ def main(argv=None) -> int:
         for name in args.rows.split(","):
             rows[name] = measure_row(args, name, row_inputs(parts, ROWS[name][0]), checkpoint, Path(cache), env)
     settings = {"command": "benchmarks/bench_corpus.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "model": args.model, "our_dtype": args.dtype, "repeats": args.repeats, "threads": args.threads,
+                "model": args.model, "our_dtype": _resolved_dtype(args), "repeats": args.repeats,
+                "threads": args.threads,
                 "notes": args.note, "plan": {n: ROWS[n] for n in rows}, "peer_script": PEER_SCRIPT}
     summary = {"n_clips": len(parts["clips"]), "clips_s": audio_seconds([p for p, _ in parts["clips"]]),
                "long_s": audio_seconds([p for n in ("long10", "long5") for p, _ in parts[n]])}
