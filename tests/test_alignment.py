@@ -73,20 +73,21 @@ def test_default_alignment_heads_are_the_upper_half():
 
 @pytest.mark.slow
 def test_word_timestamps_match_the_reference(setup, data_dir):
-    """The whole long-form recording (3.5 minutes, seeks moved by word ends) through the
-    reference's transcribe(word_timestamps=True) and ours: the same words; every start and end
-    within one 20 ms alignment step of the reference's, and at least 99% of words within 5 ms at
-    both ends (what README states; measured: one boundary among 584 words one step apart, where
-    float32 sums in another order tip the time warping's path)."""
+    """The first 78 s of the long-form recording (cut in the pause after its 16th sentence: three
+    windows, seeks moved by word ends) through the reference's transcribe(word_timestamps=True)
+    and ours: the same words; every start and end within one 20 ms alignment step of the
+    reference's, and at least 99% of words within 5 ms at both ends (what README states, where
+    float32 sums in another order can tip the time warping's path by a step; measured on these
+    214 words: none apart; on the whole 3.5 minutes, one boundary among 584 words one step apart)."""
     ours, ref, _ = setup
-    audio = load_audio(data_dir / "longform" / "lecture.ogg")
+    audio = load_audio(data_dir / "longform" / "lecture.ogg")[:78 * 16000]
     got = ours.transcribe([audio], TranscribeOptions.from_kwargs(temperature=0.0, word_timestamps=True,
                                                                  skip_non_speech_s=None))[0]
     expected = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, word_timestamps=True)
     got_words = [w for s in got["segments"] for w in s["words"]]
     expected_words = [w for s in expected["segments"] for w in s["words"]]
     assert [w["word"] for w in got_words] == [w["word"] for w in expected_words]
-    assert len(got_words) > 500
+    assert len(got_words) > 200 and got["windows"] >= 3
     deltas = [(a["word"], a["start"] - b["start"], a["end"] - b["end"]) for a, b in zip(got_words, expected_words)]
     assert max(max(abs(d[1]), abs(d[2])) for d in deltas) <= 0.02 + 1e-6
     off = [d for d in deltas if abs(d[1]) > 0.005 or abs(d[2]) > 0.005]

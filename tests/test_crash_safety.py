@@ -160,7 +160,11 @@ def cli_env(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [1, 3, 5])
+# The kill points are the two stages a run's records come in (measured): 1, the input errors
+# (bad.wav, missing.wav: written before the model has decoded anything); 3, inside the burst of
+# the first batch's records (each clip, then its duplicates), while the lecture is still decoding
+# for 10 s more. (A kill after 5 records landed in that same burst, with no stage between.)
+@pytest.mark.parametrize("kill_after", [1, 3])
 def test_kill_at_any_point_then_resume_gives_one_record_per_listing(tmp_path, data_dir, cli_env, kill_after):
     joe, espeak, thanks = (str(data_dir / n) for n in ("sample_joe.flac", "sample_espeak.flac", "sample_thanks.flac"))
     lecture = str(data_dir / "longform" / "lecture.ogg")  # the slow one: the run is still going at each kill

@@ -391,17 +391,21 @@ def test_spooling_memory_does_not_grow_with_length(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_spooled_long_file_transcribes_exactly_as_in_memory(tiny, data_dir):
-    """The lecture (3.5 min) spooled to disk after 60 s against held in memory: the same
-    records in both long-form modes, and no spool left open afterwards."""
+def test_a_spooled_long_file_transcribes_exactly_as_in_memory(tiny, data_dir, tmp_path):
+    """The lecture's first 125 s (its 6 s pause included, which the default skips) spooled to
+    disk after 60 s against held in memory: the same records in both long-form modes (measured:
+    6 and 7 windows), and no spool left open afterwards."""
+    from speech import write_flac
+
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
-    lecture = data_dir / "longform" / "lecture.ogg"
+    lecture = tmp_path / "lecture 125 s.flac"
+    write_flac(lecture, load_audio(data_dir / "longform" / "lecture.ogg")[:int(124.8 * SAMPLE_RATE)])
     fds = len(os.listdir("/proc/self/fd"))
     for mode in ("sequential", "chunked"):
         options = dict(language="en", beam_size=None, temperature=0.0, long_form=mode)
         spooled = tiny.transcribe([lecture], TranscribeOptions.from_kwargs(**options, spool_after_s=60.0))[0]
         held = tiny.transcribe([lecture], TranscribeOptions.from_kwargs(**options))[0]
-        assert spooled["error"] is None and spooled["windows"] >= 7
+        assert spooled["error"] is None and spooled["windows"] >= 6
         assert spooled == held, mode
     assert len(os.listdir("/proc/self/fd")) <= fds
