@@ -65,6 +65,7 @@ class Progress:
         self.windows = 0  # windows decoded, in every file
         self.under_way: dict[int, FilePosition] = {}  # files with windows decoded, by key
         self.start = time.monotonic()
+        self.listing = False  # more files may be expected (`expect`) until `listed`
         self._last_log = self.start
         self._lock = threading.RLock()  # windows are reported from the device's thread
         self.bar = None
@@ -86,8 +87,23 @@ class Progress:
             if self.bar is not None:
                 self.bar.set_postfix_str(self._postfix(now), refresh=False)
                 self.bar.update(1)
-            elif now - self._last_log >= self.log_every_s or self.files == self.total:
+            elif now - self._last_log >= self.log_every_s or (self.files == self.total and not self.listing):
                 self._log(now)
+
+    def expect(self, files: int) -> None:
+        """`files` more records to come: a run whose inputs are still being listed counts them
+        as they are planned (until `listed`, the plain line shows the total as `N+`)."""
+        with self._lock:
+            self.total += files
+            self.listing = True
+            if self.bar is not None:
+                self.bar.total = self.total
+                self.bar.refresh()
+
+    def listed(self) -> None:
+        """Every input is listed: the total is final."""
+        with self._lock:
+            self.listing = False
 
     def window_done(self, key: int, name: str, reached_s: float, total_s: float,
                     finished: Callable[[], bool]) -> None:
@@ -155,7 +171,7 @@ class Progress:
         eta = "?"
         if self.files and self.files < self.total and speed > 0:
             eta = _clock((self.total - self.files) * (self.audio_s / self.files) / speed)
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.files}/{self.total} files, "
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.files}/{self.total}{'+' * self.listing} files, "
                 f"{self.audio_s / 3600:.2f} h audio, {self.windows} windows, {speed:.1f}x real time, "
                 f"{self.errors} errors, elapsed {_clock(elapsed)}, eta {eta}")
         long_files = self.long_files_under_way()

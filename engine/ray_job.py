@@ -31,7 +31,7 @@ import functools
 import json
 import logging as std_logging
 import os
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -260,7 +260,8 @@ class RayRecords:
         return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize,
                 "long_form": options.long_form.mode, "mesh": None, "sharding": None}
 
-    def records(self, entries: Sequence[Entry], options) -> Iterator[dict]:
+    def records(self, entries: Iterable[Entry], options) -> Iterator[dict]:
+        entries = list(entries)  # Ray Data takes the whole list (the driver lists everything first)
         logging.info("Ray: %d actors for %d inputs", self.actors, len(entries))
         return transcribe_on_ray(
             entries, actors=self.actors, rows_per_call=self.rows_per_call or 4 * options.batch_size,

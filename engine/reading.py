@@ -20,13 +20,14 @@ import concurrent.futures
 import dataclasses
 import os
 import threading
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from . import datasets, records
 from .audio import N_SAMPLES, SAMPLE_RATE, AudioInput, input_name
 from .records import INPUT, RUN, one_line
+from .lookahead import Lookahead
 from .spool import ArrayAudio, SpooledAudio, Windowed, decode_bounded
 from .storage import is_url
 from .vad import VadOptions, speech_regions_streaming
@@ -88,14 +89,17 @@ class AudioPrefetcher:
     audio the process's dataset tables hold, `datasets.TABLES`, which it bounds to
     `max_seconds` of sample bytes). A file longer than
     `spool_after_s` is decoded to a spool on disk in `spool_dir` (engine/spool.py) and framed
-    from there, so no file holds more than that much audio in memory, whatever its length."""
+    from there, so no file holds more than that much audio in memory, whatever its length.
+    `items` may be a list or an iterator that yields inputs as they are listed (a bulk run's
+    listing thread): they are taken from it as decoding reaches them (`Lookahead`)."""
 
-    def __init__(self, items: Sequence[AudioInput], workers: int = 2, max_ahead: int = 32,
+    def __init__(self, items: Iterable[AudioInput], workers: int = 2, max_ahead: int = 32,
                  max_seconds: float = 3600.0, spool_after_s: float = 600.0, spool_dir: Optional[str] = None,
                  find_speech: Optional[SpeechFinder] = None):
         """`find_speech` (voice-activity detection, `speech_finder`) runs on the same threads,
         after decoding."""
-        self.items, self.workers, self.max_ahead, self.max_seconds = items, max(1, workers), max_ahead, max_seconds
+        self.items = Lookahead(items)
+        self.workers, self.max_ahead, self.max_seconds = max(1, workers), max_ahead, max_seconds
         self.spool_after, self.spool_dir = int(spool_after_s * SAMPLE_RATE), spool_dir
         self.find_speech = find_speech
         self._buffered = 0.0
@@ -111,8 +115,7 @@ class AudioPrefetcher:
         with self._lock:
             self._buffered -= seconds
 
-    def _load(self, index: int) -> LoadedInput:
-        item = self.items[index]
+    def _load(self, index: int, item: AudioInput) -> LoadedInput:
         loaded = LoadedInput(index, item, None)
         try:
             loaded.audio = self._decode(item)
@@ -175,7 +178,7 @@ class PrefetchStream:
             early = self._long.next_after(self._submitted)
             if early is not None:
                 index = early
-        future = self._pool.submit(p._load, index)
+        future = self._pool.submit(p._load, index, p.items.take(index))
         self._pending.append(future)
         if index == self._submitted:
             self._submitted += 1
@@ -188,7 +191,7 @@ class PrefetchStream:
         """The next file (`LoadedInput`), None when every file was given, or, with `block`
         False, NOT_READY while no file is decoded yet."""
         p = self.prefetcher
-        while (self._submitted < len(p.items) and len(self._pending) < p.max_ahead
+        while (len(self._pending) < p.max_ahead and p.items.has(self._submitted, wait=not self._pending)
                and (p.seconds_held() < p.max_seconds or not self._pending)):
             self._submit()
         if not self._pending:
@@ -218,6 +221,7 @@ class PrefetchStream:
     def close(self) -> None:
         """Stop decoding: files not started are dropped, the ones under way finish."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.prefetcher.items.close()
 
     def __enter__(self) -> "PrefetchStream":
         return self
@@ -227,32 +231,36 @@ class PrefetchStream:
 
 
 class LongFiles:
-    """Which of the inputs ahead are long local files: scanned `SCAN` inputs at a time (their
-    sizes by `os.stat`; anything not a local path counts as short), a file is long when it has
-    at least `MIN_BYTES` and `FACTOR` times the median size of its stretch of inputs (a few
-    minutes of audio among clips; a corpus of similar files has none)."""
+    """Which of the inputs ahead are long local files: scanned as far as they are listed, up to
+    `SCAN` inputs ahead (their sizes by `os.stat`; anything not a local path counts as short), a
+    file is long when it has at least `MIN_BYTES` and `FACTOR` times the median size of the last
+    `SCAN` inputs scanned (a few minutes of audio among clips; a corpus of similar files has none)."""
 
     SCAN, FACTOR, MIN_BYTES = 256, 8, 4 << 20
 
-    def __init__(self, items: Sequence[AudioInput]):
-        self.items = items
+    def __init__(self, items: "Iterable[AudioInput] | Lookahead"):
+        self.items = items if isinstance(items, Lookahead) else Lookahead(items)
         self._scanned = 0
+        self._recent: collections.deque = collections.deque(maxlen=self.SCAN)  # sizes of the last scanned
         self._long: collections.deque = collections.deque()  # long indices not yet started, in order
         self._started: set[int] = set()
 
-    def _scan(self) -> None:
-        stretch = range(self._scanned, min(self._scanned + self.SCAN, len(self.items)))
-        sizes = [_local_size(self.items[i]) for i in stretch]
+    def _scan(self, end: int) -> None:
+        """Scan the inputs listed so far, up to `end`."""
+        stretch = range(self._scanned, end)
+        stretch = stretch[:next((n for n, i in enumerate(stretch) if not self.items.has(i, wait=False)), len(stretch))]
+        sizes = [_local_size(self.items.held(i)) for i in stretch]
         self._scanned = stretch.stop
-        median = sorted(sizes)[len(sizes) // 2] if sizes else 0
+        self._recent.extend(sizes)
+        median = sorted(self._recent)[len(self._recent) // 2] if self._recent else 0
         self._long.extend(i for i, size in zip(stretch, sizes)
                           if size >= self.MIN_BYTES and size >= self.FACTOR * median)
 
     def next_after(self, frontier: int) -> Optional[int]:
         """A long file among the `SCAN` inputs from `frontier` on, not started yet (now marked
         started), or None."""
-        while self._scanned < min(frontier + self.SCAN, len(self.items)):
-            self._scan()
+        self._scanned = max(self._scanned, frontier)  # inputs before the frontier were reached in order
+        self._scan(frontier + self.SCAN)  # only what is listed already: never waits for a listing
         while self._long and self._long[0] < frontier:
             self._long.popleft()  # reached in input order before it was started early
         if self._long and self._long[0] < frontier + self.SCAN:

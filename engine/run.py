@@ -11,8 +11,10 @@ kill at any moment. The CLI (`whisper-nnx transcribe` / `eval`), `--ray` and Pyt
              results without `resume`, repair every results file (the run's one repair), merge
              an earlier multi-process run's files, drop the records to redo (run errors; input
              errors with `retry_errors`)
-    plan     `results.plan_run`: entries still without a record; `process_share`: this
-             process's block of them
+    list     on a thread from the start (`planning.Listing`): entries as they are listed
+    plan     one entry at a time as the producer asks for them (`planning.PlanStream`): entries
+             still without a record; several processes: each its contiguous block of them
+             (these list everything first)
     write    the producer's records (`LocalRecords`: a Transcriber in this process; or
              `ray_job.RayRecords`: Ray actors) through `ResultSink`, each repeat of a file
              listed again right after the record it repeats; summary.json
@@ -43,7 +45,8 @@ from . import results as results_io
 from .checkpoints.hub import DEFAULT_MODEL
 from .entry import Entry
 from .files import check_layout
-from .inputs import SourceOptions, expand_inputs
+from .inputs import SourceOptions
+from .planning import Listing, PlanStream, block_of
 from .progress import SUMMARY, Progress, merge_summaries, write_summary
 from .sink import BackgroundWrites, ResultSink, SubtitleLayout
 from .writers import check_formats
@@ -74,8 +77,9 @@ class RecordProducer(Protocol):
     def start(self, options: "TranscribeOptions") -> dict:
         """Get ready (load the model, join the cluster); returns the facts every record carries."""
 
-    def records(self, entries: list[Entry], options: "TranscribeOptions") -> Iterable[records.Transcript]:
-        """One record per entry, in any order."""
+    def records(self, entries: Iterable[Entry], options: "TranscribeOptions") -> Iterable[records.Transcript]:
+        """One record per entry, in any order (`entries` may be an iterator that yields them as
+        they are listed)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +135,13 @@ class LocalRecords:
         mesh = describe(self.transcriber.mesh) if self.transcriber.mesh is not None else None
         return {"model": self.transcriber.model_name, "long_form": options.long_form.mode, "mesh": mesh}
 
-    def records(self, entries: list[Entry], options: "TranscribeOptions",
+    def records(self, entries: Iterable[Entry], options: "TranscribeOptions",
                 progress: Optional[Progress] = None) -> Iterable[records.Transcript]:
-        """`progress` is told of each batch the device decodes (windows, compiling)."""
+        """`progress` is told of each batch the device decodes (windows, compiling); `entries`
+        are taken as the reading side reaches them."""
         if self.transcriber is None:
             raise RuntimeError("LocalRecords.records before start")
-        return (record for _, record in self.transcriber.transcribe_iter([e.source() for e in entries], options,
+        return (record for _, record in self.transcriber.transcribe_iter((e.source() for e in entries), options,
                                                                           progress=progress))
 
 
@@ -213,9 +218,17 @@ class BulkRun:
         import jax
 
         multi = jax.process_count() > 1
-        entries = list(expand_inputs(self.inputs, self.sources))
-        if not entries:
-            raise UsageError("no inputs found")
+        listing = Listing(self.inputs, self.sources)
+        try:
+            if listing.empty():
+                raise UsageError("no inputs found")
+            return self._run_listed(listing, multi)
+        finally:
+            listing.stop()
+
+    def _run_listed(self, listing: Listing, multi: bool) -> RunOutcome:
+        import jax
+
         if storage.is_url(str(self.output_dir)):
             if multi:
                 raise UsageError("an --output-dir URL takes a single-process run; give each process a local "
@@ -231,13 +244,13 @@ class BulkRun:
         # gets what was written (all of it when the run ended) before the lock goes
         try:
             with lock, self.mirror or contextlib.nullcontext():
-                return self._run_locked(entries, out, multi)
+                return self._run_locked(listing, out, multi)
         except ValueError as err:
             if not self.writing:
                 raise  # a bad option or setup: nothing written yet
             raise RunFailed(f"{type(err).__name__}: {err}") from err
 
-    def _run_locked(self, entries: list[Entry], out: Path, multi: bool) -> RunOutcome:
+    def _run_locked(self, listing: Listing, out: Path, multi: bool) -> RunOutcome:
         import jax
 
         from whisper_nnx.sharding import multihost
@@ -246,16 +259,12 @@ class BulkRun:
         if jax.process_index() == 0:
             self._prepare(out, multi)
         multihost.barrier("whisper-nnx-repaired")
-        plan = results_io.plan_run(entries, results_io.iter_records(out))  # read one line at a time
-        if plan.skipped:
-            logging.info("resuming: %d of %d entries already have records", plan.skipped, len(entries))
-        share = multihost.process_share(plan.todo)  # contiguous block per process, in order
-        summary, failed = self._write(out, plan, share, multi, entries)
+        summary, failed = self._write(out, listing, multi)
         if multi:
             summary = self._merge(out, summary)
         if jax.process_index() != 0:  # its own records' failures
             return RunOutcome(EXIT_INPUT_ERRORS if failed else EXIT_OK, summary, out / results_io.RESULTS, False)
-        return self._end(entries, out, summary)
+        return self._end(listing.all(), out, summary)
 
     def _prepare(self, out: Path, multi: bool) -> None:
         """Process 0, before any record is written: finish an interrupted merge, refuse old results
@@ -276,47 +285,41 @@ class BulkRun:
         if retried:
             logging.warning("resuming: retrying %d entries whose records were errors", retried)
 
-    def _write(self, out: Path, plan: results_io.RunPlan, share: list[Entry], multi: bool,
-               entries: list[Entry]) -> tuple[dict, int]:
-        """Transcribe this process's `share` and write one record per entry (each duplicate after
-        the record it repeats): (the progress summary, how many of them are failures)."""
+    def _write(self, out: Path, listing: Listing, multi: bool) -> tuple[dict, int]:
+        """Transcribe this process's entries still without a record, as they are listed, and
+        write one record per entry (each duplicate after the record it repeats): (the progress
+        summary, how many of them are failures)."""
         import jax
 
         index = jax.process_index()
+        # the old records, read one line at a time, before this run appends any
+        finished, repeats_done = results_io.done_keys(results_io.iter_records(out))
+        owns = None
+        if multi:  # each process a contiguous block of the entries to do: their count first
+            entries = listing.all()
+            count = sum(step == results_io.TODO for step, *_ in results_io.plan_steps(entries, finished, repeats_done))
+            owns = block_of(count, jax.process_count(), index)
         facts = self.producer.start(self.options)  # the model loads here, after every setup check
         self.writing = True
-        ready = plan.ready if index == 0 else []
-        progress = Progress(len(share) + len(ready) + sum(len(plan.repeats.get(e.key, ())) for e in share),
-                            enabled=self.progress)
-        # a dataset row named by its id goes to the producer named by its row (ids may repeat)
-        wanted = [e.for_producer() for e in share if e.error is None]
-        produced = self.producer.records(wanted, self.options, progress=progress) \
-            if isinstance(self.producer, LocalRecords) else self.producer.records(wanted, self.options)
-        rows = {e.row: e for e in share if e.row is not None}
+        progress = Progress(0, enabled=self.progress)
         own_file = results_io.process_file(index) if multi else results_io.RESULTS
-        roots = self._roots()
         with BackgroundWrites(ResultSink(out, self.formats, self.layout, file_name=own_file, extra=facts,
                                          progress=progress, echo=self._written, repair=False,
-                                         output_layout=self.output_layout, roots=roots)) as sink:
-            for name, at, first in ready:  # repeats of files done in an earlier run
-                sink.write(_duplicate(name, first, entries[at]))
-            for entry in share:
-                if entry.error is not None:  # a manifest line that names no file
-                    sink.write(records.failure(entry.name, entry.error, records.INPUT))
-                    self._repeats(sink, plan, entries, entry.name)
+                                         output_layout=self.output_layout, roots=self._roots())) as sink:
+            plan = PlanStream(results_io.plan_steps(listing, finished, repeats_done), sink.write, progress,
+                              owns=owns, lead=index == 0)
+            todo = plan.todo()
+            produced = self.producer.records(todo, self.options, progress=progress) \
+                if isinstance(self.producer, LocalRecords) else self.producer.records(todo, self.options)
             for record in produced:
-                record = _named(record, rows)
-                sink.write(record)
-                self._repeats(sink, plan, entries, record["path"], record.get("row"))  # after what they repeat
+                plan.record(record)
+            if not plan.finished:  # the producer stopped short: the end check names what has no record
+                logging.error("the producer stopped before it had taken every entry")
+        if plan.skipped:
+            logging.info("resumed: %d of %d entries had their records already", plan.skipped, len(listing.entries))
         summary = progress.summary(plan.skipped)
         write_summary(out, summary, f"summary.process-{index:05d}.json" if multi else SUMMARY)
         return summary, sink.failed
-
-    @staticmethod
-    def _repeats(sink: BackgroundWrites, plan: results_io.RunPlan, entries: list[Entry], name: str,
-                 row: Optional[str] = None) -> None:
-        for repeat, at, first in plan.repeats_of(name, row):
-            sink.write(_duplicate(repeat, first, entries[at]))
 
     def _roots(self) -> list[str]:
         """Where tree names start: an input folder, or the folder of an input file, manifest or
@@ -391,19 +394,3 @@ def _check_records(entries: list[Entry], out: Path, written: Optional[list[dict]
 
     missing = results_io.missing_entries(entries, counted())  # counts the failures as it reads
     return failed, missing
-
-
-def _named(record: records.Transcript, rows: dict[str, Entry]) -> records.Transcript:
-    """A record of an entry the producer got named by its dataset row (`Entry.for_producer`):
-    named by the entry's name again, with its `row`."""
-    entry = rows.get(record["path"])
-    if entry is None:
-        return record
-    if isinstance(record, records.Transcript):
-        return dataclasses.replace(record, path=entry.name, extra={**record.extra, "row": entry.row})
-    return {**record, "path": entry.name, "row": entry.row}
-
-
-def _duplicate(name: str, first: int, entry: Entry) -> records.Transcript:
-    """The duplicate record of `entry` (listed again: the same audio as entry `first`)."""
-    return records.duplicate(name, first, **({} if entry.row is None else {"row": entry.row}))

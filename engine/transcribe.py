@@ -142,7 +142,7 @@ class Transcriber:
         results.jsonl holds (`record["text"]`), plus its `tokens`. Options are a
         TranscribeOptions or keyword options (`transcribe(paths, beam_size=5, language="de")`,
         the names of `TranscribeOptions.from_kwargs`); `inputs` as `named_inputs` takes them."""
-        inputs = named_inputs(inputs)
+        inputs = list(named_inputs(inputs))
         results: list[Optional[records.Transcript]] = [None] * len(inputs)
         for index, record in self.transcribe_iter(inputs, options, **flat):
             results[index] = record
@@ -174,7 +174,7 @@ class Transcriber:
         options = resolve_options(options, flat, "Transcriber.transcribe_iter()")
         return self._transcribe_iter(named_inputs(inputs), options, progress)
 
-    def _transcribe_iter(self, inputs: list[AudioInput], options: TranscribeOptions,
+    def _transcribe_iter(self, inputs: Iterable[AudioInput], options: TranscribeOptions,
                          progress: Optional[Progress]) -> Iterator[tuple[int, records.Transcript]]:
         self.warn_ignored_options(options)
         options = options.as_decoded()
@@ -201,7 +201,7 @@ class Transcriber:
         zero-padded to 30 s (the reference's `whisper.decode`); longer clips get an error.
         Options and inputs as `transcribe` takes them."""
         options = resolve_options(options, flat, "Transcriber.decode_clips()")
-        inputs = named_inputs(inputs)
+        inputs = list(named_inputs(inputs))
         self.warn_ignored_options(options)
         results: list[Optional[records.Transcript]] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray]] = []
@@ -268,13 +268,16 @@ def transcribe(inputs: "Inputs", model: str = DEFAULT_MODEL, **options) -> list[
 Inputs = Union[Iterable[Union[AudioInput, tuple[str, np.ndarray]]], Mapping[str, np.ndarray]]
 
 
-def named_inputs(inputs: Inputs) -> list[AudioInput]:
+def named_inputs(inputs: Inputs) -> Iterable[AudioInput]:
     """The inputs as the engine takes them, in order: a mapping name -> samples and
     `(name, samples)` pairs become sample arrays whose records (and errors) are named `name`
-    (entry.NamedSamples) instead of `<array>`; every other input is kept as it is."""
+    (entry.NamedSamples) instead of `<array>`; every other input is kept as it is. A list (or
+    mapping) gives a list; an iterator gives an iterator, taken from as the reading side
+    reaches each input (a bulk run's inputs stream in while they are listed)."""
     if isinstance(inputs, Mapping):
         return [_named(name, samples) for name, samples in inputs.items()]
-    return [_named(*item) if isinstance(item, tuple) and len(item) == 2 else item for item in inputs]
+    named = (_named(*item) if isinstance(item, tuple) and len(item) == 2 else item for item in inputs)
+    return named if isinstance(inputs, Iterator) else list(named)
 
 
 def _named(name: str, samples: np.ndarray) -> NamedSamples:

@@ -77,10 +77,10 @@ def test_a_file_still_decoding_does_not_hold_back_the_ones_decoded_after_it(tmp_
     release = threading.Event()
 
     class SlowFirst(AudioPrefetcher):
-        def _load(self, index):
+        def _load(self, index, item):
             if index == 0:
                 release.wait(10.0)
-            return super()._load(index)
+            return super()._load(index, item)
 
     (big := tmp_path / "big.flac").write_bytes(CLIP.read_bytes())
     small = []
@@ -151,7 +151,7 @@ def _load_order(items, workers, ordered, long_ids):
     order, lock, busy = [], threading.Lock(), {"now": 0, "most": 0}
 
     class Recorded(AudioPrefetcher):
-        def _load(self, index):
+        def _load(self, index, item):
             with lock:
                 order.append(index)
                 if index in long_ids:
@@ -161,7 +161,7 @@ def _load_order(items, workers, ordered, long_ids):
             if index in long_ids:
                 with lock:
                     busy["now"] -= 1
-            return LoadedInput(index, self.items[index], ArrayAudio(np.zeros(160, np.float32)))
+            return LoadedInput(index, item, ArrayAudio(np.zeros(160, np.float32)))
 
     prefetcher = Recorded(items, workers=workers, max_ahead=8)
     got = []

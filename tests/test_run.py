@@ -112,8 +112,9 @@ def test_a_resumed_run_redoes_run_errors_and_repairs_a_torn_line_once(tmp_path, 
     outcome = BulkRun([a, b, a, c], out, producer=first, formats=("txt",), progress=False).run()
     assert outcome.exit_code == EXIT_INPUT_ERRORS and first.asked == ["a.wav", "b.wav", "c.wav"]
     lines = _lines(out / "results.jsonl")
+    # a repeat is written when the plan reaches it, after the record it repeats
     assert [(Path(r["path"]).name, r["error_kind"]) for r in lines] == [
-        ("a.wav", None), ("a.wav", "duplicate"), ("b.wav", "run"), ("c.wav", None)]
+        ("a.wav", None), ("b.wav", "run"), ("a.wav", "duplicate"), ("c.wav", None)]
     assert all(r["model"] == "stand-in" and "tokens" not in r for r in lines)
     # a kill cut c's line short: it is repaired once (by the run, not again by its sink), then redone
     text = (out / "results.jsonl").read_text()

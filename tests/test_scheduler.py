@@ -175,10 +175,10 @@ def test_a_batch_goes_to_the_device_while_a_slow_file_still_decodes():
     waited = {}
 
     class SlowFifth(AudioPrefetcher):
-        def _load(self, index):
+        def _load(self, index, item):
             if index == 4:
                 waited["device started"] = decoded.wait(2.0)
-            return super()._load(index)
+            return super()._load(index, item)
 
     class FakeWork:
         def prepare(self, arrivals):
