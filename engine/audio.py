@@ -159,24 +159,53 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.AudioSt
     return 0.0
 
 
+# Sample formats converted to float32 here, as swresample converts them (the same products,
+# bit for bit: an integer sample rounded to float32, times a power of two): (scale or None)
+_FLOAT_SCALE = {"s16": 1 / (1 << 15), "s32": 1 / (1 << 31), "flt": None, "dbl": None}
+
+
+def _float_planes(frame: av.AudioFrame) -> Optional[np.ndarray]:
+    """The frame's samples as float32 [C, n] for the common sample formats (None for others:
+    swresample converts those)."""
+    fmt = frame.format
+    name = fmt.name.rstrip("p")
+    if name not in _FLOAT_SCALE:
+        return None
+    x = frame.to_ndarray()  # planar [C, n]; packed [1, n * C], channels interleaved
+    if not fmt.is_planar and x.shape[0] == 1:
+        x = x.reshape(-1, len(frame.layout.channels)).T
+    scale = _FLOAT_SCALE[name]
+    return x.astype(np.float32) * np.float32(scale) if scale is not None else x.astype(np.float32, copy=False)
+
+
 def _native_mono_chunks(
     container: av.container.InputContainer, stream: av.AudioStream, path: Path,
     frames: Optional[Iterable[av.AudioFrame]] = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Yield (float32 mono samples [n], sample rate) per decoded frame (of `frames`, else of the
-    whole stream), at the native rate."""
+    whole stream), at the native rate: 16-bit, 32-bit and float samples converted here, any
+    other format by swresample (to the same values); mono kept as it is, channels averaged."""
     import av
 
-    # Sample-format conversion only: layout and rate stay native; we down-mix, soxr resamples.
-    to_float = av.AudioResampler(format="fltp", layout=None, rate=None)
+    to_float = None  # swresample, for the formats converted there
     try:
         for frame in container.decode(stream) if frames is None else frames:
+            planes = _float_planes(frame)
+            if planes is not None:
+                yield _mono(planes), frame.sample_rate
+                continue
+            to_float = to_float or av.AudioResampler(format="fltp", layout=None, rate=None)
             for f in to_float.resample(frame):
-                yield f.to_ndarray().mean(axis=0, dtype=np.float32), f.sample_rate  # [C, n]
-        for f in to_float.resample(None):  # flush swresample's delay line
-            yield f.to_ndarray().mean(axis=0, dtype=np.float32), f.sample_rate
+                yield _mono(f.to_ndarray()), f.sample_rate
+        for f in to_float.resample(None) if to_float is not None else ():  # flush swresample's delay line
+            yield _mono(f.to_ndarray()), f.sample_rate
     except av.error.FFmpegError as e:
         raise AudioDecodeError(path, f"corrupt or truncated audio ({_reason(e)})") from e
+
+
+def _mono(planes: np.ndarray) -> np.ndarray:
+    """float32 [C, n] -> [n]: the one channel, or the channels' mean."""
+    return planes[0] if planes.shape[0] == 1 else planes.mean(axis=0, dtype=np.float32)
 
 
 def _decoded_pieces(
@@ -211,20 +240,25 @@ def _resampled(chunks: Iterator[tuple[np.ndarray, int]], path: Path, sample_rate
     in_rate = 0
     n_native = 0
     for x, rate in chunks:
-        if not np.isfinite(x).all():
+        # one pass without a temporary: a sum of float32 samples in float64 is finite exactly
+        # when every sample is
+        if not math.isfinite(np.sum(x, dtype=np.float64)):
             raise AudioDecodeError(path, "audio contains non-finite samples (NaN or inf)")
-        if resampler is None:
+        if not in_rate:
             in_rate = rate
-            resampler = soxr.ResampleStream(in_rate, sample_rate, 1, "float32", "HQ")
+            if in_rate != sample_rate:  # at the same rate soxr gives its input back, bit for bit
+                resampler = soxr.ResampleStream(in_rate, sample_rate, 1, "float32", "HQ")
         elif rate != in_rate:
             raise AudioDecodeError(
                 path, f"sample rate changes inside the stream ({in_rate} -> {rate} Hz)"
             )
         n_native += x.size
-        yield resampler.resample_chunk(x)
-    if resampler is None or n_native == 0:
+        yield x if resampler is None else resampler.resample_chunk(x)
+    if n_native == 0:
         raise AudioDecodeError(path, "no audio samples could be decoded (truncated or empty)")
-    return n_native, in_rate, resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+    last = resampler.resample_chunk(np.zeros(0, np.float32), last=True) if resampler is not None \
+        else np.zeros(0, np.float32)
+    return n_native, in_rate, last
 
 
 # a path, a binary file object (read from its start), an input entry (engine/entry.py)

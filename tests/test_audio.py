@@ -54,6 +54,10 @@ def _write(path: Path, x: np.ndarray, rate: int, codec: str, fmt: str | None) ->
                 data = np.round(data * 32767).astype(np.int16)
             elif sample_fmt.startswith("s32"):
                 data = np.round(data * (2**31 - 1)).astype(np.int32)
+            elif sample_fmt.startswith("dbl"):
+                data = data.astype(np.float64)
+            elif sample_fmt.startswith("u8"):
+                data = np.round(data * 127 + 128).astype(np.uint8)
             else:
                 data = data.astype(np.float32)
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), sample_fmt, layout)
@@ -288,3 +292,47 @@ def test_decoders_are_imported_only_when_a_file_is_decoded():
              "print(sorted(m for m in ('av', 'soxr') if m in sys.modules), x.shape[0] > 0)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "['av', 'soxr'] True"]
+
+
+def _swresample_mono(path: Path) -> tuple[np.ndarray, int]:
+    """The file's samples as swresample converts them to float (the loader's conversion before
+    it converted the common formats itself), channels averaged: the oracle of the next test."""
+    with av.open(str(path)) as container:
+        to_float = av.AudioResampler(format="fltp", layout=None, rate=None)
+        pieces, rate = [], 0
+        for frame in container.decode(container.streams.audio[0]):
+            for f in [*to_float.resample(frame)]:
+                pieces.append(f.to_ndarray().mean(axis=0, dtype=np.float32))
+                rate = f.sample_rate
+        pieces += [f.to_ndarray().mean(axis=0, dtype=np.float32) for f in to_float.resample(None)]
+    return np.concatenate(pieces), rate
+
+
+# formats the loader converts itself (16-, 32-bit and float, packed and planar) and one that it
+# leaves to swresample (unsigned 8-bit), mono and stereo, at 16 kHz (no resampling) and not
+EXTRA_ENCODINGS = [("mono16k.wav", "pcm_s16le", 16000, 1), ("s32.wav", "pcm_s32le", 16000, 2),
+                   ("f32.wav", "pcm_f32le", 22050, 2), ("f64.wav", "pcm_f64le", 16000, 1),
+                   ("u8.wav", "pcm_u8", 16000, 2), ("mono16k.flac", "flac", 16000, 1)]
+
+
+@pytest.mark.parametrize("name", [e[0] for e in ENCODINGS] + [e[0] for e in EXTRA_ENCODINGS])
+def test_samples_convert_to_float_exactly_as_swresample_converts_them(tone_files, tmp_path, name):
+    from whisper_nnx.engine.audio import iter_decoded
+
+    extra = {e[0]: e for e in EXTRA_ENCODINGS}
+    if name in extra:
+        _, codec, rate, channels = extra[name]
+        _write(tmp_path / name, _stereo_tone(rate)[:channels], rate, codec, None)
+        path = tmp_path / name
+    else:
+        path = tone_files[name]
+    expected, rate = _swresample_mono(path)
+    with av.open(str(path)) as container:
+        from whisper_nnx.engine.audio import _native_mono_chunks
+        stream = container.streams.audio[0]
+        chunks = list(_native_mono_chunks(container, stream, path))
+    assert {r for _, r in chunks} == {rate}
+    got = np.concatenate([x for x, _ in chunks])
+    assert got.dtype == np.float32 and np.array_equal(got, expected)  # bit for bit
+    if rate == SAMPLE_RATE:  # nothing to resample: the decoded samples as they are
+        assert np.array_equal(np.concatenate(list(iter_decoded(path))), expected)
