@@ -160,45 +160,70 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.AudioSt
 
 
 # Sample formats converted to float32 here, as swresample converts them (the same products,
-# bit for bit: an integer sample rounded to float32, times a power of two): (scale or None)
-_FLOAT_SCALE = {"s16": 1 / (1 << 15), "s32": 1 / (1 << 31), "flt": None, "dbl": None}
+# bit for bit: an integer sample rounded to float32, times a power of two): (dtype, scale or None)
+_FLOAT_SCALE = {"s16": (np.int16, 1 / (1 << 15)), "s32": (np.int32, 1 / (1 << 31)),
+                "flt": (np.float32, None), "dbl": (np.float64, None)}
+PIECE_SAMPLES = 1 << 16  # decoded frames are handed on in pieces of about this many samples
 
 
 def _float_planes(frame: av.AudioFrame) -> Optional[np.ndarray]:
-    """The frame's samples as float32 [C, n] for the common sample formats (None for others:
-    swresample converts those)."""
+    """The frame's samples as a new float32 [C, n] for the common sample formats (None for
+    others: swresample converts those)."""
     fmt = frame.format
-    name = fmt.name.rstrip("p")
-    if name not in _FLOAT_SCALE:
+    kind = _FLOAT_SCALE.get(fmt.name.rstrip("p"))
+    if kind is None:
         return None
-    x = frame.to_ndarray()  # planar [C, n]; packed [1, n * C], channels interleaved
-    if not fmt.is_planar and x.shape[0] == 1:
-        x = x.reshape(-1, len(frame.layout.channels)).T
-    scale = _FLOAT_SCALE[name]
-    return x.astype(np.float32) * np.float32(scale) if scale is not None else x.astype(np.float32, copy=False)
+    dtype, scale = kind
+    channels, n = len(frame.layout.channels), frame.samples
+    if fmt.is_planar:  # one plane per channel (a plane may hold padding past its samples)
+        x = np.stack([np.frombuffer(plane, dtype, count=n) for plane in frame.planes[:channels]])
+    else:  # one plane, channels interleaved
+        x = np.frombuffer(frame.planes[0], dtype, count=n * channels).reshape(n, channels).T
+    return x.astype(np.float32) * np.float32(scale) if scale is not None else x.astype(np.float32)
 
 
 def _native_mono_chunks(
     container: av.container.InputContainer, stream: av.AudioStream, path: Path,
     frames: Optional[Iterable[av.AudioFrame]] = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (float32 mono samples [n], sample rate) per decoded frame (of `frames`, else of the
-    whole stream), at the native rate: 16-bit, 32-bit and float samples converted here, any
-    other format by swresample (to the same values); mono kept as it is, channels averaged."""
+    """Yield (float32 mono samples [n], sample rate) for the decoded frames (of `frames`, else
+    of the whole stream) at the native rate, consecutive frames joined into pieces of about
+    PIECE_SAMPLES: 16-bit, 32-bit and float samples converted here, any other format by
+    swresample (to the same values); mono kept as it is, channels averaged."""
     import av
 
     to_float = None  # swresample, for the formats converted there
+    held, count, rate = [], 0, 0
+
+    def joined() -> tuple[np.ndarray, int]:
+        nonlocal held, count
+        piece = held[0] if len(held) == 1 else np.concatenate(held)
+        held, count = [], 0
+        return piece, rate
+
     try:
         for frame in container.decode(stream) if frames is None else frames:
             planes = _float_planes(frame)
-            if planes is not None:
-                yield _mono(planes), frame.sample_rate
-                continue
-            to_float = to_float or av.AudioResampler(format="fltp", layout=None, rate=None)
-            for f in to_float.resample(frame):
-                yield _mono(f.to_ndarray()), f.sample_rate
+            if planes is None:
+                to_float = to_float or av.AudioResampler(format="fltp", layout=None, rate=None)
+                converted = [(f.to_ndarray(), f.sample_rate) for f in to_float.resample(frame)]
+            else:
+                converted = [(planes, frame.sample_rate)]
+            for x, frame_rate in converted:
+                if held and frame_rate != rate:  # the rate changed: hand on what is held first
+                    yield joined()
+                rate = frame_rate
+                held.append(_mono(x))
+                count += held[-1].size
+                if count >= PIECE_SAMPLES:
+                    yield joined()
         for f in to_float.resample(None) if to_float is not None else ():  # flush swresample's delay line
-            yield _mono(f.to_ndarray()), f.sample_rate
+            if held and f.sample_rate != rate:
+                yield joined()
+            rate = f.sample_rate
+            held.append(_mono(f.to_ndarray()))
+        if held:
+            yield joined()
     except av.error.FFmpegError as e:
         raise AudioDecodeError(path, f"corrupt or truncated audio ({_reason(e)})") from e
 
@@ -240,9 +265,7 @@ def _resampled(chunks: Iterator[tuple[np.ndarray, int]], path: Path, sample_rate
     in_rate = 0
     n_native = 0
     for x, rate in chunks:
-        # one pass without a temporary: a sum of float32 samples in float64 is finite exactly
-        # when every sample is
-        if not math.isfinite(np.sum(x, dtype=np.float64)):
+        if not np.isfinite(x).all():
             raise AudioDecodeError(path, "audio contains non-finite samples (NaN or inf)")
         if not in_rate:
             in_rate = rate
