@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 import numpy as np
 
 from .entry import Entry, NamedSamples, open_url_or_path
+from .pcm import PIECE_SAMPLES, float_planes, mono
 
 if TYPE_CHECKING:  # PyAV (~0.2 s to import) and soxr load on the first decode, not with the engine
     import av
@@ -159,41 +160,20 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.AudioSt
     return 0.0
 
 
-# Sample formats converted to float32 here, as swresample converts them (the same products,
-# bit for bit: an integer sample rounded to float32, times a power of two): (dtype, scale or None)
-_FLOAT_SCALE = {"s16": (np.int16, 1 / (1 << 15)), "s32": (np.int32, 1 / (1 << 31)),
-                "flt": (np.float32, None), "dbl": (np.float64, None)}
-PIECE_SAMPLES = 1 << 16  # decoded frames are handed on in pieces of about this many samples
-
-
-def _float_planes(frame: av.AudioFrame) -> Optional[np.ndarray]:
-    """The frame's samples as a new float32 [C, n] for the common sample formats (None for
-    others: swresample converts those)."""
-    fmt = frame.format
-    kind = _FLOAT_SCALE.get(fmt.name.rstrip("p"))
-    if kind is None:
-        return None
-    dtype, scale = kind
-    channels, n = len(frame.layout.channels), frame.samples
-    if fmt.is_planar:  # one plane per channel (a plane may hold padding past its samples)
-        x = np.stack([np.frombuffer(plane, dtype, count=n) for plane in frame.planes[:channels]])
-    else:  # one plane, channels interleaved
-        x = np.frombuffer(frame.planes[0], dtype, count=n * channels).reshape(n, channels).T
-    return x.astype(np.float32) * np.float32(scale) if scale is not None else x.astype(np.float32)
-
-
 def _native_mono_chunks(
     container: av.container.InputContainer, stream: av.AudioStream, path: Path,
     frames: Optional[Iterable[av.AudioFrame]] = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (float32 mono samples [n], sample rate) for the decoded frames (of `frames`, else
-    of the whole stream) at the native rate, consecutive frames joined into pieces of about
-    PIECE_SAMPLES: 16-bit, 32-bit and float samples converted here, any other format by
-    swresample (to the same values); mono kept as it is, channels averaged."""
+    """Yield (float32 mono samples [n], sample rate) for the decoded frames at the native rate:
+    of the whole stream joined into pieces of about PIECE_SAMPLES, of `frames` (a span's, after
+    a seek) one frame at a time, so a span decodes no further than it needs. 16-bit, 32-bit and
+    float samples are converted by `pcm.float_planes`, any other format by swresample (to the
+    same values); mono kept as it is, channels averaged."""
     import av
 
     to_float = None  # swresample, for the formats converted there
     held, count, rate = [], 0, 0
+    piece = PIECE_SAMPLES if frames is None else 1
 
     def joined() -> tuple[np.ndarray, int]:
         nonlocal held, count
@@ -203,7 +183,7 @@ def _native_mono_chunks(
 
     try:
         for frame in container.decode(stream) if frames is None else frames:
-            planes = _float_planes(frame)
+            planes = float_planes(frame)
             if planes is None:
                 to_float = to_float or av.AudioResampler(format="fltp", layout=None, rate=None)
                 converted = [(f.to_ndarray(), f.sample_rate) for f in to_float.resample(frame)]
@@ -213,24 +193,19 @@ def _native_mono_chunks(
                 if held and frame_rate != rate:  # the rate changed: hand on what is held first
                     yield joined()
                 rate = frame_rate
-                held.append(_mono(x))
+                held.append(mono(x))
                 count += held[-1].size
-                if count >= PIECE_SAMPLES:
+                if count >= piece:
                     yield joined()
         for f in to_float.resample(None) if to_float is not None else ():  # flush swresample's delay line
             if held and f.sample_rate != rate:
                 yield joined()
             rate = f.sample_rate
-            held.append(_mono(f.to_ndarray()))
+            held.append(mono(f.to_ndarray()))
         if held:
             yield joined()
     except av.error.FFmpegError as e:
         raise AudioDecodeError(path, f"corrupt or truncated audio ({_reason(e)})") from e
-
-
-def _mono(planes: np.ndarray) -> np.ndarray:
-    """float32 [C, n] -> [n]: the one channel, or the channels' mean."""
-    return planes[0] if planes.shape[0] == 1 else planes.mean(axis=0, dtype=np.float32)
 
 
 def _decoded_pieces(
