@@ -174,8 +174,11 @@ def _run_blocks(entries: Sequence[Entry], *, actors: int, rows_per_call: int, ac
     blocks = max(1, -(-len(entries) // rows_per_call))
     cwd = os.getcwd()
     dataset = ray.data.from_items([{"entry": actor_entry(e, cwd)} for e in entries], override_num_blocks=blocks)
+    # one row per block (the retry of failed blocks): one block on an actor at a time, so that a
+    # row that kills its actor does not take the blocks queued behind it down too
+    pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1 if rows_per_call == 1 else None)
     results = dataset.map_batches(RayTranscriber, fn_constructor_kwargs=actor_args, batch_size=rows_per_call,
-                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                                  batch_format="numpy", compute=pool,
                                   max_restarts=-1, max_task_retries=TASK_RETRIES, **remote_args)
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
         for text in batch["record"]:
