@@ -171,9 +171,3 @@ def duplicate(entry: Entry, first: int) -> records.Transcript:
     """The duplicate record of `entry` (listed again: the same audio as entry `first`)."""
     return records.duplicate(entry.name, first, **({} if entry.row is None else {"row": entry.row}))
 
-
-def block_of(count: int, processes: int, index: int) -> Callable[[int], bool]:
-    """Whether the i-th of `count` items is in process `index`'s contiguous block (process 0
-    first: `multihost.process_share`'s blocks)."""
-    per = -(-count // processes)
-    return lambda i: index * per <= i < (index + 1) * per

@@ -46,7 +46,7 @@ from .checkpoints.hub import DEFAULT_MODEL
 from .entry import Entry
 from .files import check_layout
 from .inputs import SourceOptions
-from .planning import Listing, PlanStream, block_of
+from .planning import Listing, PlanStream
 from .progress import SUMMARY, Progress, merge_summaries, write_summary
 from .sink import BackgroundWrites, ResultSink, SubtitleLayout
 from .writers import check_formats
@@ -291,6 +291,8 @@ class BulkRun:
         summary, how many of them are failures)."""
         import jax
 
+        from whisper_nnx.sharding import multihost
+
         index = jax.process_index()
         # the old records, read one line at a time, before this run appends any
         finished, repeats_done = results_io.done_keys(results_io.iter_records(out))
@@ -298,7 +300,7 @@ class BulkRun:
         if multi:  # each process a contiguous block of the entries to do: their count first
             entries = listing.all()
             count = sum(step == results_io.TODO for step, *_ in results_io.plan_steps(entries, finished, repeats_done))
-            owns = block_of(count, jax.process_count(), index)
+            owns = multihost.process_block(count).__contains__
         facts = self.producer.start(self.options)  # the model loads here, after every setup check
         self.writing = True
         progress = Progress(0, enabled=self.progress)

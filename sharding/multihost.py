@@ -10,14 +10,12 @@ they reduce to plain device_put / device_get.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, TypeVar
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-
-T = TypeVar("T")
 
 ENV_COORDINATOR = "WHISPER_NNX_COORDINATOR"  # host:port of process 0
 ENV_NUM_PROCESSES = "WHISPER_NNX_NUM_PROCESSES"
@@ -56,11 +54,13 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def process_share(items: Sequence[T]) -> list[T]:
-    """This process's contiguous block of `items` (process 0 first), in order."""
-    count, index = jax.process_count(), jax.process_index()
-    per = -(-len(items) // count)
-    return list(items[index * per:(index + 1) * per])
+def process_block(count: int, processes: Optional[int] = None, index: Optional[int] = None) -> range:
+    """Process `index`'s contiguous block of positions among `count` items, process 0 first
+    (default: this run's process count and this process)."""
+    processes = jax.process_count() if processes is None else processes
+    index = jax.process_index() if index is None else index
+    per = -(-count // processes)
+    return range(min(index * per, count), min((index + 1) * per, count))
 
 
 def global_max(value: int) -> int:

@@ -20,7 +20,8 @@ from whisper_nnx.engine import datasets, records  # noqa: E402
 from whisper_nnx.engine.audio import input_name, load_audio  # noqa: E402
 from whisper_nnx.engine.entry import Entry  # noqa: E402
 from whisper_nnx.engine.lookahead import Lookahead  # noqa: E402
-from whisper_nnx.engine.planning import Listing, PlanStream, block_of  # noqa: E402
+from whisper_nnx.engine.planning import Listing, PlanStream  # noqa: E402
+from whisper_nnx.sharding.multihost import process_block  # noqa: E402
 from whisper_nnx.engine.progress import Progress  # noqa: E402
 from whisper_nnx.engine.reading import AudioPrefetcher  # noqa: E402
 from whisper_nnx.engine.results import done_keys, plan_steps  # noqa: E402
@@ -114,13 +115,13 @@ def test_entries_named_by_an_id_are_written_under_it_with_their_row():
 
 def test_each_process_takes_its_block_and_the_repeats_of_its_files():
     entries = _entries(["a.wav", "b.wav", "c.wav", "a.wav", "c.wav", "d.wav"])
-    assert [block_of(4, 2, 0)(i) for i in range(4)] == [True, True, False, False]
-    assert [block_of(5, 2, 1)(i) for i in range(5)] == [False, False, False, True, True]
+    assert [i in process_block(4, 2, 0) for i in range(4)] == [True, True, False, False]
+    assert [i in process_block(5, 2, 1) for i in range(5)] == [False, False, False, True, True]
     earlier = [_done("d.wav", "d")]
     for index, mine in ((0, ["a.wav", "b.wav"]), (1, ["c.wav"])):
         written = []
         plan = PlanStream(plan_steps(entries, *done_keys(earlier)), written.append, Progress(0, enabled=False),
-                          owns=block_of(3, 2, index), lead=index == 0)
+                          owns=process_block(3, 2, index).__contains__, lead=index == 0)
         given = [e.name for e in plan.todo()]
         assert given == mine
         for name in given:
