@@ -143,28 +143,44 @@ class GroupCache:
     """Row groups of audio (pyarrow columns) read for a row and held for the rows after it,
     across tables: the least recently used let go once they hold more than `limit_bytes` (the
     group just read always stays, so a group larger than the limit is read once, not per row).
-    Thread-safe; a group is read outside the lock (two threads may read one group at once)."""
+    Thread-safe; a group is read outside the lock that guards what is held, once: a thread
+    wanting a group another is reading waits for that read."""
 
     def __init__(self, limit_bytes: int = CACHED_AUDIO_BYTES):
         self.limit_bytes = limit_bytes
         self._groups: collections.OrderedDict = collections.OrderedDict()  # key -> (column, bytes)
         self._bytes = 0
         self._lock = threading.Lock()
+        self._reading: dict[tuple, threading.Lock] = {}  # key -> held while the group is read
 
-    def get(self, key: tuple, read: Callable[[], object]):
-        """The column held under `key`, else `read()` held under it."""
+    def _held(self, key: tuple):
         with self._lock:
             if key in self._groups:
                 self._groups.move_to_end(key)
                 return self._groups[key][0]
-        column = read()
+            return None
+
+    def get(self, key: tuple, read: Callable[[], object]):
+        """The column held under `key`, else `read()` held under it."""
+        if (column := self._held(key)) is not None:
+            return column
         with self._lock:
-            if key not in self._groups:
-                self._groups[key] = (column, column.nbytes)
-                self._bytes += column.nbytes
-            self._groups.move_to_end(key)
-            while self._bytes > self.limit_bytes and len(self._groups) > 1:
-                self._bytes -= self._groups.popitem(last=False)[1][1]
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:
+            if (column := self._held(key)) is not None:  # read by the thread this one waited for
+                return column
+            try:
+                column = read()
+                with self._lock:
+                    if key not in self._groups:  # (a thread that waited for a read since let go may read too)
+                        self._groups[key] = (column, column.nbytes)
+                        self._bytes += column.nbytes
+                    self._groups.move_to_end(key)
+                    while self._bytes > self.limit_bytes and len(self._groups) > 1:
+                        self._bytes -= self._groups.popitem(last=False)[1][1]
+            finally:
+                with self._lock:
+                    self._reading.pop(key, None)
         return column
 
     def held_bytes(self) -> int:
@@ -241,8 +257,15 @@ def parquet_rows(path: str, options: SourceOptions) -> TableRows:
     parquet = pq.ParquetFile(handle)
     metadata = parquet.metadata
     sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-    return TableRows("parquet", path, parquet.schema_arrow, sizes,
-                     lambda group, cols: parquet.read_row_group(group, columns=cols), options)
+    # One read at a time: a ParquetFile read from several threads at once (the listing's and the
+    # decoding threads') corrupts memory and crashes the process.
+    reading = threading.Lock()
+
+    def read_group(group: int, columns: list[str]):
+        with reading:
+            return parquet.read_row_group(group, columns=columns)
+
+    return TableRows("parquet", path, parquet.schema_arrow, sizes, read_group, options)
 
 
 def arrow_rows(path: str, options: SourceOptions) -> TableRows:

@@ -90,6 +90,48 @@ def test_row_groups_held_for_later_rows_stay_within_their_bytes_across_tables(tm
     assert len(reads) == 2 and small.groups.held_bytes() == group_bytes
 
 
+_CONCURRENT_READS = """
+import sys, threading
+from whisper_nnx.engine import datasets as ds
+from whisper_nnx.engine.inputs import SourceOptions
+path, expected = sys.argv[1], [open(p, "rb").read() for p in sys.argv[2:]]
+ds.TABLES = ds.OpenTables(cache_bytes=0)  # every row reads its group again: reads overlap
+rows = ds.TABLES.open("parquet", path, SourceOptions())
+entries = list(rows.entries())
+wrong = []
+
+def read(start):
+    for i in range(start, start + 240):
+        entry = entries[i % len(entries)]
+        with entry.opener() as handle:
+            if handle.read() != expected[i % len(entries)]:
+                wrong.append(entry.name)
+        if i % 7 == 0:  # the listing's read of the text column, beside the audio reads
+            list(rows.entries())
+
+threads = [threading.Thread(target=read, args=(k * 5,)) for k in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(wrong))
+"""
+
+
+def test_rows_of_one_parquet_file_read_from_several_threads_at_once(tmp_path):
+    """The reading side decodes on several threads and lists on another: rows of one Parquet
+    file are read at once from all of them (pyarrow's ParquetFile is not safe for that: reads
+    of one file from several threads crashed the process, a run's eval in CI among them). Run in
+    a process of its own, so a crash fails this test, not the worker."""
+    import subprocess
+    import sys
+
+    clips = CLIPS * 4
+    path = write_parquet(tmp_path / "many.parquet", clips, row_group_size=1)
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _CONCURRENT_READS, str(path),
+                           *[str(CORPUS / n) for n in clips]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0"]  # every row's bytes, whichever thread read them
+
+
 def test_open_tables_serve_their_rows_openers_and_let_the_oldest_go(tmp_path, monkeypatch):
     """A row's opener reads from the table its listing opened; a table let go (past `limit`, or
     in another process such as a Ray actor) is opened again by its first opener."""
