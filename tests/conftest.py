@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -49,10 +50,27 @@ def transcripts() -> dict[str, str]:
 MODEL_FIXTURES = frozenset({"tiny", "base", "small_source"})
 
 
+# Seconds each test file took in a recorded full run (tools/test_durations.py): the files are
+# queued for the pytest-xdist workers longest first (pyproject's --no-loadscope-reorder keeps this
+# order), so the workers end together instead of one running a long file alone at the end. A
+# file not recorded yet is queued as if it took the median of the recorded times.
+DURATIONS = Path(__file__).parent / "durations.json"
+
+
+def _longest_files_first(items: list) -> None:
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    unknown = statistics.median(seconds.values()) if seconds else 0.0
+    position = {}  # file -> its first item's position: files keep their order when times tie
+    for i, item in enumerate(items):
+        position.setdefault(item.path.name, i)
+    items.sort(key=lambda item: (-seconds.get(item.path.name, unknown), position[item.path.name]))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    _longest_files_first(items)
 
 
 def _offline_tiny_en() -> Path:
