@@ -171,7 +171,6 @@ def _native_mono_chunks(
     same values); mono kept as it is, channels averaged."""
     import av
 
-    to_float = None  # swresample, for the formats converted there
     held, count, rate = [], 0, 0
     piece = PIECE_SAMPLES if frames is None else 1
 
@@ -182,30 +181,36 @@ def _native_mono_chunks(
         return piece, rate
 
     try:
-        for frame in container.decode(stream) if frames is None else frames:
-            planes = float_planes(frame)
-            if planes is None:
-                to_float = to_float or av.AudioResampler(format="fltp", layout=None, rate=None)
-                converted = [(f.to_ndarray(), f.sample_rate) for f in to_float.resample(frame)]
-            else:
-                converted = [(planes, frame.sample_rate)]
-            for x, frame_rate in converted:
-                if held and frame_rate != rate:  # the rate changed: hand on what is held first
-                    yield joined()
-                rate = frame_rate
-                held.append(mono(x))
-                count += held[-1].size
-                if count >= piece:
-                    yield joined()
-        for f in to_float.resample(None) if to_float is not None else ():  # flush swresample's delay line
-            if held and f.sample_rate != rate:
+        for x, frame_rate in _float_frames(container.decode(stream) if frames is None else frames):
+            if held and frame_rate != rate:  # the rate changed: hand on what is held first
                 yield joined()
-            rate = f.sample_rate
-            held.append(mono(f.to_ndarray()))
+            rate = frame_rate
+            held.append(mono(x))
+            count += held[-1].size
+            if count >= piece:
+                yield joined()
         if held:
             yield joined()
     except av.error.FFmpegError as e:
         raise AudioDecodeError(path, f"corrupt or truncated audio ({_reason(e)})") from e
+
+
+def _float_frames(frames: Iterable[av.AudioFrame]) -> Iterator[tuple[np.ndarray, int]]:
+    """(float32 samples [C, n], sample rate) per decoded frame: the common formats converted by
+    `pcm.float_planes`, any other by swresample, whose delay line is flushed after the last."""
+    import av
+
+    to_float = None
+    for frame in frames:
+        planes = float_planes(frame)
+        if planes is not None:
+            yield planes, frame.sample_rate
+            continue
+        to_float = to_float or av.AudioResampler(format="fltp", layout=None, rate=None)
+        for converted in to_float.resample(frame):
+            yield converted.to_ndarray(), converted.sample_rate
+    for converted in to_float.resample(None) if to_float is not None else ():
+        yield converted.to_ndarray(), converted.sample_rate
 
 
 def _decoded_pieces(
