@@ -8,7 +8,8 @@ readings, about 10 minutes by joe and 5 minutes by espeak-ng's British voice; ev
 Rows (the plan, `ROWS` below):
 
   corpus: every file, greedy;  long: the 10-minute reading alone, greedy;  beam: the clips, beam 5;
-  long-ts: the long row with our segment timestamps (informational: what timestamps cost).
+  long-ts: the long row with our segment timestamps (informational: what timestamps cost);
+  corpus-slots, long-slots: the corpus and long rows with --continuous-batching (informational).
 
 faster-whisper's batched pipeline decodes text only (`without_timestamps=True` is its default), so
 ours runs with `--without-timestamps` in the corpus, long and beam rows: the same job on both sides.
@@ -63,6 +64,9 @@ ROWS = {
     "long": ("long10", [*GREEDY_CHUNKED_VAD, *TEXT_ONLY], 1, 1 / 0.8),
     "long-ts": ("long10", GREEDY_CHUNKED_VAD, 1, None),
     "beam": ("clips", ["--beam-size", "5", "--batch-size", "8", *TEXT_ONLY], 5, 1.0),
+    # informational: the corpus and long rows with decoder slots shared by the batches in flight
+    "corpus-slots": ("clips+long", [*GREEDY_CHUNKED_VAD, *TEXT_ONLY, "--continuous-batching"], 1, None),
+    "long-slots": ("long10", [*GREEDY_CHUNKED_VAD, *TEXT_ONLY, "--continuous-batching"], 1, None),
 }
 OURS_COMMON = ["--language", "en", "--formats", "txt", "--no-progress"]  # transcripts printed: first result
 PEER_BATCH, PEER_COMPUTE_TYPE = 8, "int8"
