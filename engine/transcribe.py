@@ -120,7 +120,11 @@ class Transcriber:
             default_alignment_heads(self.dims.n_text_layer, self.dims.n_text_head)
         self.decoder = WindowDecoder(self.generator, self.dims)
         self.features = WindowFeatures()  # long-form windows' log-mel, on the device
-        self.batches_in_flight = 2  # handed to the device at once (1: one at a time)
+        # Batches handed to the device at once (1: one at a time). Two on accelerators; one on a
+        # CPU, where two executions of the encoder at once gave some rows different outputs
+        # (differences up to 14 in the encoder's output, XLA 0.10.2; see docs/DEVELOPING.md).
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+        self.batches_in_flight = 1 if platform == "cpu" else 2
         self.compiled_batches: set[int] = set()  # batch sizes (bucketed rows) transcribe has decoded
         self.warned: set[str] = set()  # the once-per-Transcriber warnings given (english_only_notice)
 
