@@ -28,7 +28,7 @@ from .decode.tokenizer import Tokenizer
 from .decode.window_decoder import DecodedWindow, is_silence, needs_fallback
 from .hallucination import noise_reason, skip_hallucinations, suspect_reason, words_end
 from .segments import Segment, cut_at, single_ending, split_segments
-from .spans import Span, intersect_spans, seek_clips
+from .spans import Span, intersect_spans, seek_clips, split_at_pause
 from .spool import Windowed
 from .stitching import stitch_chunks
 from .words import assign_words, word_timings
@@ -36,6 +36,11 @@ from .words import assign_words, word_timings
 # A file (or chunk) whose loudest mel bin is below this log10 power holds no signal at all
 # (digital silence, or noise around -100 dBFS): it is an empty transcript without decoding.
 SILENT_LOG_POWER = -9.0
+# A text-only voice chunk with at least this much speech whose text has fewer tokens than this
+# per second of speech ended early (speech runs at 2-4 tokens a second): it is decoded again in
+# two halves cut at its longest pause (a 29 s chunk of 2.5 words a second read as 14 words).
+RESPLIT_MIN_SPEECH_S = 8.0
+RESPLIT_TOKENS_PER_SPEECH_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,13 +343,16 @@ class ChunkedFile(FileJob):
 
     def __init__(self, audio: Windowed, log_mel_max: float, tokenizer: Tokenizer, options: DecodeOptions,
                  long_form: LongFormOptions, n_text_ctx: int, file_time: Optional[Callable] = None, *,
-                 chunks: list[Span], chunk_log_mel_max: list[float]):
+                 chunks: list[Span], chunk_log_mel_max: list[float], speech: Optional[list[Span]] = None):
         """FileJob's arguments, and `chunks`: the chunks' spans (`spans.stride_chunks`, or
         `spans.speech_chunks` when voice activity chose them); `chunk_log_mel_max`: each chunk's
-        maximum log10 mel power."""
+        maximum log10 mel power; `speech`: the voice-activity spans the chunks were cut from
+        (given: a text-only chunk whose text is far too short for its speech is decoded again
+        in two halves, `RESPLIT_*`)."""
         super().__init__(audio, log_mel_max, tokenizer, options, long_form, n_text_ctx, file_time)
-        self.chunks = chunks
-        self.chunk_log_mel_max = chunk_log_mel_max
+        self.chunks, self.speech = list(chunks), speech
+        self.chunk_log_mel_max = list(chunk_log_mel_max)
+        self.replaced: set[int] = set()  # chunks decoded again in halves (appended to `chunks`)
         self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(chunks))}
         self.open: set[int] = set(range(len(chunks)))  # chunks with a window still to decode
         self.waiting: list[WindowRequest] = []
@@ -377,6 +385,9 @@ class ChunkedFile(FileJob):
             if self.long_form.word_timestamps and window.alignment is not None and segments:
                 _attach_words(segments, window, self.tokenizer, offset, 0.0)
             self.decoded[k] += segments
+            if self._ended_early(k, window):
+                self._decode_in_halves(k)
+                return
             cut = cut_at(window.tokens, ts_begin)
             if cut is not None:
                 resume = request.frame + (window.tokens[cut - 1] - ts_begin) * FRAMES_PER_TIMESTAMP
@@ -386,6 +397,28 @@ class ChunkedFile(FileJob):
                     return
         self.open.discard(k)
         self._finish_if_done()
+
+    def _ended_early(self, k: int, window: DecodedWindow) -> bool:
+        """Whether chunk k's text-only window has far fewer tokens than its speech holds."""
+        if self.speech is None or not self.options.rules.without_timestamps:
+            return False
+        speech_s = sum(s.frames for s in intersect_spans([self.chunks[k]], self.speech)) / FRAMES_PER_SECOND
+        text = [t for t in window.tokens if t < self.tokenizer.eot]
+        return speech_s >= RESPLIT_MIN_SPEECH_S and len(text) < RESPLIT_TOKENS_PER_SPEECH_S * speech_s
+
+    def _decode_in_halves(self, k: int) -> None:
+        """Replace chunk k by its halves (cut at its longest pause), each decoded from scratch."""
+        self.replaced.add(k)
+        self.decoded[k] = []
+        for half in split_at_pause(self.chunks[k], self.speech or []):
+            self.chunks.append(half)
+            self.chunk_log_mel_max.append(self.chunk_log_mel_max[k])
+            self.decoded[len(self.chunks) - 1] = []
+            self.open.add(len(self.chunks) - 1)
+            self.waiting.append(WindowRequest(self, len(self.chunks) - 1, half.first, half.frames,
+                                              self.chunk_log_mel_max[k],
+                                              self.start_prompt(self.initial, first=half.first == self.chunks[0].first)))
+        self.open.discard(k)
 
     def _next_prompt(self, k: int, window: DecodedWindow) -> list[int]:
         """The prompt of chunk k's next window: the chunk's text so far after the initial prompt,
@@ -398,8 +431,9 @@ class ChunkedFile(FileJob):
 
     def _finish_if_done(self) -> None:
         if not self.open:
-            bounds = [(c.first / FRAMES_PER_SECOND, c.end / FRAMES_PER_SECOND) for c in self.chunks]
-            self.segments = stitch_chunks([self.decoded[k] for k in range(len(self.chunks))], bounds, self.tokenizer)
+            kept = sorted((k for k in range(len(self.chunks)) if k not in self.replaced), key=lambda k: self.chunks[k])
+            bounds = [(self.chunks[k].first / FRAMES_PER_SECOND, self.chunks[k].end / FRAMES_PER_SECOND) for k in kept]
+            self.segments = stitch_chunks([self.decoded[k] for k in kept], bounds, self.tokenizer)
 
     @property
     def done(self) -> bool:

@@ -79,7 +79,8 @@ class TranscribeOptions:
                              "use one or the other")
         if self.chunked and self.decode.rules.without_timestamps and self.vad is not None:
             logging.warning("chunked long-form with vad and without timestamps cannot continue a chunk whose window "
-                            "stops early: that chunk's remaining speech is lost (see README, 'Long files')")
+                            "stops early: a chunk with under a token per second of speech is decoded again in halves, "
+                            "a smaller loss stays lost (see README, 'Long files')")
 
     @property
     def chunked(self) -> bool:

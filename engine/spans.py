@@ -9,6 +9,7 @@ regions come in as (start, end) sample ranges (`vad.speech_regions`) and leave a
   `intersect_spans` of two plans (clips within speech);
 - `stride_chunks` / `chunk_starts`: chunked mode's 30 s chunks overlapping by a stride, and
   `speech_chunks`: chunks cut at pauses (voice activity);
+- `split_at_pause`: a voice chunk in two at its longest pause (a text-only chunk's re-decode);
 - `floor_spans`: the whole-file windows whose maximum log-mel power sets the -8 floor.
 """
 
@@ -112,6 +113,15 @@ def speech_chunks(regions: Sequence[tuple[int, int]], audio_frames: int) -> list
         elif last > first:
             chunks.append([first, last])
     return [Span(first, last) for first, last in chunks]
+
+
+def split_at_pause(chunk: Span, speech: Sequence[Span]) -> tuple[Span, Span]:
+    """`chunk` in two, cut in the middle of the longest pause between the `speech` spans (sorted,
+    disjoint) inside it; where it holds no pause, in its middle."""
+    inside = intersect_spans([chunk], speech)
+    pauses = [(b.first - a.end, (a.end + b.first) // 2) for a, b in zip(inside, inside[1:]) if b.first > a.end]
+    cut = max(pauses)[1] if pauses else (chunk.first + chunk.end) // 2
+    return Span(chunk.first, cut), Span(cut, chunk.end)
 
 
 def floor_spans(audio_frames: int) -> list[Span]:

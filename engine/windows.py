@@ -76,6 +76,7 @@ class _Framed:
     plan: Optional[list[Span]]  # chunked: each chunk
     file_time: Optional[Callable]  # voice activity, sequential: decoded time -> the file's time
     spans: Optional[list[Span]] = None  # skipping non-speech: the spans to decode
+    speech: Optional[list[Span]] = None  # chunks cut at pauses: the voice-activity spans they hold
 
     @property
     def first_frame(self) -> int:
@@ -136,8 +137,10 @@ class WindowPipeline:
             if loaded.speech is not None and not vad else None
         if not chunked:
             return _Framed(loaded.audio, None, None, spans)
-        plan = speech_chunks(loaded.speech, frames) if vad else stride_chunks(frames, long_form.chunk_stride_s, spans)
-        return _Framed(loaded.audio, plan, None, spans)
+        if vad:
+            return _Framed(loaded.audio, speech_chunks(loaded.speech, frames), None, None,
+                           speech=speech_spans(loaded.speech, frames, 0.0))
+        return _Framed(loaded.audio, stride_chunks(frames, long_form.chunk_stride_s, spans), None, spans)
 
     def _maxima(self, files: list["_Framed"]) -> tuple[list[float], list[list[float]]]:
         """Each file's whole-file maximum log10 mel power (its -8 floor) and, chunked, each of
@@ -162,7 +165,7 @@ class WindowPipeline:
             else self.tokenizer
         args = (framed.audio, log_mel_max, tokenizer, self.options.decode, self.options.long_form, self.dims.n_text_ctx)
         if framed.plan is not None:
-            job = ChunkedFile(*args, chunk_log_mel_max=chunk_log_mel_max, chunks=framed.plan)
+            job = ChunkedFile(*args, chunk_log_mel_max=chunk_log_mel_max, chunks=framed.plan, speech=framed.speech)
         else:
             job = SequentialFile(*args, file_time=framed.file_time, speech_spans=framed.spans,
                                  language_per_window=self.options.language_per_window and self.tokenizer.multilingual)

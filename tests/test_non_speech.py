@@ -138,3 +138,75 @@ def test_default_run_writes_nothing_for_silence_and_noise(tiny, data_dir, mode):
     first, *rest = default["segments"]
     assert first["start"] == 0.0 and first["end"] <= 5.0
     assert all(second_at - 0.5 <= s["start"] and s["end"] <= recording.size / SECOND + 0.01 for s in rest)
+
+
+def test_split_at_pause_by_hand():
+    from whisper_nnx.engine.spans import split_at_pause
+
+    speech = [Span(0, 400), Span(450, 1200), Span(1500, 2000), Span(2100, 2900), Span(3200, 3300)]
+    # inside [0, 2900): pauses of 50, 300 and 100 frames: cut in the middle of the 300 (1200-1500)
+    assert split_at_pause(Span(0, 2900), speech) == (Span(0, 1350), Span(1350, 2900))
+    # one stretch of speech, no pause inside: cut in the middle
+    assert split_at_pause(Span(500, 1100), speech) == (Span(500, 800), Span(800, 1100))
+    # two equal pauses: the later one
+    assert split_at_pause(Span(0, 300), [Span(0, 100), Span(120, 200), Span(220, 300)]) == \
+        (Span(0, 210), Span(210, 300))
+
+
+def _text_window(tok, text: str) -> DecodedWindow:
+    return DecodedWindow(tok.encode(text), text, -0.2, -0.1, 0.0, 1.0, 0.0)
+
+
+def test_a_text_only_voice_chunk_that_ends_early_is_decoded_again_in_halves(tiny_tokenizer):
+    """Voice chunks [0, 2900) (26 s of speech) and [3200, 4000): the first chunk's text-only window
+    ends after 4 tokens (under 1 a second of speech): the chunk is decoded again as its halves, cut
+    in its longest pause (1200-1500), and the file's text is the halves' text, in order."""
+    tok = tiny_tokenizer
+    options = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, vad=True)
+    audio = ArrayAudio(np.full(SECOND * 40, 0.01, np.float32))
+    speech = [Span(0, 400), Span(450, 1200), Span(1500, 2000), Span(2100, 2900), Span(3200, 4000)]
+    chunks = [Span(0, 2900), Span(3200, 4000)]
+    job = ChunkedFile(audio, -2.0, tok, options.decode, options.long_form, 448, chunks=chunks,
+                      chunk_log_mel_max=[-2.0, -3.0], speech=speech)
+    first, last = job.requests()
+    short = " One two three."
+    assert len(tok.encode(short)) < 26
+    job.accept(first, _text_window(tok, short))
+    halves = job.requests()
+    assert [(r.frame, r.audio_frames, r.log_mel_max) for r in halves] == [(0, 1350, -2.0), (1350, 1550, -2.0)]
+    assert halves[0].prompt == halves[1].prompt == first.prompt and not job.done
+    eight_seconds = " " + " ".join(["word"] * 8) + "."  # 8 s of speech (last chunk), at least 8 tokens
+    job.accept(last, _text_window(tok, eight_seconds))
+    job.accept(halves[1], _text_window(tok, " The second half of the chunk, read in full this time, with its words."))
+    assert not job.done
+    job.accept(halves[0], _text_window(tok, " The first half, every word of it, now read to its last word."))
+    assert job.done and job.requests() == []
+    text = "".join(s.text for s in job.segments)
+    assert text == (" The first half, every word of it, now read to its last word. The second half of the chunk, "
+                    "read in full this time, with its words." + eight_seconds)
+
+
+def test_a_voice_chunk_is_decoded_once_when_its_text_fits_its_speech(tiny_tokenizer):
+    """Enough text (a token a second), a chunk under 8 s of speech, or timestamps asked for: no
+    second decode."""
+    tok = tiny_tokenizer
+    audio = ArrayAudio(np.full(SECOND * 40, 0.01, np.float32))
+    speech, chunks = [Span(0, 1000), Span(1200, 2000)], [Span(0, 2000), Span(2300, 3000)]
+    text_only = TranscribeOptions.from_kwargs(long_form="chunked", without_timestamps=True, vad=True)
+    timed = TranscribeOptions.from_kwargs(long_form="chunked", vad=True)
+    cases = [(text_only, " " + " ".join(["word"] * 18) + ".", chunks[0]),  # 18 s of speech, 19 tokens
+             (text_only, " Two words.", Span(1300, 2000)),  # 7 s of speech: 3 tokens
+             (text_only, " Two words.", Span(2300, 3000)),  # no speech spans inside
+             (timed, " Two words.", chunks[0])]
+    for options, text, chunk in cases:
+        job = ChunkedFile(audio, -2.0, tok, options.decode, options.long_form, 448, chunks=[chunk],
+                          chunk_log_mel_max=[-2.0], speech=speech)
+        (request,) = job.requests()
+        window = _text_window(tok, text) if options.decode.rules.without_timestamps else _window(tok, text, 1000)
+        job.accept(request, window)
+        assert job.done and job.requests() == [], (text, chunk)
+    # the same 3 tokens over 18 s of speech are decoded again
+    job = ChunkedFile(audio, -2.0, tok, text_only.decode, text_only.long_form, 448, chunks=[chunks[0]],
+                      chunk_log_mel_max=[-2.0], speech=speech)
+    job.accept(job.requests()[0], _text_window(tok, " Two words."))
+    assert [(r.frame, r.audio_frames) for r in job.requests()] == [(0, 1100), (1100, 900)]
