@@ -9,6 +9,8 @@ single-window decode of clips of up to 30 s (the reference's `whisper.decode`).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
@@ -120,11 +122,12 @@ class Transcriber:
             default_alignment_heads(self.dims.n_text_layer, self.dims.n_text_head)
         self.decoder = WindowDecoder(self.generator, self.dims)
         self.features = WindowFeatures()  # long-form windows' log-mel, on the device
-        # Batches handed to the device at once (1: one at a time). Two on accelerators; one on a
-        # CPU, where two executions of the encoder at once gave some rows different outputs
-        # (differences up to 14 in the encoder's output, XLA 0.10.2; see docs/DEVELOPING.md).
+        self.batches_in_flight = 2  # handed to the device at once (1: one at a time)
+        # On a CPU the device programs of two batches never run at once (the next batch's host
+        # work still overlaps): two calls of one compiled encoder at once gave some rows other
+        # outputs there (up to 14 off, jax 0.10.2 and 0.12.1; docs/DEVELOPING.md).
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-        self.batches_in_flight = 1 if platform == "cpu" else 2
+        self.device_turn = threading.Lock() if platform == "cpu" else contextlib.nullcontext()
         self.compiled_batches: set[int] = set()  # batch sizes (bucketed rows) transcribe has decoded
         self.warned: set[str] = set()  # the once-per-Transcriber warnings given (english_only_notice)
 
@@ -188,7 +191,7 @@ class Transcriber:
                                 max_seconds=reading.max_audio_in_memory_s / 2, spool_after_s=reading.spool_after_s,
                                 spool_dir=reading.spool_dir, find_speech=find_speech)
         work = WindowPipeline(self.generator, self.decoder, self.tokenizer, self.alignment_heads, options,
-                              features=self.features)
+                              features=self.features, device_turn=self.device_turn)
         work = WatchedWork(work, progress, self.compiled_batches)
         scheduler = WindowScheduler(
             work, batch_size=options.batch_size,

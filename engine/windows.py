@@ -18,9 +18,10 @@ Shapes: B windows, M mels, N frames (3000), W = WINDOW_SAMPLES.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import zlib
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import jax
 import numpy as np
@@ -103,11 +104,15 @@ class WindowPipeline:
     """The model side of long-form transcription for one run's options."""
 
     def __init__(self, generator: Generator, decoder: WindowDecoder, tokenizer: Tokenizer,
-                 alignment_heads: tuple, options: TranscribeOptions, features: Optional[WindowFeatures] = None):
-        """`features`: where windows' log-mel is computed (default: on the device, `WindowFeatures`)."""
+                 alignment_heads: tuple, options: TranscribeOptions, features: Optional[WindowFeatures] = None,
+                 device_turn: Optional[ContextManager] = None):
+        """`features`: where windows' log-mel is computed (default: on the device, `WindowFeatures`);
+        `device_turn`: held while a batch's or new files' device programs run and are read back (a
+        lock: one at a time, whatever thread calls; default: no lock)."""
         self.generator, self.decoder, self.tokenizer = generator, decoder, tokenizer
         self.dims, self.alignment_heads, self.options = decoder.dims, alignment_heads, options
         self.features = features if features is not None else WindowFeatures()
+        self.device_turn = device_turn if device_turn is not None else contextlib.nullcontext()
 
     def prepare(self, arrivals: list[LoadedInput]) -> list[PreparedFile | BaseException]:
         """Per new file: its long-form job and language (`PreparedFile`), or the exception that
@@ -119,8 +124,9 @@ class WindowPipeline:
         process) go on for the others."""
         framed = [_attempt(self._frame, loaded) for loaded in arrivals]
         good = [f for f in framed if not isinstance(f, BaseException)]
-        log_mel_maxes, chunk_log_mel_max = self._maxima(good)
-        languages = self._file_languages([f.audio for f in good], log_mel_maxes, [f.first_frame for f in good])
+        with self.device_turn:
+            log_mel_maxes, chunk_log_mel_max = self._maxima(good)
+            languages = self._file_languages([f.audio for f in good], log_mel_maxes, [f.first_frame for f in good])
         jobs = iter([_attempt(self._job, f, log_mel_max, chunk_max, language)
                      for f, log_mel_max, chunk_max, language in zip(good, log_mel_maxes, chunk_log_mel_max, languages)])
         return [f if isinstance(f, BaseException) else next(jobs) for f in framed]
@@ -238,16 +244,20 @@ class WindowPipeline:
             audio_frames[row], log_mel_max[row] = request.audio_frames, request.log_mel_max
         prompts, seeds = [r.prompt for r in requests], [window_seed(r) for r in requests]
         options = self.options
-        mel = self._window_mel(samples, audio_frames, log_mel_max)  # bucketed: the decoder takes len(prompts)
-        languages = self._window_languages(mel, requests)
-        prompts = [p if code is None else self._with_language(p, code) for p, code in zip(prompts, languages)]
         tokenizer = self.tokenizer.with_language(options.language or "en", options.decode.task) \
             if self.tokenizer.multilingual else self.tokenizer
-        windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
+        with self.device_turn:
+            mel = self._window_mel(samples, audio_frames, log_mel_max)  # bucketed: the decoder takes len(prompts)
+            languages = self._window_languages(mel, requests)
+        prompts = [p if code is None else self._with_language(p, code) for p, code in zip(prompts, languages)]
+        # over shared slots one driver makes every call, whichever batch's rows it holds
+        with contextlib.nullcontext() if self.decoder.slots_serve(options.decode) else self.device_turn:
+            windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
         for window, code in zip(windows, languages):
             window.language = code
         if options.long_form.word_timestamps:
-            self._align_words(mel, windows, audio_frames[:len(prompts)], prompts)
+            with self.device_turn:
+                self._align_words(mel, windows, audio_frames[:len(prompts)], prompts)
         return windows
 
     def _window_languages(self, mel: jax.Array, requests: list[WindowRequest]) -> list[Optional[str]]:

@@ -1,6 +1,6 @@
 """Does XLA's CPU backend give the same encoder output when one program runs twice at once?
 
-Why a CPU `Transcriber` hands the device one batch at a time (`batches_in_flight = 1`): on
+Why a CPU `Transcriber`'s batches take turns on the device (`Transcriber.device_turn`): on
 jax 0.10.2 and 0.12.1 (AMD EPYC, AVX2, 2 cores) the encoder program of a random tiny-sized model
 (4 layers, 16 windows, two windows per encoder call, the tiled attention: nested `lax.map`s)
 gives rows 12 and 14 different outputs when two calls of that one compiled program run at once
