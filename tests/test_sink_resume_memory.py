@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import tracemalloc
 
+import pytest
+
 from whisper_nnx.engine import records, results
 from whisper_nnx.engine.sink import CompactClaims, ResultSink
 
@@ -26,6 +28,7 @@ def _old_records(out, count):
                          + "\n")
 
 
+@pytest.mark.slow  # 200,000 records written and read back: about 30 s, past the fast tier's budget
 def test_resuming_sink_memory_is_bounded_by_the_record_count(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -20,6 +20,7 @@ _DIMS = ModelDims(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n
                   n_text_ctx=32, n_text_state=64, n_text_head=2, n_text_layer=2)
 
 
+@pytest.mark.slow  # compiles the rules at many lengths: about 10 s
 def test_rules_with_a_length_per_row_equal_each_row_at_its_own_length():
     """Logit rules given [B] lengths filter each row as the scalar-length rules filter it alone
     (timestamps, blank, suppressed ids, repetition guards)."""
