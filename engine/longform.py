@@ -353,16 +353,21 @@ class ChunkedFile(FileJob):
         self.chunks, self.speech = list(chunks), speech
         self.chunk_log_mel_max = list(chunk_log_mel_max)
         self.replaced: set[int] = set()  # chunks decoded again in halves (appended to `chunks`)
-        self.decoded: dict[int, list[Segment]] = {k: [] for k in range(len(chunks))}
-        self.open: set[int] = set(range(len(chunks)))  # chunks with a window still to decode
+        self.decoded: dict[int, list[Segment]] = {}
+        self.open: set[int] = set()  # chunks with a window still to decode
         self.waiting: list[WindowRequest] = []
-        for k, chunk in enumerate(chunks):
-            if self.chunk_log_mel_max[k] < SILENT_LOG_POWER or self.silent:
-                self.open.discard(k)  # nothing to hear: no decode
-            else:
-                self.waiting.append(WindowRequest(self, k, chunk.first, chunk.frames, self.chunk_log_mel_max[k],
-                                                  self.start_prompt(self.initial, first=k == 0)))
+        for k in range(len(chunks)):
+            self._open_chunk(k, hear=not (self.chunk_log_mel_max[k] < SILENT_LOG_POWER or self.silent))
         self._finish_if_done()
+
+    def _open_chunk(self, k: int, hear: bool = True) -> None:
+        """Chunk k's first window waits to be decoded (`hear` False: nothing to hear, no decode)."""
+        self.decoded[k] = []
+        if hear:
+            self.open.add(k)
+            chunk = self.chunks[k]
+            self.waiting.append(WindowRequest(self, k, chunk.first, chunk.frames, self.chunk_log_mel_max[k],
+                                              self.start_prompt(self.initial, first=chunk.first == self.chunks[0].first)))
 
     def requests(self) -> list[WindowRequest]:
         out, self.waiting = self.waiting, []
@@ -413,11 +418,7 @@ class ChunkedFile(FileJob):
         for half in split_at_pause(self.chunks[k], self.speech or []):
             self.chunks.append(half)
             self.chunk_log_mel_max.append(self.chunk_log_mel_max[k])
-            self.decoded[len(self.chunks) - 1] = []
-            self.open.add(len(self.chunks) - 1)
-            self.waiting.append(WindowRequest(self, len(self.chunks) - 1, half.first, half.frames,
-                                              self.chunk_log_mel_max[k],
-                                              self.start_prompt(self.initial, first=half.first == self.chunks[0].first)))
+            self._open_chunk(len(self.chunks) - 1)
         self.open.discard(k)
 
     def _next_prompt(self, k: int, window: DecodedWindow) -> list[int]:

@@ -250,8 +250,7 @@ class WindowPipeline:
             mel = self._window_mel(samples, audio_frames, log_mel_max)  # bucketed: the decoder takes len(prompts)
             languages = self._window_languages(mel, requests)
         prompts = [p if code is None else self._with_language(p, code) for p, code in zip(prompts, languages)]
-        # over shared slots one driver makes every call, whichever batch's rows it holds
-        with contextlib.nullcontext() if self.decoder.slots_serve(options.decode) else self.device_turn:
+        with self.device_turn:
             windows = self.decoder.decode(mel, tokenizer, prompts, options.decode, seeds=seeds)
         for window, code in zip(windows, languages):
             window.language = code

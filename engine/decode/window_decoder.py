@@ -151,7 +151,7 @@ class WindowDecoder:
             raise ValueError("every prompt must hold <|startoftranscript|>")
         batch = PromptBatch.build(prompts, tokenizer.sot, tokenizer.eot, options.search.sample_len,
                                   self.dims.n_text_ctx, seeds=seeds)
-        if self.slots_serve(options):
+        if self._slots_serve(options):
             return self._decode_continuous(mel, batch, tokenizer, options)
         results: list[Optional[DecodedWindow]] = [None] * n
         pending = list(range(n))
@@ -203,9 +203,8 @@ class WindowDecoder:
         return DecodedWindow(tokens, text, sum_logprob, sum_logprob / (len(tokens) + 1), no_speech,
                              compression_ratio(text), temperature)
 
-    def slots_serve(self, options: DecodeOptions) -> bool:
-        """Whether a decode with `options` runs over the shared slots (asked for, no beam search,
-        one process), where one driver thread at a time makes every device call."""
+    def _slots_serve(self, options: DecodeOptions) -> bool:
+        """Whether this decode runs over slots: asked for, no beam search, one process."""
         return (self.continuous and options.search.beam_size is None and jax.process_count() == 1
                 and self.generator.mesh is None)
 
