@@ -312,13 +312,15 @@ def test_a_cpu_transcriber_never_runs_two_batches_on_the_device_at_once(tiny, da
                 with self.count:
                     self.inside -= 1
 
-    paths = [str(data_dir / name) for name in ("sample_joe.flac", "sample_espeak.flac", "sample_thanks.flac")] * 2
+    # two clips that decode at temperature 0 (sample_thanks.flac falls back through every temperature:
+    # 45 s of decoding on two cores, which this test does not need), three batches of two
+    paths = [str(data_dir / name) for name in ("sample_joe.flac", "sample_espeak.flac")] * 3
     watched = copy.copy(tiny)
     watched.decoder = Watched(tiny.decoder)
-    got = watched.transcribe(paths, batch_size=1)
+    got = watched.transcribe(paths, batch_size=2)
     serial = copy.copy(tiny)
     serial.batches_in_flight = 1
-    expected = serial.transcribe(paths, batch_size=1)
+    expected = serial.transcribe(paths, batch_size=2)
     assert watched.batches_in_flight == 2 and len(watched.decoder.threads) == 2  # two device threads used
     assert watched.decoder.most == 1  # never two batches' device programs at once
     assert [r["text"] for r in got] == [r["text"] for r in expected] and all(r["error"] is None for r in got)
