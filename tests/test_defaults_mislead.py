@@ -102,8 +102,11 @@ def test_german_through_an_english_only_model_is_flagged_unlikely(default_run):
 @pytest.mark.slow
 def test_decode_clips_records_say_whether_the_text_was_unlikely(tiny, data_dir):
     """`decode_clips` (one window per clip) flags its records too: German through tiny.en is
-    unlikely at every temperature, an English clip is not."""
-    german, joe = tiny.decode_clips([str(data_dir / "sample_german.flac"), str(data_dir / "sample_joe.flac")])
+    unlikely at every temperature, an English clip is not. (The first and last of the default
+    temperatures: the flag is the last attempt's thresholds, and each of the four between costs
+    five sampled 224-token rows.)"""
+    german, joe = tiny.decode_clips([str(data_dir / "sample_german.flac"), str(data_dir / "sample_joe.flac")],
+                                    temperature=(0.0, 1.0))
     assert german["unlikely"] is True and german["temperature"] == pytest.approx(1.0)
     assert joe["unlikely"] is False and joe["text"]
 

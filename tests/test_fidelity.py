@@ -94,8 +94,9 @@ def test_one_program_per_prompt_bucket_in_a_sequential_run(data_dir):
 @pytest.mark.slow
 def test_a_looping_window_falls_back_as_in_the_reference(tiny, data_dir):
     """"Thank you." x 8: the greedy decode repeats itself (zlib ratio far above 2.4), so the
-    reference decodes the window again at 0.2, 0.4, ...: ours must reach the same fallback and
-    report the same first-pass ratio."""
+    reference decodes the window again at 0.2: ours must reach the same fallback and report the
+    same first-pass ratio. (Two temperatures, not the default six: the clip falls back through
+    every one given, 45 s a pass with six on a 2-core CPU; the fallback's trigger is the same.)"""
     import torch
     import whisper
 
@@ -105,7 +106,7 @@ def test_a_looping_window_falls_back_as_in_the_reference(tiny, data_dir):
     from whisper_nnx.engine.transcribe import TranscribeOptions
 
     audio = load_audio(data_dir / "sample_thanks.flac")
-    temperatures = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    temperatures = (0.0, 0.2)
     options = TranscribeOptions.from_kwargs(language="en", beam_size=None, temperature=0.0)
     first = tiny.transcribe([audio], options)[0]
     ours = tiny.transcribe([audio], TranscribeOptions.from_kwargs(language="en", beam_size=None,
