@@ -66,16 +66,21 @@ def test_sharded_transcripts_equal_unsharded_on_every_mesh_shape(data_dir):
         options = {{beam: TranscribeOptions.from_kwargs(language="en", temperature=0.0, beam_size=beam)
                     for beam in (None, 5)}}
         expected = {{beam: [r["tokens"] for r in single.transcribe(files, o)] for beam, o in options.items()}}
-        for spec in ("8x1", "4x2", "2x4", "1x8"):
-            # one Transcriber per mesh for both searches (they share its encoder's compilation)
+        # greedy on every shape; beam search on the two where both axes or only the model axis
+        # split it (its groups of rows across data shards, its heads across model shards): each
+        # beam program costs 10-16 s to compile and run here
+        beams_on = {{"8x1": (None,), "4x2": (None, 5), "2x4": (None,), "1x8": (None, 5)}}
+        for spec, beams in beams_on.items():
+            # one Transcriber per mesh for its searches (they share its encoder's compilation)
             sharded = Transcriber("tiny.en", mesh=make_mesh(spec))
-            for beam, o in options.items():
+            for beam in beams:
+                o = options[beam]
                 got = [r["tokens"] for r in sharded.transcribe(files, o)]
                 report[f"{{beam}}-{{spec}}"] = [got == expected[beam], sum(map(len, got))]
         print("REPORT", json.dumps(report))
     """)
     report = json.loads(out.split("REPORT", 1)[1])
-    assert len(report) == 8
+    assert sorted(report) == ["5-1x8", "5-4x2", "None-1x8", "None-2x4", "None-4x2", "None-8x1"]
     for key, (same, n_tokens) in report.items():
         assert same and n_tokens > 30, key
 
