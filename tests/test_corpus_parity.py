@@ -7,14 +7,18 @@ per module. Thresholds are the issue's: identical greedy tokens on >= 95% of cli
 search (size 5) on >= 90%; timestamps within 0.02 s where tokens agree; corpus WER no more
 than 0.3 percentage points above the reference's.
 
-`pytest -s tests/test_corpus_parity.py` prints one table row per setting; each test also
-writes its row and per-clip differences to `corpus_parity.json` in its tmp_path.
+The reference's results are stored in tests/data/reference/ under a key of everything they
+depend on (tests/reference_store.py): a changed clip, checkpoint, setting, reference call or
+version runs the reference live again. `pytest -s tests/test_corpus_parity.py` prints one table
+row per setting (`s ref` 0.0 where the stored results were used); each test also writes its row
+and per-clip differences to `corpus_parity.json` in its tmp_path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ from whisper.normalizers import EnglishTextNormalizer
 from whisper.tokenizer import get_tokenizer
 
 from reference import reference_model
+from reference_store import stored, stored_or_live
 from whisper_nnx.engine.audio import SAMPLE_RATE, load_audio, pad_or_trim
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber
@@ -59,30 +64,31 @@ class Comparison:
     texts: list[str]  # the known transcripts
     durations: list[float]  # s
     ours: list[dict]  # our result records
-    ref: list[whisper.DecodingResult]
+    ref: list[dict]  # the reference's results: {"tokens", "text"} per clip
     tokenizer: whisper.tokenizer.Tokenizer  # the reference's, for its segmentation
     seconds: dict[str, float]  # wall and CPU time of each side's decoding
+    stored: bool  # the reference's results came from tests/data/reference
 
     def identical(self) -> list[bool]:
-        return [o["tokens"] == r.tokens for o, r in zip(self.ours, self.ref)]
+        return [o["tokens"] == r["tokens"] for o, r in zip(self.ours, self.ref)]
 
     def wer(self) -> tuple[float, float]:
         """Corpus WER of (ours, reference) against the known transcripts, normalised."""
         norm = EnglishTextNormalizer()
         truth = [norm(t) for t in self.texts]
         return (jiwer.wer(truth, [norm(o["text"]) for o in self.ours]),
-                jiwer.wer(truth, [norm(r.text) for r in self.ref]))
+                jiwer.wer(truth, [norm(r["text"]) for r in self.ref]))
 
     def row(self) -> dict:
         wer_ours, wer_ref = self.wer()
         return {"model": self.model, "setting": self.setting, "clips": len(self.names),
                 "identical_pct": 100.0 * float(np.mean(self.identical())),
-                "wer_ours_pct": 100.0 * wer_ours, "wer_ref_pct": 100.0 * wer_ref,
+                "wer_ours_pct": 100.0 * wer_ours, "wer_ref_pct": 100.0 * wer_ref, "ref_stored": self.stored,
                 **{k: round(v, 1) for k, v in self.seconds.items()}}
 
     def clips(self) -> dict[str, dict]:
         """Per clip: the known text, both outputs and whether their tokens are identical."""
-        return {name: {"truth": truth, "ours": o["text"], "ref": r.text, "identical": same}
+        return {name: {"truth": truth, "ours": o["text"], "ref": r["text"], "identical": same}
                 for name, truth, o, r, same in zip(self.names, self.texts, self.ours, self.ref, self.identical())}
 
     def differences(self) -> dict[str, dict]:
@@ -90,10 +96,10 @@ class Comparison:
         out = {}
         for name, o, r, same in zip(self.names, self.ours, self.ref, self.identical()):
             if not same:
-                at = next((i for i, (a, b) in enumerate(zip(o["tokens"], r.tokens)) if a != b),
-                          min(len(o["tokens"]), len(r.tokens)))
-                out[name] = {"ours": o["text"], "ref": r.text, "first_diff": at,
-                             "ours_tokens": o["tokens"][at:], "ref_tokens": r.tokens[at:]}
+                at = next((i for i, (a, b) in enumerate(zip(o["tokens"], r["tokens"])) if a != b),
+                          min(len(o["tokens"]), len(r["tokens"])))
+                out[name] = {"ours": o["text"], "ref": r["text"], "first_diff": at,
+                             "ours_tokens": o["tokens"][at:], "ref_tokens": r["tokens"][at:]}
         return out
 
 
@@ -148,26 +154,29 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def decoded(corpus, tiny, base):
     """decoded(model, setting, clip indices or None) -> Comparison, computed once per module."""
-    models: dict[str, tuple[Transcriber, torch.nn.Module]] = {}
     loaded = {"tiny.en": tiny, "base": base}  # the session's (compiled once for the whole suite)
+    references: dict[str, torch.nn.Module] = {}  # built only when a result is not stored
     features: dict[tuple[str, int], torch.Tensor] = {}  # the reference encoder's, per clip
     results: dict[tuple, Comparison] = {}
+
+    def reference(model: str) -> torch.nn.Module:
+        if model not in references:
+            checkpoint = read_checkpoint(loaded[model].checkpoint_path)
+            references[model] = reference_model(checkpoint.dims, checkpoint.params)
+        return references[model]
+
+    def encoded(model: str, indices: list[int]) -> torch.Tensor:
+        missing = [i for i in indices if (model, i) not in features]
+        for i, row in zip(missing, _encode(reference(model), [corpus[i][2] for i in missing])):
+            features[model, i] = row
+        return torch.stack([features[model, i] for i in indices])
 
     def get(model: str, setting: str, subset) -> Comparison:
         key = (model, setting, subset)
         if key not in results:
-            if model not in models:
-                ours = loaded[model] if model in loaded else Transcriber(model)
-                checkpoint = read_checkpoint(ours.checkpoint_path)
-                models[model] = ours, reference_model(checkpoint.dims, checkpoint.params)
-            ours, ref = models[model]
             indices = list(range(len(corpus))) if subset is None else list(subset)
-            missing = [i for i in indices if (model, i) not in features]
-            for i, row in zip(missing, _encode(ref, [corpus[i][2] for i in missing])):
-                features[model, i] = row
-            clips = [corpus[i] for i in indices]
-            results[key] = _compare(ours, ref, model, setting, clips,
-                                    torch.stack([features[model, i] for i in indices]))
+            results[key] = _compare(loaded[model], model, setting, [corpus[i] for i in indices],
+                                    lambda: _reference_decode(reference(model), setting, encoded(model, indices)))
         return results[key]
 
     return get
@@ -185,32 +194,43 @@ def _encode(ref: torch.nn.Module, clips: list[np.ndarray]) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.zeros(0)
 
 
-def _compare(ours: Transcriber, ref: torch.nn.Module, model: str, setting: str, clips,
-             features: torch.Tensor) -> Comparison:
-    """Decode `clips` with both implementations; the reference starts from its `features`."""
-    our_fields, ref_fields, _ = SETTINGS[setting]
-    options = TranscribeOptions.from_kwargs(language="en", batch_size=BATCH, **our_fields)
-    start, cpu = time.perf_counter(), time.process_time()
-    records = ours.decode_clips([audio for _, _, audio in clips], options)
-    seconds = {"ours_s": time.perf_counter() - start, "ours_cpu_s": time.process_time() - cpu}
-    assert all(r["error"] is None for r in records), [r["error"] for r in records]
-
+def _reference_decode(ref: torch.nn.Module, setting: str, features: torch.Tensor) -> list[dict]:
+    """{"tokens", "text"} per clip from `whisper.decode` on the reference encoder's `features`."""
+    ref_fields = SETTINGS[setting][1]
     # whisper.decode takes encoder output in place of mel (it checks the trailing shape).
     ref_options = whisper.DecodingOptions(language="en", fp16=False, **ref_fields)
     # openai-whisper 20250625 cannot beam-search a batch (its cross-attention sees the
     # un-repeated audio features), so beam search runs one clip at a time.
     step = BATCH if ref_fields["beam_size"] is None else 1
-    start, cpu = time.perf_counter(), time.process_time()
     with _one_torch_thread():
-        expected = [r for lo in range(0, len(clips), step)
-                    for r in whisper.decode(ref, features[lo:lo + step], ref_options)]
+        return [{"tokens": list(r.tokens), "text": r.text} for lo in range(0, features.shape[0], step)
+                for r in whisper.decode(ref, features[lo:lo + step], ref_options)]
+
+
+def _reference_key(ours: Transcriber, setting: str, clips) -> list:
+    """Everything the reference's results depend on: how it is called, the weights, the clips."""
+    return [inspect.getsource(_encode), inspect.getsource(_reference_decode), BATCH, SETTINGS[setting][1],
+            Path(ours.checkpoint_path), *[audio for _, _, audio in clips]]
+
+
+def _compare(ours: Transcriber, model: str, setting: str, clips, reference) -> Comparison:
+    """Decode `clips` with ours; the reference's results are stored ones or `reference()`'s."""
+    options = TranscribeOptions.from_kwargs(language="en", batch_size=BATCH, **SETTINGS[setting][0])
+    start, cpu = time.perf_counter(), time.process_time()
+    records = ours.decode_clips([audio for _, _, audio in clips], options)
+    seconds = {"ours_s": time.perf_counter() - start, "ours_cpu_s": time.process_time() - cpu}
+    assert all(r["error"] is None for r in records), [r["error"] for r in records]
+
+    start, cpu = time.perf_counter(), time.process_time()
+    expected, from_store = stored_or_live(f"corpus-{model}-{setting}", _reference_key(ours, setting, clips), reference)
     seconds.update(ref_s=time.perf_counter() - start, ref_cpu_s=time.process_time() - cpu)
 
-    tokenizer = get_tokenizer(ref.is_multilingual, num_languages=ref.num_languages, language="en",
-                              task="transcribe")
+    multilingual = ours.dims.n_vocab >= 51865  # as whisper.model.Whisper.is_multilingual
+    tokenizer = get_tokenizer(multilingual, num_languages=ours.dims.n_vocab - 51765 - int(multilingual),
+                              language="en", task="transcribe")
     return Comparison(model, setting, [n for n, _, _ in clips], [t for _, t, _ in clips],
                       [a.shape[0] / SAMPLE_RATE for _, _, a in clips], records, expected, tokenizer,
-                      seconds)
+                      seconds, from_store)
 
 
 def _report(comparison: Comparison, tmp_path: Path) -> dict:
@@ -241,7 +261,7 @@ def test_timestamps_match_where_tokens_agree(decoded, model, setting, subset):
                                                     comparison.durations, comparison.identical()):
         if not same:
             continue
-        expected = reference_segments(result.tokens, comparison.tokenizer, duration)
+        expected = reference_segments(result["tokens"], comparison.tokenizer, duration)
         got = [(s["start"], s["end"], s["text"].strip()) for s in record["segments"] if s["text"].strip()]
         assert len(got) == len(expected), (name, got, expected)
         for (start, end, text), (ref_start, ref_end, ref_text) in zip(got, expected):
@@ -257,3 +277,18 @@ def test_timestamps_match_where_tokens_agree(decoded, model, setting, subset):
 def test_wer_not_worse_than_reference(decoded, model, setting, subset):
     wer_ours, wer_ref = decoded(model, setting, subset).wer()
     assert wer_ours - wer_ref <= MAX_WER_EXCESS, (wer_ours, wer_ref)
+
+
+@pytest.mark.slow
+def test_stored_reference_results_are_what_the_reference_decodes(corpus, tiny):
+    """The stored tiny.en greedy results still match their key (the clips, weights, reference
+    call and versions of this checkout), and the reference run live on the first batch of
+    clips here decodes exactly them."""
+    results = stored("corpus-tiny.en-greedy", _reference_key(tiny, "greedy", corpus))
+    assert results is not None, ("tests/data/reference/corpus-*.json are stale: rerun tests/test_corpus_parity.py "
+                                 "with WHISPER_NNX_WRITE_REFERENCE=1 and commit them")
+    checkpoint = read_checkpoint(tiny.checkpoint_path)
+    ref = reference_model(checkpoint.dims, checkpoint.params)
+    live = _reference_decode(ref, "greedy", _encode(ref, [audio for _, _, audio in corpus[:BATCH]]))
+    assert live == results[:BATCH]
+    assert len(results) == len(corpus) and all(r["tokens"] and r["text"] for r in results)
