@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import torch
 import whisper
+from reference_store import stored, stored_or_live
 from whisper.normalizers import EnglishTextNormalizer
 from whisper.tokenizer import get_tokenizer
 
 from reference import reference_model
-from reference_store import stored, stored_or_live
 from whisper_nnx.engine.audio import SAMPLE_RATE, load_audio, pad_or_trim
 from whisper_nnx.engine.checkpoints.formats import read_checkpoint
 from whisper_nnx.engine.transcribe import TranscribeOptions, Transcriber

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 import reference_store
 from reference_store import fingerprint, stored_or_live
 
