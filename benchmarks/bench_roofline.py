@@ -6,7 +6,7 @@ this machine's matmul ceiling measured in the same run, for the encoder and the 
 (a) Ceilings, measured before and after the model (the better of the two counts: on a shared
     machine the load moves between them):
       matmul     jitted `a @ b` on square [n, n] operands for each --matmul-sizes n and --dtypes
-                 dtype (float32 accumulation), best of --ceiling-repeats: 2 n^3 FLOPs / seconds;
+                 dtype (float32 accumulation; int8: int32), best of --ceiling-repeats: 2 n^3 FLOPs / seconds;
                  a dtype's ceiling is its best size.
       bandwidth  jitted float32 matrix-vector product over a --matvec-mib MiB matrix: matrix bytes /
                  seconds (the ceiling that a batch-1 decode step, 0.5 FLOP per weight byte, meets).
@@ -106,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default: the engine's)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of each phase after one warm-up call")
     p.add_argument("--matmul-sizes", type=ints, default="1024,2048")
-    p.add_argument("--dtypes", type=names, default="float32", help="ceiling dtypes: float32, bfloat16")
+    p.add_argument("--dtypes", type=names, default="float32", help="ceiling dtypes: float32, bfloat16, int8 (int8 x int8 -> int32)")
     p.add_argument("--ceiling-repeats", type=int, default=5)
     p.add_argument("--matvec-mib", type=int, default=256, help="array size of the bandwidth ceiling")
     p.add_argument("--device", choices=("auto", *PLATFORMS), default="auto")
@@ -123,10 +123,12 @@ def matmul_ceiling(sizes: list[int], dtype_name: str, repeats: int) -> list[dict
     import jax.numpy as jnp
 
     dtype = jnp.dtype(dtype_name)
-    fn = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+    integer = jnp.issubdtype(dtype, jnp.integer)  # int8: int8 x int8 -> int32, ops counted as FLOPs
+    fn = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.int32 if integer else jnp.float32))
     rows = []
     for n in sizes:
-        a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32).astype(dtype) for i in (0, 1))
+        a, b = (jax.random.randint(jax.random.key(i), (n, n), -127, 128).astype(dtype) if integer else
+                jax.random.normal(jax.random.key(i), (n, n), jnp.float32).astype(dtype) for i in (0, 1))
         timing = time_calls(functools.partial(fn.lower(a, b).compile(), a, b), repeats)
         rows.append({"dtype": dtype_name, "n": n, "flops": 2 * n**3, **timing.to_json(),
                      "gflops": 2 * n**3 / timing.min / 1e9})
