@@ -106,7 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default: the engine's)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of each phase after one warm-up call")
     p.add_argument("--matmul-sizes", type=ints, default="1024,2048")
-    p.add_argument("--dtypes", type=names, default="float32", help="ceiling dtypes: float32, bfloat16, int8 (int8 x int8 -> int32)")
+    p.add_argument("--dtypes", type=names, default="float32",
+                   help="ceiling dtypes: float32, bfloat16, int8 (int8 x int8 -> int32)")
     p.add_argument("--ceiling-repeats", type=int, default=5)
     p.add_argument("--matvec-mib", type=int, default=256, help="array size of the bandwidth ceiling")
     p.add_argument("--device", choices=("auto", *PLATFORMS), default="auto")

@@ -5,8 +5,9 @@ side (its encoder, then one clip at a time for beam search) is about 40% of that
 a 2-core CPU and the same on every run. `stored_or_live` returns the stored results when the
 key still matches (the reference's and torch's versions, the checkpoint's bytes, the clips'
 samples, the settings) and otherwise runs the reference, so a change of any input can only
-make the tests slower, never compare against stale numbers. `tests/test_reference_store.py`
-decodes a few clips live and checks them against the stored results.
+make the tests slower, never compare against stale numbers. test_corpus_parity's
+`test_stored_reference_results_are_what_the_reference_decodes` decodes the first batch live
+and checks it against the stored results.
 
     WHISPER_NNX_LIVE_REFERENCE=1    never use stored results (run the reference every time)
     WHISPER_NNX_WRITE_REFERENCE=1   store what a live run computed (commit tests/data/reference/)
@@ -22,12 +23,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from whisper_nnx.engine.checkpoints.packaged import file_digest
+
 STORE = Path(__file__).parent / "data" / "reference"
 
 
 def fingerprint(parts: Iterable) -> str:
-    """sha256 over `parts`: numpy arrays by dtype, shape and bytes, paths by the bytes of every
-    file under them (names included), anything else by its JSON."""
+    """sha256 over `parts`: numpy arrays by dtype, shape and bytes, paths by the sha256 of every
+    file under them (names included; `file_digest`: once per process per unchanged file),
+    anything else by its JSON."""
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
@@ -37,9 +41,7 @@ def fingerprint(parts: Iterable) -> str:
             files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
             for file in files:
                 digest.update(str(file.relative_to(part) if part.is_dir() else file.name).encode())
-                with open(file, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 22), b""):
-                        digest.update(block)
+                digest.update(file_digest(file).encode())
         else:
             digest.update(json.dumps(part, sort_keys=True).encode())
         digest.update(b"\0")
@@ -58,22 +60,27 @@ def stored_or_live(name: str, key_parts: list, compute: Callable[[], list[dict]]
     """(results, stored): STORE/name.json's results when its key is fingerprint(versions(),
     *key_parts) and no live run is asked for, else compute() (JSON-able dicts), written back
     when WHISPER_NNX_WRITE_REFERENCE is set."""
+    key = fingerprint([versions(), *key_parts])
     if not os.environ.get("WHISPER_NNX_LIVE_REFERENCE"):
-        results = stored(name, key_parts)
+        results = _stored_under(name, key)
         if results is not None:
             return results, True
     results = compute()
     if os.environ.get("WHISPER_NNX_WRITE_REFERENCE"):
         STORE.mkdir(parents=True, exist_ok=True)
-        record = {"key": fingerprint([versions(), *key_parts]), "versions": versions(), "results": results}
+        record = {"key": key, "versions": versions(), "results": results}
         (STORE / f"{name}.json").write_text(json.dumps(record) + "\n")
     return results, False
 
 
 def stored(name: str, key_parts: list) -> list[dict] | None:
     """STORE/name.json's results if it exists and its key is fingerprint(versions(), *key_parts)."""
+    return _stored_under(name, fingerprint([versions(), *key_parts]))
+
+
+def _stored_under(name: str, key: str) -> list[dict] | None:
     path = STORE / f"{name}.json"
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    return saved["results"] if saved["key"] == fingerprint([versions(), *key_parts]) else None
+    return saved["results"] if saved["key"] == key else None
